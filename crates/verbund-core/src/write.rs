@@ -263,6 +263,7 @@ pub struct IndexColumns {
     pub status: Option<String>,
     pub priority: Option<String>,
     pub assigned_org: Option<String>,
+    pub channel: Option<String>,
     pub search_text: String,
 }
 
@@ -283,6 +284,7 @@ pub fn index_columns(record: &Record) -> IndexColumns {
         status: status_field,
         priority: text("priority"),
         assigned_org: text("assigned_org"),
+        channel: text("channel"),
         search_text: search_text(record.kind, &record.fields),
     }
 }
