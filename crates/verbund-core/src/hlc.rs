@@ -18,7 +18,11 @@ pub struct Hlc {
 
 impl Ord for Hlc {
     fn cmp(&self, other: &Self) -> Ordering {
-        (self.physical_ms, self.counter, &self.node).cmp(&(other.physical_ms, other.counter, &other.node))
+        (self.physical_ms, self.counter, &self.node).cmp(&(
+            other.physical_ms,
+            other.counter,
+            &other.node,
+        ))
     }
 }
 
@@ -30,7 +34,11 @@ impl PartialOrd for Hlc {
 
 impl Hlc {
     pub fn new(physical_ms: u64, counter: u32, node: impl Into<String>) -> Self {
-        Hlc { physical_ms, counter, node: node.into() }
+        Hlc {
+            physical_ms,
+            counter,
+            node: node.into(),
+        }
     }
 }
 
@@ -38,7 +46,11 @@ impl Hlc {
 /// versions from the same node equals their clock order (handy in SQL and logs).
 impl fmt::Display for Hlc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}.{:08x}.{}", self.physical_ms, self.counter, self.node)
+        write!(
+            f,
+            "{:016x}.{:08x}.{}",
+            self.physical_ms, self.counter, self.node
+        )
     }
 }
 
@@ -85,7 +97,12 @@ pub struct HlcClock {
 
 impl HlcClock {
     pub fn new(node: impl Into<String>, max_skew_ms: u64) -> Self {
-        HlcClock { node: node.into(), last_ms: 0, last_counter: 0, max_skew_ms }
+        HlcClock {
+            node: node.into(),
+            last_ms: 0,
+            last_counter: 0,
+            max_skew_ms,
+        }
     }
 
     pub fn node(&self) -> &str {

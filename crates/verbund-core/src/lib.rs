@@ -9,4 +9,6 @@ pub mod schema;
 pub mod write;
 
 pub use hlc::{Hlc, HlcClock};
-pub use model::{Change, ChangeOp, DomainError, FieldMap, Money, Record, RecordKind, Value, VersionMap};
+pub use model::{
+    Change, ChangeOp, DomainError, FieldMap, Money, Record, RecordKind, Value, VersionMap,
+};

@@ -178,9 +178,15 @@ pub enum DomainError {
 
 impl DomainError {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        DomainError::Invalid { field: field.into(), message: message.into() }
+        DomainError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
     }
     pub fn precondition(field: impl Into<String>, message: impl Into<String>) -> Self {
-        DomainError::FailedPrecondition { field: field.into(), message: message.into() }
+        DomainError::FailedPrecondition {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }

@@ -11,7 +11,9 @@ pub const MAX_TAGS: usize = 32;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FieldType {
     /// Free text up to `max` characters.
-    Text { max: usize },
+    Text {
+        max: usize,
+    },
     Email,
     Phone,
     /// A DNS domain such as `example.com`; stored lowercase.
@@ -23,7 +25,10 @@ pub enum FieldType {
     /// A verbund organization id (lowercase DNS-like name).
     OrgId,
     Enum(&'static [&'static str]),
-    Int { min: i64, max: i64 },
+    Int {
+        min: i64,
+        max: i64,
+    },
     Money,
     /// `YYYY-MM-DD`.
     Date,
@@ -44,18 +49,32 @@ pub struct FieldSpec {
 }
 
 const fn f(name: &'static str, ty: FieldType) -> FieldSpec {
-    FieldSpec { name, ty, searchable: false }
+    FieldSpec {
+        name,
+        ty,
+        searchable: false,
+    }
 }
 const fn s(name: &'static str, ty: FieldType) -> FieldSpec {
-    FieldSpec { name, ty, searchable: true }
+    FieldSpec {
+        name,
+        ty,
+        searchable: true,
+    }
 }
 
 const NAME: FieldType = FieldType::Text { max: 200 };
 const SHORT: FieldType = FieldType::Text { max: 100 };
 const LONG: FieldType = FieldType::Text { max: 10_000 };
 
-pub const OPPORTUNITY_STAGES: &[&str] =
-    &["prospecting", "qualification", "proposal", "negotiation", "closed_won", "closed_lost"];
+pub const OPPORTUNITY_STAGES: &[&str] = &[
+    "prospecting",
+    "qualification",
+    "proposal",
+    "negotiation",
+    "closed_won",
+    "closed_lost",
+];
 pub const CASE_STATUSES: &[&str] = &["new", "open", "pending", "resolved", "closed"];
 pub const CASE_PRIORITIES: &[&str] = &["low", "normal", "high", "urgent"];
 pub const LEAD_STATUSES: &[&str] = &["new", "working", "qualified", "disqualified"];
@@ -184,8 +203,16 @@ pub fn is_valid_email(s: &str) -> bool {
     if s.len() > 254 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return false;
     }
-    let Some((local, domain)) = s.rsplit_once('@') else { return false };
-    if local.is_empty() || local.len() > 64 || local.contains('@') || local.starts_with('.') || local.ends_with('.') || local.contains("..") {
+    let Some((local, domain)) = s.rsplit_once('@') else {
+        return false;
+    };
+    if local.is_empty()
+        || local.len() > 64
+        || local.contains('@')
+        || local.starts_with('.')
+        || local.ends_with('.')
+        || local.contains("..")
+    {
         return false;
     }
     if local.chars().any(|c| "()<>,;:\\\"[]".contains(c)) {
@@ -204,7 +231,9 @@ pub fn is_valid_domain(s: &str) -> bool {
             && label.len() <= 63
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     })
 }
 
@@ -216,7 +245,9 @@ pub fn is_valid_org_id(s: &str) -> bool {
             !label.is_empty()
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         })
         && s.as_bytes()[0].is_ascii_lowercase()
 }
@@ -225,25 +256,38 @@ fn is_valid_phone(s: &str) -> bool {
     let digits = s.bytes().filter(u8::is_ascii_digit).count();
     s.len() <= 40
         && digits >= 3
-        && s.bytes().all(|b| b.is_ascii_digit() || b" +-()/.".contains(&b))
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || b" +-()/.".contains(&b))
         && s.bytes().filter(|b| *b == b'+').count() <= 1
         && (!s.contains('+') || s.trim_start().starts_with('+'))
 }
 
 fn is_valid_url(s: &str) -> bool {
-    let rest = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://"));
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"));
     match rest {
         Some(rest) => {
             let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-            let host = host.rsplit_once(':').map_or(host, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { "" });
-            s.len() <= 2048 && !s.chars().any(char::is_whitespace) && is_valid_domain(&host.to_ascii_lowercase())
+            let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+                if port.bytes().all(|b| b.is_ascii_digit()) {
+                    h
+                } else {
+                    ""
+                }
+            });
+            s.len() <= 2048
+                && !s.chars().any(char::is_whitespace)
+                && is_valid_domain(&host.to_ascii_lowercase())
         }
         None => false,
     }
 }
 
 fn is_valid_tag(t: &str) -> bool {
-    (1..=50).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_:.".contains(&b))
+    (1..=50).contains(&t.len())
+        && t.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_:.".contains(&b))
 }
 
 /// Checks and normalizes one value for a field. Returns `Ok(None)` when the value is empty
@@ -259,7 +303,9 @@ pub fn normalize(spec: &FieldSpec, value: Value) -> Result<Option<Value>, String
             if char_len(t) > max {
                 return Err(format!("must be at most {max} characters"));
             }
-            if t.chars().any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r') {
+            if t.chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
+            {
                 return Err("must not contain control characters".into());
             }
             Ok(Some(Value::Text(t.to_string())))
@@ -274,7 +320,10 @@ pub fn normalize(spec: &FieldSpec, value: Value) -> Result<Option<Value>, String
             }
             // The domain part is case-insensitive; keep the local part as typed.
             let (local, domain) = t.rsplit_once('@').unwrap_or((t, ""));
-            Ok(Some(Value::Text(format!("{local}@{}", domain.to_ascii_lowercase()))))
+            Ok(Some(Value::Text(format!(
+                "{local}@{}",
+                domain.to_ascii_lowercase()
+            ))))
         }
         (FieldType::Phone, Value::Text(t)) => {
             let t = t.trim();
@@ -282,7 +331,9 @@ pub fn normalize(spec: &FieldSpec, value: Value) -> Result<Option<Value>, String
                 return Ok(None);
             }
             if !is_valid_phone(t) {
-                return Err(format!("{t:?} is not a valid phone number (digits, spaces, + - ( ) / . only; at most 40)"));
+                return Err(format!(
+                    "{t:?} is not a valid phone number (digits, spaces, + - ( ) / . only; at most 40)"
+                ));
             }
             Ok(Some(Value::Text(t.to_string())))
         }
@@ -322,7 +373,9 @@ pub fn normalize(spec: &FieldSpec, value: Value) -> Result<Option<Value>, String
                 return Ok(None);
             }
             if !is_valid_org_id(t) {
-                return Err(format!("{t:?} is not a valid organization id (lowercase letters, digits, '-' and '.')"));
+                return Err(format!(
+                    "{t:?} is not a valid organization id (lowercase letters, digits, '-' and '.')"
+                ));
             }
             Ok(Some(Value::Text(t.to_string())))
         }
@@ -356,7 +409,10 @@ pub fn normalize(spec: &FieldSpec, value: Value) -> Result<Option<Value>, String
             if m.minor_units > MAX_MINOR_UNITS {
                 return Err("is too large".into());
             }
-            Ok(Some(Value::Money(Money { currency, minor_units: m.minor_units })))
+            Ok(Some(Value::Money(Money {
+                currency,
+                minor_units: m.minor_units,
+            })))
         }
         (FieldType::Date, Value::Text(t)) => {
             let t = t.trim();
@@ -393,7 +449,9 @@ pub fn normalize(spec: &FieldSpec, value: Value) -> Result<Option<Value>, String
                     continue;
                 }
                 if !is_valid_tag(&t) {
-                    return Err(format!("tag {t:?} must be 1-50 characters of a-z 0-9 - _ : ."));
+                    return Err(format!(
+                        "tag {t:?} must be 1-50 characters of a-z 0-9 - _ : ."
+                    ));
                 }
                 if !out.contains(&t) {
                     out.push(t);
@@ -403,7 +461,11 @@ pub fn normalize(spec: &FieldSpec, value: Value) -> Result<Option<Value>, String
                 return Err(format!("at most {MAX_TAGS} tags"));
             }
             out.sort();
-            if out.is_empty() { Ok(None) } else { Ok(Some(Value::List(out))) }
+            if out.is_empty() {
+                Ok(None)
+            } else {
+                Ok(Some(Value::List(out)))
+            }
         }
         _ => Err(type_error(ty).into()),
     }
@@ -413,16 +475,27 @@ pub fn normalize(spec: &FieldSpec, value: Value) -> Result<Option<Value>, String
 /// `2026-11-23T10:00:00Z`) into a value for the field. Normalization happens later.
 pub fn parse_text(spec: &FieldSpec, text: &str) -> Result<Value, String> {
     match spec.ty {
-        FieldType::Int { .. } => text.trim().parse::<i64>().map(Value::Int).map_err(|_| "must be a whole number".into()),
+        FieldType::Int { .. } => text
+            .trim()
+            .parse::<i64>()
+            .map(Value::Int)
+            .map_err(|_| "must be a whole number".into()),
         FieldType::Money => parse_money(text).map(Value::Money),
         FieldType::Instant => {
             let t = text.trim();
             if let Ok(ms) = t.parse::<i64>() {
                 return Ok(Value::Int(ms));
             }
-            civil::parse_rfc3339_ms(t).map(Value::Int).ok_or_else(|| "must be an RFC 3339 time such as 2026-11-23T10:00:00Z".into())
+            civil::parse_rfc3339_ms(t)
+                .map(Value::Int)
+                .ok_or_else(|| "must be an RFC 3339 time such as 2026-11-23T10:00:00Z".into())
         }
-        FieldType::Tags => Ok(Value::List(text.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect())),
+        FieldType::Tags => Ok(Value::List(
+            text.split(',')
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .collect(),
+        )),
         _ => Ok(Value::Text(text.to_string())),
     }
 }
@@ -436,12 +509,17 @@ pub fn parse_money(text: &str) -> Result<Money, String> {
         _ => return Err("must look like \"1234.50 EUR\"".into()),
     };
     let code = code.to_ascii_uppercase();
-    let digits = currency::minor_digits(&code).ok_or_else(|| format!("{code:?} is not an ISO 4217 currency code"))? as usize;
+    let digits = currency::minor_digits(&code)
+        .ok_or_else(|| format!("{code:?} is not an ISO 4217 currency code"))?
+        as usize;
     if amount.starts_with('-') {
         return Err("must not be negative".into());
     }
     let (int_part, frac_part) = amount.split_once('.').unwrap_or((amount, ""));
-    if int_part.is_empty() || !int_part.bytes().all(|b| b.is_ascii_digit()) || !frac_part.bytes().all(|b| b.is_ascii_digit()) {
+    if int_part.is_empty()
+        || !int_part.bytes().all(|b| b.is_ascii_digit())
+        || !frac_part.bytes().all(|b| b.is_ascii_digit())
+    {
         return Err(format!("{amount:?} is not a decimal amount"));
     }
     if frac_part.len() > digits {
@@ -450,8 +528,13 @@ pub fn parse_money(text: &str) -> Result<Money, String> {
     let mut minor_text = String::from(int_part);
     minor_text.push_str(frac_part);
     minor_text.extend(std::iter::repeat_n('0', digits - frac_part.len()));
-    let minor_units = minor_text.parse::<i64>().map_err(|_| "is too large".to_string())?;
-    Ok(Money { currency: code, minor_units })
+    let minor_units = minor_text
+        .parse::<i64>()
+        .map_err(|_| "is too large".to_string())?;
+    Ok(Money {
+        currency: code,
+        minor_units,
+    })
 }
 
 /// `123450, EUR` → `1234.50 EUR`.
@@ -461,7 +544,13 @@ pub fn format_money(m: &Money) -> String {
         return format!("{} {}", m.minor_units, m.currency);
     }
     let scale = 10i64.pow(digits);
-    format!("{}.{:0width$} {}", m.minor_units / scale, (m.minor_units % scale).abs(), m.currency, width = digits as usize)
+    format!(
+        "{}.{:0width$} {}",
+        m.minor_units / scale,
+        (m.minor_units % scale).abs(),
+        m.currency,
+        width = digits as usize
+    )
 }
 
 /// A value as a person reads it.
@@ -487,8 +576,19 @@ mod tests {
     #[test]
     fn email_rules() {
         let e = spec(RecordKind::Contact, "email");
-        assert_eq!(normalize(e, Value::Text(" Anna.Weber@Example.COM ".into())).unwrap(), Some(Value::Text("Anna.Weber@example.com".into())));
-        for bad in ["anna", "anna@", "@example.com", "anna@example", "an na@example.com", "a@b@example.com", "anna..x@example.com"] {
+        assert_eq!(
+            normalize(e, Value::Text(" Anna.Weber@Example.COM ".into())).unwrap(),
+            Some(Value::Text("Anna.Weber@example.com".into()))
+        );
+        for bad in [
+            "anna",
+            "anna@",
+            "@example.com",
+            "anna@example",
+            "an na@example.com",
+            "a@b@example.com",
+            "anna..x@example.com",
+        ] {
             assert!(normalize(e, Value::Text(bad.into())).is_err(), "{bad}");
         }
         assert_eq!(normalize(e, Value::Text("  ".into())).unwrap(), None);
@@ -497,7 +597,11 @@ mod tests {
     #[test]
     fn enum_and_int_and_types() {
         let stage = spec(RecordKind::Opportunity, "stage");
-        assert!(normalize(stage, Value::Text("Proposal".into())).unwrap().is_some());
+        assert!(
+            normalize(stage, Value::Text("Proposal".into()))
+                .unwrap()
+                .is_some()
+        );
         assert!(normalize(stage, Value::Text("won".into())).is_err());
         let p = spec(RecordKind::Opportunity, "probability");
         assert!(normalize(p, Value::Int(101)).is_err());
@@ -509,16 +613,55 @@ mod tests {
     #[test]
     fn money_rules() {
         let amount = spec(RecordKind::Opportunity, "amount");
-        let ok = Value::Money(Money { currency: "eur".into(), minor_units: 100 });
-        assert_eq!(normalize(amount, ok).unwrap(), Some(Value::Money(Money { currency: "EUR".into(), minor_units: 100 })));
-        assert!(normalize(amount, Value::Money(Money { currency: "EUR".into(), minor_units: -1 })).is_err());
-        assert!(normalize(amount, Value::Money(Money { currency: "ABC".into(), minor_units: 1 })).is_err());
+        let ok = Value::Money(Money {
+            currency: "eur".into(),
+            minor_units: 100,
+        });
+        assert_eq!(
+            normalize(amount, ok).unwrap(),
+            Some(Value::Money(Money {
+                currency: "EUR".into(),
+                minor_units: 100
+            }))
+        );
+        assert!(
+            normalize(
+                amount,
+                Value::Money(Money {
+                    currency: "EUR".into(),
+                    minor_units: -1
+                })
+            )
+            .is_err()
+        );
+        assert!(
+            normalize(
+                amount,
+                Value::Money(Money {
+                    currency: "ABC".into(),
+                    minor_units: 1
+                })
+            )
+            .is_err()
+        );
         assert_eq!(parse_money("1234.5 EUR").unwrap().minor_units, 123_450);
         assert_eq!(parse_money("JPY 500").unwrap().minor_units, 500);
         assert!(parse_money("1.5 JPY").is_err());
         assert!(parse_money("-3 EUR").is_err());
-        assert_eq!(format_money(&Money { currency: "EUR".into(), minor_units: 123_405 }), "1234.05 EUR");
-        assert_eq!(format_money(&Money { currency: "KWD".into(), minor_units: 1_005 }), "1.005 KWD");
+        assert_eq!(
+            format_money(&Money {
+                currency: "EUR".into(),
+                minor_units: 123_405
+            }),
+            "1234.05 EUR"
+        );
+        assert_eq!(
+            format_money(&Money {
+                currency: "KWD".into(),
+                minor_units: 1_005
+            }),
+            "1.005 KWD"
+        );
     }
 
     #[test]
@@ -534,21 +677,64 @@ mod tests {
         for ok in ["acme", "acme-logistics", "eu.acme", "a1"] {
             assert!(is_valid_org_id(ok), "{ok}");
         }
-        for bad in ["A", "Acme", "a", "-acme", "acme-", "ac_me", "acme..x", "1acme", ""] {
+        for bad in [
+            "A", "Acme", "a", "-acme", "acme-", "ac_me", "acme..x", "1acme", "",
+        ] {
             assert!(!is_valid_org_id(bad), "{bad}");
         }
     }
 
     #[test]
     fn misc_types() {
-        assert!(normalize(spec(RecordKind::Account, "website"), Value::Text("https://acme.example/x".into())).is_ok());
-        assert!(normalize(spec(RecordKind::Account, "website"), Value::Text("ftp://acme.example".into())).is_err());
-        assert!(normalize(spec(RecordKind::Account, "phone"), Value::Text("+49 (30) 1234-567".into())).is_ok());
-        assert!(normalize(spec(RecordKind::Account, "phone"), Value::Text("call me".into())).is_err());
-        assert!(normalize(spec(RecordKind::Account, "country_code"), Value::Text("de".into())).unwrap() == Some(Value::Text("DE".into())));
-        let tags = normalize(spec(RecordKind::Account, "tags"), Value::List(vec!["Group".into(), "key".into(), "group".into()])).unwrap();
+        assert!(
+            normalize(
+                spec(RecordKind::Account, "website"),
+                Value::Text("https://acme.example/x".into())
+            )
+            .is_ok()
+        );
+        assert!(
+            normalize(
+                spec(RecordKind::Account, "website"),
+                Value::Text("ftp://acme.example".into())
+            )
+            .is_err()
+        );
+        assert!(
+            normalize(
+                spec(RecordKind::Account, "phone"),
+                Value::Text("+49 (30) 1234-567".into())
+            )
+            .is_ok()
+        );
+        assert!(
+            normalize(
+                spec(RecordKind::Account, "phone"),
+                Value::Text("call me".into())
+            )
+            .is_err()
+        );
+        assert!(
+            normalize(
+                spec(RecordKind::Account, "country_code"),
+                Value::Text("de".into())
+            )
+            .unwrap()
+                == Some(Value::Text("DE".into()))
+        );
+        let tags = normalize(
+            spec(RecordKind::Account, "tags"),
+            Value::List(vec!["Group".into(), "key".into(), "group".into()]),
+        )
+        .unwrap();
         assert_eq!(tags, Some(Value::List(vec!["group".into(), "key".into()])));
-        assert!(normalize(spec(RecordKind::ServiceCase, "account_id"), Value::Text("nope".into())).is_err());
+        assert!(
+            normalize(
+                spec(RecordKind::ServiceCase, "account_id"),
+                Value::Text("nope".into())
+            )
+            .is_err()
+        );
     }
 
     proptest! {

@@ -19,8 +19,11 @@ pub struct RefCheck {
 pub fn normalize_fields(kind: RecordKind, input: FieldMap) -> Result<FieldMap, DomainError> {
     let mut out = FieldMap::new();
     for (name, value) in input {
-        let spec = schema::field(kind, &name).ok_or_else(|| DomainError::invalid(&name, format!("unknown field of {kind}")))?;
-        if let Some(v) = schema::normalize(spec, value).map_err(|m| DomainError::invalid(&name, m))? {
+        let spec = schema::field(kind, &name)
+            .ok_or_else(|| DomainError::invalid(&name, format!("unknown field of {kind}")))?;
+        if let Some(v) =
+            schema::normalize(spec, value).map_err(|m| DomainError::invalid(&name, m))?
+        {
             out.insert(name, v);
         }
     }
@@ -32,7 +35,11 @@ fn has(fields: &FieldMap, name: &str) -> bool {
 }
 
 fn require(fields: &FieldMap, name: &str) -> Result<(), DomainError> {
-    if has(fields, name) { Ok(()) } else { Err(DomainError::invalid(name, "is required")) }
+    if has(fields, name) {
+        Ok(())
+    } else {
+        Err(DomainError::invalid(name, "is required"))
+    }
 }
 
 /// The rules about which fields a complete record must have.
@@ -43,14 +50,20 @@ pub fn check_required(kind: RecordKind, fields: &FieldMap) -> Result<(), DomainE
             if has(fields, "last_name") || has(fields, "email") {
                 Ok(())
             } else {
-                Err(DomainError::invalid("last_name", "a contact needs a last name or an e-mail address"))
+                Err(DomainError::invalid(
+                    "last_name",
+                    "a contact needs a last name or an e-mail address",
+                ))
             }
         }
         RecordKind::Lead => {
             if has(fields, "last_name") || has(fields, "company") {
                 Ok(())
             } else {
-                Err(DomainError::invalid("last_name", "a lead needs a last name or a company"))
+                Err(DomainError::invalid(
+                    "last_name",
+                    "a lead needs a last name or a company",
+                ))
             }
         }
         RecordKind::Opportunity => {
@@ -91,7 +104,10 @@ fn apply_create_defaults(kind: RecordKind, fields: &mut FieldMap, now_ms: i64) {
     }
     if kind == RecordKind::Activity && !fields.contains_key("direction") {
         let internal = fields.get("channel").and_then(Value::as_text) == Some("note");
-        fields.insert("direction".into(), Value::Text(if internal { "internal" } else { "outbound" }.into()));
+        fields.insert(
+            "direction".into(),
+            Value::Text(if internal { "internal" } else { "outbound" }.into()),
+        );
     }
 }
 
@@ -113,7 +129,11 @@ pub fn case_transition_allowed(from: &str, to: &str) -> bool {
         )
 }
 
-fn check_transition(kind: RecordKind, before: Option<&FieldMap>, after: &FieldMap) -> Result<(), DomainError> {
+fn check_transition(
+    kind: RecordKind,
+    before: Option<&FieldMap>,
+    after: &FieldMap,
+) -> Result<(), DomainError> {
     if kind != RecordKind::ServiceCase {
         return Ok(());
     }
@@ -123,15 +143,24 @@ fn check_transition(kind: RecordKind, before: Option<&FieldMap>, after: &FieldMa
             if to == "new" || to == "open" {
                 Ok(())
             } else {
-                Err(DomainError::precondition("status", format!("a new case starts as new or open, not {to}")))
+                Err(DomainError::precondition(
+                    "status",
+                    format!("a new case starts as new or open, not {to}"),
+                ))
             }
         }
         Some(before) => {
-            let from = before.get("status").and_then(Value::as_text).unwrap_or("new");
+            let from = before
+                .get("status")
+                .and_then(Value::as_text)
+                .unwrap_or("new");
             if case_transition_allowed(from, to) {
                 Ok(())
             } else {
-                Err(DomainError::precondition("status", format!("a case cannot go from {from} to {to}")))
+                Err(DomainError::precondition(
+                    "status",
+                    format!("a case cannot go from {from} to {to}"),
+                ))
             }
         }
     }
@@ -146,7 +175,11 @@ pub fn references(kind: RecordKind, fields: &FieldMap) -> Vec<RefCheck> {
                 .get(spec.name)
                 .and_then(Value::as_text)
                 .and_then(|t| Uuid::parse_str(t).ok())
-                .map(|id| RefCheck { field: spec.name, id, kinds }),
+                .map(|id| RefCheck {
+                    field: spec.name,
+                    id,
+                    kinds,
+                }),
             _ => None,
         })
         .collect()
@@ -162,7 +195,14 @@ pub struct WritePlan {
 }
 
 /// Plans the creation of a record owned by `owner_org`.
-pub fn plan_create(kind: RecordKind, id: Uuid, owner_org: &str, input: FieldMap, hlc: Hlc, now_ms: i64) -> Result<WritePlan, DomainError> {
+pub fn plan_create(
+    kind: RecordKind,
+    id: Uuid,
+    owner_org: &str,
+    input: FieldMap,
+    hlc: Hlc,
+    now_ms: i64,
+) -> Result<WritePlan, DomainError> {
     let mut fields = normalize_fields(kind, input)?;
     apply_create_defaults(kind, &mut fields, now_ms);
     check_required(kind, &fields)?;
@@ -174,23 +214,47 @@ pub fn plan_create(kind: RecordKind, id: Uuid, owner_org: &str, input: FieldMap,
         kind,
         op: ChangeOp::Create,
         hlc: hlc.clone(),
-        fields: fields.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect(),
+        fields: fields
+            .iter()
+            .map(|(k, v)| (k.clone(), Some(v.clone())))
+            .collect(),
         at_ms: now_ms,
     };
     let refs = references(kind, &fields);
-    let record = Record { id, kind, owner_org: owner_org.to_string(), created_at_ms: now_ms, updated_at_ms: now_ms, deleted: None, seq: 0, fields, versions };
-    Ok(WritePlan { record, change, refs })
+    let record = Record {
+        id,
+        kind,
+        owner_org: owner_org.to_string(),
+        created_at_ms: now_ms,
+        updated_at_ms: now_ms,
+        deleted: None,
+        seq: 0,
+        fields,
+        versions,
+    };
+    Ok(WritePlan {
+        record,
+        change,
+        refs,
+    })
 }
 
 /// Checks the paths of an update mask: known, unique-insensitive, not empty.
 pub fn check_mask(kind: RecordKind, mask: &[String]) -> Result<Vec<&'static str>, DomainError> {
     if mask.is_empty() {
-        return Err(DomainError::invalid("update_mask", "must name at least one field"));
+        return Err(DomainError::invalid(
+            "update_mask",
+            "must name at least one field",
+        ));
     }
     let mut out = Vec::new();
     for path in mask {
-        let spec = schema::field(kind, path.trim())
-            .ok_or_else(|| DomainError::invalid("update_mask", format!("{path:?} is not a field of {kind} that can be updated")))?;
+        let spec = schema::field(kind, path.trim()).ok_or_else(|| {
+            DomainError::invalid(
+                "update_mask",
+                format!("{path:?} is not a field of {kind} that can be updated"),
+            )
+        })?;
         if !out.contains(&spec.name) {
             out.push(spec.name);
         }
@@ -201,10 +265,19 @@ pub fn check_mask(kind: RecordKind, mask: &[String]) -> Result<Vec<&'static str>
 /// Plans an update: only the fields named in `mask` change (set from `patch`, or cleared when
 /// `patch` lacks them). Returns `None` when the update changes nothing, so a no-op does not
 /// bump versions or the change log.
-pub fn plan_update(current: &Record, mask: &[String], mut patch: FieldMap, hlc: Hlc, now_ms: i64) -> Result<Option<WritePlan>, DomainError> {
+pub fn plan_update(
+    current: &Record,
+    mask: &[String],
+    mut patch: FieldMap,
+    hlc: Hlc,
+    now_ms: i64,
+) -> Result<Option<WritePlan>, DomainError> {
     let kind = current.kind;
     if current.is_deleted() {
-        return Err(DomainError::NotFound { kind, id: current.id.to_string() });
+        return Err(DomainError::NotFound {
+            kind,
+            id: current.id.to_string(),
+        });
     }
     let paths = check_mask(kind, mask)?;
     let mut named = FieldMap::new();
@@ -236,21 +309,60 @@ pub fn plan_update(current: &Record, mask: &[String], mut patch: FieldMap, hlc: 
         versions.insert(k.clone(), hlc.clone());
     }
     // Only references that changed need resolving again.
-    let refs = references(kind, &fields).into_iter().filter(|r| changed.contains_key(r.field)).collect();
-    let record = Record { fields, versions, updated_at_ms: now_ms, ..current.clone() };
-    let change = Change { seq: 0, record_id: current.id, kind, op: ChangeOp::Update, hlc, fields: changed, at_ms: now_ms };
-    Ok(Some(WritePlan { record, change, refs }))
+    let refs = references(kind, &fields)
+        .into_iter()
+        .filter(|r| changed.contains_key(r.field))
+        .collect();
+    let record = Record {
+        fields,
+        versions,
+        updated_at_ms: now_ms,
+        ..current.clone()
+    };
+    let change = Change {
+        seq: 0,
+        record_id: current.id,
+        kind,
+        op: ChangeOp::Update,
+        hlc,
+        fields: changed,
+        at_ms: now_ms,
+    };
+    Ok(Some(WritePlan {
+        record,
+        change,
+        refs,
+    }))
 }
 
 /// Plans a delete: the record becomes a tombstone carrying the delete's version, so that sync
 /// can propagate it; its field values stay until an erasure removes them.
 pub fn plan_delete(current: &Record, hlc: Hlc, now_ms: i64) -> Result<WritePlan, DomainError> {
     if current.is_deleted() {
-        return Err(DomainError::NotFound { kind: current.kind, id: current.id.to_string() });
+        return Err(DomainError::NotFound {
+            kind: current.kind,
+            id: current.id.to_string(),
+        });
     }
-    let record = Record { deleted: Some(hlc.clone()), updated_at_ms: now_ms, ..current.clone() };
-    let change = Change { seq: 0, record_id: current.id, kind: current.kind, op: ChangeOp::Delete, hlc, fields: BTreeMap::new(), at_ms: now_ms };
-    Ok(WritePlan { record, change, refs: Vec::new() })
+    let record = Record {
+        deleted: Some(hlc.clone()),
+        updated_at_ms: now_ms,
+        ..current.clone()
+    };
+    let change = Change {
+        seq: 0,
+        record_id: current.id,
+        kind: current.kind,
+        op: ChangeOp::Delete,
+        hlc,
+        fields: BTreeMap::new(),
+        at_ms: now_ms,
+    };
+    Ok(WritePlan {
+        record,
+        change,
+        refs: Vec::new(),
+    })
 }
 
 /// Columns the store keeps beside the JSON fields for filtering and search.
@@ -271,13 +383,23 @@ pub struct IndexColumns {
 /// account" is one indexed lookup; an activity's `account_id` is filled by the store from the
 /// record it belongs to.
 pub fn index_columns(record: &Record) -> IndexColumns {
-    let text = |n: &str| record.fields.get(n).and_then(Value::as_text).map(str::to_string);
+    let text = |n: &str| {
+        record
+            .fields
+            .get(n)
+            .and_then(Value::as_text)
+            .map(str::to_string)
+    };
     let status_field = match record.kind {
         RecordKind::ServiceCase | RecordKind::Lead => text("status"),
         _ => None,
     };
     IndexColumns {
-        account_id: if record.kind == RecordKind::Account { Some(record.id.to_string()) } else { text("account_id") },
+        account_id: if record.kind == RecordKind::Account {
+            Some(record.id.to_string())
+        } else {
+            text("account_id")
+        },
         contact_id: text("contact_id"),
         related_id: text("related_id"),
         stage: text("stage"),
@@ -311,14 +433,24 @@ pub fn search_text(kind: RecordKind, fields: &FieldMap) -> String {
 pub fn search_needles(query: &str) -> Result<Vec<String>, DomainError> {
     let q = query.trim().to_lowercase();
     if q.chars().count() < 2 {
-        return Err(DomainError::invalid("query", "must have at least 2 characters"));
+        return Err(DomainError::invalid(
+            "query",
+            "must have at least 2 characters",
+        ));
     }
     if q.chars().count() > 200 {
-        return Err(DomainError::invalid("query", "must be at most 200 characters"));
+        return Err(DomainError::invalid(
+            "query",
+            "must be at most 200 characters",
+        ));
     }
     let mut needles = vec![q.clone()];
     let digits: String = q.chars().filter(char::is_ascii_digit).collect();
-    if digits.len() >= 3 && q.chars().all(|c| c.is_ascii_digit() || " +-()/.".contains(c)) && digits != q {
+    if digits.len() >= 3
+        && q.chars()
+            .all(|c| c.is_ascii_digit() || " +-()/.".contains(c))
+        && digits != q
+    {
         needles.push(digits);
     }
     Ok(needles)
@@ -335,7 +467,10 @@ mod tests {
     }
 
     fn fm(pairs: &[(&str, Value)]) -> FieldMap {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
     }
 
     fn t(s: &str) -> Value {
@@ -347,28 +482,106 @@ mod tests {
     #[test]
     fn required_fields_name_the_field() {
         let id = Uuid::now_v7();
-        let err = plan_create(RecordKind::Account, id, "acme", fm(&[("domain", t("acme.example"))]), hlc(1), 1).unwrap_err();
+        let err = plan_create(
+            RecordKind::Account,
+            id,
+            "acme",
+            fm(&[("domain", t("acme.example"))]),
+            hlc(1),
+            1,
+        )
+        .unwrap_err();
         assert_eq!(err, DomainError::invalid("name", "is required"));
-        let err = plan_create(RecordKind::Contact, id, "acme", fm(&[("first_name", t("Anna"))]), hlc(1), 1).unwrap_err();
+        let err = plan_create(
+            RecordKind::Contact,
+            id,
+            "acme",
+            fm(&[("first_name", t("Anna"))]),
+            hlc(1),
+            1,
+        )
+        .unwrap_err();
         assert!(matches!(err, DomainError::Invalid { ref field, .. } if field == "last_name"));
-        assert!(plan_create(RecordKind::Contact, id, "acme", fm(&[("email", t("a@b.example"))]), hlc(1), 1).is_ok());
-        let err = plan_create(RecordKind::Opportunity, id, "acme", fm(&[("name", t("Deal")), ("stage", t("proposal"))]), hlc(1), 1).unwrap_err();
+        assert!(
+            plan_create(
+                RecordKind::Contact,
+                id,
+                "acme",
+                fm(&[("email", t("a@b.example"))]),
+                hlc(1),
+                1
+            )
+            .is_ok()
+        );
+        let err = plan_create(
+            RecordKind::Opportunity,
+            id,
+            "acme",
+            fm(&[("name", t("Deal")), ("stage", t("proposal"))]),
+            hlc(1),
+            1,
+        )
+        .unwrap_err();
         assert!(matches!(err, DomainError::Invalid { ref field, .. } if field == "account_id"));
-        let err = plan_create(RecordKind::ServiceCase, id, "acme", fm(&[("account_id", t(ACC))]), hlc(1), 1).unwrap_err();
+        let err = plan_create(
+            RecordKind::ServiceCase,
+            id,
+            "acme",
+            fm(&[("account_id", t(ACC))]),
+            hlc(1),
+            1,
+        )
+        .unwrap_err();
         assert!(matches!(err, DomainError::Invalid { ref field, .. } if field == "subject"));
-        let err = plan_create(RecordKind::Account, id, "acme", fm(&[("name", t("A")), ("colour", t("red"))]), hlc(1), 1).unwrap_err();
+        let err = plan_create(
+            RecordKind::Account,
+            id,
+            "acme",
+            fm(&[("name", t("A")), ("colour", t("red"))]),
+            hlc(1),
+            1,
+        )
+        .unwrap_err();
         assert!(matches!(err, DomainError::Invalid { ref field, .. } if field == "colour"));
     }
 
     #[test]
     fn create_defaults_and_versions() {
         let id = Uuid::now_v7();
-        let p = plan_create(RecordKind::ServiceCase, id, "acme", fm(&[("account_id", t(ACC)), ("subject", t("Broken"))]), hlc(7), 7).unwrap();
+        let p = plan_create(
+            RecordKind::ServiceCase,
+            id,
+            "acme",
+            fm(&[("account_id", t(ACC)), ("subject", t("Broken"))]),
+            hlc(7),
+            7,
+        )
+        .unwrap();
         assert_eq!(p.record.text("status"), Some("new"));
         assert_eq!(p.record.text("priority"), Some("normal"));
-        assert!(p.record.fields.keys().all(|k| p.record.versions[k] == hlc(7)));
-        assert_eq!(p.refs, vec![RefCheck { field: "account_id", id: Uuid::parse_str(ACC).unwrap(), kinds: &[RecordKind::Account] }]);
-        let a = plan_create(RecordKind::Activity, id, "acme", fm(&[("related_id", t(ACC)), ("channel", t("note"))]), hlc(7), 99).unwrap();
+        assert!(
+            p.record
+                .fields
+                .keys()
+                .all(|k| p.record.versions[k] == hlc(7))
+        );
+        assert_eq!(
+            p.refs,
+            vec![RefCheck {
+                field: "account_id",
+                id: Uuid::parse_str(ACC).unwrap(),
+                kinds: &[RecordKind::Account]
+            }]
+        );
+        let a = plan_create(
+            RecordKind::Activity,
+            id,
+            "acme",
+            fm(&[("related_id", t(ACC)), ("channel", t("note"))]),
+            hlc(7),
+            99,
+        )
+        .unwrap();
         assert_eq!(a.record.text("direction"), Some("internal"));
         assert_eq!(a.record.fields["occurred_at"], Value::Int(99));
     }
@@ -376,13 +589,41 @@ mod tests {
     #[test]
     fn case_lifecycle() {
         let id = Uuid::now_v7();
-        let err = plan_create(RecordKind::ServiceCase, id, "acme", fm(&[("account_id", t(ACC)), ("subject", t("x")), ("status", t("closed"))]), hlc(1), 1).unwrap_err();
+        let err = plan_create(
+            RecordKind::ServiceCase,
+            id,
+            "acme",
+            fm(&[
+                ("account_id", t(ACC)),
+                ("subject", t("x")),
+                ("status", t("closed")),
+            ]),
+            hlc(1),
+            1,
+        )
+        .unwrap_err();
         assert!(matches!(err, DomainError::FailedPrecondition { .. }));
-        let mut rec = plan_create(RecordKind::ServiceCase, id, "acme", fm(&[("account_id", t(ACC)), ("subject", t("x"))]), hlc(1), 1).unwrap().record;
+        let mut rec = plan_create(
+            RecordKind::ServiceCase,
+            id,
+            "acme",
+            fm(&[("account_id", t(ACC)), ("subject", t("x"))]),
+            hlc(1),
+            1,
+        )
+        .unwrap()
+        .record;
         let status = vec!["status".to_string()];
-        let step = |rec: &Record, to: &str, ms: u64| plan_update(rec, &status, fm(&[("status", t(to))]), hlc(ms), ms as i64);
-        assert!(matches!(step(&rec, "closed", 2).unwrap_err(), DomainError::FailedPrecondition { ref field, .. } if field == "status"));
-        for (i, to) in ["open", "pending", "resolved", "open", "resolved", "closed"].iter().enumerate() {
+        let step = |rec: &Record, to: &str, ms: u64| {
+            plan_update(rec, &status, fm(&[("status", t(to))]), hlc(ms), ms as i64)
+        };
+        assert!(
+            matches!(step(&rec, "closed", 2).unwrap_err(), DomainError::FailedPrecondition { ref field, .. } if field == "status")
+        );
+        for (i, to) in ["open", "pending", "resolved", "open", "resolved", "closed"]
+            .iter()
+            .enumerate()
+        {
             rec = step(&rec, to, 10 + i as u64).unwrap().unwrap().record;
         }
         assert!(step(&rec, "open", 30).is_err());
@@ -397,7 +638,12 @@ mod tests {
             RecordKind::Opportunity,
             id,
             "acme",
-            fm(&[("account_id", t(ACC)), ("name", t("Deal")), ("stage", t("proposal")), ("probability", Value::Int(40))]),
+            fm(&[
+                ("account_id", t(ACC)),
+                ("name", t("Deal")),
+                ("stage", t("proposal")),
+                ("probability", Value::Int(40)),
+            ]),
             hlc(1),
             1,
         )
@@ -405,44 +651,85 @@ mod tests {
         .record;
         // The patch carries a new name too, but only "stage" is in the mask.
         let patch = fm(&[("name", t("Other")), ("stage", t("negotiation"))]);
-        let p = plan_update(&rec, &["stage".into()], patch, hlc(5), 5).unwrap().unwrap();
+        let p = plan_update(&rec, &["stage".into()], patch, hlc(5), 5)
+            .unwrap()
+            .unwrap();
         assert_eq!(p.record.text("name"), Some("Deal"));
         assert_eq!(p.record.text("stage"), Some("negotiation"));
         assert_eq!(p.record.versions["stage"], hlc(5));
         assert_eq!(p.record.versions["name"], hlc(1));
         assert_eq!(p.change.fields.keys().collect::<Vec<_>>(), vec!["stage"]);
         // A masked field absent from the patch is cleared, and the clear is versioned.
-        let p = plan_update(&rec, &["probability".into()], FieldMap::new(), hlc(6), 6).unwrap().unwrap();
+        let p = plan_update(&rec, &["probability".into()], FieldMap::new(), hlc(6), 6)
+            .unwrap()
+            .unwrap();
         assert!(!p.record.fields.contains_key("probability"));
         assert_eq!(p.record.versions["probability"], hlc(6));
         assert_eq!(p.change.fields["probability"], None);
         // Clearing a required field is refused.
         assert!(plan_update(&rec, &["name".into()], FieldMap::new(), hlc(7), 7).is_err());
         // Setting the same value is a no-op.
-        assert!(plan_update(&rec, &["stage".into()], fm(&[("stage", t("proposal"))]), hlc(8), 8).unwrap().is_none());
+        assert!(
+            plan_update(
+                &rec,
+                &["stage".into()],
+                fm(&[("stage", t("proposal"))]),
+                hlc(8),
+                8
+            )
+            .unwrap()
+            .is_none()
+        );
         // Unknown and empty masks are refused.
-        assert!(matches!(plan_update(&rec, &["meta.owner_org".into()], FieldMap::new(), hlc(9), 9).unwrap_err(), DomainError::Invalid { ref field, .. } if field == "update_mask"));
+        assert!(
+            matches!(plan_update(&rec, &["meta.owner_org".into()], FieldMap::new(), hlc(9), 9).unwrap_err(), DomainError::Invalid { ref field, .. } if field == "update_mask")
+        );
         assert!(plan_update(&rec, &[], FieldMap::new(), hlc(9), 9).is_err());
     }
 
     #[test]
     fn delete_tombstones() {
         let id = Uuid::now_v7();
-        let rec = plan_create(RecordKind::Account, id, "acme", fm(&[("name", t("A"))]), hlc(1), 1).unwrap().record;
+        let rec = plan_create(
+            RecordKind::Account,
+            id,
+            "acme",
+            fm(&[("name", t("A"))]),
+            hlc(1),
+            1,
+        )
+        .unwrap()
+        .record;
         let d = plan_delete(&rec, hlc(2), 2).unwrap();
         assert_eq!(d.record.deleted, Some(hlc(2)));
         assert!(plan_delete(&d.record, hlc(3), 3).is_err());
-        assert!(plan_update(&d.record, &["name".into()], fm(&[("name", t("B"))]), hlc(3), 3).is_err());
+        assert!(
+            plan_update(
+                &d.record,
+                &["name".into()],
+                fm(&[("name", t("B"))]),
+                hlc(3),
+                3
+            )
+            .is_err()
+        );
     }
 
     #[test]
     fn search_text_and_needles() {
-        let f = fm(&[("name", t("Müller GmbH")), ("phone", t("+49 (30) 1234-567")), ("industry", t("Steel"))]);
+        let f = fm(&[
+            ("name", t("Müller GmbH")),
+            ("phone", t("+49 (30) 1234-567")),
+            ("industry", t("Steel")),
+        ]);
         let s = search_text(RecordKind::Account, &f);
         assert!(s.contains("müller gmbh"));
         assert!(s.contains("49301234567"));
         assert!(!s.contains("steel"));
-        assert_eq!(search_needles(" 030 1234 ").unwrap(), vec!["030 1234".to_string(), "0301234".to_string()]);
+        assert_eq!(
+            search_needles(" 030 1234 ").unwrap(),
+            vec!["030 1234".to_string(), "0301234".to_string()]
+        );
         assert!(search_needles("a").is_err());
     }
 
@@ -465,7 +752,13 @@ mod tests {
                     m.insert("probability".into(), Value::Int(p));
                 }
                 if let Some(a) = amount {
-                    m.insert("amount".into(), Value::Money(Money { currency: "EUR".into(), minor_units: a }));
+                    m.insert(
+                        "amount".into(),
+                        Value::Money(Money {
+                            currency: "EUR".into(),
+                            minor_units: a,
+                        }),
+                    );
                 }
                 m
             })

@@ -1,1 +1,13 @@
+//! A Verbund node: the gRPC services over mutual TLS, identities and certificates.
 
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod convert;
+pub mod identity;
+pub mod pki;
+pub mod server;
+pub mod service;
+pub mod tls;
+
+pub use verbund_proto::v1 as pb;

@@ -5,5 +5,6 @@ pub mod v1 {
     tonic::include_proto!("verbund.v1");
 
     /// Encoded `FileDescriptorSet` of the verbund protos and their imports, for reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/verbund_descriptor.bin"));
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/verbund_descriptor.bin"));
 }

@@ -93,9 +93,14 @@ fn versions_to_json(v: &BTreeMap<String, Hlc>) -> String {
 }
 
 fn versions_from_json(s: &str) -> Result<BTreeMap<String, Hlc>> {
-    let m: BTreeMap<String, String> = serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("versions: {e}")))?;
+    let m: BTreeMap<String, String> =
+        serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("versions: {e}")))?;
     m.into_iter()
-        .map(|(k, v)| v.parse::<Hlc>().map(|h| (k, h)).map_err(|e| StoreError::Corrupt(e.to_string())))
+        .map(|(k, v)| {
+            v.parse::<Hlc>()
+                .map(|h| (k, h))
+                .map_err(|e| StoreError::Corrupt(e.to_string()))
+        })
         .collect()
 }
 
@@ -118,14 +123,20 @@ struct RecordRow {
 
 impl RecordRow {
     fn into_record(self) -> Result<Record> {
-        let fields: FieldMap = serde_json::from_str(&self.fields).map_err(|e| StoreError::Corrupt(format!("fields of {}: {e}", self.id)))?;
+        let fields: FieldMap = serde_json::from_str(&self.fields)
+            .map_err(|e| StoreError::Corrupt(format!("fields of {}: {e}", self.id)))?;
         Ok(Record {
-            id: Uuid::parse_str(&self.id).map_err(|e| StoreError::Corrupt(format!("id {}: {e}", self.id)))?,
+            id: Uuid::parse_str(&self.id)
+                .map_err(|e| StoreError::Corrupt(format!("id {}: {e}", self.id)))?,
             kind: kind_from_db(&self.kind)?,
             owner_org: self.owner_org,
             created_at_ms: self.created_at_ms,
             updated_at_ms: self.updated_at_ms,
-            deleted: self.deleted_version.map(|v| v.parse::<Hlc>()).transpose().map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            deleted: self
+                .deleted_version
+                .map(|v| v.parse::<Hlc>())
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
             seq: self.seq,
             fields,
             versions: versions_from_json(&self.versions)?,
@@ -147,11 +158,19 @@ impl ChangeRow {
     fn into_change(self) -> Result<Change> {
         Ok(Change {
             seq: self.seq,
-            record_id: Uuid::parse_str(&self.record_id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            record_id: Uuid::parse_str(&self.record_id)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
             kind: kind_from_db(&self.kind)?,
-            op: ChangeOp::parse(&self.op).ok_or_else(|| StoreError::Corrupt(format!("change op {:?}", self.op)))?,
-            hlc: self.hlc.parse().map_err(|e: verbund_core::hlc::ParseHlcError| StoreError::Corrupt(e.to_string()))?,
-            fields: serde_json::from_str(&self.fields).map_err(|e| StoreError::Corrupt(format!("change fields: {e}")))?,
+            op: ChangeOp::parse(&self.op)
+                .ok_or_else(|| StoreError::Corrupt(format!("change op {:?}", self.op)))?,
+            hlc: self
+                .hlc
+                .parse()
+                .map_err(|e: verbund_core::hlc::ParseHlcError| {
+                    StoreError::Corrupt(e.to_string())
+                })?,
+            fields: serde_json::from_str(&self.fields)
+                .map_err(|e| StoreError::Corrupt(format!("change fields: {e}")))?,
             at_ms: self.at_ms,
         })
     }
@@ -166,8 +185,14 @@ struct RefTarget {
 fn ref_error(r: &RefCheck, found: Option<&RefTarget>) -> DomainError {
     let wanted: Vec<&str> = r.kinds.iter().map(|k| k.as_str()).collect();
     match found {
-        None => DomainError::invalid(r.field, format!("no {} with id {}", wanted.join(" or "), r.id)),
-        Some(t) => DomainError::invalid(r.field, format!("{} is a {}, not a {}", r.id, t.kind, wanted.join(" or "))),
+        None => DomainError::invalid(
+            r.field,
+            format!("no {} with id {}", wanted.join(" or "), r.id),
+        ),
+        Some(t) => DomainError::invalid(
+            r.field,
+            format!("{} is a {}, not a {}", r.id, t.kind, wanted.join(" or ")),
+        ),
     }
 }
 
@@ -518,12 +543,18 @@ impl Store {
     /// `postgres://…`/`postgresql://…`, `sqlite://path`, or a plain file path for SQLite.
     pub async fn open(url: &str) -> Result<Store> {
         let store = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let opts = PgConnectOptions::from_str(url).map_err(|e| StoreError::Config(e.to_string()))?;
+            let opts =
+                PgConnectOptions::from_str(url).map_err(|e| StoreError::Config(e.to_string()))?;
             Store::open_postgres(opts).await?
         } else {
-            let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+            let path = url
+                .strip_prefix("sqlite://")
+                .or_else(|| url.strip_prefix("sqlite:"))
+                .unwrap_or(url);
             if path.is_empty() || path.contains(":memory:") {
-                return Err(StoreError::Config("an in-memory SQLite database would lose all data; give a file path".into()));
+                return Err(StoreError::Config(
+                    "an in-memory SQLite database would lose all data; give a file path".into(),
+                ));
             }
             Store::open_sqlite(std::path::Path::new(path)).await?
         };
@@ -540,13 +571,20 @@ impl Store {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts)
+            .await?;
         SQLITE_MIGRATIONS.run(&pool).await?;
         Ok(Store::Sqlite(pool))
     }
 
     pub async fn open_postgres(opts: PgConnectOptions) -> Result<Store> {
-        let pool = PgPoolOptions::new().max_connections(16).acquire_timeout(Duration::from_secs(10)).connect_with(opts).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await?;
         PG_MIGRATIONS.run(&pool).await?;
         Ok(Store::Postgres(pool))
     }
@@ -577,7 +615,10 @@ impl Store {
     where
         F: FnOnce(&Record) -> Result<WritePlan, DomainError>,
     {
-        dispatch!(self, modify(kind, id, true, |r: &Record| plan_fn(r).map(Some)))
+        dispatch!(
+            self,
+            modify(kind, id, true, |r: &Record| plan_fn(r).map(Some))
+        )
     }
 
     /// A record by id, tombstones included.
@@ -599,7 +640,12 @@ impl Store {
     }
 
     /// Change-log entries with seq > `after_seq`, in order.
-    pub async fn changes_after(&self, after_seq: i64, kinds: &[RecordKind], limit: i64) -> Result<Vec<Change>> {
+    pub async fn changes_after(
+        &self,
+        after_seq: i64,
+        kinds: &[RecordKind],
+        limit: i64,
+    ) -> Result<Vec<Change>> {
         dispatch!(self, changes_after(after_seq, kinds, limit))
     }
 

@@ -25,11 +25,18 @@ struct Fixture {
 impl Fixture {
     fn hlc(&self) -> Hlc {
         let mut c = self.clock.lock().unwrap();
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
         c.tick(now)
     }
 
-    async fn create(&self, kind: RecordKind, fields: &[(&str, Value)]) -> Result<verbund_core::Record, StoreError> {
+    async fn create(
+        &self,
+        kind: RecordKind,
+        fields: &[(&str, Value)],
+    ) -> Result<verbund_core::Record, StoreError> {
         let plan = plan_create(kind, Uuid::now_v7(), "acme", fm(fields), self.hlc(), 1_000)?;
         self.store.create(plan).await
     }
@@ -38,13 +45,21 @@ impl Fixture {
         self.store.close().await;
         if let Some((url, schema)) = self.pg_schema {
             let admin = sqlx::PgPool::connect(&url).await.unwrap();
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))).execute(&admin).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE"
+            )))
+            .execute(&admin)
+            .await
+            .unwrap();
         }
     }
 }
 
 fn fm(pairs: &[(&str, Value)]) -> FieldMap {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
 }
 
 fn t(s: &str) -> Value {
@@ -53,8 +68,15 @@ fn t(s: &str) -> Value {
 
 async fn sqlite() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path().join("verbund.db").to_str().unwrap()).await.unwrap();
-    Fixture { store, clock: std::sync::Mutex::new(HlcClock::new("acme/n1", 60_000)), _dir: Some(dir), pg_schema: None }
+    let store = Store::open(dir.path().join("verbund.db").to_str().unwrap())
+        .await
+        .unwrap();
+    Fixture {
+        store,
+        clock: std::sync::Mutex::new(HlcClock::new("acme/n1", 60_000)),
+        _dir: Some(dir),
+        pg_schema: None,
+    }
 }
 
 async fn postgres() -> Option<Fixture> {
@@ -64,12 +86,24 @@ async fn postgres() -> Option<Fixture> {
     };
     // A fresh schema per test; the schema name is generated here, never from input.
     let schema = format!("verbund_test_{}", Uuid::now_v7().simple());
-    let admin = sqlx::PgPool::connect(&url).await.expect("PostgreSQL from VERBUND_TEST_POSTGRES_URL is unreachable");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&admin).await.unwrap();
+    let admin = sqlx::PgPool::connect(&url)
+        .await
+        .expect("PostgreSQL from VERBUND_TEST_POSTGRES_URL is unreachable");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&admin)
+        .await
+        .unwrap();
     admin.close().await;
-    let opts = PgConnectOptions::from_str(&url).unwrap().options([("search_path", schema.as_str())]);
+    let opts = PgConnectOptions::from_str(&url)
+        .unwrap()
+        .options([("search_path", schema.as_str())]);
     let store = Store::open_postgres(opts).await.unwrap();
-    Some(Fixture { store, clock: std::sync::Mutex::new(HlcClock::new("acme/n1", 60_000)), _dir: None, pg_schema: Some((url, schema)) })
+    Some(Fixture {
+        store,
+        clock: std::sync::Mutex::new(HlcClock::new("acme/n1", 60_000)),
+        _dir: None,
+        pg_schema: Some((url, schema)),
+    })
 }
 
 macro_rules! on_both {
@@ -117,7 +151,13 @@ async fn create_and_get_round_trip(f: &Fixture) {
                 ("name", t("Müller Maschinenbau GmbH")),
                 ("domain", t("Mueller.Example")),
                 ("tags", Value::List(vec!["key".into(), "group".into()])),
-                ("annual_revenue", Value::Money(verbund_core::Money { currency: "EUR".into(), minor_units: 123_456_789 })),
+                (
+                    "annual_revenue",
+                    Value::Money(verbund_core::Money {
+                        currency: "EUR".into(),
+                        minor_units: 123_456_789,
+                    }),
+                ),
             ],
         )
         .await
@@ -133,40 +173,100 @@ async fn create_and_get_round_trip(f: &Fixture) {
 }
 
 async fn references_must_exist_and_failed_writes_change_nothing(f: &Fixture) {
-    let acc = f.create(RecordKind::Account, &[("name", t("Acme"))]).await.unwrap();
+    let acc = f
+        .create(RecordKind::Account, &[("name", t("Acme"))])
+        .await
+        .unwrap();
     let before = f.store.last_seq().await.unwrap();
     let missing = Uuid::now_v7().to_string();
-    let err = f.create(RecordKind::Contact, &[("last_name", t("Weber")), ("account_id", t(&missing))]).await.unwrap_err();
-    assert!(matches!(err, StoreError::Domain(DomainError::Invalid { ref field, .. }) if field == "account_id"), "{err}");
-    // A reference of the wrong kind is refused too.
-    let contact = f.create(RecordKind::Contact, &[("last_name", t("Weber")), ("account_id", t(&acc.id.to_string()))]).await.unwrap();
     let err = f
-        .create(RecordKind::Opportunity, &[("name", t("Deal")), ("stage", t("proposal")), ("account_id", t(&contact.id.to_string()))])
+        .create(
+            RecordKind::Contact,
+            &[("last_name", t("Weber")), ("account_id", t(&missing))],
+        )
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("is a contact, not a account"), "{err}");
+    assert!(
+        matches!(err, StoreError::Domain(DomainError::Invalid { ref field, .. }) if field == "account_id"),
+        "{err}"
+    );
+    // A reference of the wrong kind is refused too.
+    let contact = f
+        .create(
+            RecordKind::Contact,
+            &[
+                ("last_name", t("Weber")),
+                ("account_id", t(&acc.id.to_string())),
+            ],
+        )
+        .await
+        .unwrap();
+    let err = f
+        .create(
+            RecordKind::Opportunity,
+            &[
+                ("name", t("Deal")),
+                ("stage", t("proposal")),
+                ("account_id", t(&contact.id.to_string())),
+            ],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("is a contact, not a account"),
+        "{err}"
+    );
     assert_eq!(f.store.last_seq().await.unwrap(), before + 1);
     assert_eq!(f.store.count(RecordKind::Contact).await.unwrap(), 1);
     assert_eq!(f.store.count(RecordKind::Opportunity).await.unwrap(), 0);
     // A failing update leaves the record as it was.
     let err = f
         .store
-        .update(RecordKind::Contact, contact.id, |cur| plan_update(cur, &["account_id".into()], fm(&[("account_id", t(&missing))]), f.hlc(), 2))
+        .update(RecordKind::Contact, contact.id, |cur| {
+            plan_update(
+                cur,
+                &["account_id".into()],
+                fm(&[("account_id", t(&missing))]),
+                f.hlc(),
+                2,
+            )
+        })
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::Domain(DomainError::Invalid { .. })));
+    assert!(matches!(
+        err,
+        StoreError::Domain(DomainError::Invalid { .. })
+    ));
     assert_eq!(f.store.get(contact.id).await.unwrap().unwrap(), contact);
 }
 
 async fn update_writes_change_log(f: &Fixture) {
-    let acc = f.create(RecordKind::Account, &[("name", t("Acme"))]).await.unwrap();
+    let acc = f
+        .create(RecordKind::Account, &[("name", t("Acme"))])
+        .await
+        .unwrap();
     let opp = f
-        .create(RecordKind::Opportunity, &[("name", t("Deal")), ("stage", t("proposal")), ("account_id", t(&acc.id.to_string()))])
+        .create(
+            RecordKind::Opportunity,
+            &[
+                ("name", t("Deal")),
+                ("stage", t("proposal")),
+                ("account_id", t(&acc.id.to_string())),
+            ],
+        )
         .await
         .unwrap();
     let updated = f
         .store
-        .update(RecordKind::Opportunity, opp.id, |cur| plan_update(cur, &["stage".into()], fm(&[("stage", t("negotiation"))]), f.hlc(), 5))
+        .update(RecordKind::Opportunity, opp.id, |cur| {
+            plan_update(
+                cur,
+                &["stage".into()],
+                fm(&[("stage", t("negotiation"))]),
+                f.hlc(),
+                5,
+            )
+        })
         .await
         .unwrap();
     assert_eq!(updated.text("stage"), Some("negotiation"));
@@ -175,50 +275,141 @@ async fn update_writes_change_log(f: &Fixture) {
     // A no-op update consumes no sequence number.
     let same = f
         .store
-        .update(RecordKind::Opportunity, opp.id, |cur| plan_update(cur, &["stage".into()], fm(&[("stage", t("negotiation"))]), f.hlc(), 6))
+        .update(RecordKind::Opportunity, opp.id, |cur| {
+            plan_update(
+                cur,
+                &["stage".into()],
+                fm(&[("stage", t("negotiation"))]),
+                f.hlc(),
+                6,
+            )
+        })
         .await
         .unwrap();
     assert_eq!(same.seq, updated.seq);
     // Wrong kind is not found.
-    let err = f.store.update(RecordKind::ServiceCase, opp.id, |_| Ok(None)).await.unwrap_err();
-    assert!(matches!(err, StoreError::Domain(DomainError::NotFound { .. })));
+    let err = f
+        .store
+        .update(RecordKind::ServiceCase, opp.id, |_| Ok(None))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::Domain(DomainError::NotFound { .. })
+    ));
     let log = f.store.changes_after(0, &[], 100).await.unwrap();
     assert_eq!(log.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
     assert_eq!(log[2].fields.keys().collect::<Vec<_>>(), vec!["stage"]);
     assert_eq!(log[2].fields["stage"], Some(t("negotiation")));
-    let only_opps = f.store.changes_after(0, &[RecordKind::Opportunity], 100).await.unwrap();
+    let only_opps = f
+        .store
+        .changes_after(0, &[RecordKind::Opportunity], 100)
+        .await
+        .unwrap();
     assert_eq!(only_opps.len(), 2);
     assert_eq!(f.store.last_hlc().await.unwrap(), Some(log[2].hlc.clone()));
 }
 
 async fn delete_leaves_tombstone_and_protects_dependents(f: &Fixture) {
-    let acc = f.create(RecordKind::Account, &[("name", t("Acme"))]).await.unwrap();
-    let contact = f.create(RecordKind::Contact, &[("last_name", t("Weber")), ("account_id", t(&acc.id.to_string()))]).await.unwrap();
-    let err = f.store.delete(RecordKind::Account, acc.id, |cur| plan_delete(cur, f.hlc(), 3)).await.unwrap_err();
-    assert!(matches!(err, StoreError::Domain(DomainError::FailedPrecondition { .. })), "{err}");
-    let tomb = f.store.delete(RecordKind::Contact, contact.id, |cur| plan_delete(cur, f.hlc(), 3)).await.unwrap();
+    let acc = f
+        .create(RecordKind::Account, &[("name", t("Acme"))])
+        .await
+        .unwrap();
+    let contact = f
+        .create(
+            RecordKind::Contact,
+            &[
+                ("last_name", t("Weber")),
+                ("account_id", t(&acc.id.to_string())),
+            ],
+        )
+        .await
+        .unwrap();
+    let err = f
+        .store
+        .delete(RecordKind::Account, acc.id, |cur| {
+            plan_delete(cur, f.hlc(), 3)
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Domain(DomainError::FailedPrecondition { .. })
+        ),
+        "{err}"
+    );
+    let tomb = f
+        .store
+        .delete(RecordKind::Contact, contact.id, |cur| {
+            plan_delete(cur, f.hlc(), 3)
+        })
+        .await
+        .unwrap();
     assert!(tomb.is_deleted());
-    let acc_tomb = f.store.delete(RecordKind::Account, acc.id, |cur| plan_delete(cur, f.hlc(), 4)).await.unwrap();
+    let acc_tomb = f
+        .store
+        .delete(RecordKind::Account, acc.id, |cur| {
+            plan_delete(cur, f.hlc(), 4)
+        })
+        .await
+        .unwrap();
     assert!(acc_tomb.is_deleted());
-    assert_eq!(acc_tomb.fields, acc.fields, "a delete keeps values until erasure");
-    let err = f.store.delete(RecordKind::Account, acc.id, |cur| plan_delete(cur, f.hlc(), 5)).await.unwrap_err();
-    assert!(matches!(err, StoreError::Domain(DomainError::NotFound { .. })));
-    let q = ListQuery { kind: Some(RecordKind::Account), limit: 10, ..Default::default() };
+    assert_eq!(
+        acc_tomb.fields, acc.fields,
+        "a delete keeps values until erasure"
+    );
+    let err = f
+        .store
+        .delete(RecordKind::Account, acc.id, |cur| {
+            plan_delete(cur, f.hlc(), 5)
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::Domain(DomainError::NotFound { .. })
+    ));
+    let q = ListQuery {
+        kind: Some(RecordKind::Account),
+        limit: 10,
+        ..Default::default()
+    };
     assert!(f.store.list(&q).await.unwrap().is_empty());
-    let q = ListQuery { show_deleted: true, ..q };
+    let q = ListQuery {
+        show_deleted: true,
+        ..q
+    };
     assert_eq!(f.store.list(&q).await.unwrap().len(), 1);
     let log = f.store.changes_after(0, &[], 100).await.unwrap();
     assert_eq!(log.last().unwrap().op, verbund_core::ChangeOp::Delete);
 }
 
 async fn list_filters_and_keyset_pages(f: &Fixture) {
-    let a1 = f.create(RecordKind::Account, &[("name", t("A1"))]).await.unwrap();
-    let a2 = f.create(RecordKind::Account, &[("name", t("A2"))]).await.unwrap();
+    let a1 = f
+        .create(RecordKind::Account, &[("name", t("A1"))])
+        .await
+        .unwrap();
+    let a2 = f
+        .create(RecordKind::Account, &[("name", t("A2"))])
+        .await
+        .unwrap();
     let mut expected = Vec::new();
     for i in 0..23 {
-        let (acc, stage) = if i % 3 == 0 { (&a1, "proposal") } else { (&a2, "qualification") };
+        let (acc, stage) = if i % 3 == 0 {
+            (&a1, "proposal")
+        } else {
+            (&a2, "qualification")
+        };
         let o = f
-            .create(RecordKind::Opportunity, &[("name", t(&format!("Deal {i}"))), ("stage", t(stage)), ("account_id", t(&acc.id.to_string()))])
+            .create(
+                RecordKind::Opportunity,
+                &[
+                    ("name", t(&format!("Deal {i}"))),
+                    ("stage", t(stage)),
+                    ("account_id", t(&acc.id.to_string())),
+                ],
+            )
             .await
             .unwrap();
         expected.push(o.id);
@@ -226,7 +417,12 @@ async fn list_filters_and_keyset_pages(f: &Fixture) {
     let mut seen = Vec::new();
     let mut after = None;
     loop {
-        let q = ListQuery { kind: Some(RecordKind::Opportunity), after_id: after.clone(), limit: 5, ..Default::default() };
+        let q = ListQuery {
+            kind: Some(RecordKind::Opportunity),
+            after_id: after.clone(),
+            limit: 5,
+            ..Default::default()
+        };
         let page = f.store.list(&q).await.unwrap();
         if page.is_empty() {
             break;
@@ -235,39 +431,132 @@ async fn list_filters_and_keyset_pages(f: &Fixture) {
         seen.extend(page.into_iter().map(|r| r.id));
     }
     assert_eq!(seen, expected, "every record exactly once, in id order");
-    let q = ListQuery { kind: Some(RecordKind::Opportunity), account_id: Some(a1.id.to_string()), limit: 100, ..Default::default() };
+    let q = ListQuery {
+        kind: Some(RecordKind::Opportunity),
+        account_id: Some(a1.id.to_string()),
+        limit: 100,
+        ..Default::default()
+    };
     assert_eq!(f.store.list(&q).await.unwrap().len(), 8);
-    let q = ListQuery { kind: Some(RecordKind::Opportunity), stage: Some("qualification".into()), limit: 100, ..Default::default() };
+    let q = ListQuery {
+        kind: Some(RecordKind::Opportunity),
+        stage: Some("qualification".into()),
+        limit: 100,
+        ..Default::default()
+    };
     assert_eq!(f.store.list(&q).await.unwrap().len(), 15);
-    let q = ListQuery { kind: Some(RecordKind::Opportunity), updated_since_ms: Some(i64::MAX), limit: 100, ..Default::default() };
+    let q = ListQuery {
+        kind: Some(RecordKind::Opportunity),
+        updated_since_ms: Some(i64::MAX),
+        limit: 100,
+        ..Default::default()
+    };
     assert!(f.store.list(&q).await.unwrap().is_empty());
 }
 
 async fn search_is_case_insensitive(f: &Fixture) {
-    let acc = f.create(RecordKind::Account, &[("name", t("Müller Maschinenbau")), ("domain", t("mueller.example"))]).await.unwrap();
-    let c = f
+    let acc = f
         .create(
-            RecordKind::Contact,
-            &[("last_name", t("Weber")), ("email", t("Anna.Weber@Mueller.example")), ("phone", t("+49 (30) 1234-567")), ("account_id", t(&acc.id.to_string()))],
+            RecordKind::Account,
+            &[
+                ("name", t("Müller Maschinenbau")),
+                ("domain", t("mueller.example")),
+            ],
         )
         .await
         .unwrap();
-    f.create(RecordKind::Account, &[("name", t("100% Wild_card"))]).await.unwrap();
-    let search = |needles: Vec<&str>, kinds: Vec<RecordKind>| SearchQuery { needles: needles.into_iter().map(String::from).collect(), kinds, after_id: None, limit: 50 };
+    let c = f
+        .create(
+            RecordKind::Contact,
+            &[
+                ("last_name", t("Weber")),
+                ("email", t("Anna.Weber@Mueller.example")),
+                ("phone", t("+49 (30) 1234-567")),
+                ("account_id", t(&acc.id.to_string())),
+            ],
+        )
+        .await
+        .unwrap();
+    f.create(RecordKind::Account, &[("name", t("100% Wild_card"))])
+        .await
+        .unwrap();
+    let search = |needles: Vec<&str>, kinds: Vec<RecordKind>| SearchQuery {
+        needles: needles.into_iter().map(String::from).collect(),
+        kinds,
+        after_id: None,
+        limit: 50,
+    };
     let ids = |v: Vec<verbund_core::Record>| v.into_iter().map(|r| r.id).collect::<HashSet<_>>();
-    assert_eq!(ids(f.store.search(&search(vec!["müller"], vec![])).await.unwrap()), HashSet::from([acc.id]));
-    assert_eq!(ids(f.store.search(&search(vec!["anna.weber"], vec![])).await.unwrap()), HashSet::from([c.id]));
-    assert_eq!(ids(f.store.search(&search(vec!["mueller.example"], vec![])).await.unwrap()), HashSet::from([acc.id, c.id]));
-    assert_eq!(ids(f.store.search(&search(vec!["mueller.example"], vec![RecordKind::Contact])).await.unwrap()), HashSet::from([c.id]));
-    assert_eq!(ids(f.store.search(&search(vec!["1234567"], vec![])).await.unwrap()), HashSet::from([c.id]));
+    assert_eq!(
+        ids(f
+            .store
+            .search(&search(vec!["müller"], vec![]))
+            .await
+            .unwrap()),
+        HashSet::from([acc.id])
+    );
+    assert_eq!(
+        ids(f
+            .store
+            .search(&search(vec!["anna.weber"], vec![]))
+            .await
+            .unwrap()),
+        HashSet::from([c.id])
+    );
+    assert_eq!(
+        ids(f
+            .store
+            .search(&search(vec!["mueller.example"], vec![]))
+            .await
+            .unwrap()),
+        HashSet::from([acc.id, c.id])
+    );
+    assert_eq!(
+        ids(f
+            .store
+            .search(&search(vec!["mueller.example"], vec![RecordKind::Contact]))
+            .await
+            .unwrap()),
+        HashSet::from([c.id])
+    );
+    assert_eq!(
+        ids(f
+            .store
+            .search(&search(vec!["1234567"], vec![]))
+            .await
+            .unwrap()),
+        HashSet::from([c.id])
+    );
     // LIKE wildcards in the query match literally.
-    assert_eq!(f.store.search(&search(vec!["0% w"], vec![])).await.unwrap().len(), 1);
-    assert!(f.store.search(&search(vec!["wil__card"], vec![])).await.unwrap().is_empty());
-    assert!(f.store.search(&search(vec!["m%ller"], vec![])).await.unwrap().is_empty());
+    assert_eq!(
+        f.store
+            .search(&search(vec!["0% w"], vec![]))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        f.store
+            .search(&search(vec!["wil__card"], vec![]))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        f.store
+            .search(&search(vec!["m%ller"], vec![]))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn concurrent_writers_get_gap_free_sequences(f: &Fixture) {
-    let acc = f.create(RecordKind::Account, &[("name", t("Acme"))]).await.unwrap();
+    let acc = f
+        .create(RecordKind::Account, &[("name", t("Acme"))])
+        .await
+        .unwrap();
     let mut tasks = Vec::new();
     for w in 0..6 {
         let store = f.store.clone();
@@ -280,7 +569,10 @@ async fn concurrent_writers_get_gap_free_sequences(f: &Fixture) {
                     RecordKind::Contact,
                     Uuid::now_v7(),
                     "acme",
-                    fm(&[("last_name", t(&format!("W{w}-{i}"))), ("account_id", t(&acc_id))]),
+                    fm(&[
+                        ("last_name", t(&format!("W{w}-{i}"))),
+                        ("account_id", t(&acc_id)),
+                    ]),
                     clock.tick(i),
                     1,
                 )
@@ -294,32 +586,114 @@ async fn concurrent_writers_get_gap_free_sequences(f: &Fixture) {
     }
     let log = f.store.changes_after(0, &[], 1_000).await.unwrap();
     assert_eq!(log.len(), 121);
-    assert!(log.iter().enumerate().all(|(i, c)| c.seq == i as i64 + 1), "sequence numbers are gap-free and ordered");
+    assert!(
+        log.iter().enumerate().all(|(i, c)| c.seq == i as i64 + 1),
+        "sequence numbers are gap-free and ordered"
+    );
     assert_eq!(f.store.count(RecordKind::Contact).await.unwrap(), 120);
 }
 
 async fn activity_rolls_up_to_account(f: &Fixture) {
-    let acc = f.create(RecordKind::Account, &[("name", t("Acme"))]).await.unwrap();
-    let other = f.create(RecordKind::Account, &[("name", t("Other"))]).await.unwrap();
-    let case = f.create(RecordKind::ServiceCase, &[("subject", t("Broken pump")), ("account_id", t(&acc.id.to_string()))]).await.unwrap();
-    let on_case = f.create(RecordKind::Activity, &[("related_id", t(&case.id.to_string())), ("channel", t("call"))]).await.unwrap();
-    let on_acc = f.create(RecordKind::Activity, &[("related_id", t(&acc.id.to_string())), ("channel", t("note"))]).await.unwrap();
-    f.create(RecordKind::Activity, &[("related_id", t(&other.id.to_string())), ("channel", t("email"))]).await.unwrap();
-    let q = ListQuery { kind: Some(RecordKind::Activity), account_id: Some(acc.id.to_string()), limit: 10, ..Default::default() };
-    let got: Vec<_> = f.store.list(&q).await.unwrap().into_iter().map(|r| r.id).collect();
+    let acc = f
+        .create(RecordKind::Account, &[("name", t("Acme"))])
+        .await
+        .unwrap();
+    let other = f
+        .create(RecordKind::Account, &[("name", t("Other"))])
+        .await
+        .unwrap();
+    let case = f
+        .create(
+            RecordKind::ServiceCase,
+            &[
+                ("subject", t("Broken pump")),
+                ("account_id", t(&acc.id.to_string())),
+            ],
+        )
+        .await
+        .unwrap();
+    let on_case = f
+        .create(
+            RecordKind::Activity,
+            &[
+                ("related_id", t(&case.id.to_string())),
+                ("channel", t("call")),
+            ],
+        )
+        .await
+        .unwrap();
+    let on_acc = f
+        .create(
+            RecordKind::Activity,
+            &[
+                ("related_id", t(&acc.id.to_string())),
+                ("channel", t("note")),
+            ],
+        )
+        .await
+        .unwrap();
+    f.create(
+        RecordKind::Activity,
+        &[
+            ("related_id", t(&other.id.to_string())),
+            ("channel", t("email")),
+        ],
+    )
+    .await
+    .unwrap();
+    let q = ListQuery {
+        kind: Some(RecordKind::Activity),
+        account_id: Some(acc.id.to_string()),
+        limit: 10,
+        ..Default::default()
+    };
+    let got: Vec<_> = f
+        .store
+        .list(&q)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
     assert_eq!(got, vec![on_case.id, on_acc.id]);
-    let q = ListQuery { kind: Some(RecordKind::Activity), channel: Some("call".into()), limit: 10, ..Default::default() };
+    let q = ListQuery {
+        kind: Some(RecordKind::Activity),
+        channel: Some("call".into()),
+        limit: 10,
+        ..Default::default()
+    };
     assert_eq!(f.store.list(&q).await.unwrap().len(), 1);
     // Updating an activity's subject keeps its account roll-up.
     f.store
-        .update(RecordKind::Activity, on_case.id, |cur| plan_update(cur, &["subject".into()], fm(&[("subject", t("Called back"))]), f.hlc(), 9))
+        .update(RecordKind::Activity, on_case.id, |cur| {
+            plan_update(
+                cur,
+                &["subject".into()],
+                fm(&[("subject", t("Called back"))]),
+                f.hlc(),
+                9,
+            )
+        })
         .await
         .unwrap();
-    let q = ListQuery { kind: Some(RecordKind::Activity), account_id: Some(acc.id.to_string()), limit: 10, ..Default::default() };
+    let q = ListQuery {
+        kind: Some(RecordKind::Activity),
+        account_id: Some(acc.id.to_string()),
+        limit: 10,
+        ..Default::default()
+    };
     assert_eq!(f.store.list(&q).await.unwrap().len(), 2);
     // Moving it to another account's record moves the roll-up.
     f.store
-        .update(RecordKind::Activity, on_case.id, |cur| plan_update(cur, &["related_id".into()], fm(&[("related_id", t(&other.id.to_string()))]), f.hlc(), 10))
+        .update(RecordKind::Activity, on_case.id, |cur| {
+            plan_update(
+                cur,
+                &["related_id".into()],
+                fm(&[("related_id", t(&other.id.to_string()))]),
+                f.hlc(),
+                10,
+            )
+        })
         .await
         .unwrap();
     assert_eq!(f.store.list(&q).await.unwrap().len(), 1);
@@ -332,13 +706,26 @@ async fn sqlite_data_survives_reopen() {
     let mut clock = HlcClock::new("acme/n1", 60_000);
     let id = {
         let store = Store::open(path.to_str().unwrap()).await.unwrap();
-        let plan = plan_create(RecordKind::Account, Uuid::now_v7(), "acme", fm(&[("name", t("Durable"))]), clock.tick(10), 10).unwrap();
+        let plan = plan_create(
+            RecordKind::Account,
+            Uuid::now_v7(),
+            "acme",
+            fm(&[("name", t("Durable"))]),
+            clock.tick(10),
+            10,
+        )
+        .unwrap();
         let rec = store.create(plan).await.unwrap();
         store.close().await;
         rec.id
     };
-    let store = Store::open(&format!("sqlite://{}", path.display())).await.unwrap();
-    assert_eq!(store.get(id).await.unwrap().unwrap().text("name"), Some("Durable"));
+    let store = Store::open(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get(id).await.unwrap().unwrap().text("name"),
+        Some("Durable")
+    );
     assert_eq!(store.last_seq().await.unwrap(), 1);
     assert!(Store::open("sqlite::memory:").await.is_err());
 }

@@ -1,1 +1,277 @@
-fn main() {}
+//! `verbund`: the node and its command-line client.
+
+mod bench;
+mod demo;
+mod init;
+mod output;
+mod records;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use verbund_node::client::{ClientIdentity, connect};
+use verbund_node::config::NodeConfig;
+use verbund_node::server::Node;
+
+#[derive(Parser)]
+#[command(
+    name = "verbund",
+    version,
+    about = "Verbund: a federation of CRM nodes over mutual TLS"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How a client command reaches a node.
+#[derive(Args, Clone, Debug)]
+pub struct Conn {
+    /// The node's config (node.toml): gives endpoint, CA and the [client] identity.
+    #[arg(long, short = 'c', env = "VERBUND_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Node endpoint, e.g. https://127.0.0.1:7443 (overrides the config).
+    #[arg(long, env = "VERBUND_ENDPOINT", global = true)]
+    endpoint: Option<String>,
+    /// CA certificate (PEM) that issued the node's certificate.
+    #[arg(long, env = "VERBUND_CA", global = true)]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM).
+    #[arg(long, env = "VERBUND_CERT", global = true)]
+    cert: Option<PathBuf>,
+    /// Client private key (PEM).
+    #[arg(long, env = "VERBUND_KEY", global = true)]
+    key: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+impl Conn {
+    async fn channel(&self) -> Result<tonic::transport::Channel> {
+        let cfg = self
+            .config
+            .as_ref()
+            .map(|p| NodeConfig::load(p))
+            .transpose()?;
+        let endpoint = match (&self.endpoint, &cfg) {
+            (Some(e), _) => e.clone(),
+            (None, Some(c)) => c.endpoint(),
+            (None, None) => anyhow::bail!(
+                "no node given: pass --config <node.toml> or --endpoint with --ca, --cert and --key"
+            ),
+        };
+        let mut id = match &cfg {
+            Some(c) if self.cert.is_none() => ClientIdentity::from_config(c)?,
+            Some(c) => ClientIdentity {
+                ca_pem: c.read(&c.tls.ca_cert)?,
+                cert_and_key: None,
+            },
+            None => ClientIdentity {
+                ca_pem: String::new(),
+                cert_and_key: None,
+            },
+        };
+        if let Some(ca) = &self.ca {
+            id.ca_pem =
+                std::fs::read_to_string(ca).with_context(|| format!("reading {}", ca.display()))?;
+        }
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            let read = |p: &PathBuf| {
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+            };
+            id.cert_and_key = Some((read(cert)?, read(key)?));
+        } else if self.cert.is_some() != self.key.is_some() {
+            anyhow::bail!("--cert and --key go together");
+        }
+        if id.ca_pem.is_empty() {
+            anyhow::bail!("no CA certificate: pass --ca or --config");
+        }
+        connect(&endpoint, &id).await
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create an organization's CA, a node certificate, an admin certificate, node.toml and the database.
+    Init(init::InitArgs),
+    /// Run a node (mutual TLS only).
+    Run {
+        #[arg(long, short = 'c', env = "VERBUND_CONFIG")]
+        config: PathBuf,
+    },
+    /// Manage certificates.
+    #[command(subcommand)]
+    Cert(CertCommand),
+    /// Accounts (companies).
+    Account(records::RecordArgs),
+    /// Contacts (people at accounts).
+    Contact(records::RecordArgs),
+    /// Leads (prospects not yet qualified).
+    Lead(records::RecordArgs),
+    /// Opportunities (deals).
+    Opportunity(records::RecordArgs),
+    /// Service cases.
+    Case(records::RecordArgs),
+    /// Activities (e-mails, calls, meetings, notes, web) of a record.
+    Activity(records::RecordArgs),
+    /// Search names, e-mail addresses, domains and phone numbers.
+    Search {
+        query: String,
+        /// Restrict to kinds (account, contact, lead, opportunity, service_case, activity).
+        #[arg(long = "kind")]
+        kinds: Vec<String>,
+        #[arg(long, default_value_t = 50)]
+        page_size: i32,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Follow the node's change stream.
+    Watch {
+        /// Start after this change sequence number (0 = from the beginning).
+        #[arg(long, default_value_t = 0)]
+        after_seq: i64,
+        /// Stop after this many events.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show the identity the node sees for this client.
+    Whoami {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Run a local demonstration on the embedded database in a temporary directory.
+    Demo {
+        /// Keep the demo's directory instead of deleting it.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Benchmarks against a real node over mutual TLS.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Issue a client certificate for a user of this organization (verbund://<org>/user/<name>).
+    Issue {
+        #[arg(long, short = 'c', env = "VERBUND_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        user: String,
+        /// Where to write <user>.crt and <user>.key (default: users/ next to the config).
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+        /// Validity in days.
+        #[arg(long, default_value_t = verbund_node::pki::LEAF_VALIDITY_DAYS)]
+        days: i64,
+    },
+}
+
+fn main() -> ExitCode {
+    // One crypto provider everywhere (ring); installing it early avoids rustls' runtime panic
+    // should another dependency ever compile in a second one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VERBUND_LOG")
+                .unwrap_or_else(|_| "warn,verbund=info,verbund_node=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            output::print_error(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> Result<()> {
+    match command {
+        Command::Init(args) => init::run(args).await,
+        Command::Run { config } => run_node(config).await,
+        Command::Cert(CertCommand::Issue {
+            config,
+            user,
+            out_dir,
+            days,
+        }) => init::issue_user(&config, &user, out_dir, days),
+        Command::Account(a) => records::run(verbund_core::RecordKind::Account, a).await,
+        Command::Contact(a) => records::run(verbund_core::RecordKind::Contact, a).await,
+        Command::Lead(a) => records::run(verbund_core::RecordKind::Lead, a).await,
+        Command::Opportunity(a) => records::run(verbund_core::RecordKind::Opportunity, a).await,
+        Command::Case(a) => records::run(verbund_core::RecordKind::ServiceCase, a).await,
+        Command::Activity(a) => records::run(verbund_core::RecordKind::Activity, a).await,
+        Command::Search {
+            query,
+            kinds,
+            page_size,
+            conn,
+        } => records::search(&conn, query, kinds, page_size).await,
+        Command::Watch {
+            after_seq,
+            limit,
+            conn,
+        } => records::watch(&conn, after_seq, limit).await,
+        Command::Whoami { conn } => records::whoami(&conn).await,
+        Command::Demo { keep } => demo::run(keep).await,
+        Command::Bench(b) => bench::run(b).await,
+    }
+}
+
+async fn run_node(config: PathBuf) -> Result<()> {
+    let cfg = NodeConfig::load(&config)?;
+    let node = Node::start(&cfg).await?;
+    // Tests and scripts wait for this line.
+    println!(
+        "verbund node {} serving on {} (database: {})",
+        cfg.node_id(),
+        node.local_addr,
+        node.state.store.backend_name()
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    node.serve(shutdown_signal()).await?;
+    tracing::info!("node stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

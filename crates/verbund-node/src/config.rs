@@ -1,0 +1,187 @@
+//! `node.toml`: one file configures a node. Relative paths are relative to the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub node: NodeSection,
+    pub database: DatabaseSection,
+    pub tls: TlsSection,
+    #[serde(default)]
+    pub client: Option<ClientSection>,
+    /// The directory of the config file; relative paths resolve against it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    pub org: String,
+    pub name: String,
+    pub listen: SocketAddr,
+    #[serde(default = "default_skew")]
+    pub max_clock_skew_ms: u64,
+}
+
+fn default_skew() -> u64 {
+    60_000
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSection {
+    /// `sqlite://data/verbund.db` (relative to this file) or `postgres://…`.
+    pub url: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub ca_cert: PathBuf,
+    /// Needed only to issue certificates (`verbund cert issue`); keep it offline if you can.
+    pub ca_key: Option<PathBuf>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The identity the CLI uses when talking to this node with `--config`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSection {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl NodeConfig {
+    pub fn load(path: &Path) -> Result<NodeConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        let mut cfg: NodeConfig =
+            toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
+        cfg.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        if cfg.base_dir.as_os_str().is_empty() {
+            cfg.base_dir = PathBuf::from(".");
+        }
+        if !verbund_core::schema::is_valid_org_id(&cfg.node.org) {
+            bail!("node.org {:?} is not a valid organization id", cfg.node.org);
+        }
+        if !crate::identity::is_valid_name(&cfg.node.name) {
+            bail!("node.name {:?} is not a valid node name", cfg.node.name);
+        }
+        Ok(cfg)
+    }
+
+    pub fn path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    pub fn read(&self, p: &Path) -> Result<String> {
+        let full = self.path(p);
+        std::fs::read_to_string(&full).with_context(|| format!("reading {}", full.display()))
+    }
+
+    /// The database URL with a relative SQLite path resolved against the config directory.
+    pub fn database_url(&self) -> String {
+        let url = &self.database.url;
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return url.clone();
+        }
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
+        format!("sqlite://{}", self.path(Path::new(path)).display())
+    }
+
+    /// The URL clients use to reach this node.
+    pub fn endpoint(&self) -> String {
+        let mut addr = self.node.listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("https://{addr}")
+    }
+
+    /// The node id used in versions: `<org>/<name>`.
+    pub fn node_id(&self) -> String {
+        format!("{}/{}", self.node.org, self.node.name)
+    }
+}
+
+/// The commented `node.toml` that `verbund init` writes.
+pub fn render_node_toml(org: &str, name: &str, listen: SocketAddr, database_url: &str) -> String {
+    format!(
+        r#"# Verbund node configuration, written by `verbund init`.
+# Relative paths are relative to this file.
+
+[node]
+# This organization's id (lowercase DNS-like name). It is part of every certificate's
+# identity (verbund://{org}/...) and of every record this node owns.
+org = "{org}"
+# The node's name inside the organization.
+name = "{name}"
+# Address of the mutual-TLS gRPC listener. There is no plaintext port.
+listen = "{listen}"
+# Updates stamped further than this in the future are rejected (hybrid logical clock bound).
+max_clock_skew_ms = 60000
+
+[database]
+# Embedded SQLite (a file below this directory) by default; for production use PostgreSQL:
+# url = "postgres://verbund@db.example.internal/verbund"
+url = "{database_url}"
+
+[tls]
+# This organization's CA. Clients must present certificates issued by it.
+ca_cert = "ca/ca.crt"
+# The CA key signs new certificates (`verbund cert issue`). Move it offline when you can;
+# the running node does not need it.
+ca_key = "ca/ca.key"
+# The node's server certificate (SANs: its DNS names/IPs and verbund://{org}/node/{name}).
+cert = "tls/node.crt"
+key = "tls/node.key"
+
+[client]
+# The identity the verbund CLI uses with `--config` (verbund://{org}/user/admin).
+cert = "users/admin.crt"
+key = "users/admin.key"
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendered_config_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("node.toml");
+        std::fs::write(
+            &p,
+            render_node_toml(
+                "acme",
+                "node1",
+                "127.0.0.1:7443".parse().unwrap(),
+                "sqlite://data/verbund.db",
+            ),
+        )
+        .unwrap();
+        let cfg = NodeConfig::load(&p).unwrap();
+        assert_eq!(cfg.node.org, "acme");
+        assert_eq!(cfg.endpoint(), "https://127.0.0.1:7443");
+        assert!(cfg.database_url().ends_with("data/verbund.db"));
+        assert_eq!(cfg.node_id(), "acme/node1");
+        std::fs::write(&p, "[node]\norg = \"Bad Org\"\nname = \"n\"\nlisten = \"127.0.0.1:1\"\n[database]\nurl = \"x\"\n[tls]\nca_cert = \"a\"\ncert = \"b\"\nkey = \"c\"\n").unwrap();
+        assert!(NodeConfig::load(&p).is_err());
+    }
+}

@@ -1,0 +1,188 @@
+//! Running a node: store, TLS listener, gRPC services, graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use verbund_proto::v1 as pb;
+use verbund_store::Store;
+
+use crate::config::NodeConfig;
+use crate::service::{Api, NodeState};
+use crate::tls::{self, ServerTls};
+
+/// Largest gRPC message a node accepts or sends.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// How long a shutdown waits for in-flight calls before closing connections.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A node that has bound its port and opened its database, ready to serve.
+pub struct Node {
+    pub state: Arc<NodeState>,
+    pub local_addr: SocketAddr,
+    listener: TcpListener,
+    tls: ServerTls,
+}
+
+impl Node {
+    pub async fn start(cfg: &NodeConfig) -> Result<Node> {
+        let tls = ServerTls::new(
+            &cfg.node.org,
+            &cfg.read(&cfg.tls.ca_cert)?,
+            &cfg.read(&cfg.tls.cert)?,
+            &cfg.read(&cfg.tls.key)?,
+        )?;
+        let url = cfg.database_url();
+        let store = Store::open(&url)
+            .await
+            .with_context(|| format!("opening database {}", redact(&url)))?;
+        let state = NodeState::new(
+            store,
+            &cfg.node.org,
+            &cfg.node.name,
+            cfg.node.max_clock_skew_ms,
+        )
+        .await?;
+        let listener = TcpListener::bind(cfg.node.listen)
+            .await
+            .with_context(|| format!("binding {}", cfg.node.listen))?;
+        let local_addr = listener.local_addr()?;
+        Ok(Node {
+            state,
+            local_addr,
+            listener,
+            tls,
+        })
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight calls.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        let api = Api {
+            state: self.state.clone(),
+        };
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<pb::account_service_server::AccountServiceServer<Api>>()
+            .await;
+        health_reporter
+            .set_serving::<pb::contact_service_server::ContactServiceServer<Api>>()
+            .await;
+        health_reporter
+            .set_serving::<pb::lead_service_server::LeadServiceServer<Api>>()
+            .await;
+        health_reporter
+            .set_serving::<pb::opportunity_service_server::OpportunityServiceServer<Api>>()
+            .await;
+        health_reporter
+            .set_serving::<pb::service_case_service_server::ServiceCaseServiceServer<Api>>()
+            .await;
+        health_reporter
+            .set_serving::<pb::activity_service_server::ActivityServiceServer<Api>>()
+            .await;
+        health_reporter
+            .set_serving::<pb::search_service_server::SearchServiceServer<Api>>()
+            .await;
+        health_reporter
+            .set_serving::<pb::change_service_server::ChangeServiceServer<Api>>()
+            .await;
+        health_reporter
+            .set_serving::<pb::node_service_server::NodeServiceServer<Api>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building the reflection service")?;
+
+        macro_rules! limited {
+            ($server:ty) => {
+                <$server>::new(api.clone())
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES)
+            };
+        }
+
+        let incoming = tls::incoming(self.listener, self.tls);
+        let state = self.state.clone();
+        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining connections");
+            state.begin_shutdown();
+            let _ = stopped_tx.send(());
+        };
+        let server = tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(256))
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(limited!(
+                pb::account_service_server::AccountServiceServer<Api>
+            ))
+            .add_service(limited!(
+                pb::contact_service_server::ContactServiceServer<Api>
+            ))
+            .add_service(limited!(pb::lead_service_server::LeadServiceServer<Api>))
+            .add_service(limited!(
+                pb::opportunity_service_server::OpportunityServiceServer<Api>
+            ))
+            .add_service(limited!(
+                pb::service_case_service_server::ServiceCaseServiceServer<Api>
+            ))
+            .add_service(limited!(
+                pb::activity_service_server::ActivityServiceServer<Api>
+            ))
+            .add_service(limited!(
+                pb::search_service_server::SearchServiceServer<Api>
+            ))
+            .add_service(limited!(
+                pb::change_service_server::ChangeServiceServer<Api>
+            ))
+            .add_service(limited!(pb::node_service_server::NodeServiceServer<Api>))
+            .serve_with_incoming_shutdown(incoming, signal);
+        // Clients that keep their connections open must not hold the shutdown forever.
+        let grace = async {
+            if stopped_rx.await.is_ok() {
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            r = server => r.context("gRPC server failed")?,
+            _ = grace => tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; closing them"),
+        }
+        self.state.store.close().await;
+        Ok(())
+    }
+}
+
+/// A database URL without its password, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            super::redact("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(super::redact("sqlite://x.db"), "sqlite://x.db");
+    }
+}

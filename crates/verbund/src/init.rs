@@ -1,0 +1,201 @@
+//! `verbund init` and `verbund cert issue`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use verbund_node::config::{NodeConfig, render_node_toml};
+use verbund_node::identity::PrincipalKind;
+use verbund_node::pki::{self, CertPair};
+use verbund_store::Store;
+
+#[derive(Args, Debug, Clone)]
+pub struct InitArgs {
+    /// Organization id (lowercase DNS-like name, e.g. acme or acme-logistics).
+    #[arg(long)]
+    pub org: String,
+    /// Directory to create the node in.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Node name inside the organization.
+    #[arg(long, default_value = "node1")]
+    pub name: String,
+    /// Listen address of the node.
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    pub listen: SocketAddr,
+    /// Extra DNS names for the node's server certificate (localhost is always included).
+    #[arg(long = "dns")]
+    pub dns: Vec<String>,
+    /// Database URL; default: embedded SQLite at data/verbund.db.
+    #[arg(long)]
+    pub database_url: Option<String>,
+}
+
+pub struct Initialized {
+    pub config_path: PathBuf,
+    pub ca_fingerprint: String,
+}
+
+fn write_file(path: &Path, contents: &str, secret: bool) -> Result<()> {
+    if path.exists() {
+        bail!("{} exists already; refusing to overwrite", path.display());
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    #[cfg(unix)]
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mode = if secret { 0o600 } else { 0o644 };
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        f.write_all(contents.as_bytes())?;
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = secret;
+        std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn write_pair(dir: &Path, stem: &str, pair: &CertPair) -> Result<()> {
+    write_file(&dir.join(format!("{stem}.crt")), &pair.cert_pem, false)?;
+    write_file(&dir.join(format!("{stem}.key")), &pair.key_pem, true)
+}
+
+pub async fn init(args: &InitArgs) -> Result<Initialized> {
+    let config_path = args.dir.join("node.toml");
+    if config_path.exists() {
+        bail!(
+            "{} exists already; refusing to overwrite an organization's keys",
+            config_path.display()
+        );
+    }
+    let ca = pki::new_ca(&args.org)?;
+    let mut dns = vec!["localhost".to_string()];
+    dns.extend(args.dns.iter().cloned());
+    let mut ips: Vec<IpAddr> = vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()];
+    if !args.listen.ip().is_unspecified() && !ips.contains(&args.listen.ip()) {
+        ips.push(args.listen.ip());
+    }
+    let node = pki::issue(
+        &ca,
+        &args.org,
+        PrincipalKind::Node,
+        &args.name,
+        &dns,
+        &ips,
+        pki::LEAF_VALIDITY_DAYS,
+    )?;
+    let admin = pki::issue(
+        &ca,
+        &args.org,
+        PrincipalKind::User,
+        "admin",
+        &[],
+        &[],
+        pki::LEAF_VALIDITY_DAYS,
+    )?;
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
+    write_pair(&args.dir.join("ca"), "ca", &ca)?;
+    write_pair(&args.dir.join("tls"), "node", &node)?;
+    write_pair(&args.dir.join("users"), "admin", &admin)?;
+    std::fs::create_dir_all(args.dir.join("data"))?;
+    let db_url = args
+        .database_url
+        .clone()
+        .unwrap_or_else(|| "sqlite://data/verbund.db".to_string());
+    write_file(
+        &config_path,
+        &render_node_toml(&args.org, &args.name, args.listen, &db_url),
+        false,
+    )?;
+    // Create and migrate the database now, so a broken URL shows up at init, not at first start.
+    let cfg = NodeConfig::load(&config_path)?;
+    let store = Store::open(&cfg.database_url())
+        .await
+        .context("creating the database")?;
+    store.close().await;
+    let ca_der = pki::parse_certs(&ca.cert_pem)?.remove(0);
+    Ok(Initialized {
+        config_path,
+        ca_fingerprint: pki::fingerprint(&ca_der),
+    })
+}
+
+pub async fn run(args: InitArgs) -> Result<()> {
+    let done = init(&args).await?;
+    println!(
+        "Initialized organization {:?}, node {:?} in {}",
+        args.org,
+        args.name,
+        args.dir.display()
+    );
+    println!("  config:          {}", done.config_path.display());
+    println!(
+        "  CA certificate:  {}",
+        args.dir.join("ca/ca.crt").display()
+    );
+    println!(
+        "  CA fingerprint:  {} (SHA-256; give it to partners out of band)",
+        done.ca_fingerprint
+    );
+    println!(
+        "  admin identity:  verbund://{}/user/admin ({})",
+        args.org,
+        args.dir.join("users/admin.crt").display()
+    );
+    println!(
+        "Start it with:     verbund run --config {}",
+        done.config_path.display()
+    );
+    Ok(())
+}
+
+pub fn issue_user(config: &Path, user: &str, out_dir: Option<PathBuf>, days: i64) -> Result<()> {
+    if !(1..=pki::LEAF_VALIDITY_DAYS).contains(&days) {
+        bail!("--days must be between 1 and {}", pki::LEAF_VALIDITY_DAYS);
+    }
+    let cfg = NodeConfig::load(config)?;
+    let ca_key = cfg
+        .tls
+        .ca_key
+        .as_ref()
+        .context("the config names no tls.ca_key; issue certificates where the CA key is")?;
+    let ca = CertPair {
+        cert_pem: cfg.read(&cfg.tls.ca_cert)?,
+        key_pem: cfg.read(ca_key)?,
+    };
+    let pair = pki::issue(
+        &ca,
+        &cfg.node.org,
+        PrincipalKind::User,
+        user,
+        &[],
+        &[],
+        days,
+    )?;
+    let dir = out_dir.unwrap_or_else(|| cfg.path(Path::new("users")));
+    write_pair(&dir, user, &pair)?;
+    let der = pki::parse_certs(&pair.cert_pem)?.remove(0);
+    println!("Issued verbund://{}/user/{user}", cfg.node.org);
+    println!(
+        "  certificate: {}",
+        dir.join(format!("{user}.crt")).display()
+    );
+    println!(
+        "  key:         {}",
+        dir.join(format!("{user}.key")).display()
+    );
+    println!("  fingerprint: {}", pki::fingerprint(&der));
+    Ok(())
+}
