@@ -748,10 +748,10 @@ mod tests {
         fn normalize_is_idempotent(text in "\\PC{0,80}") {
             for kind in RecordKind::ALL {
                 for spec in fields(kind) {
-                    if let Ok(v) = parse_text(spec, &text) {
-                        if let Ok(Some(n)) = normalize(spec, v) {
-                            prop_assert_eq!(normalize(spec, n.clone()).unwrap(), Some(n));
-                        }
+                    if let Ok(v) = parse_text(spec, &text)
+                        && let Ok(Some(n)) = normalize(spec, v)
+                    {
+                        prop_assert_eq!(normalize(spec, n.clone()).unwrap(), Some(n));
                     }
                 }
             }

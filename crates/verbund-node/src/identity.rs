@@ -102,10 +102,10 @@ pub fn parse_principal_uri(uri: &str) -> Result<Principal, IdentityError> {
 /// only vouch for identities of its own organization.
 pub fn principal_from_cert(der: &[u8], verified_org: &str) -> Result<Principal, IdentityError> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|_| IdentityError::Unparseable)?;
-    if let Ok(Some(bc)) = cert.basic_constraints() {
-        if bc.value.ca {
-            return Err(IdentityError::IsCa);
-        }
+    match cert.basic_constraints() {
+        Ok(Some(bc)) if bc.value.ca => return Err(IdentityError::IsCa),
+        Err(_) => return Err(IdentityError::Unparseable),
+        _ => {}
     }
     let mut uris = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {

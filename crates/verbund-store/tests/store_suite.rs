@@ -81,7 +81,13 @@ async fn sqlite() -> Fixture {
 
 async fn postgres() -> Option<Fixture> {
     let Ok(url) = std::env::var(PG_ENV) else {
-        eprintln!("!!! SKIPPED PostgreSQL store suite: {PG_ENV} is not set (.ci/run sets it)");
+        // Written to the stderr handle directly: the test harness captures eprintln!, and a
+        // skipped suite must be visible in a plain `cargo test` run.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "!!! SKIPPED PostgreSQL store suite test: {PG_ENV} is not set (.ci/run sets it)"
+        );
         return None;
     };
     // A fresh schema per test; the schema name is generated here, never from input.

@@ -1,0 +1,167 @@
+//! Harness for end-to-end tests: real `verbund` processes, real certificates, loopback.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use tonic::transport::Channel;
+use verbund_node::client::{ClientIdentity, connect};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_verbund")
+}
+
+/// Runs the CLI and returns its output.
+pub fn verbund(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .env("VERBUND_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running verbund")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// An organization directory made by `verbund init`, and its running node.
+pub struct TestNode {
+    pub org: String,
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    pub endpoint: String,
+}
+
+impl TestNode {
+    /// `verbund init` + `verbund run` for a new organization.
+    pub fn start(org: &str) -> TestNode {
+        let dir = tempfile::tempdir().unwrap();
+        let o = verbund(&[
+            "init",
+            "--org",
+            org,
+            "--dir",
+            dir.path().join(org).to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        assert!(o.status.success(), "init failed: {}", stderr(&o));
+        let mut node = TestNode {
+            org: org.to_string(),
+            dir,
+            child: None,
+            endpoint: String::new(),
+        };
+        node.run();
+        node
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join(&self.org)
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.home().join("node.toml")
+    }
+
+    /// Starts the node process and waits until it serves.
+    pub fn run(&mut self) {
+        let mut child = Command::new(bin())
+            .args(["run", "--config", self.config().to_str().unwrap()])
+            .env("VERBUND_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting verbund run");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split(" serving on ").nth(1) {
+                    let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("node did not report its address");
+        self.endpoint = format!("https://{addr}");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no graceful shutdown, so a restart proves durability.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.run();
+    }
+
+    fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.home().join(rel)).unwrap()
+    }
+
+    pub fn ca_pem(&self) -> String {
+        self.read("ca/ca.crt")
+    }
+
+    pub fn admin_identity(&self) -> ClientIdentity {
+        ClientIdentity {
+            ca_pem: self.ca_pem(),
+            cert_and_key: Some((self.read("users/admin.crt"), self.read("users/admin.key"))),
+        }
+    }
+
+    pub fn identity_of(&self, user: &str) -> ClientIdentity {
+        ClientIdentity {
+            ca_pem: self.ca_pem(),
+            cert_and_key: Some((
+                self.read(&format!("users/{user}.crt")),
+                self.read(&format!("users/{user}.key")),
+            )),
+        }
+    }
+
+    pub async fn admin(&self) -> Channel {
+        connect(&self.endpoint, &self.admin_identity())
+            .await
+            .expect("admin connects")
+    }
+
+    /// The CLI against this node as admin.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut all = args.to_vec();
+        let config = self.config();
+        all.extend([
+            "--config",
+            config.to_str().unwrap(),
+            "--endpoint",
+            &self.endpoint,
+        ]);
+        verbund(&all)
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
