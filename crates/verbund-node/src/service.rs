@@ -269,7 +269,7 @@ impl NodeState {
         let now = now_ms();
         let rec = self
             .store
-            .update(M::KIND, uuid, |cur| {
+            .update(M::KIND, uuid, move |cur| {
                 plan_update(cur, &mask.paths, patch, hlc, now)
             })
             .await
@@ -293,7 +293,7 @@ impl NodeState {
         let now = now_ms();
         let rec = self
             .store
-            .delete(kind, uuid, |cur| plan_delete(cur, hlc, now))
+            .delete(kind, uuid, move |cur| plan_delete(cur, hlc, now))
             .await
             .map_err(|e| match e {
                 StoreError::Domain(DomainError::NotFound { .. }) => not_found(kind, id),

@@ -41,6 +41,29 @@ impl Fixture {
         self.store.create(plan).await
     }
 
+    async fn update(
+        &self,
+        kind: RecordKind,
+        id: Uuid,
+        mask: &[&str],
+        patch: FieldMap,
+    ) -> Result<verbund_core::Record, StoreError> {
+        let (hlc, mask) = (
+            self.hlc(),
+            mask.iter().map(|m| m.to_string()).collect::<Vec<_>>(),
+        );
+        self.store
+            .update(kind, id, move |cur| plan_update(cur, &mask, patch, hlc, 2))
+            .await
+    }
+
+    async fn delete(&self, kind: RecordKind, id: Uuid) -> Result<verbund_core::Record, StoreError> {
+        let hlc = self.hlc();
+        self.store
+            .delete(kind, id, move |cur| plan_delete(cur, hlc, 3))
+            .await
+    }
+
     async fn teardown(self) {
         self.store.close().await;
         if let Some((url, schema)) = self.pg_schema {
@@ -147,7 +170,60 @@ on_both!(
     search_is_case_insensitive,
     concurrent_writers_get_gap_free_sequences,
     activity_rolls_up_to_account,
+    failed_writes_in_a_batch_fail_alone,
 );
+
+/// Many concurrent writes land in shared group commits; the ones that break a rule fail
+/// alone, the others commit, and sequence numbers stay contiguous.
+async fn failed_writes_in_a_batch_fail_alone(f: &Fixture) {
+    let acc = f
+        .create(RecordKind::Account, &[("name", t("Acme"))])
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let store = f.store.clone();
+        let target = if i % 2 == 0 {
+            acc.id.to_string()
+        } else {
+            Uuid::now_v7().to_string()
+        };
+        let hlc = f.hlc();
+        tasks.push(tokio::spawn(async move {
+            let plan = plan_create(
+                RecordKind::Contact,
+                Uuid::now_v7(),
+                "acme",
+                fm(&[
+                    ("last_name", t(&format!("P{i}"))),
+                    ("account_id", t(&target)),
+                ]),
+                hlc,
+                1,
+            )
+            .unwrap();
+            (i, store.create(plan).await)
+        }));
+    }
+    for task in tasks {
+        let (i, result) = task.await.unwrap();
+        match result {
+            Ok(_) => assert_eq!(i % 2, 0, "write {i} with a dangling reference was stored"),
+            Err(StoreError::Domain(DomainError::Invalid { field, .. })) => {
+                assert_eq!(i % 2, 1, "valid write {i} failed");
+                assert_eq!(field, "account_id");
+            }
+            Err(e) => panic!("write {i}: unexpected error {e}"),
+        }
+    }
+    assert_eq!(f.store.count(RecordKind::Contact).await.unwrap(), 30);
+    let log = f.store.changes_after(0, &[], 1_000).await.unwrap();
+    assert_eq!(
+        log.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        (1..=31).collect::<Vec<i64>>()
+    );
+    assert_eq!(f.store.last_seq().await.unwrap(), 31);
+}
 
 async fn create_and_get_round_trip(f: &Fixture) {
     let acc = f
@@ -227,16 +303,12 @@ async fn references_must_exist_and_failed_writes_change_nothing(f: &Fixture) {
     assert_eq!(f.store.count(RecordKind::Opportunity).await.unwrap(), 0);
     // A failing update leaves the record as it was.
     let err = f
-        .store
-        .update(RecordKind::Contact, contact.id, |cur| {
-            plan_update(
-                cur,
-                &["account_id".into()],
-                fm(&[("account_id", t(&missing))]),
-                f.hlc(),
-                2,
-            )
-        })
+        .update(
+            RecordKind::Contact,
+            contact.id,
+            &["account_id"],
+            fm(&[("account_id", t(&missing))]),
+        )
         .await
         .unwrap_err();
     assert!(matches!(
@@ -263,16 +335,12 @@ async fn update_writes_change_log(f: &Fixture) {
         .await
         .unwrap();
     let updated = f
-        .store
-        .update(RecordKind::Opportunity, opp.id, |cur| {
-            plan_update(
-                cur,
-                &["stage".into()],
-                fm(&[("stage", t("negotiation"))]),
-                f.hlc(),
-                5,
-            )
-        })
+        .update(
+            RecordKind::Opportunity,
+            opp.id,
+            &["stage"],
+            fm(&[("stage", t("negotiation"))]),
+        )
         .await
         .unwrap();
     assert_eq!(updated.text("stage"), Some("negotiation"));
@@ -280,16 +348,12 @@ async fn update_writes_change_log(f: &Fixture) {
     assert_eq!(updated.versions["name"], opp.versions["name"]);
     // A no-op update consumes no sequence number.
     let same = f
-        .store
-        .update(RecordKind::Opportunity, opp.id, |cur| {
-            plan_update(
-                cur,
-                &["stage".into()],
-                fm(&[("stage", t("negotiation"))]),
-                f.hlc(),
-                6,
-            )
-        })
+        .update(
+            RecordKind::Opportunity,
+            opp.id,
+            &["stage"],
+            fm(&[("stage", t("negotiation"))]),
+        )
         .await
         .unwrap();
     assert_eq!(same.seq, updated.seq);
@@ -331,13 +395,7 @@ async fn delete_leaves_tombstone_and_protects_dependents(f: &Fixture) {
         )
         .await
         .unwrap();
-    let err = f
-        .store
-        .delete(RecordKind::Account, acc.id, |cur| {
-            plan_delete(cur, f.hlc(), 3)
-        })
-        .await
-        .unwrap_err();
+    let err = f.delete(RecordKind::Account, acc.id).await.unwrap_err();
     assert!(
         matches!(
             err,
@@ -345,33 +403,15 @@ async fn delete_leaves_tombstone_and_protects_dependents(f: &Fixture) {
         ),
         "{err}"
     );
-    let tomb = f
-        .store
-        .delete(RecordKind::Contact, contact.id, |cur| {
-            plan_delete(cur, f.hlc(), 3)
-        })
-        .await
-        .unwrap();
+    let tomb = f.delete(RecordKind::Contact, contact.id).await.unwrap();
     assert!(tomb.is_deleted());
-    let acc_tomb = f
-        .store
-        .delete(RecordKind::Account, acc.id, |cur| {
-            plan_delete(cur, f.hlc(), 4)
-        })
-        .await
-        .unwrap();
+    let acc_tomb = f.delete(RecordKind::Account, acc.id).await.unwrap();
     assert!(acc_tomb.is_deleted());
     assert_eq!(
         acc_tomb.fields, acc.fields,
         "a delete keeps values until erasure"
     );
-    let err = f
-        .store
-        .delete(RecordKind::Account, acc.id, |cur| {
-            plan_delete(cur, f.hlc(), 5)
-        })
-        .await
-        .unwrap_err();
+    let err = f.delete(RecordKind::Account, acc.id).await.unwrap_err();
     assert!(matches!(
         err,
         StoreError::Domain(DomainError::NotFound { .. })
@@ -670,18 +710,14 @@ async fn activity_rolls_up_to_account(f: &Fixture) {
     };
     assert_eq!(f.store.list(&q).await.unwrap().len(), 1);
     // Updating an activity's subject keeps its account roll-up.
-    f.store
-        .update(RecordKind::Activity, on_case.id, |cur| {
-            plan_update(
-                cur,
-                &["subject".into()],
-                fm(&[("subject", t("Called back"))]),
-                f.hlc(),
-                9,
-            )
-        })
-        .await
-        .unwrap();
+    f.update(
+        RecordKind::Activity,
+        on_case.id,
+        &["subject"],
+        fm(&[("subject", t("Called back"))]),
+    )
+    .await
+    .unwrap();
     let q = ListQuery {
         kind: Some(RecordKind::Activity),
         account_id: Some(acc.id.to_string()),
@@ -690,18 +726,14 @@ async fn activity_rolls_up_to_account(f: &Fixture) {
     };
     assert_eq!(f.store.list(&q).await.unwrap().len(), 2);
     // Moving it to another account's record moves the roll-up.
-    f.store
-        .update(RecordKind::Activity, on_case.id, |cur| {
-            plan_update(
-                cur,
-                &["related_id".into()],
-                fm(&[("related_id", t(&other.id.to_string()))]),
-                f.hlc(),
-                10,
-            )
-        })
-        .await
-        .unwrap();
+    f.update(
+        RecordKind::Activity,
+        on_case.id,
+        &["related_id"],
+        fm(&[("related_id", t(&other.id.to_string()))]),
+    )
+    .await
+    .unwrap();
     assert_eq!(f.store.list(&q).await.unwrap().len(), 1);
 }
 

@@ -1,14 +1,334 @@
-//! `verbund bench api`: load against a real node process over mutual TLS.
+//! `verbund bench api`: load against a real node process over mutual TLS, from concurrent
+//! clients on several connections. Reports throughput, latency percentiles and node RSS.
 
-use anyhow::Result;
-use clap::Subcommand;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use tonic::transport::Channel;
+use verbund_node::client::{ClientIdentity, connect};
+use verbund_node::config::NodeConfig;
+use verbund_node::pb;
+
+use crate::init::{InitArgs, init};
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
-    /// Creates and gets against a node.
-    Api,
+    /// Creates and gets of accounts against a node.
+    Api(ApiArgs),
 }
 
-pub async fn run(_b: BenchCommand) -> Result<()> {
-    anyhow::bail!("bench is being written")
+#[derive(Args)]
+pub struct ApiArgs {
+    /// Benchmark this running node (as its [client] identity). Default: start a fresh node
+    /// process on the embedded database in a temporary directory.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Endpoint when --config's listen address is not how to reach the node.
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// Seconds per phase.
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+    /// HTTP/2 connections (each multiplexes many calls).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Concurrent in-flight calls in total.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Print the results as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(cmd: BenchCommand) -> Result<()> {
+    match cmd {
+        BenchCommand::Api(a) => api(a).await,
+    }
+}
+
+/// A node process started for the benchmark; killed on drop.
+struct SpawnedNode {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for SpawnedNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn spawn_node() -> Result<(SpawnedNode, NodeConfig, String)> {
+    let dir = tempfile::Builder::new()
+        .prefix("verbund-bench-")
+        .tempdir()?;
+    let done = init(&InitArgs {
+        org: "bench".into(),
+        dir: dir.path().join("bench"),
+        name: "node1".into(),
+        listen: "127.0.0.1:0".parse()?,
+        dns: vec![],
+        database_url: None,
+    })
+    .await?;
+    let cfg = NodeConfig::load(&done.config_path)?;
+    let exe = std::env::current_exe().context("locating the verbund binary")?;
+    let mut child = Command::new(exe)
+        .args(["run", "--config"])
+        .arg(&done.config_path)
+        .env("VERBUND_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the node process")?;
+    let stdout = child.stdout.take().context("node stdout")?;
+    let addr = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| {
+                l.split(" serving on ")
+                    .nth(1)
+                    .and_then(|a| a.split_whitespace().next())
+                    .map(str::to_string)
+            })
+    })
+    .await?
+    .context("the node did not start")?;
+    Ok((
+        SpawnedNode { child, _dir: dir },
+        cfg,
+        format!("https://{addr}"),
+    ))
+}
+
+/// (VmRSS, VmHWM) in KiB of a process.
+fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+struct PhaseResult {
+    name: &'static str,
+    ops: usize,
+    errors: usize,
+    secs: f64,
+    p50_us: u64,
+    p99_us: u64,
+}
+
+impl PhaseResult {
+    fn per_sec(&self) -> f64 {
+        self.ops as f64 / self.secs
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+/// Runs `concurrency` loops of `op` for `duration`, spread over the channels.
+async fn phase<F, Fut>(
+    name: &'static str,
+    channels: &[Channel],
+    concurrency: usize,
+    duration: Duration,
+    op: F,
+) -> PhaseResult
+where
+    F: Fn(Channel, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let op = Arc::new(op);
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let ch = channels[worker % channels.len()].clone();
+        let op = op.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0usize;
+            // xorshift state per worker, for picking records without a rand dependency.
+            let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ (worker as u64 + 1);
+            while Instant::now() < deadline {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let t = Instant::now();
+                if op(ch.clone(), x).await {
+                    lat.push(t.elapsed().as_micros() as u64);
+                } else {
+                    errors += 1;
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        if let Ok((lat, e)) = t.await {
+            all.extend(lat);
+            errors += e;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    all.sort_unstable();
+    PhaseResult {
+        name,
+        ops: all.len(),
+        errors,
+        secs,
+        p50_us: percentile(&all, 0.50),
+        p99_us: percentile(&all, 0.99),
+    }
+}
+
+async fn api(a: ApiArgs) -> Result<()> {
+    if a.connections == 0 || a.concurrency == 0 || a.duration_secs == 0 {
+        bail!("--connections, --concurrency and --duration-secs must be at least 1");
+    }
+    let (spawned, cfg, endpoint) = match &a.config {
+        Some(path) => {
+            let cfg = NodeConfig::load(path)?;
+            let endpoint = a.endpoint.clone().unwrap_or_else(|| cfg.endpoint());
+            (None, cfg, endpoint)
+        }
+        None => {
+            let (node, cfg, endpoint) = spawn_node().await?;
+            (Some(node), cfg, endpoint)
+        }
+    };
+    let id: ClientIdentity = ClientIdentity::from_config(&cfg)?;
+    let mut channels = Vec::new();
+    for _ in 0..a.connections {
+        channels.push(connect(&endpoint, &id).await?);
+    }
+    let duration = Duration::from_secs(a.duration_secs);
+    if !a.json {
+        eprintln!(
+            "bench api: {endpoint}, {} connections, {} concurrent calls, {}s per phase{}",
+            a.connections,
+            a.concurrency,
+            a.duration_secs,
+            if spawned.is_some() {
+                ", fresh node on embedded SQLite"
+            } else {
+                ""
+            }
+        );
+    }
+
+    let created = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = created.clone();
+    let creates = phase(
+        "create account",
+        &channels,
+        a.concurrency,
+        duration,
+        move |ch, x| {
+            let sink = sink.clone();
+            async move {
+                let mut c = pb::account_service_client::AccountServiceClient::new(ch);
+                let req = pb::CreateAccountRequest {
+                    account: Some(pb::Account {
+                        name: Some(format!("Bench Account {x:x}")),
+                        domain: Some(format!("a{:x}.bench.example", x & 0xffff_ffff)),
+                        city: Some("Berlin".into()),
+                        ..Default::default()
+                    }),
+                };
+                match c.create_account(req).await {
+                    Ok(r) => {
+                        if let Some(m) = r.into_inner().meta {
+                            sink.lock().unwrap_or_else(|p| p.into_inner()).push(m.id);
+                        }
+                        true
+                    }
+                    Err(_) => false,
+                }
+            }
+        },
+    )
+    .await;
+
+    let ids: Arc<Vec<String>> = Arc::new(std::mem::take(
+        &mut *created.lock().unwrap_or_else(|p| p.into_inner()),
+    ));
+    if ids.is_empty() {
+        bail!("no account could be created; is the node healthy?");
+    }
+    let pick = ids.clone();
+    let gets = phase(
+        "get account",
+        &channels,
+        a.concurrency,
+        duration,
+        move |ch, x| {
+            let id = pick[(x % pick.len() as u64) as usize].clone();
+            async move {
+                pb::account_service_client::AccountServiceClient::new(ch)
+                    .get_account(pb::GetRecordRequest { id })
+                    .await
+                    .is_ok()
+            }
+        },
+    )
+    .await;
+
+    let rss = spawned.as_ref().and_then(|n| rss_kib(n.child.id()));
+    if a.json {
+        let phase_json = |p: &PhaseResult| serde_json::json!({"phase": p.name, "ops": p.ops, "errors": p.errors, "secs": p.secs, "per_sec": p.per_sec(), "p50_us": p.p50_us, "p99_us": p.p99_us});
+        println!(
+            "{}",
+            serde_json::json!({
+                "connections": a.connections, "concurrency": a.concurrency,
+                "phases": [phase_json(&creates), phase_json(&gets)],
+                "node_rss_kib": rss.map(|r| r.0), "node_peak_rss_kib": rss.map(|r| r.1),
+            })
+        );
+    } else {
+        println!(
+            "{:<16} {:>10} {:>8} {:>12} {:>10} {:>10}",
+            "phase", "ops", "errors", "ops/s", "p50", "p99"
+        );
+        for p in [&creates, &gets] {
+            println!(
+                "{:<16} {:>10} {:>8} {:>12.0} {:>8.2}ms {:>8.2}ms",
+                p.name,
+                p.ops,
+                p.errors,
+                p.per_sec(),
+                p.p50_us as f64 / 1000.0,
+                p.p99_us as f64 / 1000.0
+            );
+        }
+        match rss {
+            Some((now, peak)) => println!(
+                "node RSS {:.1} MiB (peak {:.1} MiB)",
+                now as f64 / 1024.0,
+                peak as f64 / 1024.0
+            ),
+            None => println!("node RSS: not measured (node not started by the benchmark)"),
+        }
+    }
+    Ok(())
 }
