@@ -56,7 +56,7 @@ pub type PlanFn = Box<dyn FnOnce(&Record) -> Result<Option<WritePlan>, DomainErr
 
 /// A write waiting for the writer task.
 pub enum WriteOp {
-    Create(WritePlan),
+    Create(Box<WritePlan>),
     Modify {
         kind: RecordKind,
         id: Uuid,
@@ -425,7 +425,7 @@ macro_rules! backend {
             async fn run_op(tx: &mut Tx, op: WriteOp, seq: i64) -> Result<(Record, Option<Change>)> {
                 match op {
                     WriteOp::Create(plan) => {
-                        let plan = create(tx, plan, seq).await?;
+                        let plan = create(tx, *plan, seq).await?;
                         Ok((plan.record, Some(plan.change)))
                     }
                     WriteOp::Modify { kind, id, is_delete, plan_fn } => match modify(tx, kind, id, is_delete, plan_fn, seq).await? {
@@ -766,7 +766,7 @@ impl Store {
 
     /// Stores a new record planned by [`verbund_core::write::plan_create`].
     pub async fn create(&self, plan: WritePlan) -> Result<Record> {
-        self.submit(WriteOp::Create(plan)).await
+        self.submit(WriteOp::Create(Box::new(plan))).await
     }
 
     /// Updates a record inside one transaction: loads it, lets `plan_fn` plan the change from
