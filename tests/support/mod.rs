@@ -64,6 +64,16 @@ impl TestNode {
         node
     }
 
+    /// An organization directory `<dir>/<org>` that a test initialized itself; not started.
+    pub fn adopt(org: &str, dir: tempfile::TempDir) -> TestNode {
+        TestNode {
+            org: org.to_string(),
+            dir,
+            child: None,
+            endpoint: String::new(),
+        }
+    }
+
     pub fn home(&self) -> PathBuf {
         self.dir.path().join(&self.org)
     }

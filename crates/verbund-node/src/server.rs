@@ -91,10 +91,16 @@ impl Node {
         health_reporter
             .set_serving::<pb::node_service_server::NodeServiceServer<Api>>()
             .await;
+        // Both reflection versions: v1 for current tools, v1alpha for older grpcurl/grpcui.
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
+            .context("building the reflection service")?;
+        let reflection_alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
             .context("building the reflection service")?;
 
         macro_rules! limited {
@@ -120,6 +126,7 @@ impl Node {
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(reflection_alpha)
             .add_service(limited!(
                 pb::account_service_server::AccountServiceServer<Api>
             ))
