@@ -59,7 +59,8 @@ pub fn parse_date(s: &str) -> Option<(i64, u32, u32)> {
 /// Parses an RFC 3339 instant in UTC or with an offset (`2026-11-23T10:00:00Z`,
 /// `2026-11-23T10:00:00.250+01:00`) into Unix milliseconds.
 pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
-    if s.len() < 20 || !s.is_char_boundary(10) {
+    // ASCII only: every index below is then a character boundary.
+    if s.len() < 20 || !s.is_ascii() {
         return None;
     }
     let (date, rest) = s.split_at(10);
@@ -153,9 +154,16 @@ mod tests {
         );
         assert_eq!(parse_rfc3339_ms("2026-11-23 10:00"), None);
         assert_eq!(parse_rfc3339_ms("2026-11-23T10:00:00+1:00"), None);
+        assert_eq!(parse_rfc3339_ms("2026-11-23T10:00:0€Z"), None);
     }
 
     proptest! {
+        #[test]
+        fn parse_never_panics(text in "\\PC{0,40}") {
+            let _ = parse_rfc3339_ms(&text);
+            let _ = parse_date(&text);
+        }
+
         #[test]
         fn format_parse_round_trip(ms in -2_208_988_800_000i64..253_402_300_799_000i64) {
             prop_assert_eq!(parse_rfc3339_ms(&format_rfc3339_ms(ms)), Some(ms));

@@ -154,6 +154,15 @@ impl HlcClock {
         Ok(self.last())
     }
 
+    /// Timestamp for a local write that must supersede `floor` (e.g. the current version of a
+    /// field being overwritten), even if that version came from a node whose clock runs ahead.
+    pub fn tick_after(&mut self, floor: Option<&Hlc>, wall_ms: u64) -> Hlc {
+        if let Some(f) = floor {
+            self.restore(f);
+        }
+        self.tick(wall_ms)
+    }
+
     /// Restore state after a restart from the greatest version this node ever wrote, without
     /// the skew check (our own history is trusted).
     pub fn restore(&mut self, persisted: &Hlc) {
@@ -210,6 +219,15 @@ mod tests {
         let t = c.receive(&near, 5_000).unwrap();
         assert!(t > near);
         assert!(c.tick(5_000) > t);
+    }
+
+    #[test]
+    fn tick_after_supersedes_the_floor() {
+        let mut c = HlcClock::new("a", 1_000);
+        let ahead = Hlc::new(9_000, 4, "b");
+        let t = c.tick_after(Some(&ahead), 5_000);
+        assert!(t > ahead);
+        assert!(c.tick_after(None, 5_000) > t);
     }
 
     #[test]

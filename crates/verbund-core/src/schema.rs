@@ -263,25 +263,29 @@ fn is_valid_phone(s: &str) -> bool {
 }
 
 fn is_valid_url(s: &str) -> bool {
-    let rest = s
-        .strip_prefix("https://")
-        .or_else(|| s.strip_prefix("http://"));
-    match rest {
-        Some(rest) => {
-            let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-            let host = host.rsplit_once(':').map_or(host, |(h, port)| {
-                if port.bytes().all(|b| b.is_ascii_digit()) {
-                    h
-                } else {
-                    ""
-                }
-            });
-            s.len() <= 2048
-                && !s.chars().any(char::is_whitespace)
-                && is_valid_domain(&host.to_ascii_lowercase())
-        }
-        None => false,
+    if s.len() > 2048 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return false;
     }
+    let Some(rest) = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) => {
+            let valid_port = (1..=5).contains(&port.len())
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && port.parse::<u32>().is_ok_and(|p| (1..=65535).contains(&p));
+            if !valid_port {
+                return false;
+            }
+            h
+        }
+        None => authority,
+    };
+    is_valid_domain(&host.to_ascii_lowercase())
 }
 
 fn is_valid_tag(t: &str) -> bool {
@@ -686,6 +690,21 @@ mod tests {
 
     #[test]
     fn misc_types() {
+        for bad in [
+            "https://a.example:/",
+            "https://a.example:99999999",
+            "https://a.example/\u{1b}]0;x\u{7}",
+            "https://a.example/\0",
+            "ftp://acme.example",
+        ] {
+            let website = spec(RecordKind::Account, "website");
+            assert!(
+                normalize(website, Value::Text(bad.into())).is_err(),
+                "{bad:?}"
+            );
+        }
+        let website = spec(RecordKind::Account, "website");
+        assert!(normalize(website, Value::Text("https://a.example:8443/x".into())).is_ok());
         assert!(
             normalize(
                 spec(RecordKind::Account, "website"),

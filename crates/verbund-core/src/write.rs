@@ -444,6 +444,12 @@ pub fn search_needles(query: &str) -> Result<Vec<String>, DomainError> {
             "must be at most 200 characters",
         ));
     }
+    if q.chars().any(char::is_control) {
+        return Err(DomainError::invalid(
+            "query",
+            "must not contain control characters",
+        ));
+    }
     let mut needles = vec![q.clone()];
     let digits: String = q.chars().filter(char::is_ascii_digit).collect();
     if digits.len() >= 3
@@ -731,6 +737,7 @@ mod tests {
             vec!["030 1234".to_string(), "0301234".to_string()]
         );
         assert!(search_needles("a").is_err());
+        assert!(search_needles("ab\0").is_err());
     }
 
     fn arb_opportunity_patch() -> impl Strategy<Value = FieldMap> {

@@ -32,9 +32,8 @@ pub struct NodeState {
     pub store: Store,
     pub org: String,
     pub node_name: String,
-    clock: Mutex<HlcClock>,
-    /// Latest committed change sequence, so Watch streams wake up at once.
-    changes: watch::Sender<i64>,
+    /// Ticked inside the store's writer (see `stamp`), so versions follow commit order.
+    clock: Arc<Mutex<HlcClock>>,
     /// Set when the node shuts down: open Watch streams end so connections can drain.
     stopping: watch::Sender<bool>,
 }
@@ -49,6 +48,16 @@ fn now_ms() -> i64 {
 pub fn store_status(e: StoreError) -> Status {
     match e {
         StoreError::Domain(d) => domain_status(d),
+        StoreError::CommitFailed(_) | StoreError::WriterStopped => {
+            tracing::error!(error = %e, "write not stored");
+            Status::unavailable("the write was not stored; it is safe to retry")
+        }
+        StoreError::OutcomeUnknown(_) => {
+            tracing::error!(error = %e, "write outcome unknown");
+            Status::unknown(
+                "the database failed while committing; the write may or may not be stored",
+            )
+        }
         other => {
             tracing::error!(error = %other, "store failure");
             Status::internal("the node could not complete the request; see its log")
@@ -165,15 +174,12 @@ impl NodeState {
         if let Some(last) = store.last_hlc().await? {
             clock.restore(&last);
         }
-        let last_seq = store.last_seq().await?;
-        let (changes, _) = watch::channel(last_seq);
         let (stopping, _) = watch::channel(false);
         Ok(Arc::new(NodeState {
             store,
             org: org.to_string(),
             node_name: node_name.to_string(),
-            clock: Mutex::new(clock),
-            changes,
+            clock: Arc::new(Mutex::new(clock)),
             stopping,
         }))
     }
@@ -183,23 +189,14 @@ impl NodeState {
         self.stopping.send_replace(true);
     }
 
-    fn tick(&self) -> Hlc {
-        let mut clock = self
-            .clock
+    /// A new version for a local write, greater than `floor` (the newest version the record
+    /// holds) and than anything this node stamped before. Called by the planning closures,
+    /// which the store's single writer runs in commit order, so versions never go backwards.
+    fn stamp(clock: &Mutex<HlcClock>, floor: Option<&Hlc>) -> Hlc {
+        let mut clock = clock
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        clock.tick(now_ms().max(0) as u64)
-    }
-
-    fn committed(&self, r: &Record) {
-        self.changes.send_if_modified(|seq| {
-            if r.seq > *seq {
-                *seq = r.seq;
-                true
-            } else {
-                false
-            }
-        });
+        clock.tick_after(floor, now_ms().max(0) as u64)
     }
 
     pub async fn create<M: RecordMessage>(
@@ -211,17 +208,15 @@ impl NodeState {
         let field = M::KIND.as_str();
         let msg = msg.ok_or_else(|| invalid(field, "is required"))?;
         let fields = msg.to_fields()?;
-        let plan = plan_create(
-            M::KIND,
-            Uuid::now_v7(),
-            &self.org,
-            fields,
-            self.tick(),
-            now_ms(),
-        )
-        .map_err(domain_status)?;
-        let rec = self.store.create(plan).await.map_err(store_status)?;
-        self.committed(&rec);
+        let (clock, org) = (self.clock.clone(), self.org.clone());
+        let rec = self
+            .store
+            .create_with(move || {
+                let hlc = Self::stamp(&clock, None);
+                plan_create(M::KIND, Uuid::now_v7(), &org, fields, hlc, now_ms())
+            })
+            .await
+            .map_err(store_status)?;
         tracing::debug!(kind = %M::KIND, id = %rec.id, principal = %p, "created");
         Ok(M::from_record(&rec))
     }
@@ -265,19 +260,18 @@ impl NodeState {
         let mask =
             mask.ok_or_else(|| invalid("update_mask", "is required; name the fields to change"))?;
         let patch = msg.to_fields()?;
-        let hlc = self.tick();
-        let now = now_ms();
+        let clock = self.clock.clone();
         let rec = self
             .store
             .update(M::KIND, uuid, move |cur| {
-                plan_update(cur, &mask.paths, patch, hlc, now)
+                let hlc = Self::stamp(&clock, cur.versions.values().max());
+                plan_update(cur, &mask.paths, patch, hlc, now_ms())
             })
             .await
             .map_err(|e| match e {
                 StoreError::Domain(DomainError::NotFound { .. }) => not_found(M::KIND, id),
                 e => store_status(e),
             })?;
-        self.committed(&rec);
         Ok(M::from_record(&rec))
     }
 
@@ -289,17 +283,18 @@ impl NodeState {
     ) -> Result<pb::DeleteRecordResponse, Status> {
         auth::authorize(p, &self.org, Action::Delete, Some(kind))?;
         let uuid = parse_id("id", id)?;
-        let hlc = self.tick();
-        let now = now_ms();
+        let clock = self.clock.clone();
         let rec = self
             .store
-            .delete(kind, uuid, move |cur| plan_delete(cur, hlc, now))
+            .delete(kind, uuid, move |cur| {
+                let hlc = Self::stamp(&clock, cur.versions.values().max());
+                plan_delete(cur, hlc, now_ms())
+            })
             .await
             .map_err(|e| match e {
                 StoreError::Domain(DomainError::NotFound { .. }) => not_found(kind, id),
                 e => store_status(e),
             })?;
-        self.committed(&rec);
         Ok(pb::DeleteRecordResponse {
             meta: Some(convert::meta_of(&rec)),
         })
@@ -410,6 +405,14 @@ impl NodeState {
             .map(|k| convert::kind_from_pb("kinds", *k))
             .collect::<Result<Vec<_>, _>>()?;
         let scope = auth::authorize(p, &self.org, Action::Enumerate, None)?;
+        let last = *self.store.subscribe_commits().borrow();
+        if scope == Scope::All && req.after_seq > last {
+            // E.g. a cursor from before a restore from backup: skipping ahead would hide changes.
+            return Err(Status::out_of_range(format!(
+                "after_seq {} is beyond the last change {last} of this node",
+                req.after_seq
+            )));
+        }
         // Bounded: a slow client holds back its own stream, never the node.
         let (tx, rx) = mpsc::channel(128);
         let state = self.clone();
@@ -424,7 +427,7 @@ impl NodeState {
                 }
                 return;
             }
-            let mut notify = state.changes.subscribe();
+            let mut notify = state.store.subscribe_commits();
             loop {
                 if *stopping.borrow() {
                     return;

@@ -23,7 +23,7 @@ use tonic::transport::server::Connected;
 use crate::identity::{IdentityError, Principal, principal_from_cert};
 use crate::pki;
 
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_CONCURRENT_HANDSHAKES: usize = 256;
 
 pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -42,12 +42,19 @@ impl ServerTls {
     /// Requires a client certificate chaining to our own CA (`ca_pem`).
     pub fn new(own_org: &str, ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<ServerTls> {
         let provider = crypto_provider();
-        let mut roots = RootCertStore::empty();
-        for ca in pki::parse_certs(ca_pem).context("CA certificate")? {
-            roots
-                .add(ca)
-                .context("adding CA certificate to the trust store")?;
+        // Exactly one anchor: every certificate chaining to it is taken as a member of
+        // `own_org`, so a second CA in this file could mint our identities.
+        let mut cas = pki::parse_certs(ca_pem).context("CA certificate")?;
+        if cas.len() != 1 {
+            anyhow::bail!(
+                "the CA file must hold exactly one certificate (this organization's CA), found {}",
+                cas.len()
+            );
         }
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(cas.remove(0))
+            .context("adding CA certificate to the trust store")?;
         let verifier =
             WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .build()
@@ -163,8 +170,10 @@ pub fn incoming(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
+            // Never wait for a permit here: stalled handshakes must not block new connections.
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                tracing::warn!(%remote_addr, "too many TLS handshakes in progress; connection dropped");
+                continue;
             };
             let acceptor = acceptor.clone();
             let tx = tx.clone();
@@ -204,4 +213,32 @@ pub fn incoming(
         }
     });
     ReceiverStream::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::PrincipalKind;
+
+    #[test]
+    fn the_ca_file_must_hold_exactly_our_ca() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca = pki::new_ca("acme").unwrap();
+        let other = pki::new_ca("globex").unwrap();
+        let node = pki::issue(
+            &ca,
+            "acme",
+            PrincipalKind::Node,
+            "n1",
+            &["localhost".into()],
+            &[],
+            30,
+        )
+        .unwrap();
+        assert!(ServerTls::new("acme", &ca.cert_pem, &node.cert_pem, &node.key_pem).is_ok());
+        let two = format!("{}{}", ca.cert_pem, other.cert_pem);
+        assert!(ServerTls::new("acme", &two, &node.cert_pem, &node.key_pem).is_err());
+        // A key that does not belong to the certificate is refused too.
+        assert!(ServerTls::new("acme", &ca.cert_pem, &node.cert_pem, &other.key_pem).is_err());
+    }
 }

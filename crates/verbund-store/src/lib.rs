@@ -19,7 +19,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 mod cache;
 use cache::RecordCache;
@@ -44,9 +44,13 @@ pub enum StoreError {
     Corrupt(String),
     #[error("invalid database configuration: {0}")]
     Config(String),
-    /// The transaction holding this write failed to commit; the write did not happen.
-    #[error("commit failed: {0}")]
+    /// The transaction holding this write failed before its commit; the write did not happen.
+    #[error("write not stored: {0}")]
     CommitFailed(String),
+    /// The commit itself failed (e.g. the connection dropped during COMMIT): the write may or
+    /// may not be stored.
+    #[error("outcome of the write unknown: {0}")]
+    OutcomeUnknown(String),
     #[error("the store's writer has stopped")]
     WriterStopped,
 }
@@ -54,9 +58,12 @@ pub enum StoreError {
 /// Plans a change from the current state of a record (None: nothing to change).
 pub type PlanFn = Box<dyn FnOnce(&Record) -> Result<Option<WritePlan>, DomainError> + Send>;
 
+/// Plans a new record (runs in the writer, so versions are stamped in commit order).
+pub type CreateFn = Box<dyn FnOnce() -> Result<WritePlan, DomainError> + Send>;
+
 /// A write waiting for the writer task.
 pub enum WriteOp {
-    Create(Box<WritePlan>),
+    Create(CreateFn),
     Modify {
         kind: RecordKind,
         id: Uuid,
@@ -418,14 +425,22 @@ macro_rules! backend {
                 }
                 let activity_account = resolve_refs(tx, &plan).await?;
                 write_record(tx, &mut plan, seq, false, activity_account).await?;
+                if kind != RecordKind::Activity && kind != RecordKind::Account && plan.change.fields.contains_key("account_id") {
+                    // Activities roll up to the account of the record they belong to: follow a move.
+                    sqlx::query("UPDATE records SET account_id = $1 WHERE related_id = $2 AND kind = 'activity'")
+                        .bind(plan.record.fields.get("account_id").and_then(Value::as_text).map(str::to_string))
+                        .bind(id.to_string())
+                        .execute(&mut **tx)
+                        .await?;
+                }
                 Ok((current, Some(plan)))
             }
 
             /// Runs one write with sequence number `seq`. Ok(record, None): nothing changed.
             async fn run_op(tx: &mut Tx, op: WriteOp, seq: i64) -> Result<(Record, Option<Change>)> {
                 match op {
-                    WriteOp::Create(plan) => {
-                        let plan = create(tx, *plan, seq).await?;
+                    WriteOp::Create(plan_fn) => {
+                        let plan = create(tx, plan_fn()?, seq).await?;
                         Ok((plan.record, Some(plan.change)))
                     }
                     WriteOp::Modify { kind, id, is_delete, plan_fn } => match modify(tx, kind, id, is_delete, plan_fn, seq).await? {
@@ -440,9 +455,9 @@ macro_rules! backend {
             /// nothing; on PostgreSQL, where an error aborts the transaction, each job runs in a
             /// savepoint. Any database error fails the whole batch (nothing is committed).
             /// Replies go out only after the commit.
-            pub async fn write_batch(pool: &$pool, jobs: Vec<WriteJob>, cache: Option<&RecordCache>) {
+            pub async fn write_batch(pool: &$pool, jobs: Vec<WriteJob>, cache: Option<&RecordCache>, commits: &watch::Sender<i64>) {
                 let (ops, replies): (Vec<WriteOp>, Vec<_>) = jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
-                let outcome: Result<Vec<Result<Record>>> = async {
+                let outcome: Result<(Vec<Result<Record>>, i64)> = async {
                     let mut tx = pool.begin_with($begin).await?;
                     let mut seq = lock_seq(&mut tx).await?;
                     let mut results = Vec::with_capacity(ops.len());
@@ -478,17 +493,33 @@ macro_rules! backend {
                         }
                     }
                     append_changes(&mut tx, &changes).await?;
-                    tx.commit().await?;
-                    Ok(results)
+                    if let Err(e) = tx.commit().await {
+                        return Err(StoreError::OutcomeUnknown(e.to_string()));
+                    }
+                    Ok((results, seq))
                 }
                 .await;
                 match outcome {
-                    Ok(results) => {
+                    Ok((results, last_seq)) => {
                         if let Some(cache) = cache {
                             cache.committed(results.iter().filter_map(|o| o.as_ref().ok()));
                         }
+                        // Wake change streams whether or not the writers' callers still wait.
+                        commits.send_if_modified(|seq| {
+                            let newer = last_seq > *seq;
+                            if newer {
+                                *seq = last_seq;
+                            }
+                            newer
+                        });
                         for (reply, result) in replies.into_iter().zip(results) {
                             let _ = reply.send(result);
+                        }
+                    }
+                    Err(StoreError::OutcomeUnknown(msg)) => {
+                        tracing::error!(error = %msg, "commit of a write batch failed; its outcome is unknown");
+                        for reply in replies {
+                            let _ = reply.send(Err(StoreError::OutcomeUnknown(msg.clone())));
                         }
                     }
                     Err(e) => {
@@ -653,6 +684,10 @@ enum Backend {
 pub struct Store {
     backend: Backend,
     writes: mpsc::Sender<WriteJob>,
+    /// The latest committed change sequence, published by the writer after each commit.
+    commits: Arc<watch::Sender<i64>>,
+    /// SQLite: an exclusive lock on `<db>.lock` held while the store is open (one writer process).
+    _lock: Option<Arc<std::fs::File>>,
     /// Only for SQLite, where this process is the only writer (see `cache`).
     cache: Option<Arc<RecordCache>>,
 }
@@ -700,12 +735,29 @@ impl Store {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
+        // The cache and the single writer assume this process alone writes the file.
+        let lock_path = path.with_extension("lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::Config(format!("cannot open {}: {e}", lock_path.display())))?;
+        lock.try_lock().map_err(|_| {
+            StoreError::Config(format!(
+                "{} is in use by another verbund process (lock {} is held)",
+                path.display(),
+                lock_path.display()
+            ))
+        })?;
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(opts)
             .await?;
         SQLITE_MIGRATIONS.run(&pool).await?;
-        Ok(Store::with_backend(Backend::Sqlite(pool)))
+        let mut store = Store::with_backend(Backend::Sqlite(pool)).await?;
+        store._lock = Some(Arc::new(lock));
+        Ok(store)
     }
 
     pub async fn open_postgres(opts: PgConnectOptions) -> Result<Store> {
@@ -715,10 +767,16 @@ impl Store {
             .connect_with(opts)
             .await?;
         PG_MIGRATIONS.run(&pool).await?;
-        Ok(Store::with_backend(Backend::Postgres(pool)))
+        Store::with_backend(Backend::Postgres(pool)).await
     }
 
-    fn with_backend(backend: Backend) -> Store {
+    async fn with_backend(backend: Backend) -> Result<Store> {
+        let last_seq = match &backend {
+            Backend::Sqlite(p) => sqlite_impl::last_seq(p).await?,
+            Backend::Postgres(p) => pg_impl::last_seq(p).await?,
+        };
+        let commits = Arc::new(watch::channel(last_seq).0);
+        let writer_commits = commits.clone();
         let (writes, mut rx) = mpsc::channel::<WriteJob>(4 * MAX_BATCH);
         let writer = backend.clone();
         let cache = matches!(backend, Backend::Sqlite(_))
@@ -735,17 +793,22 @@ impl Store {
                 }
                 match &writer {
                     Backend::Sqlite(p) => {
-                        sqlite_impl::write_batch(p, batch, writer_cache.as_deref()).await
+                        let cache = writer_cache.as_deref();
+                        sqlite_impl::write_batch(p, batch, cache, &writer_commits).await
                     }
-                    Backend::Postgres(p) => pg_impl::write_batch(p, batch, None).await,
+                    Backend::Postgres(p) => {
+                        pg_impl::write_batch(p, batch, None, &writer_commits).await
+                    }
                 }
             }
         });
-        Store {
+        Ok(Store {
             backend,
             writes,
+            commits,
+            _lock: None,
             cache,
-        }
+        })
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -766,7 +829,21 @@ impl Store {
 
     /// Stores a new record planned by [`verbund_core::write::plan_create`].
     pub async fn create(&self, plan: WritePlan) -> Result<Record> {
-        self.submit(WriteOp::Create(Box::new(plan))).await
+        self.create_with(move || Ok(plan)).await
+    }
+
+    /// Stores a new record planned by `plan_fn`, which runs in the writer: a version taken
+    /// there is ordered like the commits.
+    pub async fn create_with<F>(&self, plan_fn: F) -> Result<Record>
+    where
+        F: FnOnce() -> Result<WritePlan, DomainError> + Send + 'static,
+    {
+        self.submit(WriteOp::Create(Box::new(plan_fn))).await
+    }
+
+    /// Follows the latest committed change sequence.
+    pub fn subscribe_commits(&self) -> watch::Receiver<i64> {
+        self.commits.subscribe()
     }
 
     /// Updates a record inside one transaction: loads it, lets `plan_fn` plan the change from

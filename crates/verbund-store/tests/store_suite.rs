@@ -725,6 +725,65 @@ async fn activity_rolls_up_to_account(f: &Fixture) {
         ..Default::default()
     };
     assert_eq!(f.store.list(&q).await.unwrap().len(), 2);
+    // When the record an activity belongs to moves to another account, the activity follows.
+    let contact = f
+        .create(
+            RecordKind::Contact,
+            &[
+                ("last_name", t("Weber")),
+                ("account_id", t(&acc.id.to_string())),
+            ],
+        )
+        .await
+        .unwrap();
+    let on_contact = f
+        .create(
+            RecordKind::Activity,
+            &[
+                ("related_id", t(&contact.id.to_string())),
+                ("channel", t("email")),
+            ],
+        )
+        .await
+        .unwrap();
+    f.update(
+        RecordKind::Contact,
+        contact.id,
+        &["account_id"],
+        fm(&[("account_id", t(&other.id.to_string()))]),
+    )
+    .await
+    .unwrap();
+    let q_other = ListQuery {
+        kind: Some(RecordKind::Activity),
+        account_id: Some(other.id.to_string()),
+        limit: 10,
+        ..Default::default()
+    };
+    assert!(
+        f.store
+            .list(&q_other)
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| r.id == on_contact.id)
+    );
+    assert!(
+        !f.store
+            .list(&q)
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| r.id == on_contact.id)
+    );
+    f.update(
+        RecordKind::Contact,
+        contact.id,
+        &["account_id"],
+        fm(&[("account_id", t(&acc.id.to_string()))]),
+    )
+    .await
+    .unwrap();
     // Moving it to another account's record moves the roll-up.
     f.update(
         RecordKind::Activity,
@@ -734,7 +793,16 @@ async fn activity_rolls_up_to_account(f: &Fixture) {
     )
     .await
     .unwrap();
-    assert_eq!(f.store.list(&q).await.unwrap().len(), 1);
+    // Left on the account: the activity on the account itself and the one on the contact.
+    let left: Vec<_> = f
+        .store
+        .list(&q)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(left, vec![on_acc.id, on_contact.id]);
 }
 
 #[tokio::test]
@@ -766,4 +834,8 @@ async fn sqlite_data_survives_reopen() {
     );
     assert_eq!(store.last_seq().await.unwrap(), 1);
     assert!(Store::open("sqlite::memory:").await.is_err());
+    // A second process (here: a second open) on the same file is refused while the first runs.
+    let err = Store::open(path.to_str().unwrap()).await.unwrap_err();
+    assert!(err.to_string().contains("in use"), "{err}");
+    store.close().await;
 }
