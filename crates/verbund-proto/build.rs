@@ -4,7 +4,11 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
-    let files = ["verbund/v1/common.proto", "verbund/v1/crm.proto"];
+    let files = [
+        "verbund/v1/common.proto",
+        "verbund/v1/crm.proto",
+        "verbund/v1/admin.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }

@@ -129,6 +129,14 @@ impl TestNode {
         self.read("ca/ca.crt")
     }
 
+    /// The organization's CA certificate and key, to mint certificates in tests.
+    pub fn ca_pair(&self) -> verbund_node::pki::CertPair {
+        verbund_node::pki::CertPair {
+            cert_pem: self.ca_pem(),
+            key_pem: self.read("ca/ca.key"),
+        }
+    }
+
     pub fn admin_identity(&self) -> ClientIdentity {
         ClientIdentity {
             ca_pem: self.ca_pem(),
@@ -159,7 +167,7 @@ impl TestNode {
         all.extend([
             "--config",
             config.to_str().unwrap(),
-            "--endpoint",
+            "--node",
             &self.endpoint,
         ]);
         verbund(&all)

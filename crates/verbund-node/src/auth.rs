@@ -19,11 +19,18 @@ pub enum Action {
     Delete,
     /// List, search and watch: reads of many records.
     Enumerate,
+    /// Node administration (partners, certificates): own organization only.
+    Administer,
 }
 
 impl Action {
+    /// Actions a caller who may not do them is refused outright (PERMISSION_DENIED) rather
+    /// than shown nothing.
     pub fn is_write(self) -> bool {
-        matches!(self, Action::Create | Action::Update | Action::Delete)
+        matches!(
+            self,
+            Action::Create | Action::Update | Action::Delete | Action::Administer
+        )
     }
 }
 
@@ -87,6 +94,7 @@ mod tests {
             Action::Update,
             Action::Delete,
             Action::Enumerate,
+            Action::Administer,
         ] {
             assert_eq!(
                 authorize(&p("acme"), "acme", a, Some(RecordKind::Account)).unwrap(),

@@ -69,6 +69,8 @@ pub enum IdentityError {
     OrgMismatch { claimed: String, verified: String },
     #[error("no client certificate presented")]
     Missing,
+    #[error("organization {0:?} is not ours and not a registered partner")]
+    UnknownOrg(String),
 }
 
 /// Parses `verbund://<org>/(user|node)/<name>`.
@@ -96,11 +98,10 @@ pub fn parse_principal_uri(uri: &str) -> Result<Principal, IdentityError> {
     })
 }
 
-/// Derives the principal from an end-entity certificate (DER) that `verified_org`'s trust
-/// anchor has already verified. The certificate must not be a CA, must carry exactly one
-/// `verbund://` URI SAN, and that URI's organization must be `verified_org`: an anchor can
-/// only vouch for identities of its own organization.
-pub fn principal_from_cert(der: &[u8], verified_org: &str) -> Result<Principal, IdentityError> {
+/// The principal an end-entity certificate (DER) claims, before anyone vouched for it: it
+/// must not be a CA and must carry exactly one `verbund://` URI SAN. The verifier then checks
+/// the chain against exactly the trust anchor of the claimed organization.
+pub fn claimed_principal(der: &[u8]) -> Result<Principal, IdentityError> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|_| IdentityError::Unparseable)?;
     match cert.basic_constraints() {
         Ok(Some(bc)) if bc.value.ca => return Err(IdentityError::IsCa),
@@ -108,18 +109,28 @@ pub fn principal_from_cert(der: &[u8], verified_org: &str) -> Result<Principal, 
         _ => {}
     }
     let mut uris = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            if let GeneralName::URI(u) = name {
-                uris.push(u.to_string());
+    match cert.subject_alternative_name() {
+        Ok(Some(san)) => {
+            for name in &san.value.general_names {
+                if let GeneralName::URI(u) = name {
+                    uris.push(u.to_string());
+                }
             }
         }
+        Ok(None) => {}
+        Err(_) => return Err(IdentityError::Unparseable),
     }
     let verbund_uris: Vec<&String> = uris.iter().filter(|u| u.starts_with("verbund:")).collect();
-    if verbund_uris.len() != 1 {
-        return Err(IdentityError::UriSanCount(verbund_uris.len()));
+    match verbund_uris.as_slice() {
+        [uri] => parse_principal_uri(uri),
+        other => Err(IdentityError::UriSanCount(other.len())),
     }
-    let p = parse_principal_uri(verbund_uris[0])?;
+}
+
+/// Derives the principal from an end-entity certificate that `verified_org`'s trust anchor has
+/// verified: an anchor can only vouch for identities of its own organization.
+pub fn principal_from_cert(der: &[u8], verified_org: &str) -> Result<Principal, IdentityError> {
+    let p = claimed_principal(der)?;
     if p.org != verified_org {
         return Err(IdentityError::OrgMismatch {
             claimed: p.org,

@@ -1,5 +1,6 @@
 //! A Verbund node: the gRPC services over mutual TLS, identities and certificates.
 
+pub mod admin;
 pub mod auth;
 pub mod client;
 pub mod config;

@@ -44,8 +44,13 @@ impl Node {
             &cfg.node.org,
             &cfg.node.name,
             cfg.node.max_clock_skew_ms,
+            tls.verifier.clone(),
         )
         .await?;
+        state
+            .reload_partners()
+            .await
+            .map_err(|s| anyhow::anyhow!("loading partner anchors: {}", s.message()))?;
         let listener = TcpListener::bind(cfg.node.listen)
             .await
             .with_context(|| format!("binding {}", cfg.node.listen))?;
@@ -90,6 +95,9 @@ impl Node {
             .await;
         health_reporter
             .set_serving::<pb::node_service_server::NodeServiceServer<Api>>()
+            .await;
+        health_reporter
+            .set_serving::<pb::admin_service_server::AdminServiceServer<Api>>()
             .await;
         // Both reflection versions: v1 for current tools, v1alpha for older grpcurl/grpcui.
         let reflection = tonic_reflection::server::Builder::configure()
@@ -150,6 +158,7 @@ impl Node {
                 pb::change_service_server::ChangeServiceServer<Api>
             ))
             .add_service(limited!(pb::node_service_server::NodeServiceServer<Api>))
+            .add_service(limited!(pb::admin_service_server::AdminServiceServer<Api>))
             .serve_with_incoming_shutdown(incoming, signal);
         // Clients that keep their connections open must not hold the shutdown forever.
         let grace = async {

@@ -36,6 +36,8 @@ pub struct NodeState {
     clock: Arc<Mutex<HlcClock>>,
     /// Set when the node shuts down: open Watch streams end so connections can drain.
     stopping: watch::Sender<bool>,
+    /// Trust anchors of the TLS listener; partner changes apply to the next handshake.
+    pub trust: Arc<crate::tls::FederationVerifier>,
 }
 
 fn now_ms() -> i64 {
@@ -52,6 +54,8 @@ pub fn store_status(e: StoreError) -> Status {
             tracing::error!(error = %e, "write not stored");
             Status::unavailable("the write was not stored; it is safe to retry")
         }
+        StoreError::AlreadyExists(what) => Status::already_exists(format!("{what} exists already")),
+        StoreError::NotFound(what) => Status::not_found(format!("{what} not found")),
         StoreError::OutcomeUnknown(_) => {
             tracing::error!(error = %e, "write outcome unknown");
             Status::unknown(
@@ -114,6 +118,19 @@ fn decode_token(token: &str, filter_fingerprint: u64) -> Result<Option<String>, 
     Ok(Some(id.to_string()))
 }
 
+/// Queries fetch `limit + 1` rows: an extra row means there is a next page, which starts after
+/// the last row returned.
+fn next_page(records: &mut Vec<Record>, limit: i64, filter_fingerprint: u64) -> String {
+    if records.len() as i64 <= limit {
+        return String::new();
+    }
+    records.truncate(limit as usize);
+    records
+        .last()
+        .map(|r| encode_token(&r.id.to_string(), filter_fingerprint))
+        .unwrap_or_default()
+}
+
 /// FNV-1a: stable across processes and releases (unlike std's hasher).
 fn fingerprint(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
@@ -168,6 +185,7 @@ impl NodeState {
         org: &str,
         node_name: &str,
         max_clock_skew_ms: u64,
+        trust: Arc<crate::tls::FederationVerifier>,
     ) -> Result<Arc<NodeState>, StoreError> {
         let mut clock = HlcClock::new(format!("{org}/{node_name}"), max_clock_skew_ms);
         // Never hand out a version below one we already wrote, even if the wall clock went back.
@@ -181,6 +199,7 @@ impl NodeState {
             node_name: node_name.to_string(),
             clock: Arc::new(Mutex::new(clock)),
             stopping,
+            trust,
         }))
     }
 
@@ -337,15 +356,7 @@ impl NodeState {
             limit: limit + 1,
         };
         let mut records = self.store.list(&q).await.map_err(store_status)?;
-        let next = if records.len() as i64 > limit {
-            records.truncate(limit as usize);
-            records
-                .last()
-                .map(|r| encode_token(&r.id.to_string(), fp))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next = next_page(&mut records, limit, fp);
         Ok((records.iter().map(M::from_record).collect(), next))
     }
 
@@ -375,15 +386,7 @@ impl NodeState {
             limit: limit + 1,
         };
         let mut records = self.store.search(&q).await.map_err(store_status)?;
-        let next_page_token = if records.len() as i64 > limit {
-            records.truncate(limit as usize);
-            records
-                .last()
-                .map(|r| encode_token(&r.id.to_string(), fp))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = next_page(&mut records, limit, fp);
         Ok(pb::SearchResponse {
             results: records.iter().map(convert::any_record).collect(),
             next_page_token,

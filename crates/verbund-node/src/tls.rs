@@ -10,8 +10,16 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use rustls::RootCertStore;
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -20,7 +28,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
-use crate::identity::{IdentityError, Principal, principal_from_cert};
+use crate::identity::{IdentityError, Principal, claimed_principal};
 use crate::pki;
 
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -30,47 +38,171 @@ pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Verifies client certificates against one trust anchor per organization: our own CA, and
+/// the pinned CA of each partner. The certificate's `verbund://<org>/...` URI SAN selects the
+/// anchor, and only that anchor may verify the chain, so a partner's CA can never mint an
+/// identity of another partner or of ourselves (SPIFFE: trust domains are never merged).
+#[derive(Debug)]
+pub struct FederationVerifier {
+    own_org: String,
+    own: Arc<dyn ClientCertVerifier>,
+    partners: RwLock<HashMap<String, Arc<dyn ClientCertVerifier>>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+fn anchor_verifier(
+    ca: CertificateDer<'static>,
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(ca)
+        .context("adding a CA certificate to a trust store")?;
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .context("building a client certificate verifier")
+}
+
+/// The single CA certificate of a PEM text; more than one is refused, because every
+/// certificate of an anchor vouches for the whole organization.
+pub fn single_ca(pem: &str) -> Result<CertificateDer<'static>> {
+    let mut cas = pki::parse_certs(pem)?;
+    if cas.len() != 1 {
+        anyhow::bail!("expected exactly one CA certificate, found {}", cas.len());
+    }
+    let ca = cas.remove(0);
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(ca.as_ref()).context("unparseable CA certificate")?;
+    match parsed.basic_constraints() {
+        Ok(Some(bc)) if bc.value.ca => Ok(ca),
+        _ => anyhow::bail!("the certificate is not a CA certificate"),
+    }
+}
+
+impl FederationVerifier {
+    pub fn new(own_org: &str, own_ca_pem: &str) -> Result<FederationVerifier> {
+        let provider = crypto_provider();
+        let own = anchor_verifier(
+            single_ca(own_ca_pem).context("this organization's CA")?,
+            &provider,
+        )?;
+        Ok(FederationVerifier {
+            own_org: own_org.to_string(),
+            own,
+            partners: RwLock::new(HashMap::new()),
+            provider,
+        })
+    }
+
+    /// Replaces the partner anchors (org, CA PEM) all at once; on any error nothing changes.
+    pub fn set_partners(&self, partners: &[(String, String)]) -> Result<()> {
+        let mut next = HashMap::new();
+        for (org, pem) in partners {
+            if org == &self.own_org {
+                anyhow::bail!("a partner cannot have this organization's id {org:?}");
+            }
+            let ca = single_ca(pem).with_context(|| format!("CA of partner {org}"))?;
+            next.insert(org.clone(), anchor_verifier(ca, &self.provider)?);
+        }
+        *self.partners.write().unwrap_or_else(|p| p.into_inner()) = next;
+        Ok(())
+    }
+
+    /// Whether `org` is ours or a registered partner right now.
+    pub fn knows(&self, org: &str) -> bool {
+        org == self.own_org
+            || self
+                .partners
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(org)
+    }
+
+    fn anchor_for(&self, org: &str) -> Option<Arc<dyn ClientCertVerifier>> {
+        if org == self.own_org {
+            return Some(self.own.clone());
+        }
+        self.partners
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(org)
+            .cloned()
+    }
+}
+
+impl ClientCertVerifier for FederationVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // Anchors change at run time; clients choose their certificate without hints.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let claimed = claimed_principal(end_entity.as_ref()).map_err(|e| {
+            rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+                Arc::new(e),
+            )))
+        })?;
+        let anchor = self
+            .anchor_for(&claimed.org)
+            .ok_or(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer,
+            ))?;
+        anchor.verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.own.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.own.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.own.supported_verify_schemes()
+    }
+}
+
 /// The TLS material a node serves with.
 #[derive(Clone)]
 pub struct ServerTls {
     pub config: Arc<rustls::ServerConfig>,
-    /// The organization whose CA verifies client certificates.
-    pub own_org: String,
+    /// The anchors; partner changes take effect for the next handshake.
+    pub verifier: Arc<FederationVerifier>,
 }
 
 impl ServerTls {
-    /// Requires a client certificate chaining to our own CA (`ca_pem`).
+    /// Requires a client certificate that chains to the anchor of the organization it names:
+    /// our own CA (`ca_pem`) or a registered partner's.
     pub fn new(own_org: &str, ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<ServerTls> {
-        let provider = crypto_provider();
-        // Exactly one anchor: every certificate chaining to it is taken as a member of
-        // `own_org`, so a second CA in this file could mint our identities.
-        let mut cas = pki::parse_certs(ca_pem).context("CA certificate")?;
-        if cas.len() != 1 {
-            anyhow::bail!(
-                "the CA file must hold exactly one certificate (this organization's CA), found {}",
-                cas.len()
-            );
-        }
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(cas.remove(0))
-            .context("adding CA certificate to the trust store")?;
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .context("building the client certificate verifier")?;
+        let verifier = Arc::new(FederationVerifier::new(own_org, ca_pem)?);
         let chain = pki::parse_certs(cert_pem).context("node certificate")?;
         let key = pki::parse_key(key_pem).context("node key")?;
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        let mut config = rustls::ServerConfig::builder_with_provider(crypto_provider())
             .with_safe_default_protocol_versions()?
-            .with_client_cert_verifier(verifier)
+            .with_client_cert_verifier(verifier.clone())
             .with_single_cert(chain, key)
             .context("node certificate and key do not match")?;
         // gRPC needs HTTP/2; without ALPN h2 clients fail with H2NotNegotiated.
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(ServerTls {
             config: Arc::new(config),
-            own_org: own_org.to_string(),
+            verifier,
         })
     }
 }
@@ -141,7 +273,13 @@ fn principal_of(
         .peer_certificates()
         .ok_or(IdentityError::Missing)?;
     let leaf = certs.first().ok_or(IdentityError::Missing)?;
-    principal_from_cert(leaf.as_ref(), &tls.own_org)
+    // The verifier checked the chain against exactly the anchor of the claimed organization.
+    let p = claimed_principal(leaf.as_ref())?;
+    if !tls.verifier.knows(&p.org) {
+        // The partner was removed between the chain check and now.
+        return Err(IdentityError::UnknownOrg(p.org));
+    }
+    Ok(p)
 }
 
 /// Accepts TCP connections, runs TLS handshakes concurrently (bounded, with a timeout) and

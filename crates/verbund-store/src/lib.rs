@@ -53,6 +53,24 @@ pub enum StoreError {
     OutcomeUnknown(String),
     #[error("the store's writer has stopped")]
     WriterStopped,
+    #[error("{0} exists already")]
+    AlreadyExists(String),
+    #[error("{0} not found")]
+    NotFound(String),
+}
+
+/// A partner organization and its pinned trust anchor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partner {
+    pub org: String,
+    pub ca_pem: String,
+    /// SHA-256 of the CA certificate (DER), lowercase hex.
+    pub fingerprint: String,
+    /// Where its node serves, `https://host:port`.
+    pub endpoint: String,
+    pub status: String,
+    pub added_at_ms: i64,
+    pub last_contact_ms: Option<i64>,
 }
 
 /// Plans a change from the current state of a record (None: nothing to change).
@@ -640,6 +658,63 @@ macro_rules! backend {
                     .collect()
             }
 
+            pub async fn add_partner(pool: &$pool, p: &Partner) -> Result<()> {
+                let r = sqlx::query(
+                    "INSERT INTO partners (org, ca_pem, fingerprint, endpoint, status, added_at_ms, last_contact_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(&p.org)
+                .bind(&p.ca_pem)
+                .bind(&p.fingerprint)
+                .bind(&p.endpoint)
+                .bind(&p.status)
+                .bind(p.added_at_ms)
+                .bind(p.last_contact_ms)
+                .execute(pool)
+                .await;
+                match r {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
+                        Err(StoreError::AlreadyExists(format!("partner {}", p.org)))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+
+            pub async fn list_partners(pool: &$pool) -> Result<Vec<Partner>> {
+                let rows = sqlx::query(
+                    "SELECT org, ca_pem, fingerprint, endpoint, status, added_at_ms, last_contact_ms FROM partners ORDER BY org",
+                )
+                .fetch_all(pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(Partner {
+                            org: r.try_get("org")?,
+                            ca_pem: r.try_get("ca_pem")?,
+                            fingerprint: r.try_get("fingerprint")?,
+                            endpoint: r.try_get("endpoint")?,
+                            status: r.try_get("status")?,
+                            added_at_ms: r.try_get("added_at_ms")?,
+                            last_contact_ms: r.try_get("last_contact_ms")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            pub async fn remove_partner(pool: &$pool, org: &str) -> Result<()> {
+                let r = sqlx::query("DELETE FROM partners WHERE org = $1").bind(org).execute(pool).await?;
+                if r.rows_affected() == 0 {
+                    return Err(StoreError::NotFound(format!("partner {org}")));
+                }
+                Ok(())
+            }
+
+            pub async fn touch_partner(pool: &$pool, org: &str, at_ms: i64) -> Result<()> {
+                sqlx::query("UPDATE partners SET last_contact_ms = $1 WHERE org = $2").bind(at_ms).bind(org).execute(pool).await?;
+                Ok(())
+            }
+
             pub async fn last_seq(pool: &$pool) -> Result<i64> {
                 Ok(sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM changes").fetch_one(pool).await?)
             }
@@ -927,6 +1002,24 @@ impl Store {
     /// Live records of a kind.
     pub async fn count(&self, kind: RecordKind) -> Result<i64> {
         dispatch!(self, count(kind))
+    }
+
+    /// Registers a partner; ALREADY_EXISTS if its organization is registered.
+    pub async fn add_partner(&self, p: &Partner) -> Result<()> {
+        dispatch!(self, add_partner(p))
+    }
+
+    pub async fn list_partners(&self) -> Result<Vec<Partner>> {
+        dispatch!(self, list_partners())
+    }
+
+    pub async fn remove_partner(&self, org: &str) -> Result<()> {
+        dispatch!(self, remove_partner(org))
+    }
+
+    /// Notes that a partner's node or user was just seen.
+    pub async fn touch_partner(&self, org: &str, at_ms: i64) -> Result<()> {
+        dispatch!(self, touch_partner(org, at_ms))
     }
 
     pub async fn close(&self) {

@@ -171,7 +171,40 @@ on_both!(
     concurrent_writers_get_gap_free_sequences,
     activity_rolls_up_to_account,
     failed_writes_in_a_batch_fail_alone,
+    partner_registry,
 );
+
+async fn partner_registry(f: &Fixture) {
+    let p = verbund_store::Partner {
+        org: "globex".into(),
+        ca_pem: "-----BEGIN CERTIFICATE-----\n...\n".into(),
+        fingerprint: "ab".repeat(32),
+        endpoint: "https://globex.example:7443".into(),
+        status: "active".into(),
+        added_at_ms: 5,
+        last_contact_ms: None,
+    };
+    f.store.add_partner(&p).await.unwrap();
+    assert!(matches!(
+        f.store.add_partner(&p).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    f.store.touch_partner("globex", 9).await.unwrap();
+    let listed = f.store.list_partners().await.unwrap();
+    assert_eq!(
+        listed,
+        vec![verbund_store::Partner {
+            last_contact_ms: Some(9),
+            ..p
+        }]
+    );
+    f.store.remove_partner("globex").await.unwrap();
+    assert!(matches!(
+        f.store.remove_partner("globex").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(f.store.list_partners().await.unwrap().is_empty());
+}
 
 /// Many concurrent writes land in shared group commits; the ones that break a rule fail
 /// alone, the others commit, and sequence numbers stay contiguous.

@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod init;
 mod output;
+mod partners;
 mod records;
 
 use std::path::PathBuf;
@@ -32,12 +33,12 @@ pub struct Conn {
     /// The node's config (node.toml): gives endpoint, CA and the [client] identity.
     #[arg(long, short = 'c', env = "VERBUND_CONFIG", global = true)]
     config: Option<PathBuf>,
-    /// Node endpoint, e.g. https://127.0.0.1:7443 (overrides the config).
-    #[arg(long, env = "VERBUND_ENDPOINT", global = true)]
-    endpoint: Option<String>,
+    /// The node to talk to, e.g. https://127.0.0.1:7443 (overrides the config's address).
+    #[arg(long, env = "VERBUND_NODE", global = true)]
+    node: Option<String>,
     /// CA certificate (PEM) that issued the node's certificate.
-    #[arg(long, env = "VERBUND_CA", global = true)]
-    ca: Option<PathBuf>,
+    #[arg(long, env = "VERBUND_NODE_CA", global = true)]
+    node_ca: Option<PathBuf>,
     /// Client certificate (PEM).
     #[arg(long, env = "VERBUND_CERT", global = true)]
     cert: Option<PathBuf>,
@@ -56,11 +57,11 @@ impl Conn {
             .as_ref()
             .map(|p| NodeConfig::load(p))
             .transpose()?;
-        let endpoint = match (&self.endpoint, &cfg) {
+        let endpoint = match (&self.node, &cfg) {
             (Some(e), _) => e.clone(),
             (None, Some(c)) => c.endpoint(),
             (None, None) => anyhow::bail!(
-                "no node given: pass --config <node.toml> or --endpoint with --ca, --cert and --key"
+                "no node given: pass --config <node.toml> or --node with --node-ca, --cert and --key"
             ),
         };
         let mut id = match &cfg {
@@ -74,7 +75,7 @@ impl Conn {
                 cert_and_key: None,
             },
         };
-        if let Some(ca) = &self.ca {
+        if let Some(ca) = &self.node_ca {
             id.ca_pem =
                 std::fs::read_to_string(ca).with_context(|| format!("reading {}", ca.display()))?;
         }
@@ -87,7 +88,7 @@ impl Conn {
             anyhow::bail!("--cert and --key go together");
         }
         if id.ca_pem.is_empty() {
-            anyhow::bail!("no CA certificate: pass --ca or --config");
+            anyhow::bail!("no CA certificate: pass --node-ca or --config");
         }
         connect(&endpoint, &id).await
     }
@@ -105,6 +106,12 @@ enum Command {
     /// Manage certificates.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// This organization's CA: what partners pin.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Partner organizations whose CAs this node trusts (admin API of a running node).
+    #[command(subcommand)]
+    Partner(partners::PartnerCommand),
     /// Accounts (companies).
     Account(records::RecordArgs),
     /// Contacts (people at accounts).
@@ -153,6 +160,15 @@ enum Command {
     /// Benchmarks against a real node over mutual TLS.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Print the CA certificate and its SHA-256 fingerprint, to give a partner out of band.
+    Export {
+        #[arg(long, short = 'c', env = "VERBUND_CONFIG")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -214,6 +230,8 @@ async fn dispatch(command: Command) -> Result<()> {
             out_dir,
             days,
         }) => init::issue_user(&config, &user, out_dir, days),
+        Command::Ca(CaCommand::Export { config }) => partners::ca_export(&config),
+        Command::Partner(p) => partners::run(p).await,
         Command::Account(a) => records::run(verbund_core::RecordKind::Account, a).await,
         Command::Contact(a) => records::run(verbund_core::RecordKind::Contact, a).await,
         Command::Lead(a) => records::run(verbund_core::RecordKind::Lead, a).await,
@@ -273,5 +291,14 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

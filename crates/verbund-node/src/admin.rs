@@ -1,0 +1,209 @@
+//! The admin API: partner registry. Own organization only.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tonic::{Request, Response, Status};
+use verbund_proto::v1 as pb;
+use verbund_store::Partner;
+
+use crate::auth::{self, Action};
+use crate::convert::{invalid, ms_to_timestamp};
+use crate::pki;
+use crate::service::{Api, NodeState, store_status};
+use crate::tls::single_ca;
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `https://host:port` with a host and a port.
+fn check_endpoint(endpoint: &str) -> Result<(), Status> {
+    let bad = || invalid("endpoint", format!("{endpoint:?} is not https://host:port"));
+    let rest = endpoint.strip_prefix("https://").ok_or_else(bad)?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty()
+        || host.contains(['/', '?', '#', '@'])
+        || host.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(bad());
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 && port.bytes().all(|b| b.is_ascii_digit()) => Ok(()),
+        _ => Err(bad()),
+    }
+}
+
+/// Lowercase hex without separators.
+pub fn normalize_fingerprint(text: &str) -> String {
+    text.chars()
+        .filter(|c| !matches!(c, ':' | ' ' | '-'))
+        .collect::<String>()
+        .to_ascii_lowercase()
+}
+
+fn to_pb(p: &Partner) -> pb::Partner {
+    pb::Partner {
+        org: p.org.clone(),
+        endpoint: p.endpoint.clone(),
+        fingerprint: p.fingerprint.clone(),
+        status: p.status.clone(),
+        add_time: Some(ms_to_timestamp(p.added_at_ms)),
+        last_contact_time: p.last_contact_ms.map(ms_to_timestamp),
+    }
+}
+
+impl NodeState {
+    /// Loads the partner anchors from the store into the TLS verifier.
+    pub async fn reload_partners(&self) -> Result<(), Status> {
+        let partners = self.store.list_partners().await.map_err(store_status)?;
+        let anchors: Vec<(String, String)> =
+            partners.into_iter().map(|p| (p.org, p.ca_pem)).collect();
+        self.trust.set_partners(&anchors).map_err(|e| {
+            tracing::error!(error = %e, "partner anchors could not be loaded; the previous ones stay in force");
+            Status::internal("partner anchors could not be loaded; see the node's log")
+        })
+    }
+
+    pub async fn add_partner(
+        &self,
+        p: &crate::identity::Principal,
+        req: pb::AddPartnerRequest,
+    ) -> Result<pb::Partner, Status> {
+        auth::authorize(p, &self.org, Action::Administer, None)?;
+        if !verbund_core::schema::is_valid_org_id(&req.org) {
+            return Err(invalid(
+                "org",
+                format!(
+                    "{:?} is not a valid organization id (lowercase letters, digits, '-' and '.')",
+                    req.org
+                ),
+            ));
+        }
+        if req.org == self.org {
+            return Err(invalid("org", "is this node's own organization"));
+        }
+        check_endpoint(&req.endpoint)?;
+        let ca = single_ca(&req.ca_pem).map_err(|e| invalid("ca_pem", format!("{e:#}")))?;
+        let computed = pki::fingerprint(ca.as_ref());
+        let given = normalize_fingerprint(&req.fingerprint);
+        if given.is_empty() {
+            return Err(invalid(
+                "fingerprint",
+                "is required: compare it with the partner out of band",
+            ));
+        }
+        if given != computed {
+            return Err(invalid(
+                "fingerprint",
+                format!(
+                    "does not match the CA certificate (its SHA-256 is {computed}); nothing was trusted"
+                ),
+            ));
+        }
+        let partner = Partner {
+            org: req.org.clone(),
+            ca_pem: req.ca_pem.clone(),
+            fingerprint: computed,
+            endpoint: req.endpoint.clone(),
+            status: "active".into(),
+            added_at_ms: now_ms(),
+            last_contact_ms: None,
+        };
+        self.store
+            .add_partner(&partner)
+            .await
+            .map_err(store_status)?;
+        if let Err(status) = self.reload_partners().await {
+            // Do not keep a partner the verifier could not load.
+            let _ = self.store.remove_partner(&partner.org).await;
+            return Err(status);
+        }
+        tracing::info!(partner = %partner.org, fingerprint = %partner.fingerprint, principal = %p, "partner added");
+        Ok(to_pb(&partner))
+    }
+
+    pub async fn list_partners(
+        &self,
+        p: &crate::identity::Principal,
+    ) -> Result<pb::ListPartnersResponse, Status> {
+        auth::authorize(p, &self.org, Action::Administer, None)?;
+        let partners = self.store.list_partners().await.map_err(store_status)?;
+        Ok(pb::ListPartnersResponse {
+            partners: partners.iter().map(to_pb).collect(),
+        })
+    }
+
+    pub async fn remove_partner(
+        &self,
+        p: &crate::identity::Principal,
+        org: &str,
+    ) -> Result<pb::RemovePartnerResponse, Status> {
+        auth::authorize(p, &self.org, Action::Administer, None)?;
+        if org.is_empty() {
+            return Err(invalid("org", "is required"));
+        }
+        self.store.remove_partner(org).await.map_err(store_status)?;
+        self.reload_partners().await?;
+        tracing::info!(partner = %org, principal = %p, "partner removed");
+        Ok(pb::RemovePartnerResponse {})
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_service_server::AdminService for Api {
+    async fn add_partner(
+        &self,
+        req: Request<pb::AddPartnerRequest>,
+    ) -> Result<Response<pb::Partner>, Status> {
+        let p = auth::principal(&req)?;
+        self.state
+            .add_partner(&p, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_partners(
+        &self,
+        req: Request<pb::ListPartnersRequest>,
+    ) -> Result<Response<pb::ListPartnersResponse>, Status> {
+        let p = auth::principal(&req)?;
+        self.state.list_partners(&p).await.map(Response::new)
+    }
+
+    async fn remove_partner(
+        &self,
+        req: Request<pb::RemovePartnerRequest>,
+    ) -> Result<Response<pb::RemovePartnerResponse>, Status> {
+        let p = auth::principal(&req)?;
+        self.state
+            .remove_partner(&p, &req.get_ref().org)
+            .await
+            .map(Response::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_and_fingerprints() {
+        assert!(check_endpoint("https://globex.example:7443").is_ok());
+        assert!(check_endpoint("https://10.0.0.5:7443/").is_ok());
+        for bad in [
+            "http://globex.example:7443",
+            "https://globex.example",
+            "https://:7443",
+            "https://g:0",
+            "https://g:99999",
+            "https://u@g:1",
+        ] {
+            assert!(check_endpoint(bad).is_err(), "{bad}");
+        }
+        assert_eq!(normalize_fingerprint("AB:cd 01"), "abcd01");
+    }
+}

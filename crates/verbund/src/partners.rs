@@ -1,0 +1,147 @@
+//! `verbund ca export` and `verbund partner add|list|remove`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use verbund_node::config::NodeConfig;
+use verbund_node::pb;
+use verbund_node::pki;
+
+use crate::Conn;
+
+#[derive(Subcommand)]
+pub enum PartnerCommand {
+    /// Pin a partner's CA. Refused unless --fingerprint (received out of band) matches --ca.
+    Add {
+        /// The partner's organization id.
+        #[arg(long)]
+        org: String,
+        /// The partner's CA certificate (PEM file, from its `verbund ca export`).
+        #[arg(long)]
+        ca: PathBuf,
+        /// The partner node's endpoint, https://host:port.
+        #[arg(long)]
+        endpoint: String,
+        /// SHA-256 fingerprint of the partner's CA, as the partner told you.
+        #[arg(long)]
+        fingerprint: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show the partners: org, endpoint, fingerprint, status, last contact.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Unpin a partner: its new connections are refused at once.
+    Remove {
+        #[arg(long)]
+        org: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+pub fn ca_export(config: &Path) -> Result<()> {
+    let cfg = NodeConfig::load(config)?;
+    let pem = cfg.read(&cfg.tls.ca_cert)?;
+    let certs = pki::parse_certs(&pem)?;
+    print!("{pem}");
+    for c in certs {
+        eprintln!(
+            "SHA-256 fingerprint of the {} CA: {}",
+            cfg.node.org,
+            pki::fingerprint(c.as_ref())
+        );
+    }
+    Ok(())
+}
+
+fn ts(t: &Option<prost_types::Timestamp>) -> String {
+    t.as_ref()
+        .map(|t| {
+            verbund_core::civil::format_rfc3339_ms(
+                t.seconds * 1000 + i64::from(t.nanos / 1_000_000),
+            )
+        })
+        .unwrap_or_else(|| "never".into())
+}
+
+pub async fn run(cmd: PartnerCommand) -> Result<()> {
+    match cmd {
+        PartnerCommand::Add {
+            org,
+            ca,
+            endpoint,
+            fingerprint,
+            conn,
+        } => {
+            let ca_pem = std::fs::read_to_string(&ca)
+                .with_context(|| format!("reading {}", ca.display()))?;
+            let mut admin =
+                pb::admin_service_client::AdminServiceClient::new(conn.channel().await?);
+            let p = admin
+                .add_partner(pb::AddPartnerRequest {
+                    org,
+                    ca_pem,
+                    endpoint,
+                    fingerprint,
+                })
+                .await?
+                .into_inner();
+            if conn.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"org": p.org, "endpoint": p.endpoint, "fingerprint": p.fingerprint, "status": p.status})
+                );
+            } else {
+                println!(
+                    "partner {} pinned (CA fingerprint {}), endpoint {}",
+                    p.org, p.fingerprint, p.endpoint
+                );
+            }
+        }
+        PartnerCommand::List { conn } => {
+            let mut admin =
+                pb::admin_service_client::AdminServiceClient::new(conn.channel().await?);
+            let list = admin
+                .list_partners(pb::ListPartnersRequest {})
+                .await?
+                .into_inner();
+            if conn.json {
+                let rows: Vec<_> = list
+                    .partners
+                    .iter()
+                    .map(|p| serde_json::json!({"org": p.org, "endpoint": p.endpoint, "fingerprint": p.fingerprint, "status": p.status, "last_contact": ts(&p.last_contact_time)}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(rows));
+            } else {
+                println!(
+                    "{:<20} {:<32} {:<8} {:<26} fingerprint",
+                    "org", "endpoint", "status", "last contact"
+                );
+                for p in &list.partners {
+                    println!(
+                        "{:<20} {:<32} {:<8} {:<26} {}",
+                        p.org,
+                        p.endpoint,
+                        p.status,
+                        ts(&p.last_contact_time),
+                        p.fingerprint
+                    );
+                }
+                println!("({} partners)", list.partners.len());
+            }
+        }
+        PartnerCommand::Remove { org, conn } => {
+            let mut admin =
+                pb::admin_service_client::AdminServiceClient::new(conn.channel().await?);
+            admin
+                .remove_partner(pb::RemovePartnerRequest { org: org.clone() })
+                .await?;
+            println!("partner {org} removed; its new connections are refused");
+        }
+    }
+    Ok(())
+}

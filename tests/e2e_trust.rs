@@ -1,0 +1,400 @@
+//! Federation trust end to end: partner registry with pinned anchors, per-organization
+//! verification of client certificates, partner principals on the client API.
+
+mod support;
+
+use support::{TestNode, stderr, stdout, verbund};
+use tonic::Code;
+use verbund_node::client::{ClientIdentity, connect};
+use verbund_node::identity::PrincipalKind;
+use verbund_node::pb;
+use verbund_node::pki;
+
+/// `verbund ca export` of a node: (PEM file path, fingerprint).
+fn export_ca(node: &TestNode) -> (std::path::PathBuf, String) {
+    let o = verbund(&["ca", "export", "--config", node.config().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let fingerprint = stderr(&o).rsplit(": ").next().unwrap().trim().to_string();
+    assert_eq!(fingerprint.len(), 64, "{}", stderr(&o));
+    let path = node.home().join(format!("exported-{}.crt", node.org));
+    std::fs::write(&path, stdout(&o)).unwrap();
+    (path, fingerprint)
+}
+
+fn add_partner(host: &TestNode, partner: &TestNode, fingerprint: &str) -> std::process::Output {
+    let (ca, _) = export_ca(partner);
+    host.cli(&[
+        "partner",
+        "add",
+        "--org",
+        &partner.org,
+        "--ca",
+        ca.to_str().unwrap(),
+        "--endpoint",
+        &partner.endpoint,
+        "--fingerprint",
+        fingerprint,
+    ])
+}
+
+/// A client of `partner` (its certificate) talking to `host` (verifying host's CA).
+fn partner_client(host: &TestNode, cert: &pki::CertPair) -> ClientIdentity {
+    ClientIdentity {
+        ca_pem: host.ca_pem(),
+        cert_and_key: Some((cert.cert_pem.clone(), cert.key_pem.clone())),
+    }
+}
+
+async fn call_fails(host: &TestNode, id: &ClientIdentity) -> bool {
+    match connect(&host.endpoint, id).await {
+        Err(_) => true,
+        Ok(ch) => pb::node_service_client::NodeServiceClient::new(ch)
+            .who_am_i(pb::WhoAmIRequest {})
+            .await
+            .is_err(),
+    }
+}
+
+#[tokio::test]
+async fn partner_add_refuses_a_fingerprint_that_does_not_match() {
+    let acme = TestNode::start("acme");
+    let globex = TestNode::start("globex");
+    let (_, fingerprint) = export_ca(&globex);
+    let wrong = fingerprint.chars().rev().collect::<String>();
+    let o = add_partner(&acme, &globex, &wrong);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("INVALID_ARGUMENT: fingerprint"),
+        "{}",
+        stderr(&o)
+    );
+    let o = acme.cli(&["partner", "list", "--json"]);
+    assert_eq!(stdout(&o).trim(), "[]", "nothing was trusted");
+    // Separators and case do not matter; the right fingerprint pins the partner.
+    let spaced: String = fingerprint
+        .to_uppercase()
+        .as_bytes()
+        .chunks(2)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join(":");
+    let o = add_partner(&acme, &globex, &spaced);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = acme.cli(&["partner", "list"]);
+    assert!(
+        stdout(&o).contains("globex")
+            && stdout(&o).contains(&fingerprint)
+            && stdout(&o).contains("active"),
+        "{}",
+        stdout(&o)
+    );
+    let o = add_partner(&acme, &globex, &fingerprint);
+    assert!(stderr(&o).contains("ALREADY_EXISTS"), "{}", stderr(&o));
+    // Our own organization, bad ids and bad endpoints are refused.
+    let (ca, fp) = export_ca(&acme);
+    let o = acme.cli(&[
+        "partner",
+        "add",
+        "--org",
+        "acme",
+        "--ca",
+        ca.to_str().unwrap(),
+        "--endpoint",
+        "https://x.example:1",
+        "--fingerprint",
+        &fp,
+    ]);
+    assert!(
+        stderr(&o).contains("INVALID_ARGUMENT: org"),
+        "{}",
+        stderr(&o)
+    );
+    let o = acme.cli(&[
+        "partner",
+        "add",
+        "--org",
+        "Not Valid",
+        "--ca",
+        ca.to_str().unwrap(),
+        "--endpoint",
+        "https://x.example:1",
+        "--fingerprint",
+        &fp,
+    ]);
+    assert!(
+        stderr(&o).contains("INVALID_ARGUMENT: org"),
+        "{}",
+        stderr(&o)
+    );
+    let o = acme.cli(&[
+        "partner",
+        "add",
+        "--org",
+        "initech",
+        "--ca",
+        ca.to_str().unwrap(),
+        "--endpoint",
+        "ftp://x",
+        "--fingerprint",
+        &fp,
+    ]);
+    assert!(
+        stderr(&o).contains("INVALID_ARGUMENT: endpoint"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[tokio::test]
+async fn a_partner_principal_sees_nothing_and_may_write_nothing() {
+    let acme = TestNode::start("acme");
+    let globex = TestNode::start("globex");
+    // Before it is pinned, globex's admin is refused at the handshake.
+    let globex_admin = pki::CertPair {
+        cert_pem: globex.admin_identity().cert_and_key.unwrap().0,
+        key_pem: globex.admin_identity().cert_and_key.unwrap().1,
+    };
+    assert!(call_fails(&acme, &partner_client(&acme, &globex_admin)).await);
+    let (_, fp) = export_ca(&globex);
+    assert!(add_partner(&acme, &globex, &fp).status.success());
+
+    // Own data on acme.
+    let own = acme.admin().await;
+    let mut accounts = pb::account_service_client::AccountServiceClient::new(own.clone());
+    let acc = accounts
+        .create_account(pb::CreateAccountRequest {
+            account: Some(pb::Account {
+                name: Some("Secret AG".into()),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let acc_id = acc.meta.unwrap().id;
+    let mut contacts = pb::contact_service_client::ContactServiceClient::new(own.clone());
+    let contact = contacts
+        .create_contact(pb::CreateContactRequest {
+            contact: Some(pb::Contact {
+                account_id: Some(acc_id.clone()),
+                last_name: Some("Weber".into()),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let contact_id = contact.meta.unwrap().id;
+
+    // globex's admin, a partner principal, calls acme's client API directly.
+    let ch = connect(&acme.endpoint, &partner_client(&acme, &globex_admin))
+        .await
+        .unwrap();
+    let who = pb::node_service_client::NodeServiceClient::new(ch.clone())
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            who.org.as_str(),
+            who.kind.as_str(),
+            who.name.as_str(),
+            who.node_org.as_str()
+        ),
+        ("globex", "user", "admin", "acme")
+    );
+    let mut a = pb::account_service_client::AccountServiceClient::new(ch.clone());
+    let mut c = pb::contact_service_client::ContactServiceClient::new(ch.clone());
+    // Reads of records it has no share of: NOT_FOUND, exactly like a missing record.
+    let e = a
+        .get_account(pb::GetRecordRequest { id: acc_id.clone() })
+        .await
+        .unwrap_err();
+    let missing = a
+        .get_account(pb::GetRecordRequest {
+            id: uuid::Uuid::now_v7().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!((e.code(), missing.code()), (Code::NotFound, Code::NotFound));
+    assert_eq!(
+        c.get_contact(pb::GetRecordRequest {
+            id: contact_id.clone()
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        Code::NotFound
+    );
+    assert!(
+        a.list_accounts(pb::ListAccountsRequest { options: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .accounts
+            .is_empty()
+    );
+    let hits = pb::search_service_client::SearchServiceClient::new(ch.clone())
+        .search(pb::SearchRequest {
+            query: "secret".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(hits.results.is_empty());
+    // Writes: PERMISSION_DENIED.
+    let e = a
+        .create_account(pb::CreateAccountRequest {
+            account: Some(pb::Account {
+                name: Some("X".into()),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let e = a
+        .update_account(pb::UpdateAccountRequest {
+            id: acc_id.clone(),
+            account: Some(pb::Account {
+                name: Some("Mine".into()),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["name".into()],
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert_eq!(
+        c.delete_contact(pb::DeleteRecordRequest {
+            id: contact_id.clone()
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        Code::PermissionDenied
+    );
+    // Administration is for acme only.
+    let e = pb::admin_service_client::AdminServiceClient::new(ch)
+        .list_partners(pb::ListPartnersRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    // Nothing changed.
+    let still = accounts
+        .get_account(pb::GetRecordRequest { id: acc_id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(still.name.as_deref(), Some("Secret AG"));
+}
+
+#[tokio::test]
+async fn a_partner_ca_can_never_mint_identities_of_others() {
+    let acme = TestNode::start("acme");
+    let globex = TestNode::start("globex");
+    let initech = TestNode::start("initech");
+    for p in [&globex, &initech] {
+        let (_, fp) = export_ca(p);
+        assert!(add_partner(&acme, p, &fp).status.success());
+    }
+    let globex_ca = globex.ca_pair();
+    // Good case: a globex user minted by globex's CA.
+    let good = pki::issue(
+        &globex_ca,
+        "globex",
+        PrincipalKind::User,
+        "bob",
+        &[],
+        &[],
+        30,
+    )
+    .unwrap();
+    assert!(
+        !call_fails(&acme, &partner_client(&acme, &good)).await,
+        "a valid partner certificate must work"
+    );
+    // globex's CA claiming another partner, or claiming us.
+    let as_initech = pki::issue(
+        &globex_ca,
+        "initech",
+        PrincipalKind::User,
+        "mallory",
+        &[],
+        &[],
+        30,
+    )
+    .unwrap();
+    assert!(
+        call_fails(&acme, &partner_client(&acme, &as_initech)).await,
+        "globex minted an initech identity"
+    );
+    let as_acme = pki::issue(
+        &globex_ca,
+        "acme",
+        PrincipalKind::User,
+        "admin",
+        &[],
+        &[],
+        30,
+    )
+    .unwrap();
+    assert!(
+        call_fails(&acme, &partner_client(&acme, &as_acme)).await,
+        "globex minted an acme identity"
+    );
+    // A CA certificate used as a client certificate is refused.
+    assert!(
+        call_fails(&acme, &partner_client(&acme, &globex_ca)).await,
+        "a CA certificate was accepted as a leaf"
+    );
+    // An unknown organization's CA is refused.
+    let stranger = pki::new_ca("umbrella").unwrap();
+    let unknown = pki::issue(
+        &stranger,
+        "umbrella",
+        PrincipalKind::User,
+        "x",
+        &[],
+        &[],
+        30,
+    )
+    .unwrap();
+    assert!(call_fails(&acme, &partner_client(&acme, &unknown)).await);
+}
+
+#[tokio::test]
+async fn removing_a_partner_refuses_its_new_connections() {
+    let acme = TestNode::start("acme");
+    let globex = TestNode::start("globex");
+    let (_, fp) = export_ca(&globex);
+    assert!(add_partner(&acme, &globex, &fp).status.success());
+    let bob = pki::issue(
+        &globex.ca_pair(),
+        "globex",
+        PrincipalKind::User,
+        "bob",
+        &[],
+        &[],
+        30,
+    )
+    .unwrap();
+    assert!(!call_fails(&acme, &partner_client(&acme, &bob)).await);
+    let o = acme.cli(&["partner", "remove", "--org", "globex"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        call_fails(&acme, &partner_client(&acme, &bob)).await,
+        "a removed partner connected again"
+    );
+    let o = acme.cli(&["partner", "remove", "--org", "globex"]);
+    assert!(stderr(&o).contains("NOT_FOUND"), "{}", stderr(&o));
+    // The registry survives a restart; re-adding restores access.
+    assert!(add_partner(&acme, &globex, &fp).status.success());
+    let mut acme = acme;
+    acme.restart();
+    assert!(!call_fails(&acme, &partner_client(&acme, &bob)).await);
+}
