@@ -398,3 +398,112 @@ async fn removing_a_partner_refuses_its_new_connections() {
     acme.restart();
     assert!(!call_fails(&acme, &partner_client(&acme, &bob)).await);
 }
+
+/// A certificate signed by `ca` with exactly the given SANs and validity, for the cases
+/// `verbund` itself never issues.
+fn mint(
+    ca: &pki::CertPair,
+    sans: Vec<rcgen::SanType>,
+    not_before: time::OffsetDateTime,
+    not_after: time::OffsetDateTime,
+) -> pki::CertPair {
+    let issuer = rcgen::Issuer::from_ca_cert_pem(
+        &ca.cert_pem,
+        rcgen::KeyPair::from_pem(&ca.key_pem).unwrap(),
+    )
+    .unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = sans;
+    params.not_before = not_before;
+    params.not_after = not_after;
+    params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    pki::CertPair {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    }
+}
+
+fn uri(u: &str) -> rcgen::SanType {
+    rcgen::SanType::URI(u.try_into().unwrap())
+}
+
+#[tokio::test]
+async fn malformed_expired_and_premature_partner_certificates_are_refused() {
+    let acme = TestNode::start("acme");
+    let globex = TestNode::start("globex");
+    let (_, fp) = export_ca(&globex);
+    assert!(add_partner(&acme, &globex, &fp).status.success());
+    let ca = globex.ca_pair();
+    let now = time::OffsetDateTime::now_utc();
+    let day = time::Duration::days(1);
+    // The good case, minted the same way, works.
+    let good = mint(
+        &ca,
+        vec![uri("verbund://globex/user/bob")],
+        now - day,
+        now + day,
+    );
+    assert!(
+        !call_fails(&acme, &partner_client(&acme, &good)).await,
+        "the well-formed certificate must work"
+    );
+    let two = mint(
+        &ca,
+        vec![
+            uri("verbund://globex/user/bob"),
+            uri("verbund://globex/user/eve"),
+        ],
+        now - day,
+        now + day,
+    );
+    assert!(
+        call_fails(&acme, &partner_client(&acme, &two)).await,
+        "two URI SANs were accepted"
+    );
+    let none = mint(
+        &ca,
+        vec![rcgen::SanType::DnsName(
+            "bob.globex.example".try_into().unwrap(),
+        )],
+        now - day,
+        now + day,
+    );
+    assert!(
+        call_fails(&acme, &partner_client(&acme, &none)).await,
+        "a certificate without URI SAN was accepted"
+    );
+    let expired = mint(
+        &ca,
+        vec![uri("verbund://globex/user/bob")],
+        now - day * 10,
+        now - day,
+    );
+    assert!(
+        call_fails(&acme, &partner_client(&acme, &expired)).await,
+        "an expired certificate was accepted"
+    );
+    let premature = mint(
+        &ca,
+        vec![uri("verbund://globex/user/bob")],
+        now + day,
+        now + day * 10,
+    );
+    assert!(
+        call_fails(&acme, &partner_client(&acme, &premature)).await,
+        "a not-yet-valid certificate was accepted"
+    );
+    let bad_uri = mint(
+        &ca,
+        vec![uri("verbund://globex/admin/bob")],
+        now - day,
+        now + day,
+    );
+    assert!(
+        call_fails(&acme, &partner_client(&acme, &bad_uri)).await,
+        "a malformed principal URI was accepted"
+    );
+}
