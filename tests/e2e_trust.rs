@@ -507,3 +507,120 @@ async fn malformed_expired_and_premature_partner_certificates_are_refused() {
         "a malformed principal URI was accepted"
     );
 }
+
+/// Polls `check` for up to 10 s (a signal is handled asynchronously by the node).
+async fn eventually<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..100 {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_revoked_certificate_is_refused_and_a_malformed_crl_never_replaces_a_good_one() {
+    let acme = TestNode::start("acme");
+    let config = acme.config();
+    let config = config.to_str().unwrap();
+    for user in ["bob", "carol"] {
+        assert!(
+            verbund(&["cert", "issue", "--config", config, "--user", user])
+                .status
+                .success()
+        );
+    }
+    let bob = acme.identity_of("bob");
+    let carol = acme.identity_of("carol");
+    assert!(!call_fails(&acme, &bob).await);
+    // Revoke bob by file, carol by serial.
+    let o = verbund(&[
+        "cert",
+        "revoke",
+        "--config",
+        config,
+        acme.home().join("users/bob.crt").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let carol_serial = hex_serial(&acme.home().join("users/carol.crt"));
+    let o = verbund(&["cert", "revoke", "--config", config, &carol_serial]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = verbund(&["crl", "export", "--config", config]);
+    assert!(stdout(&o).contains("BEGIN X509 CRL"), "{}", stdout(&o));
+    // Until the node reloads, the old (empty) list applies; after SIGHUP both are refused.
+    acme.hup();
+    assert!(
+        eventually(|| call_fails(&acme, &bob)).await,
+        "a revoked certificate was still accepted"
+    );
+    assert!(
+        call_fails(&acme, &carol).await,
+        "a certificate revoked by serial was still accepted"
+    );
+    assert!(
+        !call_fails(&acme, &acme.admin_identity()).await,
+        "the admin must still get in"
+    );
+    // A certificate of another CA cannot be revoked here.
+    let stranger = pki::new_ca("umbrella").unwrap();
+    let foreign = pki::issue(
+        &stranger,
+        "umbrella",
+        PrincipalKind::User,
+        "x",
+        &[],
+        &[],
+        30,
+    )
+    .unwrap();
+    let foreign_path = acme.home().join("foreign.crt");
+    std::fs::write(&foreign_path, &foreign.cert_pem).unwrap();
+    assert!(
+        !verbund(&[
+            "cert",
+            "revoke",
+            "--config",
+            config,
+            foreign_path.to_str().unwrap()
+        ])
+        .status
+        .success()
+    );
+    // A malformed list is refused on reload; the node keeps serving with the last good list.
+    std::fs::write(
+        acme.home().join("ca/crl.pem"),
+        "-----BEGIN X509 CRL-----\nbm90IGEgY3Js\n-----END X509 CRL-----\n",
+    )
+    .unwrap();
+    acme.hup();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !call_fails(&acme, &acme.admin_identity()).await,
+        "the node must keep serving"
+    );
+    assert!(
+        call_fails(&acme, &bob).await,
+        "the last good revocation list must stay in force"
+    );
+    // And the CLI refuses to extend a malformed list rather than silently starting over.
+    let dave_serial = "0a0b0c";
+    assert!(
+        !verbund(&["cert", "revoke", "--config", config, dave_serial])
+            .status
+            .success()
+    );
+}
+
+fn hex_serial(cert: &std::path::Path) -> String {
+    let pem = std::fs::read_to_string(cert).unwrap();
+    pki::serial_of(&pem)
+        .unwrap()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -108,6 +108,17 @@ impl TestNode {
         self.child = Some(child);
     }
 
+    /// SIGHUP: the node re-reads its revocation list and partner anchors.
+    pub fn hup(&self) {
+        let pid = self.child.as_ref().expect("node running").id();
+        let ok = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "could not signal the node");
+    }
+
     /// SIGKILL: no graceful shutdown, so a restart proves durability.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

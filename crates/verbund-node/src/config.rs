@@ -48,6 +48,13 @@ pub struct TlsSection {
     pub ca_key: Option<PathBuf>,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// This organization's revocation list (written by `verbund cert revoke`); optional file.
+    #[serde(default = "default_crl")]
+    pub crl: PathBuf,
+}
+
+fn default_crl() -> PathBuf {
+    PathBuf::from("ca/crl.pem")
 }
 
 /// The identity the CLI uses when talking to this node with `--config`.
@@ -149,6 +156,9 @@ ca_key = "ca/ca.key"
 # The node's server certificate (SANs: its DNS names/IPs and verbund://{org}/node/{name}).
 cert = "tls/node.crt"
 key = "tls/node.key"
+# Revocation list of this CA, maintained by `verbund cert revoke`; the node reloads it on
+# SIGHUP. Certificates listed there are refused at the handshake.
+crl = "ca/crl.pem"
 
 [client]
 # The identity the verbund CLI uses with `--config` (verbund://{org}/user/admin).

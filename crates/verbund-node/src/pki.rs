@@ -142,10 +142,132 @@ pub fn fingerprint(der: &[u8]) -> String {
     hex::encode(Sha256::digest(der))
 }
 
+/// The DER serial number of the first certificate in a PEM text.
+pub fn serial_of(cert_pem: &str) -> Result<Vec<u8>> {
+    let der = parse_certs(cert_pem)?.remove(0);
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der.as_ref()).context("unparseable certificate")?;
+    Ok(cert.raw_serial().to_vec())
+}
+
+/// Parses a serial given as hex (colons allowed).
+pub fn parse_serial_hex(text: &str) -> Result<Vec<u8>> {
+    let clean: String = text.chars().filter(|c| *c != ':').collect();
+    let bytes = hex::decode(&clean).context("a serial number is hex, e.g. 1a:2b:3c")?;
+    if bytes.is_empty() || bytes.len() > 20 {
+        bail!("a serial number has 1 to 20 bytes");
+    }
+    Ok(bytes)
+}
+
+/// The CRL (DER) in a PEM text; refuses anything that is not exactly one well-formed CRL.
+pub fn parse_crl(pem: &str) -> Result<rustls_pki_types::CertificateRevocationListDer<'static>> {
+    use rustls_pki_types::CertificateRevocationListDer;
+    let mut crls: Vec<_> = CertificateRevocationListDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .context("malformed PEM revocation list")?;
+    if crls.len() != 1 {
+        bail!("expected exactly one revocation list, found {}", crls.len());
+    }
+    let crl = crls.remove(0);
+    x509_parser::parse_x509_crl(crl.as_ref())
+        .map_err(|e| anyhow::anyhow!("malformed revocation list: {e}"))?;
+    Ok(crl)
+}
+
+/// Serials already revoked by a CRL, with their revocation times, and its CRL number.
+/// Revoked serials with their revocation times.
+type RevokedEntries = Vec<(Vec<u8>, OffsetDateTime)>;
+
+fn revoked_entries(crl_pem: &str) -> Result<(RevokedEntries, u64)> {
+    let crl = parse_crl(crl_pem)?;
+    let (_, parsed) = x509_parser::parse_x509_crl(crl.as_ref())
+        .map_err(|e| anyhow::anyhow!("malformed revocation list: {e}"))?;
+    let entries = parsed
+        .iter_revoked_certificates()
+        .map(|r| {
+            (
+                r.raw_serial().to_vec(),
+                OffsetDateTime::from_unix_timestamp(r.revocation_date.timestamp())
+                    .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+            )
+        })
+        .collect();
+    let number = parsed
+        .crl_number()
+        .and_then(|n| n.to_u64_digits().first().copied())
+        .unwrap_or(0);
+    Ok((entries, number))
+}
+
+/// How long a CRL is valid before the CA must publish a new one.
+pub const CRL_VALIDITY_DAYS: i64 = 30;
+
+/// A new CRL signed by `ca`: the entries of `existing` (if any) plus `serials`. Returns the
+/// PEM and whether anything new was revoked.
+pub fn revoke(
+    ca: &CertPair,
+    existing: Option<&str>,
+    serials: &[Vec<u8>],
+) -> Result<(String, bool)> {
+    let (mut entries, number) = match existing {
+        Some(pem) => revoked_entries(pem)?,
+        None => (Vec::new(), 0),
+    };
+    let now = OffsetDateTime::now_utc();
+    let mut added = false;
+    for s in serials {
+        if !entries.iter().any(|(e, _)| e == s) {
+            entries.push((s.clone(), now));
+            added = true;
+        }
+    }
+    let ca_key = KeyPair::from_pem(&ca.key_pem).context("CA key")?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).context("CA certificate")?;
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: now - Duration::minutes(5),
+        next_update: now + Duration::days(CRL_VALIDITY_DAYS),
+        crl_number: SerialNumber::from(number + 1),
+        issuing_distribution_point: None,
+        revoked_certs: entries
+            .into_iter()
+            .map(|(serial, at)| rcgen::RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&serial),
+                revocation_time: at,
+                reason_code: None,
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    Ok((params.signed_by(&issuer)?.pem()?, added))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::identity::{IdentityError, principal_from_cert};
+
+    #[test]
+    fn revocation_lists_accumulate() {
+        let ca = new_ca("acme").unwrap();
+        let a = issue(&ca, "acme", PrincipalKind::User, "a", &[], &[], 30).unwrap();
+        let b = issue(&ca, "acme", PrincipalKind::User, "b", &[], &[], 30).unwrap();
+        let (first, added) = revoke(&ca, None, &[serial_of(&a.cert_pem).unwrap()]).unwrap();
+        assert!(added);
+        let (second, added) =
+            revoke(&ca, Some(&first), &[serial_of(&b.cert_pem).unwrap()]).unwrap();
+        assert!(added);
+        let (entries, number) = revoked_entries(&second).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(number, 2);
+        let (_, again) = revoke(&ca, Some(&second), &[serial_of(&a.cert_pem).unwrap()]).unwrap();
+        assert!(!again, "revoking twice adds nothing");
+        assert!(parse_crl("garbage").is_err());
+        assert!(parse_crl(&ca.cert_pem).is_err());
+        assert_eq!(parse_serial_hex("1a:2B").unwrap(), vec![0x1a, 0x2b]);
+        assert!(parse_serial_hex("zz").is_err());
+    }
 
     #[test]
     fn issued_certs_carry_the_principal() {

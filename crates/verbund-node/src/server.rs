@@ -51,6 +51,7 @@ impl Node {
             .reload_partners()
             .await
             .map_err(|s| anyhow::anyhow!("loading partner anchors: {}", s.message()))?;
+        load_own_crl(&state, cfg).context("loading this organization's revocation list")?;
         let listener = TcpListener::bind(cfg.node.listen)
             .await
             .with_context(|| format!("binding {}", cfg.node.listen))?;
@@ -175,6 +176,31 @@ impl Node {
         self.state.store.close().await;
         Ok(())
     }
+}
+
+/// Applies the CRL file named in the config, if it exists.
+fn load_own_crl(state: &NodeState, cfg: &NodeConfig) -> Result<()> {
+    let path = cfg.path(&cfg.tls.crl);
+    let pem = match std::fs::read_to_string(&path) {
+        Ok(pem) => Some(pem),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    state
+        .trust
+        .set_own_crl(pem.as_deref())
+        .with_context(|| format!("revocation list {}", path.display()))
+}
+
+/// Re-reads what may change while the node serves: the revocation list and the partner
+/// anchors (SIGHUP). On any error the previous material stays in force.
+pub async fn reload(state: &NodeState, cfg: &NodeConfig) -> Result<()> {
+    load_own_crl(state, cfg)?;
+    state
+        .reload_partners()
+        .await
+        .map_err(|s| anyhow::anyhow!("partner anchors: {}", s.message()))?;
+    Ok(())
 }
 
 /// A database URL without its password, for logs and errors.

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
@@ -45,22 +45,41 @@ pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
 #[derive(Debug)]
 pub struct FederationVerifier {
     own_org: String,
-    own: Arc<dyn ClientCertVerifier>,
+    own_ca: CertificateDer<'static>,
+    own: RwLock<Arc<dyn ClientCertVerifier>>,
     partners: RwLock<HashMap<String, Arc<dyn ClientCertVerifier>>>,
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
 fn anchor_verifier(
     ca: CertificateDer<'static>,
+    crl: Option<CertificateRevocationListDer<'static>>,
     provider: &Arc<rustls::crypto::CryptoProvider>,
 ) -> Result<Arc<dyn ClientCertVerifier>> {
     let mut roots = RootCertStore::empty();
     roots
         .add(ca)
         .context("adding a CA certificate to a trust store")?;
-    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    if let Some(crl) = crl {
+        // Our certificates have no intermediates: the leaf is what gets revoked.
+        builder = builder.with_crls([crl]).only_check_end_entity_revocation();
+    }
+    builder
         .build()
-        .context("building a client certificate verifier")
+        .context("building a client certificate verifier (is the revocation list well-formed?)")
+}
+
+/// Whether `cert` (DER) chains directly to `ca` (DER), by signature.
+pub fn issued_by(cert: &CertificateDer<'_>, ca: &CertificateDer<'_>) -> bool {
+    let (Ok((_, cert)), Ok((_, ca))) = (
+        x509_parser::parse_x509_certificate(cert.as_ref()),
+        x509_parser::parse_x509_certificate(ca.as_ref()),
+    ) else {
+        return false;
+    };
+    cert.verify_signature(Some(ca.public_key())).is_ok()
 }
 
 /// The single CA certificate of a PEM text; more than one is refused, because every
@@ -82,16 +101,28 @@ pub fn single_ca(pem: &str) -> Result<CertificateDer<'static>> {
 impl FederationVerifier {
     pub fn new(own_org: &str, own_ca_pem: &str) -> Result<FederationVerifier> {
         let provider = crypto_provider();
-        let own = anchor_verifier(
-            single_ca(own_ca_pem).context("this organization's CA")?,
-            &provider,
-        )?;
+        let own_ca = single_ca(own_ca_pem).context("this organization's CA")?;
+        let own = anchor_verifier(own_ca.clone(), None, &provider)?;
         Ok(FederationVerifier {
             own_org: own_org.to_string(),
-            own,
+            own_ca,
+            own: RwLock::new(own),
             partners: RwLock::new(HashMap::new()),
             provider,
         })
+    }
+
+    /// Applies this organization's revocation list (PEM). A malformed one is refused and the
+    /// previous list stays in force.
+    pub fn set_own_crl(&self, crl_pem: Option<&str>) -> Result<()> {
+        let crl = crl_pem.map(pki::parse_crl).transpose()?;
+        let verifier = anchor_verifier(self.own_ca.clone(), crl, &self.provider)?;
+        *self.own.write().unwrap_or_else(|p| p.into_inner()) = verifier;
+        Ok(())
+    }
+
+    fn own(&self) -> Arc<dyn ClientCertVerifier> {
+        self.own.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Replaces the partner anchors (org, CA PEM) all at once; on any error nothing changes.
@@ -102,7 +133,7 @@ impl FederationVerifier {
                 anyhow::bail!("a partner cannot have this organization's id {org:?}");
             }
             let ca = single_ca(pem).with_context(|| format!("CA of partner {org}"))?;
-            next.insert(org.clone(), anchor_verifier(ca, &self.provider)?);
+            next.insert(org.clone(), anchor_verifier(ca, None, &self.provider)?);
         }
         *self.partners.write().unwrap_or_else(|p| p.into_inner()) = next;
         Ok(())
@@ -120,7 +151,7 @@ impl FederationVerifier {
 
     fn anchor_for(&self, org: &str) -> Option<Arc<dyn ClientCertVerifier>> {
         if org == self.own_org {
-            return Some(self.own.clone());
+            return Some(self.own());
         }
         self.partners
             .read()
@@ -161,7 +192,7 @@ impl ClientCertVerifier for FederationVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.own.verify_tls12_signature(message, cert, dss)
+        self.own().verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -170,11 +201,11 @@ impl ClientCertVerifier for FederationVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.own.verify_tls13_signature(message, cert, dss)
+        self.own().verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.own.supported_verify_schemes()
+        self.own().supported_verify_schemes()
     }
 }
 

@@ -199,3 +199,76 @@ pub fn issue_user(config: &Path, user: &str, out_dir: Option<PathBuf>, days: i64
     println!("  fingerprint: {}", pki::fingerprint(&der));
     Ok(())
 }
+
+fn org_ca(cfg: &NodeConfig) -> Result<CertPair> {
+    let ca_key = cfg
+        .tls
+        .ca_key
+        .as_ref()
+        .context("the config names no tls.ca_key; revoke where the CA key is")?;
+    Ok(CertPair {
+        cert_pem: cfg.read(&cfg.tls.ca_cert)?,
+        key_pem: cfg.read(ca_key)?,
+    })
+}
+
+/// `verbund cert revoke`: adds a serial to the CA's revocation list (written atomically).
+pub fn revoke(config: &Path, certificate: &str) -> Result<()> {
+    let cfg = NodeConfig::load(config)?;
+    let ca = org_ca(&cfg)?;
+    let serial = if Path::new(certificate).is_file() {
+        let pem = std::fs::read_to_string(certificate)
+            .with_context(|| format!("reading {certificate}"))?;
+        let der = pki::parse_certs(&pem)?.remove(0);
+        let ca_der = pki::parse_certs(&ca.cert_pem)?.remove(0);
+        let ok = verbund_node::tls::issued_by(&der, &ca_der);
+        if !ok {
+            bail!("{certificate} was not issued by this organization's CA");
+        }
+        pki::serial_of(&pem)?
+    } else {
+        pki::parse_serial_hex(certificate)?
+    };
+    let crl_path = cfg.path(&cfg.tls.crl);
+    let existing = match std::fs::read_to_string(&crl_path) {
+        Ok(pem) => Some(pem),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", crl_path.display())),
+    };
+    let (pem, added) = pki::revoke(&ca, existing.as_deref(), std::slice::from_ref(&serial))?;
+    let tmp = crl_path.with_extension("pem.tmp");
+    std::fs::write(&tmp, &pem).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &crl_path)
+        .with_context(|| format!("replacing {}", crl_path.display()))?;
+    let hex_serial = hex::encode(&serial);
+    if added {
+        println!(
+            "revoked serial {hex_serial}; revocation list {}",
+            crl_path.display()
+        );
+    } else {
+        println!(
+            "serial {hex_serial} was already revoked; revocation list {} re-signed",
+            crl_path.display()
+        );
+    }
+    println!(
+        "apply it on a running node with SIGHUP; give partners the output of `verbund crl export`"
+    );
+    Ok(())
+}
+
+/// `verbund crl export`.
+pub fn crl_export(config: &Path) -> Result<()> {
+    let cfg = NodeConfig::load(config)?;
+    let path = cfg.path(&cfg.tls.crl);
+    let pem = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no revocation list at {} (nothing revoked yet?)",
+            path.display()
+        )
+    })?;
+    pki::parse_crl(&pem)?;
+    print!("{pem}");
+    Ok(())
+}

@@ -109,6 +109,9 @@ enum Command {
     /// This organization's CA: what partners pin.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// This organization's certificate revocation list.
+    #[command(subcommand)]
+    Crl(CrlCommand),
     /// Partner organizations whose CAs this node trusts (admin API of a running node).
     #[command(subcommand)]
     Partner(partners::PartnerCommand),
@@ -163,6 +166,15 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum CrlCommand {
+    /// Print this organization's revocation list (PEM), e.g. for partners.
+    Export {
+        #[arg(long, short = 'c', env = "VERBUND_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum CaCommand {
     /// Print the CA certificate and its SHA-256 fingerprint, to give a partner out of band.
     Export {
@@ -185,6 +197,14 @@ enum CertCommand {
         /// Validity in days.
         #[arg(long, default_value_t = verbund_node::pki::LEAF_VALIDITY_DAYS)]
         days: i64,
+    },
+    /// Revoke a certificate of this organization: adds it to the CA's revocation list. A
+    /// running node applies the list on SIGHUP (`kill -HUP <pid>`).
+    Revoke {
+        #[arg(long, short = 'c', env = "VERBUND_CONFIG")]
+        config: PathBuf,
+        /// The certificate's serial number (hex) or its PEM file.
+        certificate: String,
     },
 }
 
@@ -231,6 +251,11 @@ async fn dispatch(command: Command) -> Result<()> {
             days,
         }) => init::issue_user(&config, &user, out_dir, days),
         Command::Ca(CaCommand::Export { config }) => partners::ca_export(&config),
+        Command::Crl(CrlCommand::Export { config }) => init::crl_export(&config),
+        Command::Cert(CertCommand::Revoke {
+            config,
+            certificate,
+        }) => init::revoke(&config, &certificate),
         Command::Partner(p) => partners::run(p).await,
         Command::Account(a) => records::run(verbund_core::RecordKind::Account, a).await,
         Command::Contact(a) => records::run(verbund_core::RecordKind::Contact, a).await,
@@ -267,6 +292,23 @@ async fn run_node(config: PathBuf) -> Result<()> {
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
+    #[cfg(unix)]
+    {
+        // SIGHUP: re-read the revocation list and the partner anchors without a restart.
+        let state = node.state.clone();
+        let cfg = cfg.clone();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match verbund_node::server::reload(&state, &cfg).await {
+                    Ok(()) => tracing::info!("reloaded revocation list and partner anchors"),
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "reload refused; the previous material stays in force")
+                    }
+                }
+            }
+        });
+    }
     node.serve(shutdown_signal()).await?;
     tracing::info!("node stopped");
     Ok(())
