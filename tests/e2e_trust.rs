@@ -624,3 +624,58 @@ fn hex_serial(cert: &std::path::Path) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+#[tokio::test]
+async fn a_partner_removed_while_connected_loses_its_open_connection_within_the_max_age() {
+    let mut acme = TestNode::start("acme");
+    // A short maximum connection age for the test.
+    acme.kill();
+    let toml = std::fs::read_to_string(acme.config()).unwrap().replace(
+        "max_connection_age_secs = 600",
+        "max_connection_age_secs = 2",
+    );
+    std::fs::write(acme.config(), toml).unwrap();
+    acme.run();
+    let globex = TestNode::start("globex");
+    let (_, fp) = export_ca(&globex);
+    assert!(add_partner(&acme, &globex, &fp).status.success());
+    let bob = pki::issue(
+        &globex.ca_pair(),
+        "globex",
+        PrincipalKind::User,
+        "bob",
+        &[],
+        &[],
+        30,
+    )
+    .unwrap();
+    let ch = connect(&acme.endpoint, &partner_client(&acme, &bob))
+        .await
+        .unwrap();
+    let mut node = pb::node_service_client::NodeServiceClient::new(ch);
+    assert!(node.who_am_i(pb::WhoAmIRequest {}).await.is_ok());
+    // The contact shows in the partner list.
+    let listed = stdout(&acme.cli(&["partner", "list", "--json"]));
+    assert!(
+        !listed.contains("\"never\""),
+        "last contact not recorded: {listed}"
+    );
+    assert!(
+        acme.cli(&["partner", "remove", "--org", "globex"])
+            .status
+            .success()
+    );
+    // The open connection is closed within the maximum age, and reconnecting is refused.
+    let mut refused = false;
+    for _ in 0..60 {
+        if node.who_am_i(pb::WhoAmIRequest {}).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        refused,
+        "a removed partner kept its open connection beyond the maximum connection age"
+    );
+}

@@ -27,6 +27,15 @@ pub struct NodeSection {
     pub listen: SocketAddr,
     #[serde(default = "default_skew")]
     pub max_clock_skew_ms: u64,
+    /// Connections are closed (gracefully) after this many seconds; clients reconnect and pass
+    /// the handshake again, so a removed partner or a revoked certificate loses access at the
+    /// latest after this time.
+    #[serde(default = "default_max_connection_age")]
+    pub max_connection_age_secs: u64,
+}
+
+fn default_max_connection_age() -> u64 {
+    600
 }
 
 fn default_skew() -> u64 {
@@ -141,6 +150,9 @@ name = "{name}"
 listen = "{listen}"
 # Updates stamped further than this in the future are rejected (hybrid logical clock bound).
 max_clock_skew_ms = 60000
+# Open connections are closed after this many seconds and must pass the handshake again:
+# the longest a removed partner or a revoked certificate keeps an open connection.
+max_connection_age_secs = 600
 
 [database]
 # Embedded SQLite (a file below this directory) by default; for production use PostgreSQL:

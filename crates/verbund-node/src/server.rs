@@ -22,6 +22,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// A node that has bound its port and opened its database, ready to serve.
 pub struct Node {
     pub state: Arc<NodeState>,
+    max_connection_age: Duration,
     pub local_addr: SocketAddr,
     listener: TcpListener,
     tls: ServerTls,
@@ -45,6 +46,7 @@ impl Node {
             &cfg.node.name,
             cfg.node.max_clock_skew_ms,
             tls.verifier.clone(),
+            Duration::from_secs(cfg.node.max_connection_age_secs.max(1)),
         )
         .await?;
         state
@@ -57,6 +59,7 @@ impl Node {
             .with_context(|| format!("binding {}", cfg.node.listen))?;
         let local_addr = listener.local_addr()?;
         Ok(Node {
+            max_connection_age: Duration::from_secs(cfg.node.max_connection_age_secs.max(1)),
             state,
             local_addr,
             listener,
@@ -120,7 +123,28 @@ impl Node {
             };
         }
 
-        let incoming = tls::incoming(self.listener, self.tls);
+        let incoming = {
+            // Note when a partner's principal connects ("last contact" in `partner list`).
+            let state = self.state.clone();
+            tokio_stream::StreamExt::map(tls::incoming(self.listener, self.tls), move |conn| {
+                if let Ok(c) = &conn {
+                    let org = c.principal().org.clone();
+                    if org != state.org {
+                        let state = state.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = state
+                                .store
+                                .touch_partner(&org, crate::service::now_ms())
+                                .await
+                            {
+                                tracing::warn!(partner = %org, error = %e, "could not record partner contact");
+                            }
+                        });
+                    }
+                }
+                conn
+            })
+        };
         let state = self.state.clone();
         let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
@@ -131,6 +155,7 @@ impl Node {
         };
         let server = tonic::transport::Server::builder()
             .max_concurrent_streams(Some(256))
+            .max_connection_age(self.max_connection_age)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .add_service(health_service)

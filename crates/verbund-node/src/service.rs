@@ -38,9 +38,13 @@ pub struct NodeState {
     stopping: watch::Sender<bool>,
     /// Trust anchors of the TLS listener; partner changes apply to the next handshake.
     pub trust: Arc<crate::tls::FederationVerifier>,
+    /// A Watch stream ends after this long (the maximum connection age), so a long stream
+    /// cannot keep a connection, and its caller's access, past that age; clients resume from
+    /// their last sequence number.
+    watch_max_age: Duration,
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -186,6 +190,7 @@ impl NodeState {
         node_name: &str,
         max_clock_skew_ms: u64,
         trust: Arc<crate::tls::FederationVerifier>,
+        watch_max_age: Duration,
     ) -> Result<Arc<NodeState>, StoreError> {
         let mut clock = HlcClock::new(format!("{org}/{node_name}"), max_clock_skew_ms);
         // Never hand out a version below one we already wrote, even if the wall clock went back.
@@ -200,6 +205,7 @@ impl NodeState {
             clock: Arc::new(Mutex::new(clock)),
             stopping,
             trust,
+            watch_max_age,
         }))
     }
 
@@ -421,18 +427,20 @@ impl NodeState {
         let state = self.clone();
         let mut cursor = req.after_seq;
         let mut stopping = state.stopping.subscribe();
+        let deadline = tokio::time::Instant::now() + self.watch_max_age;
         tokio::spawn(async move {
             if scope == Scope::Nothing {
                 // A caller who may see nothing gets an open stream that never yields.
                 tokio::select! {
                     _ = tx.closed() => {}
                     _ = stopping.wait_for(|s| *s) => {}
+                    _ = tokio::time::sleep_until(deadline) => {}
                 }
                 return;
             }
             let mut notify = state.store.subscribe_commits();
             loop {
-                if *stopping.borrow() {
+                if *stopping.borrow() || tokio::time::Instant::now() >= deadline {
                     return;
                 }
                 let batch = match state.store.changes_after(cursor, &kinds, WATCH_BATCH).await {
@@ -448,6 +456,7 @@ impl NodeState {
                         _ = tokio::time::sleep(WATCH_POLL) => {}
                         _ = tx.closed() => return,
                         _ = stopping.changed() => return,
+                        _ = tokio::time::sleep_until(deadline) => return,
                     }
                     continue;
                 }

@@ -251,6 +251,12 @@ pub struct AuthenticatedStream {
     info: ConnInfo,
 }
 
+impl AuthenticatedStream {
+    pub fn principal(&self) -> &Principal {
+        &self.info.principal
+    }
+}
+
 impl Connected for AuthenticatedStream {
     type ConnectInfo = ConnInfo;
     fn connect_info(&self) -> ConnInfo {
