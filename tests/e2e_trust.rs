@@ -679,3 +679,65 @@ async fn a_partner_removed_while_connected_loses_its_open_connection_within_the_
         "a removed partner kept its open connection beyond the maximum connection age"
     );
 }
+
+#[tokio::test]
+async fn dialing_a_partner_refuses_a_man_in_the_middle_with_another_partners_valid_certificate() {
+    let acme = TestNode::start("acme");
+    let globex = TestNode::start("globex");
+    let initech = TestNode::start("initech");
+    // Mutual pinning: acme trusts globex and initech; both trust acme.
+    let (_, acme_fp) = export_ca(&acme);
+    for p in [&globex, &initech] {
+        let (_, fp) = export_ca(p);
+        assert!(add_partner(&acme, p, &fp).status.success());
+        assert!(add_partner(p, &acme, &acme_fp).status.success());
+    }
+    let o = acme.cli(&["partner", "ping", "--org", "globex"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("partner node globex/node1")
+            && stdout(&o).contains("verbund://acme/node/node1"),
+        "{}",
+        stdout(&o)
+    );
+    // globex's entry now points at initech's node (DNS hijack, a proxy): initech's certificate
+    // is valid, but for initech, so acme must refuse to talk.
+    let (globex_ca, fp) = export_ca(&globex);
+    assert!(
+        acme.cli(&["partner", "remove", "--org", "globex"])
+            .status
+            .success()
+    );
+    let o = acme.cli(&[
+        "partner",
+        "add",
+        "--org",
+        "globex",
+        "--ca",
+        globex_ca.to_str().unwrap(),
+        "--endpoint",
+        &initech.endpoint,
+        "--fingerprint",
+        &fp,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = acme.cli(&["partner", "ping", "--org", "globex"]);
+    assert!(
+        !o.status.success(),
+        "acme talked to initech believing it was globex: {}",
+        stdout(&o)
+    );
+    assert!(
+        stderr(&o).contains("FAILED_PRECONDITION")
+            && stderr(&o).contains("cannot reach partner globex"),
+        "{}",
+        stderr(&o)
+    );
+    eprintln!("refusal as the operator sees it: {}", stderr(&o));
+    // And initech itself is still reachable as initech.
+    assert!(
+        acme.cli(&["partner", "ping", "--org", "initech"])
+            .status
+            .success()
+    );
+}

@@ -153,8 +153,68 @@ impl NodeState {
     }
 }
 
+impl NodeState {
+    pub async fn ping_partner(
+        &self,
+        p: &crate::identity::Principal,
+        org: &str,
+    ) -> Result<pb::PingPartnerResponse, Status> {
+        auth::authorize(p, &self.org, Action::Administer, None)?;
+        let partner = self
+            .store
+            .list_partners()
+            .await
+            .map_err(store_status)?
+            .into_iter()
+            .find(|x| x.org == org)
+            .ok_or_else(|| Status::not_found(format!("partner {org} not found")))?;
+        let started = std::time::Instant::now();
+        let (cert, key) = &self.node_identity;
+        let channel =
+            crate::dial::dial_partner(&partner.endpoint, &partner.org, &partner.ca_pem, cert, key)
+                .await
+                .map_err(|e| {
+                    Status::failed_precondition(format!(
+                        "cannot reach partner {org} at {}: {e:#}",
+                        partner.endpoint
+                    ))
+                })?;
+        let who = pb::node_service_client::NodeServiceClient::new(channel)
+            .who_am_i(pb::WhoAmIRequest {})
+            .await
+            .map_err(|e| {
+                Status::failed_precondition(format!(
+                    "partner {org} refused the call: {}: {}",
+                    e.code(),
+                    e.message()
+                ))
+            })?
+            .into_inner();
+        let _ = self.store.touch_partner(org, now_ms()).await;
+        Ok(pb::PingPartnerResponse {
+            seen_as_org: who.org,
+            seen_as_kind: who.kind,
+            seen_as_name: who.name,
+            partner_org: who.node_org,
+            partner_node: who.node_name,
+            round_trip_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl pb::admin_service_server::AdminService for Api {
+    async fn ping_partner(
+        &self,
+        req: Request<pb::PingPartnerRequest>,
+    ) -> Result<Response<pb::PingPartnerResponse>, Status> {
+        let p = auth::principal(&req)?;
+        self.state
+            .ping_partner(&p, &req.get_ref().org)
+            .await
+            .map(Response::new)
+    }
+
     async fn add_partner(
         &self,
         req: Request<pb::AddPartnerRequest>,

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod convert;
+pub mod dial;
 pub mod identity;
 pub mod pki;
 pub mod server;

@@ -47,6 +47,7 @@ impl Node {
             cfg.node.max_clock_skew_ms,
             tls.verifier.clone(),
             Duration::from_secs(cfg.node.max_connection_age_secs.max(1)),
+            (cfg.read(&cfg.tls.cert)?, cfg.read(&cfg.tls.key)?),
         )
         .await?;
         state

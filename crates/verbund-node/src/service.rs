@@ -42,6 +42,8 @@ pub struct NodeState {
     /// cannot keep a connection, and its caller's access, past that age; clients resume from
     /// their last sequence number.
     watch_max_age: Duration,
+    /// This node's certificate and key (PEM), presented when it dials partners.
+    pub node_identity: (String, String),
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -191,6 +193,7 @@ impl NodeState {
         max_clock_skew_ms: u64,
         trust: Arc<crate::tls::FederationVerifier>,
         watch_max_age: Duration,
+        node_identity: (String, String),
     ) -> Result<Arc<NodeState>, StoreError> {
         let mut clock = HlcClock::new(format!("{org}/{node_name}"), max_clock_skew_ms);
         // Never hand out a version below one we already wrote, even if the wall clock went back.
@@ -206,6 +209,7 @@ impl NodeState {
             stopping,
             trust,
             watch_max_age,
+            node_identity,
         }))
     }
 

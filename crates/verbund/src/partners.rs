@@ -34,6 +34,13 @@ pub enum PartnerCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Let the node dial the partner (mutual TLS, partner's pinned CA) and show how it sees us.
+    Ping {
+        #[arg(long)]
+        org: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Unpin a partner: its new connections are refused at once.
     Remove {
         #[arg(long)]
@@ -133,6 +140,23 @@ pub async fn run(cmd: PartnerCommand) -> Result<()> {
                 }
                 println!("({} partners)", list.partners.len());
             }
+        }
+        PartnerCommand::Ping { org, conn } => {
+            let mut admin =
+                pb::admin_service_client::AdminServiceClient::new(conn.channel().await?);
+            let r = admin
+                .ping_partner(pb::PingPartnerRequest { org })
+                .await?
+                .into_inner();
+            println!(
+                "partner node {}/{} answered in {} ms; it sees this node as verbund://{}/{}/{}",
+                r.partner_org,
+                r.partner_node,
+                r.round_trip_ms,
+                r.seen_as_org,
+                r.seen_as_kind,
+                r.seen_as_name
+            );
         }
         PartnerCommand::Remove { org, conn } => {
             let mut admin =

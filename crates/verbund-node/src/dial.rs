@@ -1,0 +1,204 @@
+//! Dialing a partner's node: mutual TLS where the server must prove it is *that* partner.
+//!
+//! The server certificate must chain to exactly the CA pinned for the partner, be valid for
+//! the endpoint's host name or IP, and carry the URI SAN `verbund://<partner>/node/<name>`.
+//! A valid certificate of another partner (a man in the middle) is refused.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use hyper_util::rt::TokioIo;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::identity::{PrincipalKind, claimed_principal};
+use crate::pki;
+use crate::tls::{crypto_provider, single_ca};
+
+#[derive(Debug)]
+struct PartnerServerVerifier {
+    org: String,
+    inner: Arc<WebPkiServerVerifier>,
+}
+
+fn refuse(reason: String) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
+        std::io::Error::other(reason),
+    ))))
+}
+
+impl ServerCertVerifier for PartnerServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        let p = claimed_principal(end_entity.as_ref()).map_err(|e| refuse(e.to_string()))?;
+        if p.org != self.org || p.kind != PrincipalKind::Node {
+            return Err(refuse(format!(
+                "the server is {p}, not a node of partner {}",
+                self.org
+            )));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Host and port of `https://host:port`.
+fn host_port(endpoint: &str) -> Result<(String, u16)> {
+    let uri: Uri = endpoint
+        .parse()
+        .with_context(|| format!("invalid endpoint {endpoint:?}"))?;
+    if uri.scheme_str() != Some("https") {
+        anyhow::bail!("partner endpoints use https://, got {endpoint:?}");
+    }
+    let host = uri
+        .host()
+        .context("endpoint without host")?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    Ok((host, uri.port_u16().unwrap_or(443)))
+}
+
+/// Opens a channel to `partner_org`'s node at `endpoint`, presenting our node certificate.
+pub async fn dial_partner(
+    endpoint: &str,
+    partner_org: &str,
+    partner_ca_pem: &str,
+    own_cert_pem: &str,
+    own_key_pem: &str,
+) -> Result<Channel> {
+    let provider = crypto_provider();
+    let mut roots = RootCertStore::empty();
+    roots.add(single_ca(partner_ca_pem).context("partner CA")?)?;
+    let inner =
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
+    let verifier = Arc::new(PartnerServerVerifier {
+        org: partner_org.to_string(),
+        inner,
+    });
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous() // our own verifier: webpki chain + name check, plus the partner binding
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(
+            pki::parse_certs(own_cert_pem)?,
+            pki::parse_key(own_key_pem)?,
+        )?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = TlsConnector::from(Arc::new(config));
+    let (host, port) = host_port(endpoint)?;
+    let server_name =
+        ServerName::try_from(host.clone()).with_context(|| format!("invalid host {host:?}"))?;
+    let connect = tower::service_fn(move |_: Uri| {
+        let (connector, server_name, host) = (connector.clone(), server_name.clone(), host.clone());
+        async move {
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let tls = connector.connect(server_name, tcp).await?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    });
+    // The connector does TLS itself, so the URI tonic sees is plain.
+    let authority = endpoint
+        .parse::<Uri>()?
+        .authority()
+        .map(|a| a.to_string())
+        .context("endpoint without host")?;
+    let channel = Endpoint::from_shared(format!("http://{authority}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect_with_connector(connect)
+        .await
+        .with_context(|| format!("connecting to partner {partner_org} at {endpoint}"))?;
+    Ok(channel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The partner's own CA minting a server certificate for another organization is refused
+    /// even though the chain and the host name check out.
+    #[test]
+    fn the_server_must_be_a_node_of_the_partner() {
+        let provider = crypto_provider();
+        let globex = pki::new_ca("globex").unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(single_ca(&globex.cert_pem).unwrap()).unwrap();
+        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .unwrap();
+        let v = PartnerServerVerifier {
+            org: "globex".into(),
+            inner,
+        };
+        let name = ServerName::try_from("localhost").unwrap();
+        let check = |org: &str, kind: PrincipalKind| {
+            let c = pki::issue(&globex, org, kind, "n1", &["localhost".into()], &[], 30).unwrap();
+            let der = pki::parse_certs(&c.cert_pem).unwrap().remove(0);
+            v.verify_server_cert(&der, &[], &name, &[], UnixTime::now())
+                .is_ok()
+        };
+        assert!(check("globex", PrincipalKind::Node));
+        assert!(
+            !check("initech", PrincipalKind::Node),
+            "a node of another organization was accepted"
+        );
+        assert!(
+            !check("globex", PrincipalKind::User),
+            "a user certificate was accepted as a partner node"
+        );
+    }
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(
+            super::host_port("https://globex.example:7443").unwrap(),
+            ("globex.example".into(), 7443)
+        );
+        assert_eq!(
+            super::host_port("https://[::1]:7443").unwrap(),
+            ("::1".into(), 7443)
+        );
+        assert!(super::host_port("http://globex.example:7443").is_err());
+    }
+}
