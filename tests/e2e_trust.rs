@@ -741,3 +741,101 @@ async fn dialing_a_partner_refuses_a_man_in_the_middle_with_another_partners_val
             .success()
     );
 }
+
+#[tokio::test]
+async fn a_partners_revocation_list_refuses_its_revoked_certificates() {
+    let acme = TestNode::start("acme");
+    let globex = TestNode::start("globex");
+    let (_, fp) = export_ca(&globex);
+    assert!(add_partner(&acme, &globex, &fp).status.success());
+    let gcfg = globex.config();
+    let gcfg = gcfg.to_str().unwrap();
+    for user in ["bob", "carol"] {
+        assert!(
+            verbund(&["cert", "issue", "--config", gcfg, "--user", user])
+                .status
+                .success()
+        );
+    }
+    let read = |u: &str, ext: &str| {
+        std::fs::read_to_string(globex.home().join(format!("users/{u}.{ext}"))).unwrap()
+    };
+    let bob = pki::CertPair {
+        cert_pem: read("bob", "crt"),
+        key_pem: read("bob", "key"),
+    };
+    let carol = pki::CertPair {
+        cert_pem: read("carol", "crt"),
+        key_pem: read("carol", "key"),
+    };
+    assert!(!call_fails(&acme, &partner_client(&acme, &bob)).await);
+    // globex revokes bob and hands its list to acme.
+    assert!(
+        verbund(&[
+            "cert",
+            "revoke",
+            "--config",
+            gcfg,
+            globex.home().join("users/bob.crt").to_str().unwrap()
+        ])
+        .status
+        .success()
+    );
+    let crl = stdout(&verbund(&["crl", "export", "--config", gcfg]));
+    let crl_file = acme.home().join("globex-crl.pem");
+    std::fs::write(&crl_file, &crl).unwrap();
+    // A malformed list and a list signed by someone else are refused.
+    let bad_file = acme.home().join("bad-crl.pem");
+    std::fs::write(
+        &bad_file,
+        "-----BEGIN X509 CRL-----\nbm90IGEgY3Js\n-----END X509 CRL-----\n",
+    )
+    .unwrap();
+    let o = acme.cli(&[
+        "partner",
+        "crl",
+        "--org",
+        "globex",
+        "--file",
+        bad_file.to_str().unwrap(),
+    ]);
+    assert!(
+        stderr(&o).contains("INVALID_ARGUMENT: crl_pem"),
+        "{}",
+        stderr(&o)
+    );
+    let (acme_crl, _) = pki::revoke(&acme.ca_pair(), None, &[vec![1, 2, 3]]).unwrap();
+    std::fs::write(&bad_file, acme_crl).unwrap();
+    let o = acme.cli(&[
+        "partner",
+        "crl",
+        "--org",
+        "globex",
+        "--file",
+        bad_file.to_str().unwrap(),
+    ]);
+    assert!(
+        stderr(&o).contains("not signed by the partner"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !call_fails(&acme, &partner_client(&acme, &bob)).await,
+        "a refused list must change nothing"
+    );
+    // The real list applies at once: bob is refused, carol still gets in.
+    let o = acme.cli(&[
+        "partner",
+        "crl",
+        "--org",
+        "globex",
+        "--file",
+        crl_file.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        call_fails(&acme, &partner_client(&acme, &bob)).await,
+        "a certificate revoked by the partner was accepted"
+    );
+    assert!(!call_fails(&acme, &partner_client(&acme, &carol)).await);
+}

@@ -60,8 +60,14 @@ impl NodeState {
     /// Loads the partner anchors from the store into the TLS verifier.
     pub async fn reload_partners(&self) -> Result<(), Status> {
         let partners = self.store.list_partners().await.map_err(store_status)?;
-        let anchors: Vec<(String, String)> =
-            partners.into_iter().map(|p| (p.org, p.ca_pem)).collect();
+        let anchors: Vec<crate::tls::PartnerAnchor> = partners
+            .into_iter()
+            .map(|p| crate::tls::PartnerAnchor {
+                org: p.org,
+                ca_pem: p.ca_pem,
+                crl_pem: p.crl_pem,
+            })
+            .collect();
         self.trust.set_partners(&anchors).map_err(|e| {
             tracing::error!(error = %e, "partner anchors could not be loaded; the previous ones stay in force");
             Status::internal("partner anchors could not be loaded; see the node's log")
@@ -112,6 +118,7 @@ impl NodeState {
             status: "active".into(),
             added_at_ms: now_ms(),
             last_contact_ms: None,
+            crl_pem: None,
         };
         self.store
             .add_partner(&partner)
@@ -154,6 +161,37 @@ impl NodeState {
 }
 
 impl NodeState {
+    /// Applies a partner's revocation list. It must be well-formed and signed by the partner's
+    /// pinned CA; otherwise it is refused and the previous list stays in force.
+    pub async fn load_partner_crl(
+        &self,
+        p: &crate::identity::Principal,
+        org: &str,
+        crl_pem: &str,
+    ) -> Result<pb::Partner, Status> {
+        auth::authorize(p, &self.org, Action::Administer, None)?;
+        let partners = self.store.list_partners().await.map_err(store_status)?;
+        let partner = partners
+            .iter()
+            .find(|x| x.org == org)
+            .ok_or_else(|| Status::not_found(format!("partner {org} not found")))?;
+        crate::tls::check_crl_issuer(crl_pem, &partner.ca_pem)
+            .map_err(|e| invalid("crl_pem", format!("{e:#}")))?;
+        let previous = partner.crl_pem.clone();
+        self.store
+            .set_partner_crl(org, Some(crl_pem))
+            .await
+            .map_err(store_status)?;
+        if let Err(status) = self.reload_partners().await {
+            let _ = self.store.set_partner_crl(org, previous.as_deref()).await;
+            return Err(status);
+        }
+        tracing::info!(partner = %org, principal = %p, "partner revocation list loaded");
+        let mut updated = partner.clone();
+        updated.crl_pem = Some(crl_pem.to_string());
+        Ok(to_pb(&updated))
+    }
+
     pub async fn ping_partner(
         &self,
         p: &crate::identity::Principal,
@@ -204,6 +242,18 @@ impl NodeState {
 
 #[tonic::async_trait]
 impl pb::admin_service_server::AdminService for Api {
+    async fn load_partner_crl(
+        &self,
+        req: Request<pb::LoadPartnerCrlRequest>,
+    ) -> Result<Response<pb::Partner>, Status> {
+        let p = auth::principal(&req)?;
+        let r = req.into_inner();
+        self.state
+            .load_partner_crl(&p, &r.org, &r.crl_pem)
+            .await
+            .map(Response::new)
+    }
+
     async fn ping_partner(
         &self,
         req: Request<pb::PingPartnerRequest>,

@@ -71,6 +71,28 @@ fn anchor_verifier(
         .context("building a client certificate verifier (is the revocation list well-formed?)")
 }
 
+/// A partner's trust anchor and, if loaded, its revocation list.
+#[derive(Clone, Debug)]
+pub struct PartnerAnchor {
+    pub org: String,
+    pub ca_pem: String,
+    pub crl_pem: Option<String>,
+}
+
+/// Checks that a revocation list is well-formed and signed by the CA in `ca_pem`: a list of
+/// another issuer would leave the partner's certificates with an unknown status (all refused).
+pub fn check_crl_issuer(crl_pem: &str, ca_pem: &str) -> Result<()> {
+    let crl = pki::parse_crl(crl_pem)?;
+    let ca = single_ca(ca_pem)?;
+    let (_, crl) = x509_parser::parse_x509_crl(crl.as_ref())
+        .map_err(|e| anyhow::anyhow!("malformed revocation list: {e}"))?;
+    let (_, ca) = x509_parser::parse_x509_certificate(ca.as_ref()).context("CA certificate")?;
+    if crl.issuer() != ca.subject() || crl.verify_signature(ca.public_key()).is_err() {
+        anyhow::bail!("the revocation list is not signed by the partner's pinned CA");
+    }
+    Ok(())
+}
+
 /// Whether `cert` (DER) chains directly to `ca` (DER), by signature.
 pub fn issued_by(cert: &CertificateDer<'_>, ca: &CertificateDer<'_>) -> bool {
     let (Ok((_, cert)), Ok((_, ca))) = (
@@ -125,15 +147,21 @@ impl FederationVerifier {
         self.own.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Replaces the partner anchors (org, CA PEM) all at once; on any error nothing changes.
-    pub fn set_partners(&self, partners: &[(String, String)]) -> Result<()> {
+    /// Replaces the partner anchors all at once; on any error nothing changes.
+    pub fn set_partners(&self, partners: &[PartnerAnchor]) -> Result<()> {
         let mut next = HashMap::new();
-        for (org, pem) in partners {
-            if org == &self.own_org {
-                anyhow::bail!("a partner cannot have this organization's id {org:?}");
+        for p in partners {
+            if p.org == self.own_org {
+                anyhow::bail!("a partner cannot have this organization's id {:?}", p.org);
             }
-            let ca = single_ca(pem).with_context(|| format!("CA of partner {org}"))?;
-            next.insert(org.clone(), anchor_verifier(ca, None, &self.provider)?);
+            let ca = single_ca(&p.ca_pem).with_context(|| format!("CA of partner {}", p.org))?;
+            let crl = p
+                .crl_pem
+                .as_deref()
+                .map(pki::parse_crl)
+                .transpose()
+                .with_context(|| format!("revocation list of partner {}", p.org))?;
+            next.insert(p.org.clone(), anchor_verifier(ca, crl, &self.provider)?);
         }
         *self.partners.write().unwrap_or_else(|p| p.into_inner()) = next;
         Ok(())

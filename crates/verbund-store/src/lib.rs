@@ -71,6 +71,8 @@ pub struct Partner {
     pub status: String,
     pub added_at_ms: i64,
     pub last_contact_ms: Option<i64>,
+    /// The partner's revocation list (PEM), if one was loaded.
+    pub crl_pem: Option<String>,
 }
 
 /// Plans a change from the current state of a record (None: nothing to change).
@@ -683,7 +685,7 @@ macro_rules! backend {
 
             pub async fn list_partners(pool: &$pool) -> Result<Vec<Partner>> {
                 let rows = sqlx::query(
-                    "SELECT org, ca_pem, fingerprint, endpoint, status, added_at_ms, last_contact_ms FROM partners ORDER BY org",
+                    "SELECT org, ca_pem, fingerprint, endpoint, status, added_at_ms, last_contact_ms, crl_pem FROM partners ORDER BY org",
                 )
                 .fetch_all(pool)
                 .await?;
@@ -697,6 +699,7 @@ macro_rules! backend {
                             status: r.try_get("status")?,
                             added_at_ms: r.try_get("added_at_ms")?,
                             last_contact_ms: r.try_get("last_contact_ms")?,
+                            crl_pem: r.try_get("crl_pem")?,
                         })
                     })
                     .collect()
@@ -704,6 +707,14 @@ macro_rules! backend {
 
             pub async fn remove_partner(pool: &$pool, org: &str) -> Result<()> {
                 let r = sqlx::query("DELETE FROM partners WHERE org = $1").bind(org).execute(pool).await?;
+                if r.rows_affected() == 0 {
+                    return Err(StoreError::NotFound(format!("partner {org}")));
+                }
+                Ok(())
+            }
+
+            pub async fn set_partner_crl(pool: &$pool, org: &str, crl_pem: Option<&str>) -> Result<()> {
+                let r = sqlx::query("UPDATE partners SET crl_pem = $1 WHERE org = $2").bind(crl_pem).bind(org).execute(pool).await?;
                 if r.rows_affected() == 0 {
                     return Err(StoreError::NotFound(format!("partner {org}")));
                 }
@@ -1015,6 +1026,11 @@ impl Store {
 
     pub async fn remove_partner(&self, org: &str) -> Result<()> {
         dispatch!(self, remove_partner(org))
+    }
+
+    /// Stores (or clears) a partner's revocation list.
+    pub async fn set_partner_crl(&self, org: &str, crl_pem: Option<&str>) -> Result<()> {
+        dispatch!(self, set_partner_crl(org, crl_pem))
     }
 
     /// Notes that a partner's node or user was just seen.

@@ -183,8 +183,18 @@ async fn partner_registry(f: &Fixture) {
         status: "active".into(),
         added_at_ms: 5,
         last_contact_ms: None,
+        crl_pem: None,
     };
     f.store.add_partner(&p).await.unwrap();
+    f.store
+        .set_partner_crl("globex", Some("crl"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        f.store.set_partner_crl("nobody", None).await,
+        Err(StoreError::NotFound(_))
+    ));
+    f.store.set_partner_crl("globex", None).await.unwrap();
     assert!(matches!(
         f.store.add_partner(&p).await,
         Err(StoreError::AlreadyExists(_))

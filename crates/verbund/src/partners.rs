@@ -41,6 +41,16 @@ pub enum PartnerCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Load a partner's revocation list (from its `verbund crl export`).
+    Crl {
+        #[arg(long)]
+        org: String,
+        /// The CRL file (PEM).
+        #[arg(long)]
+        file: PathBuf,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Unpin a partner: its new connections are refused at once.
     Remove {
         #[arg(long)]
@@ -156,6 +166,21 @@ pub async fn run(cmd: PartnerCommand) -> Result<()> {
                 r.seen_as_org,
                 r.seen_as_kind,
                 r.seen_as_name
+            );
+        }
+        PartnerCommand::Crl { org, file, conn } => {
+            let crl_pem = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let mut admin =
+                pb::admin_service_client::AdminServiceClient::new(conn.channel().await?);
+            admin
+                .load_partner_crl(pb::LoadPartnerCrlRequest {
+                    org: org.clone(),
+                    crl_pem,
+                })
+                .await?;
+            println!(
+                "revocation list of partner {org} loaded; listed certificates are refused from now on"
             );
         }
         PartnerCommand::Remove { org, conn } => {
