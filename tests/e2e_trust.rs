@@ -838,4 +838,26 @@ async fn a_partners_revocation_list_refuses_its_revoked_certificates() {
         "a certificate revoked by the partner was accepted"
     );
     assert!(!call_fails(&acme, &partner_client(&acme, &carol)).await);
+    // globex revokes carol too; acme fetches the list from globex's node over mutual TLS
+    // (which needs globex to trust acme's node).
+    let (_, acme_fp) = export_ca(&acme);
+    assert!(add_partner(&globex, &acme, &acme_fp).status.success());
+    assert!(
+        verbund(&[
+            "cert",
+            "revoke",
+            "--config",
+            gcfg,
+            globex.home().join("users/carol.crt").to_str().unwrap()
+        ])
+        .status
+        .success()
+    );
+    globex.hup();
+    let o = acme.cli(&["partner", "crl", "--org", "globex", "--fetch"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        call_fails(&acme, &partner_client(&acme, &carol)).await,
+        "the fetched list was not applied"
+    );
 }

@@ -175,6 +175,13 @@ impl NodeState {
             .iter()
             .find(|x| x.org == org)
             .ok_or_else(|| Status::not_found(format!("partner {org} not found")))?;
+        let fetched;
+        let crl_pem = if crl_pem.is_empty() {
+            fetched = self.fetch_partner_crl(partner).await?;
+            fetched.as_str()
+        } else {
+            crl_pem
+        };
         crate::tls::check_crl_issuer(crl_pem, &partner.ca_pem)
             .map_err(|e| invalid("crl_pem", format!("{e:#}")))?;
         let previous = partner.crl_pem.clone();
@@ -190,6 +197,40 @@ impl NodeState {
         let mut updated = partner.clone();
         updated.crl_pem = Some(crl_pem.to_string());
         Ok(to_pb(&updated))
+    }
+
+    /// Fetches a partner's revocation list from its node (mutual TLS, pinned CA).
+    async fn fetch_partner_crl(&self, partner: &Partner) -> Result<String, Status> {
+        let (cert, key) = &self.node_identity;
+        let channel =
+            crate::dial::dial_partner(&partner.endpoint, &partner.org, &partner.ca_pem, cert, key)
+                .await
+                .map_err(|e| {
+                    Status::failed_precondition(format!(
+                        "cannot reach partner {} at {}: {e:#}",
+                        partner.org, partner.endpoint
+                    ))
+                })?;
+        let crl = pb::node_service_client::NodeServiceClient::new(channel)
+            .get_revocation_list(pb::GetRevocationListRequest {})
+            .await
+            .map_err(|e| {
+                Status::failed_precondition(format!(
+                    "partner {} refused: {}: {}",
+                    partner.org,
+                    e.code(),
+                    e.message()
+                ))
+            })?
+            .into_inner()
+            .crl_pem;
+        if crl.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "partner {} has not revoked anything (no revocation list)",
+                partner.org
+            )));
+        }
+        Ok(crl)
     }
 
     pub async fn ping_partner(

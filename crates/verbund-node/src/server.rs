@@ -11,7 +11,7 @@ use verbund_proto::v1 as pb;
 use verbund_store::Store;
 
 use crate::config::NodeConfig;
-use crate::service::{Api, NodeState};
+use crate::service::{Api, NodeSettings, NodeState};
 use crate::tls::{self, ServerTls};
 
 /// Largest gRPC message a node accepts or sends.
@@ -40,16 +40,15 @@ impl Node {
         let store = Store::open(&url)
             .await
             .with_context(|| format!("opening database {}", redact(&url)))?;
-        let state = NodeState::new(
-            store,
-            &cfg.node.org,
-            &cfg.node.name,
-            cfg.node.max_clock_skew_ms,
-            tls.verifier.clone(),
-            Duration::from_secs(cfg.node.max_connection_age_secs.max(1)),
-            (cfg.read(&cfg.tls.cert)?, cfg.read(&cfg.tls.key)?),
-        )
-        .await?;
+        let settings = NodeSettings {
+            org: cfg.node.org.clone(),
+            node_name: cfg.node.name.clone(),
+            max_clock_skew_ms: cfg.node.max_clock_skew_ms,
+            watch_max_age: Duration::from_secs(cfg.node.max_connection_age_secs.max(1)),
+            node_identity: (cfg.read(&cfg.tls.cert)?, cfg.read(&cfg.tls.key)?),
+            crl_path: cfg.path(&cfg.tls.crl),
+        };
+        let state = NodeState::new(store, settings, tls.verifier.clone()).await?;
         state
             .reload_partners()
             .await

@@ -44,6 +44,8 @@ pub struct NodeState {
     watch_max_age: Duration,
     /// This node's certificate and key (PEM), presented when it dials partners.
     pub node_identity: (String, String),
+    /// Where this organization's revocation list lives (served to partners).
+    pub crl_path: std::path::PathBuf,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -185,16 +187,33 @@ fn opt_org(field: &str, v: &str) -> Result<Option<String>, Status> {
     Ok(Some(v.to_string()))
 }
 
+/// What a node is, beyond its store and trust anchors (from `node.toml`).
+pub struct NodeSettings {
+    pub org: String,
+    pub node_name: String,
+    pub max_clock_skew_ms: u64,
+    /// The maximum connection age; Watch streams end after it.
+    pub watch_max_age: Duration,
+    /// This node's certificate and key (PEM), presented when dialing partners.
+    pub node_identity: (String, String),
+    /// This organization's revocation list file.
+    pub crl_path: std::path::PathBuf,
+}
+
 impl NodeState {
     pub async fn new(
         store: Store,
-        org: &str,
-        node_name: &str,
-        max_clock_skew_ms: u64,
+        settings: NodeSettings,
         trust: Arc<crate::tls::FederationVerifier>,
-        watch_max_age: Duration,
-        node_identity: (String, String),
     ) -> Result<Arc<NodeState>, StoreError> {
+        let NodeSettings {
+            org,
+            node_name,
+            max_clock_skew_ms,
+            watch_max_age,
+            node_identity,
+            crl_path,
+        } = settings;
         let mut clock = HlcClock::new(format!("{org}/{node_name}"), max_clock_skew_ms);
         // Never hand out a version below one we already wrote, even if the wall clock went back.
         if let Some(last) = store.last_hlc().await? {
@@ -203,13 +222,14 @@ impl NodeState {
         let (stopping, _) = watch::channel(false);
         Ok(Arc::new(NodeState {
             store,
-            org: org.to_string(),
-            node_name: node_name.to_string(),
+            org,
+            node_name,
             clock: Arc::new(Mutex::new(clock)),
             stopping,
             trust,
             watch_max_age,
             node_identity,
+            crl_path,
         }))
     }
 
@@ -751,6 +771,25 @@ impl pb::change_service_server::ChangeService for Api {
 
 #[tonic::async_trait]
 impl pb::node_service_server::NodeService for Api {
+    async fn get_revocation_list(
+        &self,
+        req: Request<pb::GetRevocationListRequest>,
+    ) -> Result<Response<pb::GetRevocationListResponse>, Status> {
+        // Public to every verified caller: a CRL is signed, published material.
+        auth::principal(&req)?;
+        let crl_pem = match tokio::fs::read_to_string(&self.state.crl_path).await {
+            Ok(pem) => pem,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the revocation list");
+                return Err(Status::unavailable(
+                    "the revocation list cannot be read right now",
+                ));
+            }
+        };
+        Ok(Response::new(pb::GetRevocationListResponse { crl_pem }))
+    }
+
     async fn who_am_i(
         &self,
         req: Request<pb::WhoAmIRequest>,

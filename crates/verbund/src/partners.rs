@@ -41,13 +41,17 @@ pub enum PartnerCommand {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Load a partner's revocation list (from its `verbund crl export`).
+    /// Load a partner's revocation list: from a file (its `verbund crl export`) or fetched
+    /// from its node over mutual TLS (--fetch).
     Crl {
         #[arg(long)]
         org: String,
         /// The CRL file (PEM).
+        #[arg(long, required_unless_present = "fetch", conflicts_with = "fetch")]
+        file: Option<PathBuf>,
+        /// Fetch it from the partner's node.
         #[arg(long)]
-        file: PathBuf,
+        fetch: bool,
         #[command(flatten)]
         conn: Conn,
     },
@@ -168,9 +172,17 @@ pub async fn run(cmd: PartnerCommand) -> Result<()> {
                 r.seen_as_name
             );
         }
-        PartnerCommand::Crl { org, file, conn } => {
-            let crl_pem = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
+        PartnerCommand::Crl {
+            org,
+            file,
+            fetch: _,
+            conn,
+        } => {
+            let crl_pem = match &file {
+                Some(f) => std::fs::read_to_string(f)
+                    .with_context(|| format!("reading {}", f.display()))?,
+                None => String::new(), // empty: the node fetches it from the partner
+            };
             let mut admin =
                 pb::admin_service_client::AdminServiceClient::new(conn.channel().await?);
             admin
