@@ -861,3 +861,90 @@ async fn a_partners_revocation_list_refuses_its_revoked_certificates() {
         "the fetched list was not applied"
     );
 }
+
+/// The certificate the node presents to a new TLS handshake (raw rustls, admin identity).
+async fn served_certificate(node: &TestNode) -> Vec<u8> {
+    use std::sync::Arc;
+    let id = node.admin_identity();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(pki::parse_certs(&id.ca_pem).unwrap().remove(0))
+        .unwrap();
+    let (cert, key) = id.cert_and_key.unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(verbund_node::tls::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            pki::parse_certs(&cert).unwrap(),
+            pki::parse_key(&key).unwrap(),
+        )
+        .unwrap();
+    let addr = node.endpoint.trim_start_matches("https://").to_string();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0]
+        .as_ref()
+        .to_vec()
+}
+
+#[tokio::test]
+async fn a_node_renews_its_certificate_while_serving_without_failed_calls() {
+    let acme = TestNode::start("acme");
+    let before = served_certificate(&acme).await;
+    // A client calls in a loop, on new and existing connections, through the renewal.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (endpoint, id) = (acme.endpoint.clone(), acme.admin_identity());
+    let flag = stop.clone();
+    let caller = tokio::spawn(async move {
+        let (mut ok, mut failed, mut i) = (0u32, 0u32, 0u32);
+        let mut ch = connect(&endpoint, &id).await.unwrap();
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            if i % 10 == 0 {
+                ch = connect(&endpoint, &id).await.unwrap(); // a fresh handshake now and then
+            }
+            i += 1;
+            match pb::node_service_client::NodeServiceClient::new(ch.clone())
+                .who_am_i(pb::WhoAmIRequest {})
+                .await
+            {
+                Ok(_) => ok += 1,
+                Err(_) => failed += 1,
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        (ok, failed)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let o = verbund(&[
+        "cert",
+        "renew-node",
+        "--config",
+        acme.config().to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    acme.hup();
+    let mut renewed = false;
+    for _ in 0..50 {
+        if served_certificate(&acme).await != before {
+            renewed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = caller.await.unwrap();
+    assert!(renewed, "the node still presents its old certificate");
+    let file =
+        pki::parse_certs(&std::fs::read_to_string(acme.home().join("tls/node.crt")).unwrap())
+            .unwrap()
+            .remove(0);
+    assert_eq!(served_certificate(&acme).await, file.as_ref().to_vec());
+    assert!(ok > 20, "too few calls ({ok}) to mean anything");
+    assert_eq!(failed, 0, "{failed} calls failed during the renewal");
+}

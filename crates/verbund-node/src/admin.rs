@@ -201,16 +201,25 @@ impl NodeState {
 
     /// Fetches a partner's revocation list from its node (mutual TLS, pinned CA).
     async fn fetch_partner_crl(&self, partner: &Partner) -> Result<String, Status> {
-        let (cert, key) = &self.node_identity;
-        let channel =
-            crate::dial::dial_partner(&partner.endpoint, &partner.org, &partner.ca_pem, cert, key)
-                .await
-                .map_err(|e| {
-                    Status::failed_precondition(format!(
-                        "cannot reach partner {} at {}: {e:#}",
-                        partner.org, partner.endpoint
-                    ))
-                })?;
+        let (cert, key) = self
+            .node_identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let channel = crate::dial::dial_partner(
+            &partner.endpoint,
+            &partner.org,
+            &partner.ca_pem,
+            &cert,
+            &key,
+        )
+        .await
+        .map_err(|e| {
+            Status::failed_precondition(format!(
+                "cannot reach partner {} at {}: {e:#}",
+                partner.org, partner.endpoint
+            ))
+        })?;
         let crl = pb::node_service_client::NodeServiceClient::new(channel)
             .get_revocation_list(pb::GetRevocationListRequest {})
             .await
@@ -248,16 +257,25 @@ impl NodeState {
             .find(|x| x.org == org)
             .ok_or_else(|| Status::not_found(format!("partner {org} not found")))?;
         let started = std::time::Instant::now();
-        let (cert, key) = &self.node_identity;
-        let channel =
-            crate::dial::dial_partner(&partner.endpoint, &partner.org, &partner.ca_pem, cert, key)
-                .await
-                .map_err(|e| {
-                    Status::failed_precondition(format!(
-                        "cannot reach partner {org} at {}: {e:#}",
-                        partner.endpoint
-                    ))
-                })?;
+        let (cert, key) = self
+            .node_identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let channel = crate::dial::dial_partner(
+            &partner.endpoint,
+            &partner.org,
+            &partner.ca_pem,
+            &cert,
+            &key,
+        )
+        .await
+        .map_err(|e| {
+            Status::failed_precondition(format!(
+                "cannot reach partner {org} at {}: {e:#}",
+                partner.endpoint
+            ))
+        })?;
         let who = pb::node_service_client::NodeServiceClient::new(channel)
             .who_am_i(pb::WhoAmIRequest {})
             .await

@@ -142,6 +142,27 @@ pub fn fingerprint(der: &[u8]) -> String {
     hex::encode(Sha256::digest(der))
 }
 
+/// The DNS names and IP addresses in a certificate's SAN (to renew it with the same names).
+pub fn dns_and_ips(der: &[u8]) -> Result<(Vec<String>, Vec<IpAddr>)> {
+    use x509_parser::prelude::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).context("unparseable certificate")?;
+    let (mut dns, mut ips) = (Vec::new(), Vec::new());
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(d) => dns.push(d.to_string()),
+                GeneralName::IPAddress(b) => match b.len() {
+                    4 => ips.push(IpAddr::from(<[u8; 4]>::try_from(*b).unwrap_or_default())),
+                    16 => ips.push(IpAddr::from(<[u8; 16]>::try_from(*b).unwrap_or_default())),
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+    }
+    Ok((dns, ips))
+}
+
 /// The DER serial number of the first certificate in a PEM text.
 pub fn serial_of(cert_pem: &str) -> Result<Vec<u8>> {
     let der = parse_certs(cert_pem)?.remove(0);

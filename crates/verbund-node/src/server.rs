@@ -49,6 +49,7 @@ impl Node {
             crl_path: cfg.path(&cfg.tls.crl),
         };
         let state = NodeState::new(store, settings, tls.verifier.clone()).await?;
+        let _ = state.certificate.set(tls.certificate.clone());
         state
             .reload_partners()
             .await
@@ -217,9 +218,18 @@ fn load_own_crl(state: &NodeState, cfg: &NodeConfig) -> Result<()> {
         .with_context(|| format!("revocation list {}", path.display()))
 }
 
-/// Re-reads what may change while the node serves: the revocation list and the partner
-/// anchors (SIGHUP). On any error the previous material stays in force.
+/// Re-reads what may change while the node serves (SIGHUP): the node certificate, the
+/// revocation list and the partner anchors. Each piece is replaced only if it loads.
 pub async fn reload(state: &NodeState, cfg: &NodeConfig) -> Result<()> {
+    // The node's own certificate (after `verbund cert renew-node`).
+    let (cert, key) = (cfg.read(&cfg.tls.cert)?, cfg.read(&cfg.tls.key)?);
+    if let Some(current) = state.certificate.get() {
+        current.replace(&cert, &key).context("node certificate")?;
+    }
+    *state
+        .node_identity
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = (cert, key);
     load_own_crl(state, cfg)?;
     state
         .reload_partners()

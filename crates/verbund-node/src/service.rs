@@ -38,12 +38,14 @@ pub struct NodeState {
     stopping: watch::Sender<bool>,
     /// Trust anchors of the TLS listener; partner changes apply to the next handshake.
     pub trust: Arc<crate::tls::FederationVerifier>,
+    /// The listener's certificate (renewals apply to the next handshake).
+    pub certificate: std::sync::OnceLock<Arc<crate::tls::NodeCertificate>>,
     /// A Watch stream ends after this long (the maximum connection age), so a long stream
     /// cannot keep a connection, and its caller's access, past that age; clients resume from
     /// their last sequence number.
     watch_max_age: Duration,
     /// This node's certificate and key (PEM), presented when it dials partners.
-    pub node_identity: (String, String),
+    pub node_identity: Mutex<(String, String)>,
     /// Where this organization's revocation list lives (served to partners).
     pub crl_path: std::path::PathBuf,
 }
@@ -227,8 +229,9 @@ impl NodeState {
             clock: Arc::new(Mutex::new(clock)),
             stopping,
             trust,
+            certificate: std::sync::OnceLock::new(),
             watch_max_age,
-            node_identity,
+            node_identity: Mutex::new(node_identity),
             crl_path,
         }))
     }

@@ -237,12 +237,63 @@ impl ClientCertVerifier for FederationVerifier {
     }
 }
 
+/// The node's own server certificate, replaceable while the node serves (renewal): new
+/// handshakes get the new certificate, open connections keep theirs.
+#[derive(Debug)]
+pub struct NodeCertificate {
+    current: RwLock<Arc<rustls::sign::CertifiedKey>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl NodeCertificate {
+    fn load(
+        cert_pem: &str,
+        key_pem: &str,
+        provider: &rustls::crypto::CryptoProvider,
+    ) -> Result<Arc<rustls::sign::CertifiedKey>> {
+        let chain = pki::parse_certs(cert_pem).context("node certificate")?;
+        let key = pki::parse_key(key_pem).context("node key")?;
+        let ck = rustls::sign::CertifiedKey::from_der(chain, key, provider)
+            .context("node certificate and key do not match")?;
+        Ok(Arc::new(ck))
+    }
+
+    pub fn new(cert_pem: &str, key_pem: &str) -> Result<NodeCertificate> {
+        let provider = crypto_provider();
+        let current = RwLock::new(Self::load(cert_pem, key_pem, &provider)?);
+        Ok(NodeCertificate { current, provider })
+    }
+
+    /// Replaces the certificate; on any error the current one stays.
+    pub fn replace(&self, cert_pem: &str, key_pem: &str) -> Result<()> {
+        let next = Self::load(cert_pem, key_pem, &self.provider)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = next;
+        Ok(())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for NodeCertificate {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+}
+
 /// The TLS material a node serves with.
 #[derive(Clone)]
 pub struct ServerTls {
     pub config: Arc<rustls::ServerConfig>,
     /// The anchors; partner changes take effect for the next handshake.
     pub verifier: Arc<FederationVerifier>,
+    /// The node's certificate; a renewal takes effect for the next handshake.
+    pub certificate: Arc<NodeCertificate>,
 }
 
 impl ServerTls {
@@ -250,18 +301,17 @@ impl ServerTls {
     /// our own CA (`ca_pem`) or a registered partner's.
     pub fn new(own_org: &str, ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<ServerTls> {
         let verifier = Arc::new(FederationVerifier::new(own_org, ca_pem)?);
-        let chain = pki::parse_certs(cert_pem).context("node certificate")?;
-        let key = pki::parse_key(key_pem).context("node key")?;
+        let certificate = Arc::new(NodeCertificate::new(cert_pem, key_pem)?);
         let mut config = rustls::ServerConfig::builder_with_provider(crypto_provider())
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(verifier.clone())
-            .with_single_cert(chain, key)
-            .context("node certificate and key do not match")?;
+            .with_cert_resolver(certificate.clone());
         // gRPC needs HTTP/2; without ALPN h2 clients fail with H2NotNegotiated.
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(ServerTls {
             config: Arc::new(config),
             verifier,
+            certificate,
         })
     }
 }

@@ -272,3 +272,44 @@ pub fn crl_export(config: &Path) -> Result<()> {
     print!("{pem}");
     Ok(())
 }
+
+/// Replaces a file atomically (write a sibling, then rename), with owner-only permissions
+/// for secrets.
+fn replace_file(path: &Path, contents: &str, secret: bool) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    write_file(&tmp, contents, secret)?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+}
+
+/// `verbund cert renew-node`: a new key and certificate for this node, with the names of the
+/// current one.
+pub fn renew_node(config: &Path) -> Result<()> {
+    let cfg = NodeConfig::load(config)?;
+    let ca = org_ca(&cfg)?;
+    let current = pki::parse_certs(&cfg.read(&cfg.tls.cert)?)?.remove(0);
+    let (dns, ips) = pki::dns_and_ips(&current)?;
+    let pair = pki::issue(
+        &ca,
+        &cfg.node.org,
+        PrincipalKind::Node,
+        &cfg.node.name,
+        &dns,
+        &ips,
+        pki::LEAF_VALIDITY_DAYS,
+    )?;
+    // Key first: a node reloading between the two renames would fail to pair them and keep
+    // its current certificate (reload refuses a mismatched pair).
+    replace_file(&cfg.path(&cfg.tls.key), &pair.key_pem, true)?;
+    replace_file(&cfg.path(&cfg.tls.cert), &pair.cert_pem, false)?;
+    let der = pki::parse_certs(&pair.cert_pem)?.remove(0);
+    println!(
+        "renewed verbund://{}/node/{} (names: {}; fingerprint {})",
+        cfg.node.org,
+        cfg.node.name,
+        dns.join(", "),
+        pki::fingerprint(&der)
+    );
+    println!("apply it on the running node with SIGHUP; open connections are not interrupted");
+    Ok(())
+}

@@ -198,6 +198,12 @@ enum CertCommand {
         #[arg(long, default_value_t = verbund_node::pki::LEAF_VALIDITY_DAYS)]
         days: i64,
     },
+    /// Renew this node's server certificate (same names, new key, new validity) from the CA.
+    /// A running node switches to it on SIGHUP; open connections are not interrupted.
+    RenewNode {
+        #[arg(long, short = 'c', env = "VERBUND_CONFIG")]
+        config: PathBuf,
+    },
     /// Revoke a certificate of this organization: adds it to the CA's revocation list. A
     /// running node applies the list on SIGHUP (`kill -HUP <pid>`).
     Revoke {
@@ -256,6 +262,7 @@ async fn dispatch(command: Command) -> Result<()> {
             config,
             certificate,
         }) => init::revoke(&config, &certificate),
+        Command::Cert(CertCommand::RenewNode { config }) => init::renew_node(&config),
         Command::Partner(p) => partners::run(p).await,
         Command::Account(a) => records::run(verbund_core::RecordKind::Account, a).await,
         Command::Contact(a) => records::run(verbund_core::RecordKind::Contact, a).await,
