@@ -948,3 +948,95 @@ async fn a_node_renews_its_certificate_while_serving_without_failed_calls() {
     assert!(ok > 20, "too few calls ({ok}) to mean anything");
     assert_eq!(failed, 0, "{failed} calls failed during the renewal");
 }
+
+#[tokio::test]
+async fn a_ca_rollover_under_load_fails_no_call() {
+    let acme = TestNode::start("acme");
+    let config = acme.config();
+    let config = config.to_str().unwrap().to_string();
+    let home = acme.home();
+    // The client: the admin certificate of the old CA throughout; for each new connection it
+    // reads the CA file, as a client that gets the CA bundle distributed would.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (endpoint, flag, dir) = (acme.endpoint.clone(), stop.clone(), home.clone());
+    let caller = tokio::spawn(async move {
+        let (mut ok, mut failed, mut i) = (0u32, 0u32, 0u32);
+        let identity = |dir: &std::path::Path| ClientIdentity {
+            ca_pem: std::fs::read_to_string(dir.join("ca/ca.crt")).unwrap(),
+            cert_and_key: Some((
+                std::fs::read_to_string(dir.join("users/admin.crt")).unwrap(),
+                std::fs::read_to_string(dir.join("users/admin.key")).unwrap(),
+            )),
+        };
+        let mut ch = connect(&endpoint, &identity(&dir)).await.unwrap();
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            if i % 10 == 0 {
+                match connect(&endpoint, &identity(&dir)).await {
+                    Ok(c) => ch = c,
+                    Err(_) => failed += 1,
+                }
+            }
+            i += 1;
+            match pb::node_service_client::NodeServiceClient::new(ch.clone())
+                .who_am_i(pb::WhoAmIRequest {})
+                .await
+            {
+                Ok(_) => ok += 1,
+                Err(_) => failed += 1,
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        (ok, failed)
+    });
+    let pause = || tokio::time::sleep(std::time::Duration::from_millis(400));
+    pause().await;
+    let old_ca = pki::parse_certs(&acme.ca_pem()).unwrap().remove(0);
+    // 1. New CA; both trusted.
+    let o = verbund(&["ca", "rollover", "--config", &config]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    acme.hup();
+    pause().await;
+    // 2. The node switches to a certificate of the new CA.
+    assert!(
+        verbund(&["cert", "renew-node", "--config", &config])
+            .status
+            .success()
+    );
+    acme.hup();
+    pause().await;
+    let served = served_certificate(&acme).await;
+    assert!(
+        !verbund_node::tls::issued_by(&served.clone().into(), &old_ca),
+        "the node still serves a certificate of the old CA"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = caller.await.unwrap();
+    assert!(ok > 50, "too few calls ({ok}) to mean anything");
+    assert_eq!(failed, 0, "{failed} calls failed during the CA rollover");
+    // 3. Users get certificates of the new CA; 4. the old CA is retired.
+    assert!(
+        verbund(&["cert", "issue", "--config", &config, "--user", "admin2"])
+            .status
+            .success()
+    );
+    assert!(
+        verbund(&["ca", "retire", "--config", &config])
+            .status
+            .success()
+    );
+    acme.hup();
+    let new_admin = acme.identity_of("admin2");
+    let old_admin = ClientIdentity {
+        ca_pem: acme.ca_pem(),
+        cert_and_key: acme.admin_identity().cert_and_key,
+    };
+    assert!(
+        eventually(|| call_fails(&acme, &old_admin)).await,
+        "the old CA's certificate still works after retirement"
+    );
+    assert!(
+        !call_fails(&acme, &new_admin).await,
+        "the new CA's certificate must work"
+    );
+    assert_eq!(pki::parse_certs(&acme.ca_pem()).unwrap().len(), 1);
+}

@@ -230,6 +230,11 @@ pub async fn reload(state: &NodeState, cfg: &NodeConfig) -> Result<()> {
         .node_identity
         .lock()
         .unwrap_or_else(|p| p.into_inner()) = (cert, key);
+    // Our CA file: two CAs during a rollover, one after it.
+    state
+        .trust
+        .set_own_cas(&cfg.read(&cfg.tls.ca_cert)?)
+        .context("CA certificate file")?;
     load_own_crl(state, cfg)?;
     state
         .reload_partners()

@@ -45,30 +45,75 @@ pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
 #[derive(Debug)]
 pub struct FederationVerifier {
     own_org: String,
-    own_ca: CertificateDer<'static>,
+    /// Our CA certificates (two during a CA rollover) and our revocation list.
+    own_material: RwLock<(
+        Vec<CertificateDer<'static>>,
+        Option<CertificateRevocationListDer<'static>>,
+    )>,
     own: RwLock<Arc<dyn ClientCertVerifier>>,
     partners: RwLock<HashMap<String, Arc<dyn ClientCertVerifier>>>,
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
 fn anchor_verifier(
-    ca: CertificateDer<'static>,
+    cas: Vec<CertificateDer<'static>>,
     crl: Option<CertificateRevocationListDer<'static>>,
     provider: &Arc<rustls::crypto::CryptoProvider>,
 ) -> Result<Arc<dyn ClientCertVerifier>> {
+    let several = cas.len() > 1;
     let mut roots = RootCertStore::empty();
-    roots
-        .add(ca)
-        .context("adding a CA certificate to a trust store")?;
+    for ca in cas {
+        roots
+            .add(ca)
+            .context("adding a CA certificate to a trust store")?;
+    }
     let mut builder =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
     if let Some(crl) = crl {
         // Our certificates have no intermediates: the leaf is what gets revoked.
         builder = builder.with_crls([crl]).only_check_end_entity_revocation();
+        if several {
+            // During a CA rollover the list comes from the CA that issues now; certificates of
+            // the other CA have no list to be checked against.
+            builder = builder.allow_unknown_revocation_status();
+        }
     }
     builder
         .build()
         .context("building a client certificate verifier (is the revocation list well-formed?)")
+}
+
+/// This organization's CA certificates from a PEM text: one, or two during a CA rollover.
+/// Each must be a CA whose subject names `own_org` as its organization, so a partner's CA
+/// appended to the file by mistake is refused rather than trusted to mint our identities.
+pub fn own_cas(pem: &str, own_org: &str) -> Result<Vec<CertificateDer<'static>>> {
+    let cas = pki::parse_certs(pem)?;
+    if cas.len() > 2 {
+        anyhow::bail!(
+            "the CA file holds {} certificates; at most two (old and new during a rollover)",
+            cas.len()
+        );
+    }
+    for ca in &cas {
+        let (_, parsed) = x509_parser::parse_x509_certificate(ca.as_ref())
+            .context("unparseable CA certificate")?;
+        if !matches!(parsed.basic_constraints(), Ok(Some(bc)) if bc.value.ca) {
+            anyhow::bail!("{} is not a CA certificate", parsed.subject());
+        }
+        let org = parsed
+            .subject()
+            .iter_organization()
+            .next()
+            .and_then(|o| o.as_str().ok())
+            .unwrap_or("");
+        if org != own_org {
+            anyhow::bail!(
+                "CA {} belongs to organization {org:?}, not {own_org:?}",
+                parsed.subject()
+            );
+        }
+    }
+    Ok(cas)
 }
 
 /// A partner's trust anchor and, if loaded, its revocation list.
@@ -123,24 +168,51 @@ pub fn single_ca(pem: &str) -> Result<CertificateDer<'static>> {
 impl FederationVerifier {
     pub fn new(own_org: &str, own_ca_pem: &str) -> Result<FederationVerifier> {
         let provider = crypto_provider();
-        let own_ca = single_ca(own_ca_pem).context("this organization's CA")?;
-        let own = anchor_verifier(own_ca.clone(), None, &provider)?;
+        let cas = own_cas(own_ca_pem, own_org).context("this organization's CA")?;
+        let own = anchor_verifier(cas.clone(), None, &provider)?;
         Ok(FederationVerifier {
             own_org: own_org.to_string(),
-            own_ca,
+            own_material: RwLock::new((cas, None)),
             own: RwLock::new(own),
             partners: RwLock::new(HashMap::new()),
             provider,
         })
     }
 
+    fn rebuild_own(
+        &self,
+        cas: Vec<CertificateDer<'static>>,
+        crl: Option<CertificateRevocationListDer<'static>>,
+    ) -> Result<()> {
+        let verifier = anchor_verifier(cas.clone(), crl.clone(), &self.provider)?;
+        *self.own_material.write().unwrap_or_else(|p| p.into_inner()) = (cas, crl);
+        *self.own.write().unwrap_or_else(|p| p.into_inner()) = verifier;
+        Ok(())
+    }
+
     /// Applies this organization's revocation list (PEM). A malformed one is refused and the
     /// previous list stays in force.
     pub fn set_own_crl(&self, crl_pem: Option<&str>) -> Result<()> {
         let crl = crl_pem.map(pki::parse_crl).transpose()?;
-        let verifier = anchor_verifier(self.own_ca.clone(), crl, &self.provider)?;
-        *self.own.write().unwrap_or_else(|p| p.into_inner()) = verifier;
-        Ok(())
+        let cas = self
+            .own_material
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone();
+        self.rebuild_own(cas, crl)
+    }
+
+    /// Applies this organization's CA file (one CA, or old and new during a rollover).
+    pub fn set_own_cas(&self, ca_pem: &str) -> Result<()> {
+        let cas = own_cas(ca_pem, &self.own_org)?;
+        let crl = self
+            .own_material
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone();
+        self.rebuild_own(cas, crl)
     }
 
     fn own(&self) -> Arc<dyn ClientCertVerifier> {
@@ -161,7 +233,10 @@ impl FederationVerifier {
                 .map(pki::parse_crl)
                 .transpose()
                 .with_context(|| format!("revocation list of partner {}", p.org))?;
-            next.insert(p.org.clone(), anchor_verifier(ca, crl, &self.provider)?);
+            next.insert(
+                p.org.clone(),
+                anchor_verifier(vec![ca], crl, &self.provider)?,
+            );
         }
         *self.partners.write().unwrap_or_else(|p| p.into_inner()) = next;
         Ok(())

@@ -313,3 +313,71 @@ pub fn renew_node(config: &Path) -> Result<()> {
     println!("apply it on the running node with SIGHUP; open connections are not interrupted");
     Ok(())
 }
+
+/// `verbund ca rollover`: new CA first in the CA file, old one second; the new key issues.
+pub fn ca_rollover(config: &Path) -> Result<()> {
+    let cfg = NodeConfig::load(config)?;
+    let old = org_ca(&cfg)?;
+    if pki::parse_certs(&old.cert_pem)?.len() != 1 {
+        bail!(
+            "a rollover is already in progress (the CA file holds two CAs); finish it with `verbund ca retire`"
+        );
+    }
+    let new = pki::new_ca(&cfg.node.org)?;
+    let ca_key = cfg.path(
+        cfg.tls
+            .ca_key
+            .as_ref()
+            .context("the config names no tls.ca_key")?,
+    );
+    let old_key = ca_key.with_extension("old.key");
+    replace_file(&old_key, &old.key_pem, true)?;
+    replace_file(&ca_key, &new.key_pem, true)?;
+    replace_file(
+        &cfg.path(&cfg.tls.ca_cert),
+        &format!("{}{}", new.cert_pem, old.cert_pem),
+        false,
+    )?;
+    let der = pki::parse_certs(&new.cert_pem)?.remove(0);
+    println!(
+        "new CA of {} (SHA-256 {}) issues from now on; both CAs are trusted",
+        cfg.node.org,
+        pki::fingerprint(&der)
+    );
+    println!(
+        "next: SIGHUP the node; give clients and partners the new CA file; verbund cert renew-node; SIGHUP;"
+    );
+    println!(
+        "      reissue user certificates; then verbund ca retire and SIGHUP (old key kept at {})",
+        old_key.display()
+    );
+    Ok(())
+}
+
+/// `verbund ca retire`: trust only the new CA.
+pub fn ca_retire(config: &Path) -> Result<()> {
+    let cfg = NodeConfig::load(config)?;
+    let path = cfg.path(&cfg.tls.ca_cert);
+    let pem = cfg.read(&cfg.tls.ca_cert)?;
+    let certs = pki::parse_certs(&pem)?;
+    if certs.len() != 2 {
+        bail!(
+            "no rollover in progress (the CA file holds {} CA)",
+            certs.len()
+        );
+    }
+    let new_pem = pem_of_first(&pem).context("cannot split the CA file")?;
+    replace_file(&path, &new_pem, false)?;
+    println!(
+        "old CA retired: only {} is trusted after SIGHUP",
+        pki::fingerprint(certs[0].as_ref())
+    );
+    Ok(())
+}
+
+/// The first PEM block of a text.
+fn pem_of_first(pem: &str) -> Option<String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    let end = pem.find(END)? + END.len();
+    Some(format!("{}\n", pem[..end].trim_start()))
+}

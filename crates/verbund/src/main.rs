@@ -181,6 +181,18 @@ enum CaCommand {
         #[arg(long, short = 'c', env = "VERBUND_CONFIG")]
         config: PathBuf,
     },
+    /// Start a CA rollover: a new CA issues from now on; the CA file holds new and old, so
+    /// both are trusted during the overlap. Then: SIGHUP the node, give clients the new CA
+    /// file, `verbund cert renew-node`, SIGHUP, reissue user certificates, `verbund ca retire`.
+    Rollover {
+        #[arg(long, short = 'c', env = "VERBUND_CONFIG")]
+        config: PathBuf,
+    },
+    /// End a CA rollover: trust only the new CA (SIGHUP the node afterwards).
+    Retire {
+        #[arg(long, short = 'c', env = "VERBUND_CONFIG")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -257,6 +269,8 @@ async fn dispatch(command: Command) -> Result<()> {
             days,
         }) => init::issue_user(&config, &user, out_dir, days),
         Command::Ca(CaCommand::Export { config }) => partners::ca_export(&config),
+        Command::Ca(CaCommand::Rollover { config }) => init::ca_rollover(&config),
+        Command::Ca(CaCommand::Retire { config }) => init::ca_retire(&config),
         Command::Crl(CrlCommand::Export { config }) => init::crl_export(&config),
         Command::Cert(CertCommand::Revoke {
             config,
