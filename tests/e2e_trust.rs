@@ -1040,3 +1040,126 @@ async fn a_ca_rollover_under_load_fails_no_call() {
     );
     assert_eq!(pki::parse_certs(&acme.ca_pem()).unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn partners_pin_both_cas_during_a_partners_ca_rollover() {
+    let acme = TestNode::start("acme");
+    let globex = TestNode::start("globex");
+    let (_, acme_fp) = export_ca(&acme);
+    let (_, globex_fp) = export_ca(&globex);
+    assert!(add_partner(&acme, &globex, &globex_fp).status.success());
+    assert!(add_partner(&globex, &acme, &acme_fp).status.success());
+    let gcfg = globex.config();
+    let gcfg = gcfg.to_str().unwrap();
+    let old_bob = pki::issue(
+        &globex.ca_pair(),
+        "globex",
+        PrincipalKind::User,
+        "bob",
+        &[],
+        &[],
+        30,
+    )
+    .unwrap();
+    // globex rolls over; its node now presents a certificate of its new CA.
+    assert!(
+        verbund(&["ca", "rollover", "--config", gcfg])
+            .status
+            .success()
+    );
+    assert!(
+        verbund(&["cert", "renew-node", "--config", gcfg])
+            .status
+            .success()
+    );
+    globex.hup();
+    // The CA file now starts with the new CA, whose key issues.
+    let new_ca = globex.ca_pair();
+    let new_bob = pki::issue(&new_ca, "globex", PrincipalKind::User, "bob2", &[], &[], 30).unwrap();
+    assert!(
+        call_fails(&acme, &partner_client(&acme, &new_bob)).await,
+        "acme must not trust globex's new CA before pinning it"
+    );
+    // acme pins both globex CAs, each confirmed by its fingerprint.
+    let export = verbund(&["ca", "export", "--config", gcfg]);
+    let fps: Vec<String> = stderr(&export)
+        .lines()
+        .filter_map(|l| l.rsplit(": ").next())
+        .map(|f| f.trim().to_string())
+        .collect();
+    assert_eq!(fps.len(), 2, "{}", stderr(&export));
+    let bundle = acme.home().join("globex-bundle.crt");
+    std::fs::write(&bundle, stdout(&export)).unwrap();
+    let o = acme.cli(&[
+        "partner",
+        "update-ca",
+        "--org",
+        "globex",
+        "--ca",
+        bundle.to_str().unwrap(),
+        "--fingerprint",
+        &fps[0],
+    ]);
+    assert!(
+        stderr(&o).contains("INVALID_ARGUMENT: fingerprints"),
+        "{}",
+        stderr(&o)
+    );
+    let o = acme.cli(&[
+        "partner",
+        "update-ca",
+        "--org",
+        "globex",
+        "--ca",
+        bundle.to_str().unwrap(),
+        "--fingerprint",
+        &fps[0],
+        "--fingerprint",
+        &fps[1],
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        !call_fails(&acme, &partner_client(&acme, &old_bob)).await,
+        "old-CA certificate refused during the overlap"
+    );
+    assert!(
+        !call_fails(&acme, &partner_client(&acme, &new_bob)).await,
+        "new-CA certificate refused during the overlap"
+    );
+    let o = acme.cli(&["partner", "ping", "--org", "globex"]);
+    assert!(
+        o.status.success(),
+        "acme cannot dial globex's renewed node: {}",
+        stderr(&o)
+    );
+    // globex retires its old CA; acme pins the new one alone: old certificates are refused.
+    assert!(
+        verbund(&["ca", "retire", "--config", gcfg])
+            .status
+            .success()
+    );
+    let export = verbund(&["ca", "export", "--config", gcfg]);
+    std::fs::write(&bundle, stdout(&export)).unwrap();
+    let fp = stderr(&export)
+        .rsplit(": ")
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
+    let o = acme.cli(&[
+        "partner",
+        "update-ca",
+        "--org",
+        "globex",
+        "--ca",
+        bundle.to_str().unwrap(),
+        "--fingerprint",
+        &fp,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        call_fails(&acme, &partner_client(&acme, &old_bob)).await,
+        "old-CA certificate accepted after the partner retired it"
+    );
+    assert!(!call_fails(&acme, &partner_client(&acme, &new_bob)).await);
+}

@@ -161,6 +161,70 @@ impl NodeState {
 }
 
 impl NodeState {
+    /// Replaces a partner's pinned CA(s): during the partner's CA rollover, its old and new CA
+    /// (both naming the partner); afterwards its new CA alone. Every certificate must be
+    /// confirmed by a fingerprint received out of band.
+    pub async fn update_partner_ca(
+        &self,
+        p: &crate::identity::Principal,
+        req: pb::UpdatePartnerCaRequest,
+    ) -> Result<pb::Partner, Status> {
+        auth::authorize(p, &self.org, Action::Administer, None)?;
+        let partners = self.store.list_partners().await.map_err(store_status)?;
+        let partner = partners
+            .iter()
+            .find(|x| x.org == req.org)
+            .ok_or_else(|| Status::not_found(format!("partner {} not found", req.org)))?;
+        let cas = crate::tls::org_cas(&req.ca_pem, &req.org)
+            .map_err(|e| invalid("ca_pem", format!("{e:#}")))?;
+        if cas.is_empty() {
+            return Err(invalid("ca_pem", "holds no certificate"));
+        }
+        let given: Vec<String> = req
+            .fingerprints
+            .iter()
+            .map(|f| normalize_fingerprint(f))
+            .collect();
+        let mut computed = Vec::new();
+        for ca in &cas {
+            let fp = pki::fingerprint(ca.as_ref());
+            if !given.contains(&fp) {
+                return Err(invalid(
+                    "fingerprints",
+                    format!(
+                        "no fingerprint given for the CA with SHA-256 {fp}; nothing was changed"
+                    ),
+                ));
+            }
+            computed.push(fp);
+        }
+        let mut updated = partner.clone();
+        updated.ca_pem = req.ca_pem.clone();
+        updated.fingerprint = computed.join(",");
+        // A loaded revocation list must still match one of the CAs.
+        if let Some(crl) = &updated.crl_pem
+            && crate::tls::check_crl_issuer(crl, &updated.ca_pem, &updated.org).is_err()
+        {
+            updated.crl_pem = None;
+        }
+        self.store
+            .remove_partner(&updated.org)
+            .await
+            .map_err(store_status)?;
+        self.store
+            .add_partner(&updated)
+            .await
+            .map_err(store_status)?;
+        if let Err(status) = self.reload_partners().await {
+            let _ = self.store.remove_partner(&updated.org).await;
+            let _ = self.store.add_partner(partner).await;
+            let _ = self.reload_partners().await;
+            return Err(status);
+        }
+        tracing::info!(partner = %updated.org, fingerprints = %updated.fingerprint, principal = %p, "partner CA updated");
+        Ok(to_pb(&updated))
+    }
+
     /// Applies a partner's revocation list. It must be well-formed and signed by the partner's
     /// pinned CA; otherwise it is refused and the previous list stays in force.
     pub async fn load_partner_crl(
@@ -182,7 +246,7 @@ impl NodeState {
         } else {
             crl_pem
         };
-        crate::tls::check_crl_issuer(crl_pem, &partner.ca_pem)
+        crate::tls::check_crl_issuer(crl_pem, &partner.ca_pem, &partner.org)
             .map_err(|e| invalid("crl_pem", format!("{e:#}")))?;
         let previous = partner.crl_pem.clone();
         self.store
@@ -301,6 +365,17 @@ impl NodeState {
 
 #[tonic::async_trait]
 impl pb::admin_service_server::AdminService for Api {
+    async fn update_partner_ca(
+        &self,
+        req: Request<pb::UpdatePartnerCaRequest>,
+    ) -> Result<Response<pb::Partner>, Status> {
+        let p = auth::principal(&req)?;
+        self.state
+            .update_partner_ca(&p, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn load_partner_crl(
         &self,
         req: Request<pb::LoadPartnerCrlRequest>,

@@ -19,7 +19,9 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::identity::{PrincipalKind, claimed_principal};
 use crate::pki;
-use crate::tls::{crypto_provider, single_ca};
+#[cfg(test)]
+use crate::tls::single_ca;
+use crate::tls::{crypto_provider, org_cas};
 
 #[derive(Debug)]
 struct PartnerServerVerifier {
@@ -109,7 +111,9 @@ pub async fn dial_partner(
 ) -> Result<Channel> {
     let provider = crypto_provider();
     let mut roots = RootCertStore::empty();
-    roots.add(single_ca(partner_ca_pem).context("partner CA")?)?;
+    for ca in org_cas(partner_ca_pem, partner_org).context("partner CA")? {
+        roots.add(ca)?;
+    }
     let inner =
         WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
     let verifier = Arc::new(PartnerServerVerifier {

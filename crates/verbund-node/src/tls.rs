@@ -87,6 +87,12 @@ fn anchor_verifier(
 /// Each must be a CA whose subject names `own_org` as its organization, so a partner's CA
 /// appended to the file by mistake is refused rather than trusted to mint our identities.
 pub fn own_cas(pem: &str, own_org: &str) -> Result<Vec<CertificateDer<'static>>> {
+    org_cas(pem, own_org)
+}
+
+/// The CA certificates (one, or two during a rollover) an organization's anchor consists of;
+/// each must be a CA naming `org` as its organization.
+pub fn org_cas(pem: &str, own_org: &str) -> Result<Vec<CertificateDer<'static>>> {
     let cas = pki::parse_certs(pem)?;
     if cas.len() > 2 {
         anyhow::bail!(
@@ -126,16 +132,17 @@ pub struct PartnerAnchor {
 
 /// Checks that a revocation list is well-formed and signed by the CA in `ca_pem`: a list of
 /// another issuer would leave the partner's certificates with an unknown status (all refused).
-pub fn check_crl_issuer(crl_pem: &str, ca_pem: &str) -> Result<()> {
+pub fn check_crl_issuer(crl_pem: &str, ca_pem: &str, org: &str) -> Result<()> {
     let crl = pki::parse_crl(crl_pem)?;
-    let ca = single_ca(ca_pem)?;
     let (_, crl) = x509_parser::parse_x509_crl(crl.as_ref())
         .map_err(|e| anyhow::anyhow!("malformed revocation list: {e}"))?;
-    let (_, ca) = x509_parser::parse_x509_certificate(ca.as_ref()).context("CA certificate")?;
-    if crl.issuer() != ca.subject() || crl.verify_signature(ca.public_key()).is_err() {
-        anyhow::bail!("the revocation list is not signed by the partner's pinned CA");
+    for ca in org_cas(ca_pem, org)? {
+        let (_, ca) = x509_parser::parse_x509_certificate(ca.as_ref()).context("CA certificate")?;
+        if crl.issuer() == ca.subject() && crl.verify_signature(ca.public_key()).is_ok() {
+            return Ok(());
+        }
     }
-    Ok(())
+    anyhow::bail!("the revocation list is not signed by the partner's pinned CA")
 }
 
 /// Whether `cert` (DER) chains directly to `ca` (DER), by signature.
@@ -226,17 +233,15 @@ impl FederationVerifier {
             if p.org == self.own_org {
                 anyhow::bail!("a partner cannot have this organization's id {:?}", p.org);
             }
-            let ca = single_ca(&p.ca_pem).with_context(|| format!("CA of partner {}", p.org))?;
+            let cas =
+                org_cas(&p.ca_pem, &p.org).with_context(|| format!("CA of partner {}", p.org))?;
             let crl = p
                 .crl_pem
                 .as_deref()
                 .map(pki::parse_crl)
                 .transpose()
                 .with_context(|| format!("revocation list of partner {}", p.org))?;
-            next.insert(
-                p.org.clone(),
-                anchor_verifier(vec![ca], crl, &self.provider)?,
-            );
+            next.insert(p.org.clone(), anchor_verifier(cas, crl, &self.provider)?);
         }
         *self.partners.write().unwrap_or_else(|p| p.into_inner()) = next;
         Ok(())

@@ -55,6 +55,19 @@ pub enum PartnerCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Replace a partner's pinned CA(s), e.g. its new and old CA during its CA rollover.
+    UpdateCa {
+        #[arg(long)]
+        org: String,
+        /// PEM file with the partner's CA certificate(s) (its `verbund ca export`).
+        #[arg(long)]
+        ca: PathBuf,
+        /// The fingerprint of every CA in the file, as the partner told you.
+        #[arg(long = "fingerprint", required = true)]
+        fingerprints: Vec<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Unpin a partner: its new connections are refused at once.
     Remove {
         #[arg(long)]
@@ -194,6 +207,26 @@ pub async fn run(cmd: PartnerCommand) -> Result<()> {
             println!(
                 "revocation list of partner {org} loaded; listed certificates are refused from now on"
             );
+        }
+        PartnerCommand::UpdateCa {
+            org,
+            ca,
+            fingerprints,
+            conn,
+        } => {
+            let ca_pem = std::fs::read_to_string(&ca)
+                .with_context(|| format!("reading {}", ca.display()))?;
+            let mut admin =
+                pb::admin_service_client::AdminServiceClient::new(conn.channel().await?);
+            let p = admin
+                .update_partner_ca(pb::UpdatePartnerCaRequest {
+                    org,
+                    ca_pem,
+                    fingerprints,
+                })
+                .await?
+                .into_inner();
+            println!("partner {} now pinned to CA(s) {}", p.org, p.fingerprint);
         }
         PartnerCommand::Remove { org, conn } => {
             let mut admin =
