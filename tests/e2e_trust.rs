@@ -10,6 +10,87 @@ use verbund_node::identity::PrincipalKind;
 use verbund_node::pb;
 use verbund_node::pki;
 
+/// One record of every kind on a node (ids: account, contact, lead, opportunity, case, activity).
+async fn every_kind(ch: &tonic::transport::Channel) -> Vec<String> {
+    let s = |v: &str| Some(v.to_string());
+    let id = |m: Option<pb::RecordMeta>| m.unwrap().id;
+    let acc = pb::account_service_client::AccountServiceClient::new(ch.clone())
+        .create_account(pb::CreateAccountRequest {
+            account: Some(pb::Account {
+                name: s("Every Kind AG"),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let acc_id = id(acc.meta);
+    let contact = pb::contact_service_client::ContactServiceClient::new(ch.clone())
+        .create_contact(pb::CreateContactRequest {
+            contact: Some(pb::Contact {
+                account_id: s(&acc_id),
+                last_name: s("Kind"),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let lead = pb::lead_service_client::LeadServiceClient::new(ch.clone())
+        .create_lead(pb::CreateLeadRequest {
+            lead: Some(pb::Lead {
+                company: s("Lead GmbH"),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let opp = pb::opportunity_service_client::OpportunityServiceClient::new(ch.clone())
+        .create_opportunity(pb::CreateOpportunityRequest {
+            opportunity: Some(pb::Opportunity {
+                account_id: s(&acc_id),
+                name: s("Deal"),
+                stage: pb::OpportunityStage::Proposal as i32,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let case = pb::service_case_service_client::ServiceCaseServiceClient::new(ch.clone())
+        .create_service_case(pb::CreateServiceCaseRequest {
+            service_case: Some(pb::ServiceCase {
+                account_id: s(&acc_id),
+                subject: s("Case"),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let case_id = id(case.meta);
+    let act = pb::activity_service_client::ActivityServiceClient::new(ch.clone())
+        .create_activity(pb::CreateActivityRequest {
+            activity: Some(pb::Activity {
+                related_id: s(&case_id),
+                channel: pb::ActivityChannel::Note as i32,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    vec![
+        acc_id,
+        id(contact.meta),
+        id(lead.meta),
+        id(opp.meta),
+        case_id,
+        id(act.meta),
+    ]
+}
+
 /// `verbund ca export` of a node: (PEM file path, fingerprint).
 fn export_ca(node: &TestNode) -> (std::path::PathBuf, String) {
     let o = verbund(&["ca", "export", "--config", node.config().to_str().unwrap()]);
@@ -278,6 +359,88 @@ async fn a_partner_principal_sees_nothing_and_may_write_nothing() {
         .code(),
         Code::PermissionDenied
     );
+    // Every record RPC that takes an id, for every kind: NOT_FOUND for reads, PERMISSION_DENIED
+    // for writes, for records that exist on acme but are not shared with globex.
+    let ids = every_kind(&own).await;
+    let get = |id: &str| pb::GetRecordRequest { id: id.to_string() };
+    let del = |id: &str| pb::DeleteRecordRequest { id: id.to_string() };
+    let m = |f: &str| {
+        Some(prost_types::FieldMask {
+            paths: vec![f.to_string()],
+        })
+    };
+    let mut x_leads = pb::lead_service_client::LeadServiceClient::new(ch.clone());
+    let mut x_opps = pb::opportunity_service_client::OpportunityServiceClient::new(ch.clone());
+    let mut x_cases = pb::service_case_service_client::ServiceCaseServiceClient::new(ch.clone());
+    let mut x_acts = pb::activity_service_client::ActivityServiceClient::new(ch.clone());
+    let codes = [
+        a.get_account(get(&ids[0])).await.map(|_| ()),
+        c.get_contact(get(&ids[1])).await.map(|_| ()),
+        x_leads.get_lead(get(&ids[2])).await.map(|_| ()),
+        x_opps.get_opportunity(get(&ids[3])).await.map(|_| ()),
+        x_cases.get_service_case(get(&ids[4])).await.map(|_| ()),
+        x_acts.get_activity(get(&ids[5])).await.map(|_| ()),
+    ];
+    for (i, r) in codes.into_iter().enumerate() {
+        assert_eq!(r.unwrap_err().code(), Code::NotFound, "get of kind #{i}");
+    }
+    let writes = [
+        a.update_account(pb::UpdateAccountRequest {
+            id: ids[0].clone(),
+            account: Some(pb::Account::default()),
+            update_mask: m("city"),
+        })
+        .await
+        .map(|_| ()),
+        a.delete_account(del(&ids[0])).await.map(|_| ()),
+        c.update_contact(pb::UpdateContactRequest {
+            id: ids[1].clone(),
+            contact: Some(pb::Contact::default()),
+            update_mask: m("title"),
+        })
+        .await
+        .map(|_| ()),
+        c.delete_contact(del(&ids[1])).await.map(|_| ()),
+        x_leads
+            .update_lead(pb::UpdateLeadRequest {
+                id: ids[2].clone(),
+                lead: Some(pb::Lead::default()),
+                update_mask: m("source"),
+            })
+            .await
+            .map(|_| ()),
+        x_leads.delete_lead(del(&ids[2])).await.map(|_| ()),
+        x_opps
+            .update_opportunity(pb::UpdateOpportunityRequest {
+                id: ids[3].clone(),
+                opportunity: Some(pb::Opportunity::default()),
+                update_mask: m("next_step"),
+            })
+            .await
+            .map(|_| ()),
+        x_opps.delete_opportunity(del(&ids[3])).await.map(|_| ()),
+        x_cases
+            .update_service_case(pb::UpdateServiceCaseRequest {
+                id: ids[4].clone(),
+                service_case: Some(pb::ServiceCase::default()),
+                update_mask: m("due_date"),
+            })
+            .await
+            .map(|_| ()),
+        x_cases.delete_service_case(del(&ids[4])).await.map(|_| ()),
+        x_acts
+            .update_activity(pb::UpdateActivityRequest {
+                id: ids[5].clone(),
+                activity: Some(pb::Activity::default()),
+                update_mask: m("body"),
+            })
+            .await
+            .map(|_| ()),
+        x_acts.delete_activity(del(&ids[5])).await.map(|_| ()),
+    ];
+    for (i, r) in writes.into_iter().enumerate() {
+        assert_eq!(r.unwrap_err().code(), Code::PermissionDenied, "write #{i}");
+    }
     // Administration is for acme only.
     let e = pb::admin_service_client::AdminServiceClient::new(ch)
         .list_partners(pb::ListPartnersRequest {})
