@@ -263,14 +263,17 @@ impl NodeState {
         Ok(to_pb(&updated))
     }
 
-    /// Fetches a partner's revocation list from its node (mutual TLS, pinned CA).
-    async fn fetch_partner_crl(&self, partner: &Partner) -> Result<String, Status> {
+    /// A channel to a partner's node: our node certificate, its pinned CA(s).
+    async fn partner_channel(
+        &self,
+        partner: &Partner,
+    ) -> Result<tonic::transport::Channel, Status> {
         let (cert, key) = self
             .node_identity
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let channel = crate::dial::dial_partner(
+        crate::dial::dial_partner(
             &partner.endpoint,
             &partner.org,
             &partner.ca_pem,
@@ -283,7 +286,12 @@ impl NodeState {
                 "cannot reach partner {} at {}: {e:#}",
                 partner.org, partner.endpoint
             ))
-        })?;
+        })
+    }
+
+    /// Fetches a partner's revocation list from its node (mutual TLS, pinned CA).
+    async fn fetch_partner_crl(&self, partner: &Partner) -> Result<String, Status> {
+        let channel = self.partner_channel(partner).await?;
         let crl = pb::node_service_client::NodeServiceClient::new(channel)
             .get_revocation_list(pb::GetRevocationListRequest {})
             .await
@@ -321,25 +329,7 @@ impl NodeState {
             .find(|x| x.org == org)
             .ok_or_else(|| Status::not_found(format!("partner {org} not found")))?;
         let started = std::time::Instant::now();
-        let (cert, key) = self
-            .node_identity
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let channel = crate::dial::dial_partner(
-            &partner.endpoint,
-            &partner.org,
-            &partner.ca_pem,
-            &cert,
-            &key,
-        )
-        .await
-        .map_err(|e| {
-            Status::failed_precondition(format!(
-                "cannot reach partner {org} at {}: {e:#}",
-                partner.endpoint
-            ))
-        })?;
+        let channel = self.partner_channel(&partner).await?;
         let who = pb::node_service_client::NodeServiceClient::new(channel)
             .who_am_i(pb::WhoAmIRequest {})
             .await
