@@ -208,17 +208,12 @@ impl NodeState {
             updated.crl_pem = None;
         }
         self.store
-            .remove_partner(&updated.org)
-            .await
-            .map_err(store_status)?;
-        self.store
-            .add_partner(&updated)
+            .set_partner_anchor(&updated)
             .await
             .map_err(store_status)?;
         if let Err(status) = self.reload_partners().await {
-            let _ = self.store.remove_partner(&updated.org).await;
-            let _ = self.store.add_partner(partner).await;
-            let _ = self.reload_partners().await;
+            // Put the previous anchor back; the verifier kept it in force meanwhile.
+            let _ = self.store.set_partner_anchor(partner).await;
             return Err(status);
         }
         tracing::info!(partner = %updated.org, fingerprints = %updated.fingerprint, principal = %p, "partner CA updated");

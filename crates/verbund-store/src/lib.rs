@@ -713,6 +713,20 @@ macro_rules! backend {
                 Ok(())
             }
 
+            pub async fn set_partner_anchor(pool: &$pool, p: &Partner) -> Result<()> {
+                let r = sqlx::query("UPDATE partners SET ca_pem = $1, fingerprint = $2, crl_pem = $3 WHERE org = $4")
+                    .bind(&p.ca_pem)
+                    .bind(&p.fingerprint)
+                    .bind(&p.crl_pem)
+                    .bind(&p.org)
+                    .execute(pool)
+                    .await?;
+                if r.rows_affected() == 0 {
+                    return Err(StoreError::NotFound(format!("partner {}", p.org)));
+                }
+                Ok(())
+            }
+
             pub async fn set_partner_crl(pool: &$pool, org: &str, crl_pem: Option<&str>) -> Result<()> {
                 let r = sqlx::query("UPDATE partners SET crl_pem = $1 WHERE org = $2").bind(crl_pem).bind(org).execute(pool).await?;
                 if r.rows_affected() == 0 {
@@ -1026,6 +1040,11 @@ impl Store {
 
     pub async fn remove_partner(&self, org: &str) -> Result<()> {
         dispatch!(self, remove_partner(org))
+    }
+
+    /// Replaces a partner's pinned CA(s), fingerprint(s) and revocation list in one statement.
+    pub async fn set_partner_anchor(&self, p: &Partner) -> Result<()> {
+        dispatch!(self, set_partner_anchor(p))
     }
 
     /// Stores (or clears) a partner's revocation list.

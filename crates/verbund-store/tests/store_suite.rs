@@ -195,6 +195,22 @@ async fn partner_registry(f: &Fixture) {
         Err(StoreError::NotFound(_))
     ));
     f.store.set_partner_crl("globex", None).await.unwrap();
+    let rolled = verbund_store::Partner {
+        ca_pem: "two CAs".into(),
+        fingerprint: "a,b".into(),
+        ..p.clone()
+    };
+    f.store.set_partner_anchor(&rolled).await.unwrap();
+    assert_eq!(f.store.list_partners().await.unwrap()[0].fingerprint, "a,b");
+    f.store.set_partner_anchor(&p).await.unwrap();
+    let ghost = verbund_store::Partner {
+        org: "nobody".into(),
+        ..p.clone()
+    };
+    assert!(matches!(
+        f.store.set_partner_anchor(&ghost).await,
+        Err(StoreError::NotFound(_))
+    ));
     assert!(matches!(
         f.store.add_partner(&p).await,
         Err(StoreError::AlreadyExists(_))
