@@ -1,6 +1,7 @@
 //! Verbund's pure domain logic: record model, validation, hybrid logical clock, write planning.
 //! No I/O here; everything is deterministic given its inputs.
 
+pub mod access;
 pub mod civil;
 pub mod currency;
 pub mod hlc;

@@ -288,7 +288,7 @@ fn is_valid_url(s: &str) -> bool {
     is_valid_domain(&host.to_ascii_lowercase())
 }
 
-fn is_valid_tag(t: &str) -> bool {
+pub fn is_valid_tag(t: &str) -> bool {
     (1..=50).contains(&t.len())
         && t.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_:.".contains(&b))
