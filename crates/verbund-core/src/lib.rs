@@ -2,6 +2,7 @@
 //! No I/O here; everything is deterministic given its inputs.
 
 pub mod access;
+pub mod audit;
 pub mod civil;
 pub mod currency;
 pub mod hlc;

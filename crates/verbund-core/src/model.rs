@@ -174,6 +174,11 @@ pub enum DomainError {
     FailedPrecondition { field: String, message: String },
     #[error("{kind} {id} not found")]
     NotFound { kind: RecordKind, id: String },
+    /// Something other than a record (a share, a rule) is not there.
+    #[error("{0} not found")]
+    Absent(String),
+    #[error("{0} exists already")]
+    AlreadyExists(String),
 }
 
 impl DomainError {

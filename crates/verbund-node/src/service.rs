@@ -83,7 +83,8 @@ pub fn domain_status(e: DomainError) -> Status {
     match e {
         DomainError::Invalid { .. } => Status::invalid_argument(e.to_string()),
         DomainError::FailedPrecondition { .. } => Status::failed_precondition(e.to_string()),
-        DomainError::NotFound { .. } => Status::not_found(e.to_string()),
+        DomainError::NotFound { .. } | DomainError::Absent(_) => Status::not_found(e.to_string()),
+        DomainError::AlreadyExists(_) => Status::already_exists(e.to_string()),
     }
 }
 

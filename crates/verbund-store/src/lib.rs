@@ -28,6 +28,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 use uuid::Uuid;
+use verbund_core::access::{RuleMatch, Share, ShareRule};
+use verbund_core::audit::{self, AuditDraft, AuditEntry};
 use verbund_core::write::{self, RefCheck, WritePlan};
 use verbund_core::{Change, ChangeOp, DomainError, FieldMap, Hlc, Record, RecordKind, Value};
 
@@ -90,11 +92,48 @@ pub enum WriteOp {
         is_delete: bool,
         plan_fn: PlanFn,
     },
+    /// Nothing but the job's audit entries (reads, denials).
+    AuditOnly,
+    Share(ShareOp),
 }
 
+/// A change to the sharing tables.
+#[derive(Clone, Debug)]
+pub enum ShareOp {
+    Add(Share),
+    Revoke { record_id: Uuid, org: String },
+    AddRule(ShareRule),
+    RemoveRule(Uuid),
+}
+
+/// A write and the audit entries that commit with it (in the same transaction; the entries of
+/// a write that fails are kept with the decision `failed`).
 pub struct WriteJob {
     op: WriteOp,
-    reply: oneshot::Sender<Result<Record>>,
+    audit: Vec<AuditDraft>,
+    reply: oneshot::Sender<Result<Option<Record>>>,
+}
+
+/// The outcome of walking the audit chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditReport {
+    /// Entries found intact, from the first.
+    pub checked: i64,
+    pub head_seq: i64,
+    pub head_hash: String,
+    /// The first break, if any.
+    pub broken: Option<audit::ChainBreak>,
+}
+
+/// Filters of `audit list`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    pub org: Option<String>,
+    pub record_id: Option<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    pub after_seq: i64,
+    pub limit: i64,
 }
 
 /// How many queued writes one transaction commits at most.
@@ -118,6 +157,24 @@ pub struct ListQuery {
     pub show_deleted: bool,
     pub after_id: Option<String>,
     pub limit: i64,
+}
+
+/// Indexed reference columns that sharing follows.
+#[derive(Clone, Copy, Debug)]
+enum RefColumn {
+    AccountId,
+    RelatedId,
+    AssignedOrg,
+}
+
+impl RefColumn {
+    fn sql(self) -> &'static str {
+        match self {
+            RefColumn::AccountId => "account_id",
+            RefColumn::RelatedId => "related_id",
+            RefColumn::AssignedOrg => "assigned_org",
+        }
+    }
 }
 
 /// A full-text search: any of `needles` (already lowercased) as a substring of the search text.
@@ -457,16 +514,21 @@ macro_rules! backend {
             }
 
             /// Runs one write with sequence number `seq`. Ok(record, None): nothing changed.
-            async fn run_op(tx: &mut Tx, op: WriteOp, seq: i64) -> Result<(Record, Option<Change>)> {
+            async fn run_op(tx: &mut Tx, op: WriteOp, seq: i64) -> Result<(Option<Record>, Option<Change>)> {
                 match op {
                     WriteOp::Create(plan_fn) => {
                         let plan = create(tx, plan_fn()?, seq).await?;
-                        Ok((plan.record, Some(plan.change)))
+                        Ok((Some(plan.record), Some(plan.change)))
                     }
                     WriteOp::Modify { kind, id, is_delete, plan_fn } => match modify(tx, kind, id, is_delete, plan_fn, seq).await? {
-                        (_, Some(plan)) => Ok((plan.record, Some(plan.change))),
-                        (current, None) => Ok((current, None)),
+                        (_, Some(plan)) => Ok((Some(plan.record), Some(plan.change))),
+                        (current, None) => Ok((Some(current), None)),
                     },
+                    WriteOp::AuditOnly => Ok((None, None)),
+                    WriteOp::Share(op) => {
+                        share_op(tx, op).await?;
+                        Ok((None, None))
+                    }
                 }
             }
 
@@ -476,17 +538,38 @@ macro_rules! backend {
             /// savepoint. Any database error fails the whole batch (nothing is committed).
             /// Replies go out only after the commit.
             pub async fn write_batch(pool: &$pool, jobs: Vec<WriteJob>, cache: Option<&RecordCache>, commits: &watch::Sender<i64>) {
-                let (ops, replies): (Vec<WriteOp>, Vec<_>) = jobs.into_iter().map(|j| (j.op, j.reply)).unzip();
-                let outcome: Result<(Vec<Result<Record>>, i64)> = async {
+                let mut ops = Vec::with_capacity(jobs.len());
+                let mut replies = Vec::with_capacity(jobs.len());
+                for j in jobs {
+                    ops.push((j.op, j.audit));
+                    replies.push(j.reply);
+                }
+                let outcome: Result<(Vec<Result<Option<Record>>>, i64)> = async {
                     let mut tx = pool.begin_with($begin).await?;
                     let mut seq = lock_seq(&mut tx).await?;
                     let mut results = Vec::with_capacity(ops.len());
                     let mut changes = Vec::new();
-                    for op in ops {
+                    let mut audit_drafts = Vec::new();
+                    for (op, mut drafts) in ops {
                         if $savepoints {
                             sqlx::query("SAVEPOINT verbund_write").execute(&mut *tx).await?;
                         }
-                        match run_op(&mut tx, op, seq + 1).await {
+                        let outcome = run_op(&mut tx, op, seq + 1).await;
+                        match &outcome {
+                            Ok((rec, _)) => {
+                                for d in drafts.iter_mut().filter(|d| d.record_id.is_none()) {
+                                    d.record_id = rec.as_ref().map(|r| r.id.to_string());
+                                }
+                            }
+                            Err(StoreError::Domain(_)) => {
+                                for d in &mut drafts {
+                                    d.decision = "failed".into();
+                                }
+                            }
+                            Err(_) => {}
+                        }
+                        audit_drafts.append(&mut drafts);
+                        match outcome {
                             Ok((rec, Some(mut change))) => {
                                 seq += 1;
                                 change.seq = seq;
@@ -513,6 +596,7 @@ macro_rules! backend {
                         }
                     }
                     append_changes(&mut tx, &changes).await?;
+                    append_audit(&mut tx, audit_drafts).await?;
                     if let Err(e) = tx.commit().await {
                         return Err(StoreError::OutcomeUnknown(e.to_string()));
                     }
@@ -522,7 +606,7 @@ macro_rules! backend {
                 match outcome {
                     Ok((results, last_seq)) => {
                         if let Some(cache) = cache {
-                            cache.committed(results.iter().filter_map(|o| o.as_ref().ok()));
+                            cache.committed(results.iter().filter_map(|o| o.as_ref().ok().and_then(Option::as_ref)));
                         }
                         // Wake change streams whether or not the writers' callers still wait.
                         commits.send_if_modified(|seq| {
@@ -550,6 +634,269 @@ macro_rules! backend {
                         }
                     }
                 }
+            }
+
+            /// Chains the batch's audit drafts after the recorded head and moves the head.
+            async fn append_audit(tx: &mut Tx, drafts: Vec<AuditDraft>) -> Result<()> {
+                if drafts.is_empty() {
+                    return Ok(());
+                }
+                let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1").fetch_one(&mut **tx).await?;
+                let (head_seq, head_hash): (i64, String) = (row.try_get("seq")?, row.try_get("hash")?);
+                let entries = audit::chain(head_seq, &head_hash, drafts);
+                for chunk in entries.chunks(400) {
+                    let mut rows = Vec::with_capacity(chunk.len());
+                    for e in chunk {
+                        rows.push((e, fields_to_json(&e.draft.fields)?));
+                    }
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                        "INSERT INTO audit_log (seq, at_ms, principal, org, action, kind, record_id, fields, decision, reason, prev_hash, hash) ",
+                    );
+                    qb.push_values(rows, |mut b, (e, fields)| {
+                        b.push_bind(e.seq)
+                            .push_bind(e.draft.at_ms)
+                            .push_bind(e.draft.principal.clone())
+                            .push_bind(e.draft.org.clone())
+                            .push_bind(e.draft.action.clone())
+                            .push_bind(e.draft.kind.clone())
+                            .push_bind(e.draft.record_id.clone())
+                            .push_bind(fields)
+                            .push_bind(e.draft.decision.clone())
+                            .push_bind(e.draft.reason.clone())
+                            .push_bind(e.prev_hash.clone())
+                            .push_bind(e.hash.clone());
+                    });
+                    qb.build().execute(&mut **tx).await?;
+                }
+                if let Some(last) = entries.last() {
+                    sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+                        .bind(last.seq)
+                        .bind(&last.hash)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                Ok(())
+            }
+
+            async fn share_op(tx: &mut Tx, op: ShareOp) -> Result<()> {
+                match op {
+                    ShareOp::Add(share) => {
+                        let kind: Option<String> = sqlx::query_scalar("SELECT kind FROM records WHERE id = $1 AND deleted_version IS NULL")
+                            .bind(share.record_id.to_string())
+                            .fetch_optional(&mut **tx)
+                            .await?;
+                        if kind.as_deref() != Some(share.kind.as_str()) {
+                            return Err(DomainError::NotFound { kind: share.kind, id: share.record_id.to_string() }.into());
+                        }
+                        let exists: Option<String> = sqlx::query_scalar("SELECT profile FROM shares WHERE record_id = $1 AND org = $2")
+                            .bind(share.record_id.to_string())
+                            .bind(&share.org)
+                            .fetch_optional(&mut **tx)
+                            .await?;
+                        if let Some(profile) = exists {
+                            return Err(DomainError::AlreadyExists(format!(
+                                "a share of {} {} with {} (profile {profile}; revoke it to change the profile)",
+                                share.kind, share.record_id, share.org
+                            ))
+                            .into());
+                        }
+                        sqlx::query("INSERT INTO shares (id, record_id, kind, org, profile, created_at_ms, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+                            .bind(share.id.to_string())
+                            .bind(share.record_id.to_string())
+                            .bind(share.kind.as_str())
+                            .bind(&share.org)
+                            .bind(&share.profile)
+                            .bind(share.created_at_ms)
+                            .bind(&share.created_by)
+                            .execute(&mut **tx)
+                            .await?;
+                    }
+                    ShareOp::Revoke { record_id, org } => {
+                        let r = sqlx::query("DELETE FROM shares WHERE record_id = $1 AND org = $2")
+                            .bind(record_id.to_string())
+                            .bind(&org)
+                            .execute(&mut **tx)
+                            .await?;
+                        if r.rows_affected() == 0 {
+                            return Err(DomainError::Absent(format!("a share of record {record_id} with {org}")).into());
+                        }
+                    }
+                    ShareOp::AddRule(rule) => {
+                        let exists: Option<String> = sqlx::query_scalar("SELECT id FROM share_rules WHERE org = $1 AND rule = $2")
+                            .bind(&rule.org)
+                            .bind(rule.rule.describe())
+                            .fetch_optional(&mut **tx)
+                            .await?;
+                        if let Some(id) = exists {
+                            return Err(DomainError::AlreadyExists(format!("share rule {id} ({} with {})", rule.rule.describe(), rule.org)).into());
+                        }
+                        sqlx::query("INSERT INTO share_rules (id, org, rule, profile, created_at_ms, created_by) VALUES ($1, $2, $3, $4, $5, $6)")
+                            .bind(rule.id.to_string())
+                            .bind(&rule.org)
+                            .bind(rule.rule.describe())
+                            .bind(&rule.profile)
+                            .bind(rule.created_at_ms)
+                            .bind(&rule.created_by)
+                            .execute(&mut **tx)
+                            .await?;
+                    }
+                    ShareOp::RemoveRule(id) => {
+                        let r = sqlx::query("DELETE FROM share_rules WHERE id = $1").bind(id.to_string()).execute(&mut **tx).await?;
+                        if r.rows_affected() == 0 {
+                            return Err(DomainError::Absent(format!("share rule {id}")).into());
+                        }
+                    }
+                }
+                Ok(())
+            }
+
+            fn share_row(r: &<$db as sqlx::Database>::Row) -> Result<Share> {
+                let id: String = r.try_get("id")?;
+                let record_id: String = r.try_get("record_id")?;
+                let kind: String = r.try_get("kind")?;
+                Ok(Share {
+                    id: Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    record_id: Uuid::parse_str(&record_id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    kind: kind_from_db(&kind)?,
+                    org: r.try_get("org")?,
+                    profile: r.try_get("profile")?,
+                    created_at_ms: r.try_get("created_at_ms")?,
+                    created_by: r.try_get("created_by")?,
+                })
+            }
+
+            pub async fn list_shares(pool: &$pool, org: Option<&str>, record_id: Option<Uuid>) -> Result<Vec<Share>> {
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT id, record_id, kind, org, profile, created_at_ms, created_by FROM shares WHERE 1 = 1");
+                if let Some(org) = org {
+                    qb.push(" AND org = ").push_bind(org.to_string());
+                }
+                if let Some(id) = record_id {
+                    qb.push(" AND record_id = ").push_bind(id.to_string());
+                }
+                qb.push(" ORDER BY id");
+                let rows = qb.build().fetch_all(pool).await?;
+                rows.iter().map(share_row).collect()
+            }
+
+            pub async fn list_share_rules(pool: &$pool, org: Option<&str>) -> Result<Vec<ShareRule>> {
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT id, org, rule, profile, created_at_ms, created_by FROM share_rules WHERE 1 = 1");
+                if let Some(org) = org {
+                    qb.push(" AND org = ").push_bind(org.to_string());
+                }
+                qb.push(" ORDER BY id");
+                let rows = qb.build().fetch_all(pool).await?;
+                rows.iter()
+                    .map(|r| {
+                        let id: String = r.try_get("id")?;
+                        let rule: String = r.try_get("rule")?;
+                        Ok(ShareRule {
+                            id: Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                            org: r.try_get("org")?,
+                            rule: RuleMatch::parse(&rule).ok_or_else(|| StoreError::Corrupt(format!("share rule {rule:?}")))?,
+                            profile: r.try_get("profile")?,
+                            created_at_ms: r.try_get("created_at_ms")?,
+                            created_by: r.try_get("created_by")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            /// Live records whose indexed `column` is one of `ids`; `kind` narrows, `not_kind`
+            /// excludes. The column is chosen by the caller from a fixed set, never from input.
+            async fn live_by_column(pool: &$pool, column: RefColumn, ids: &[String], kind: Option<RecordKind>, not_kind: Option<RecordKind>) -> Result<Vec<Record>> {
+                let mut out = Vec::new();
+                for chunk in ids.chunks(500) {
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT ");
+                    qb.push(RECORD_COLUMNS).push(" FROM records WHERE deleted_version IS NULL AND ").push(column.sql()).push(" IN (");
+                    let mut sep = qb.separated(", ");
+                    for id in chunk {
+                        sep.push_bind(id.clone());
+                    }
+                    qb.push(")");
+                    if let Some(k) = kind {
+                        qb.push(" AND kind = ").push_bind(k.as_str());
+                    }
+                    if let Some(k) = not_kind {
+                        qb.push(" AND kind <> ").push_bind(k.as_str());
+                    }
+                    let rows = qb.build().fetch_all(pool).await?;
+                    for r in &rows {
+                        out.push(record_row(r)?.into_record()?);
+                    }
+                }
+                Ok(out)
+            }
+
+            pub async fn records_of_accounts(pool: &$pool, ids: &[String]) -> Result<Vec<Record>> {
+                live_by_column(pool, RefColumn::AccountId, ids, None, Some(RecordKind::Account)).await
+            }
+
+            pub async fn activities_related_to(pool: &$pool, ids: &[String]) -> Result<Vec<Record>> {
+                live_by_column(pool, RefColumn::RelatedId, ids, Some(RecordKind::Activity), None).await
+            }
+
+            pub async fn cases_assigned_to(pool: &$pool, org: &str) -> Result<Vec<Record>> {
+                live_by_column(pool, RefColumn::AssignedOrg, &[org.to_string()], Some(RecordKind::ServiceCase), None).await
+            }
+
+            /// Live accounts whose stored fields mention `"tag"`: a superset of the accounts
+            /// carrying the tag, which the caller narrows with the share rule itself.
+            pub async fn accounts_mentioning(pool: &$pool, tag: &str) -> Result<Vec<Record>> {
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT ");
+                qb.push(RECORD_COLUMNS)
+                    .push(" FROM records WHERE deleted_version IS NULL AND kind = 'account' AND fields LIKE ")
+                    .push_bind(like_pattern(&format!("\"{tag}\"")))
+                    .push(" ESCAPE '\\'");
+                let rows = qb.build().fetch_all(pool).await?;
+                rows.iter().map(|r| record_row(r)?.into_record()).collect()
+            }
+
+            pub async fn list_audit(pool: &$pool, q: &AuditQuery) -> Result<Vec<AuditEntry>> {
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                    "SELECT seq, at_ms, principal, org, action, kind, record_id, fields, decision, reason, prev_hash, hash FROM audit_log WHERE seq > ",
+                );
+                qb.push_bind(q.after_seq);
+                if let Some(org) = &q.org {
+                    qb.push(" AND org = ").push_bind(org.clone());
+                }
+                if let Some(id) = &q.record_id {
+                    qb.push(" AND record_id = ").push_bind(id.clone());
+                }
+                if let Some(t) = q.since_ms {
+                    qb.push(" AND at_ms >= ").push_bind(t);
+                }
+                if let Some(t) = q.until_ms {
+                    qb.push(" AND at_ms < ").push_bind(t);
+                }
+                qb.push(" ORDER BY seq LIMIT ").push_bind(q.limit);
+                let rows = qb.build().fetch_all(pool).await?;
+                rows.iter()
+                    .map(|r| {
+                        let fields: String = r.try_get("fields")?;
+                        Ok(AuditEntry {
+                            seq: r.try_get("seq")?,
+                            draft: AuditDraft {
+                                at_ms: r.try_get("at_ms")?,
+                                principal: r.try_get("principal")?,
+                                org: r.try_get("org")?,
+                                action: r.try_get("action")?,
+                                kind: r.try_get("kind")?,
+                                record_id: r.try_get("record_id")?,
+                                // A mangled list stays visible to verification as a mismatch.
+                                fields: serde_json::from_str(&fields).unwrap_or_else(|_| vec![fields.clone()]),
+                                decision: r.try_get("decision")?,
+                                reason: r.try_get("reason")?,
+                            },
+                            prev_hash: r.try_get("prev_hash")?,
+                            hash: r.try_get("hash")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            pub async fn audit_head(pool: &$pool) -> Result<(i64, String)> {
+                let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1").fetch_one(pool).await?;
+                Ok((row.try_get("seq")?, row.try_get("hash")?))
             }
 
             pub async fn get(pool: &$pool, id: Uuid) -> Result<Option<Record>> {
@@ -918,13 +1265,120 @@ impl Store {
         }
     }
 
-    async fn submit(&self, op: WriteOp) -> Result<Record> {
+    async fn submit_with_audit(
+        &self,
+        op: WriteOp,
+        audit: Vec<AuditDraft>,
+    ) -> Result<Option<Record>> {
         let (reply, rx) = oneshot::channel();
         self.writes
-            .send(WriteJob { op, reply })
+            .send(WriteJob { op, audit, reply })
             .await
             .map_err(|_| StoreError::WriterStopped)?;
         rx.await.map_err(|_| StoreError::WriterStopped)?
+    }
+
+    async fn submit(&self, op: WriteOp, audit: Vec<AuditDraft>) -> Result<Record> {
+        self.submit_with_audit(op, audit)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("a record write returned no record".into()))
+    }
+
+    /// Appends audit entries (reads, denials); returns once they are committed.
+    pub async fn audit(&self, drafts: Vec<AuditDraft>) -> Result<()> {
+        if drafts.is_empty() {
+            return Ok(());
+        }
+        self.submit_with_audit(WriteOp::AuditOnly, drafts)
+            .await
+            .map(|_| ())
+    }
+
+    /// Changes the sharing tables, with its audit entry in the same transaction.
+    pub async fn share(&self, op: ShareOp, audit: AuditDraft) -> Result<()> {
+        self.submit_with_audit(WriteOp::Share(op), vec![audit])
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn list_shares(
+        &self,
+        org: Option<&str>,
+        record_id: Option<Uuid>,
+    ) -> Result<Vec<Share>> {
+        dispatch!(self, list_shares(org, record_id))
+    }
+
+    pub async fn list_share_rules(&self, org: Option<&str>) -> Result<Vec<ShareRule>> {
+        dispatch!(self, list_share_rules(org))
+    }
+
+    /// Live records (other than accounts) whose account is one of `account_ids`.
+    pub async fn records_of_accounts(&self, account_ids: &[String]) -> Result<Vec<Record>> {
+        dispatch!(self, records_of_accounts(account_ids))
+    }
+
+    /// Live activities related to one of `ids`.
+    pub async fn activities_related_to(&self, ids: &[String]) -> Result<Vec<Record>> {
+        dispatch!(self, activities_related_to(ids))
+    }
+
+    /// Live service cases assigned to `org`.
+    pub async fn cases_assigned_to(&self, org: &str) -> Result<Vec<Record>> {
+        dispatch!(self, cases_assigned_to(org))
+    }
+
+    /// Live accounts that may carry `tag` (a superset; check the tags themselves).
+    pub async fn accounts_mentioning(&self, tag: &str) -> Result<Vec<Record>> {
+        dispatch!(self, accounts_mentioning(tag))
+    }
+
+    pub async fn list_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>> {
+        dispatch!(self, list_audit(q))
+    }
+
+    /// Walks the whole audit chain and compares its end with the recorded head.
+    pub async fn verify_audit(&self) -> Result<AuditReport> {
+        let mut verifier = audit::ChainVerifier::default();
+        let mut after_seq = 0;
+        // Read the head first: entries appended while we walk only extend the chain.
+        let (head_seq, head_hash) = self.audit_head().await?;
+        loop {
+            let page = self
+                .list_audit(&AuditQuery {
+                    after_seq,
+                    limit: 1000,
+                    ..Default::default()
+                })
+                .await?;
+            let Some(last) = page.last() else { break };
+            after_seq = last.seq;
+            for e in page.iter().take_while(|e| e.seq <= head_seq) {
+                if let Err(b) = verifier.check(e) {
+                    return Ok(AuditReport {
+                        checked: verifier.checked(),
+                        head_seq,
+                        head_hash,
+                        broken: Some(b),
+                    });
+                }
+            }
+            if after_seq >= head_seq {
+                break;
+            }
+        }
+        let broken = verifier.finish(head_seq, &head_hash).err();
+        Ok(AuditReport {
+            checked: verifier.checked(),
+            head_seq,
+            head_hash,
+            broken,
+        })
+    }
+
+    /// The newest audit entry's sequence number and hash (0 and the genesis hash if none).
+    pub async fn audit_head(&self) -> Result<(i64, String)> {
+        dispatch!(self, audit_head())
     }
 
     /// Stores a new record planned by [`verbund_core::write::plan_create`].
@@ -938,7 +1392,15 @@ impl Store {
     where
         F: FnOnce() -> Result<WritePlan, DomainError> + Send + 'static,
     {
-        self.submit(WriteOp::Create(Box::new(plan_fn))).await
+        self.create_audited(plan_fn, Vec::new()).await
+    }
+
+    /// `create_with`, committing `audit` with the record (the record id is filled in).
+    pub async fn create_audited<F>(&self, plan_fn: F, audit: Vec<AuditDraft>) -> Result<Record>
+    where
+        F: FnOnce() -> Result<WritePlan, DomainError> + Send + 'static,
+    {
+        self.submit(WriteOp::Create(Box::new(plan_fn)), audit).await
     }
 
     /// Follows the latest committed change sequence.
@@ -953,12 +1415,29 @@ impl Store {
     where
         F: FnOnce(&Record) -> Result<Option<WritePlan>, DomainError> + Send + 'static,
     {
-        self.submit(WriteOp::Modify {
-            kind,
-            id,
-            is_delete: false,
-            plan_fn: Box::new(plan_fn),
-        })
+        self.update_audited(kind, id, plan_fn, Vec::new()).await
+    }
+
+    /// `update`, committing `audit` with the change.
+    pub async fn update_audited<F>(
+        &self,
+        kind: RecordKind,
+        id: Uuid,
+        plan_fn: F,
+        audit: Vec<AuditDraft>,
+    ) -> Result<Record>
+    where
+        F: FnOnce(&Record) -> Result<Option<WritePlan>, DomainError> + Send + 'static,
+    {
+        self.submit(
+            WriteOp::Modify {
+                kind,
+                id,
+                is_delete: false,
+                plan_fn: Box::new(plan_fn),
+            },
+            audit,
+        )
         .await
     }
 
@@ -967,12 +1446,15 @@ impl Store {
     where
         F: FnOnce(&Record) -> Result<WritePlan, DomainError> + Send + 'static,
     {
-        self.submit(WriteOp::Modify {
-            kind,
-            id,
-            is_delete: true,
-            plan_fn: Box::new(move |r: &Record| plan_fn(r).map(Some)),
-        })
+        self.submit(
+            WriteOp::Modify {
+                kind,
+                id,
+                is_delete: true,
+                plan_fn: Box::new(move |r: &Record| plan_fn(r).map(Some)),
+            },
+            Vec::new(),
+        )
         .await
     }
 

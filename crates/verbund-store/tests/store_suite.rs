@@ -9,9 +9,11 @@ use std::str::FromStr;
 
 use sqlx::postgres::PgConnectOptions;
 use uuid::Uuid;
+use verbund_core::access::{RuleMatch, Share, ShareRule};
+use verbund_core::audit::{self, AuditDraft};
 use verbund_core::write::{plan_create, plan_delete, plan_update};
 use verbund_core::{DomainError, FieldMap, Hlc, HlcClock, RecordKind, Value};
-use verbund_store::{ListQuery, SearchQuery, Store, StoreError};
+use verbund_store::{AuditQuery, ListQuery, SearchQuery, ShareOp, Store, StoreError};
 
 const PG_ENV: &str = "VERBUND_TEST_POSTGRES_URL";
 
@@ -172,7 +174,330 @@ on_both!(
     activity_rolls_up_to_account,
     failed_writes_in_a_batch_fail_alone,
     partner_registry,
+    shares_and_rules,
+    audit_chain_detects_tampering,
 );
+
+impl Fixture {
+    /// Runs raw SQL against the database behind the store, as an intruder would.
+    async fn tamper(&self, sql: &'static str) {
+        if let Some((url, schema)) = &self.pg_schema {
+            let opts = PgConnectOptions::from_str(url)
+                .unwrap()
+                .options([("search_path", schema.as_str())]);
+            let pool = sqlx::PgPool::connect_with(opts).await.unwrap();
+            sqlx::query(sql).execute(&pool).await.unwrap();
+            pool.close().await;
+        } else {
+            let path = self._dir.as_ref().unwrap().path().join("verbund.db");
+            let pool = sqlx::SqlitePool::connect_with(
+                sqlx::sqlite::SqliteConnectOptions::new().filename(path),
+            )
+            .await
+            .unwrap();
+            sqlx::query(sql).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+    }
+}
+
+fn share_of(r: &verbund_core::Record, org: &str, profile: &str) -> Share {
+    Share {
+        id: Uuid::now_v7(),
+        record_id: r.id,
+        kind: r.kind,
+        org: org.into(),
+        profile: profile.into(),
+        created_at_ms: 5,
+        created_by: "verbund://acme/user/admin".into(),
+    }
+}
+
+fn draft(action: &str, record: Option<String>) -> AuditDraft {
+    AuditDraft {
+        at_ms: 7,
+        principal: "verbund://acme/user/admin".into(),
+        org: "acme".into(),
+        action: action.into(),
+        kind: Some("account".into()),
+        record_id: record,
+        fields: vec![],
+        decision: "allow".into(),
+        reason: "test".into(),
+    }
+}
+
+async fn shares_and_rules(f: &Fixture) {
+    let acc = f
+        .create(
+            RecordKind::Account,
+            &[
+                ("name", t("Kunde")),
+                ("tags", Value::List(vec!["group".into()])),
+            ],
+        )
+        .await
+        .unwrap();
+    let other = f
+        .create(RecordKind::Account, &[("name", t("group"))])
+        .await
+        .unwrap();
+    let contact = f
+        .create(
+            RecordKind::Contact,
+            &[
+                ("last_name", t("Weber")),
+                ("account_id", t(&acc.id.to_string())),
+            ],
+        )
+        .await
+        .unwrap();
+    let case = f
+        .create(
+            RecordKind::ServiceCase,
+            &[
+                ("subject", t("Pumpe")),
+                ("assigned_org", t("fixit")),
+                ("account_id", t(&other.id.to_string())),
+            ],
+        )
+        .await
+        .unwrap();
+    let share = share_of(&acc, "globex", "partner-account");
+    f.store
+        .share(
+            ShareOp::Add(share.clone()),
+            draft("share", Some(acc.id.to_string())),
+        )
+        .await
+        .unwrap();
+    // Once per record and organization; the kind must match; the record must exist.
+    let again = f
+        .store
+        .share(
+            ShareOp::Add(share_of(&acc, "globex", "joint-deal")),
+            draft("share", None),
+        )
+        .await;
+    assert!(
+        matches!(
+            again,
+            Err(StoreError::Domain(DomainError::AlreadyExists(_)))
+        ),
+        "{again:?}"
+    );
+    let mut wrong_kind = share_of(&acc, "initech", "x");
+    wrong_kind.kind = RecordKind::Contact;
+    assert!(matches!(
+        f.store
+            .share(ShareOp::Add(wrong_kind), draft("share", None))
+            .await,
+        Err(StoreError::Domain(DomainError::NotFound { .. }))
+    ));
+    assert_eq!(
+        f.store.list_shares(Some("globex"), None).await.unwrap(),
+        vec![share.clone()]
+    );
+    assert_eq!(
+        f.store.list_shares(None, Some(acc.id)).await.unwrap(),
+        vec![share]
+    );
+    assert!(
+        f.store
+            .list_shares(Some("initech"), None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let rule = ShareRule {
+        id: Uuid::now_v7(),
+        org: "holding".into(),
+        rule: RuleMatch::AccountTag("group".into()),
+        profile: "group".into(),
+        created_at_ms: 5,
+        created_by: "verbund://acme/user/admin".into(),
+    };
+    f.store
+        .share(ShareOp::AddRule(rule.clone()), draft("rule-add", None))
+        .await
+        .unwrap();
+    assert_eq!(
+        f.store.list_share_rules(Some("holding")).await.unwrap(),
+        vec![rule.clone()]
+    );
+    // The tag query over-fetches (the account named "group"); the rule narrows.
+    let mentioning = f.store.accounts_mentioning("group").await.unwrap();
+    assert!(mentioning.iter().any(|r| r.id == acc.id));
+    let tagged: Vec<_> = mentioning
+        .iter()
+        .filter(|r| rule.rule.matches(r, "holding"))
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(tagged, vec![acc.id]);
+    assert!(!tagged.contains(&other.id));
+    let children = f
+        .store
+        .records_of_accounts(&[acc.id.to_string()])
+        .await
+        .unwrap();
+    assert_eq!(
+        children.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![contact.id]
+    );
+    let cases = f.store.cases_assigned_to("fixit").await.unwrap();
+    assert_eq!(
+        cases.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![case.id]
+    );
+    assert!(
+        f.store
+            .cases_assigned_to("repairco")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    f.store
+        .share(
+            ShareOp::Revoke {
+                record_id: acc.id,
+                org: "globex".into(),
+            },
+            draft("revoke", None),
+        )
+        .await
+        .unwrap();
+    assert!(
+        f.store
+            .list_shares(Some("globex"), None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(matches!(
+        f.store
+            .share(
+                ShareOp::Revoke {
+                    record_id: acc.id,
+                    org: "globex".into()
+                },
+                draft("revoke", None)
+            )
+            .await,
+        Err(StoreError::Domain(DomainError::Absent(_)))
+    ));
+    f.store
+        .share(ShareOp::RemoveRule(rule.id), draft("rule-remove", None))
+        .await
+        .unwrap();
+    assert!(f.store.list_share_rules(None).await.unwrap().is_empty());
+    // Every share change was audited, the failed ones as failed.
+    let log = f
+        .store
+        .list_audit(&AuditQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let decisions: Vec<(&str, &str)> = log
+        .iter()
+        .map(|e| (e.draft.action.as_str(), e.draft.decision.as_str()))
+        .collect();
+    assert_eq!(
+        decisions,
+        vec![
+            ("share", "allow"),
+            ("share", "failed"),
+            ("share", "failed"),
+            ("rule-add", "allow"),
+            ("revoke", "allow"),
+            ("revoke", "failed"),
+            ("rule-remove", "allow"),
+        ]
+    );
+    assert_eq!(f.store.verify_audit().await.unwrap().broken, None);
+}
+
+async fn audit_chain_detects_tampering(f: &Fixture) {
+    assert_eq!(f.store.verify_audit().await.unwrap().checked, 0);
+    for i in 0..5 {
+        f.store
+            .audit(vec![
+                draft("read", Some(format!("r{i}"))),
+                draft("list", None),
+            ])
+            .await
+            .unwrap();
+    }
+    let acc = f
+        .store
+        .create_audited(
+            move || {
+                plan_create(
+                    RecordKind::Account,
+                    Uuid::now_v7(),
+                    "acme",
+                    fm(&[("name", t("X"))]),
+                    Hlc::new(1, 0, "acme/n1"),
+                    1,
+                )
+            },
+            vec![draft("create", None)],
+        )
+        .await
+        .unwrap();
+    let log = f
+        .store
+        .list_audit(&AuditQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(log.len(), 11);
+    assert_eq!(
+        log[10].draft.record_id,
+        Some(acc.id.to_string()),
+        "creates get their id"
+    );
+    let filtered = f
+        .store
+        .list_audit(&AuditQuery {
+            record_id: Some("r3".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(filtered.len(), 1);
+    let report = f.store.verify_audit().await.unwrap();
+    assert_eq!((report.checked, report.broken), (11, None));
+
+    f.tamper("UPDATE audit_log SET decision = 'deny' WHERE seq = 4")
+        .await;
+    assert!(matches!(
+        f.store.verify_audit().await.unwrap().broken,
+        Some(audit::ChainBreak::Content { seq: 4 })
+    ));
+    f.tamper("UPDATE audit_log SET decision = 'allow' WHERE seq = 4")
+        .await;
+    assert_eq!(f.store.verify_audit().await.unwrap().broken, None);
+    f.tamper("DELETE FROM audit_log WHERE seq = 11").await;
+    assert!(matches!(
+        f.store.verify_audit().await.unwrap().broken,
+        Some(audit::ChainBreak::Head { .. })
+    ));
+    f.tamper("DELETE FROM audit_log WHERE seq = 6").await;
+    assert!(matches!(
+        f.store.verify_audit().await.unwrap().broken,
+        Some(audit::ChainBreak::Gap {
+            seq: 7,
+            expected: 6
+        })
+    ));
+}
 
 async fn partner_registry(f: &Fixture) {
     let p = verbund_store::Partner {
