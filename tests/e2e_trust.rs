@@ -325,7 +325,7 @@ async fn a_partner_principal_sees_nothing_and_may_write_nothing() {
         .unwrap()
         .into_inner();
     assert!(hits.results.is_empty());
-    // Writes: PERMISSION_DENIED.
+    // Creates and deletes: PERMISSION_DENIED; updates of unshared records: NOT_FOUND.
     let e = a
         .create_account(pb::CreateAccountRequest {
             account: Some(pb::Account {
@@ -349,7 +349,8 @@ async fn a_partner_principal_sees_nothing_and_may_write_nothing() {
         })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::PermissionDenied);
+    // An update of a record not shared with the caller: as if the record did not exist.
+    assert_eq!(e.code(), Code::NotFound);
     assert_eq!(
         c.delete_contact(pb::DeleteRecordRequest {
             id: contact_id.clone()
@@ -438,8 +439,15 @@ async fn a_partner_principal_sees_nothing_and_may_write_nothing() {
             .map(|_| ()),
         x_acts.delete_activity(del(&ids[5])).await.map(|_| ()),
     ];
+    // Updates (even) writes: NOT_FOUND, as if the record did not exist; deletes (odd):
+    // PERMISSION_DENIED, which partners get for every delete, shared or not.
     for (i, r) in writes.into_iter().enumerate() {
-        assert_eq!(r.unwrap_err().code(), Code::PermissionDenied, "write #{i}");
+        let expected = if i % 2 == 0 {
+            Code::NotFound
+        } else {
+            Code::PermissionDenied
+        };
+        assert_eq!(r.unwrap_err().code(), expected, "write #{i}");
     }
     // Administration is for acme only.
     let e = pb::admin_service_client::AdminServiceClient::new(ch)

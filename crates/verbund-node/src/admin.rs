@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 use verbund_proto::v1 as pb;
 use verbund_store::Partner;
 
-use crate::auth::{self, Action};
+use crate::auth;
 use crate::convert::{invalid, ms_to_timestamp};
 use crate::pki;
 use crate::service::{Api, NodeState, store_status};
@@ -79,7 +79,7 @@ impl NodeState {
         p: &crate::identity::Principal,
         req: pb::AddPartnerRequest,
     ) -> Result<pb::Partner, Status> {
-        auth::authorize(p, &self.org, Action::Administer, None)?;
+        self.administer(p, "add partner").await?;
         if !verbund_core::schema::is_valid_org_id(&req.org) {
             return Err(invalid(
                 "org",
@@ -137,7 +137,7 @@ impl NodeState {
         &self,
         p: &crate::identity::Principal,
     ) -> Result<pb::ListPartnersResponse, Status> {
-        auth::authorize(p, &self.org, Action::Administer, None)?;
+        self.administer(p, "list partners").await?;
         let partners = self.store.list_partners().await.map_err(store_status)?;
         Ok(pb::ListPartnersResponse {
             partners: partners.iter().map(to_pb).collect(),
@@ -149,7 +149,7 @@ impl NodeState {
         p: &crate::identity::Principal,
         org: &str,
     ) -> Result<pb::RemovePartnerResponse, Status> {
-        auth::authorize(p, &self.org, Action::Administer, None)?;
+        self.administer(p, "remove partner").await?;
         if org.is_empty() {
             return Err(invalid("org", "is required"));
         }
@@ -169,7 +169,7 @@ impl NodeState {
         p: &crate::identity::Principal,
         req: pb::UpdatePartnerCaRequest,
     ) -> Result<pb::Partner, Status> {
-        auth::authorize(p, &self.org, Action::Administer, None)?;
+        self.administer(p, "update partner ca").await?;
         let partners = self.store.list_partners().await.map_err(store_status)?;
         let partner = partners
             .iter()
@@ -228,7 +228,7 @@ impl NodeState {
         org: &str,
         crl_pem: &str,
     ) -> Result<pb::Partner, Status> {
-        auth::authorize(p, &self.org, Action::Administer, None)?;
+        self.administer(p, "load partner crl").await?;
         let partners = self.store.list_partners().await.map_err(store_status)?;
         let partner = partners
             .iter()
@@ -314,7 +314,7 @@ impl NodeState {
         p: &crate::identity::Principal,
         org: &str,
     ) -> Result<pb::PingPartnerResponse, Status> {
-        auth::authorize(p, &self.org, Action::Administer, None)?;
+        self.administer(p, "ping partner").await?;
         let partner = self
             .store
             .list_partners()

@@ -1,69 +1,30 @@
-//! The one authorization function every handler passes through.
+//! The one enforcement point. Every RPC of every service (client, admin, and the federation
+//! API) asks here what the caller may see and do, record by record and field by field:
 //!
-//! Today: members of the node's own organization may do everything; any other organization
-//! sees nothing (reads of a record are NOT_FOUND, lists are empty) and may write nothing.
-//! Later layers (partner shares, casbin policy) extend `authorize`, never the handlers.
+//! - the class level comes from the casbin policy (`verbund_policy`): which fields of which
+//!   kind a role may read or write, and under which condition;
+//! - the record level, for principals of other organizations, comes from shares and share
+//!   rules in the store (`verbund_core::access::reach`), read fresh on every call, so a revoke
+//!   applies to the very next call;
+//! - a foreign caller sees the intersection of its role's fields and its share profiles'
+//!   fields; a record it reaches with no readable field does not exist for it (NOT_FOUND).
+//!
+//! Hard rules, whatever the policy says: only the own organization administers the node or
+//! deletes records, and only it writes the fields that decide who sees a record.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use tonic::{Request, Status};
-use verbund_core::RecordKind;
+use uuid::Uuid;
+use verbund_core::access::{self, Grant, GrantSource, Reach};
+use verbund_core::audit::AuditDraft;
+use verbund_core::{Record, RecordKind};
+use verbund_policy::{Act, Policy, Subject};
 
 use crate::identity::Principal;
+use crate::service::{NodeState, now_ms, store_status};
 use crate::tls::ConnInfo;
-
-/// What a caller wants to do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    Read,
-    Create,
-    Update,
-    Delete,
-    /// List, search and watch: reads of many records.
-    Enumerate,
-    /// Node administration (partners, certificates): own organization only.
-    Administer,
-}
-
-impl Action {
-    /// Actions a caller who may not do them is refused outright (PERMISSION_DENIED) rather
-    /// than shown nothing.
-    pub fn is_write(self) -> bool {
-        matches!(
-            self,
-            Action::Create | Action::Update | Action::Delete | Action::Administer
-        )
-    }
-}
-
-/// Which records a permitted call may touch.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Scope {
-    /// Every record of the kind.
-    All,
-    /// None: reads see nothing, as if the records did not exist.
-    Nothing,
-}
-
-/// The decision for `principal` doing `action` on records of `kind` on the node of `node_org`.
-/// Writes that are not allowed fail with PERMISSION_DENIED; reads are never refused outright,
-/// they get a scope that hides what the caller may not see (so a foreign caller cannot tell
-/// an unshared record from a missing one).
-pub fn authorize(
-    principal: &Principal,
-    node_org: &str,
-    action: Action,
-    kind: Option<RecordKind>,
-) -> Result<Scope, Status> {
-    if principal.org == node_org {
-        return Ok(Scope::All);
-    }
-    if action.is_write() {
-        let what = kind.map_or("records", |k| k.as_str());
-        return Err(Status::permission_denied(
-            format!("{principal} may not {action:?} {what} on this node").to_lowercase(),
-        ));
-    }
-    Ok(Scope::Nothing)
-}
 
 /// The principal of a request, established at the TLS handshake.
 pub fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {
@@ -73,39 +34,365 @@ pub fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {
         .ok_or_else(|| Status::unauthenticated("no verified client certificate on this connection"))
 }
 
+pub fn subject(p: &Principal) -> Subject {
+    Subject::principal(p.uri(), p.org.clone())
+}
+
+/// What one principal may do with one record.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordAccess {
+    pub readable: BTreeSet<String>,
+    pub writable: BTreeSet<String>,
+    /// May add activities to this record (a foreign caller needs a share that allows it).
+    pub may_add_activity: bool,
+    /// The grants behind a foreign caller's access (empty for the own organization).
+    pub grants: Vec<Grant>,
+}
+
+impl RecordAccess {
+    pub fn visible(&self) -> bool {
+        !self.readable.is_empty()
+    }
+}
+
+/// Everything a foreign organization reaches, with the records themselves.
+pub struct Reached {
+    pub grants: Reach,
+    pub records: HashMap<Uuid, Record>,
+}
+
+fn assigned_to(rec: &Record, org: &str) -> bool {
+    rec.text("assigned_org") == Some(org)
+}
+
+/// Fields of `kind` that `subject` may `act` on, intersected over the profiles of `grants`
+/// and united across grants. `assigned` is the record's condition attribute.
+fn shared_fields(
+    policy: &Policy,
+    subject: &Subject,
+    kind: RecordKind,
+    act: Act,
+    assigned: bool,
+    grants: &[Grant],
+) -> BTreeSet<String> {
+    let own = policy.fields(subject, kind, act, assigned);
+    let mut out = BTreeSet::new();
+    for g in grants {
+        let profile = policy.fields(&Subject::profile(&g.profile), kind, act, false);
+        out.extend(own.intersection(&profile).cloned());
+    }
+    out
+}
+
+/// The access of principal `p` to `rec` on a node of `node_org`, given the grants through
+/// which its organization reaches the record (ignored for the own organization).
+pub fn record_access(
+    policy: &Policy,
+    node_org: &str,
+    p: &Principal,
+    rec: &Record,
+    grants: &[Grant],
+) -> RecordAccess {
+    let s = subject(p);
+    let assigned = assigned_to(rec, &p.org);
+    if rec.is_deleted() && p.org != node_org {
+        return RecordAccess::default();
+    }
+    if p.org == node_org {
+        return RecordAccess {
+            readable: (*policy.fields(&s, rec.kind, Act::Read, assigned)).clone(),
+            writable: (*policy.fields(&s, rec.kind, Act::Write, assigned)).clone(),
+            may_add_activity: !policy
+                .fields(&s, RecordKind::Activity, Act::Create, false)
+                .is_empty(),
+            grants: Vec::new(),
+        };
+    }
+    let readable = shared_fields(policy, &s, rec.kind, Act::Read, assigned, grants);
+    let mut writable = shared_fields(policy, &s, rec.kind, Act::Write, assigned, grants);
+    writable.retain(|f| !access::controls_access(f));
+    // A record reached only as a reference carries nothing further.
+    let anchors: Vec<Grant> = grants
+        .iter()
+        .filter(|g| !matches!(g.source, GrantSource::Reference(_)))
+        .cloned()
+        .collect();
+    let may_add_activity = !readable.is_empty()
+        && !policy
+            .fields(&s, RecordKind::Activity, Act::Create, false)
+            .is_empty()
+        && anchors.iter().any(|g| {
+            !policy
+                .fields(
+                    &Subject::profile(&g.profile),
+                    RecordKind::Activity,
+                    Act::Create,
+                    false,
+                )
+                .is_empty()
+        });
+    RecordAccess {
+        readable,
+        writable,
+        may_add_activity,
+        grants: grants.to_vec(),
+    }
+}
+
+/// A short, value-free description of why access was granted.
+pub fn reason_of(a: &RecordAccess) -> String {
+    if a.grants.is_empty() {
+        return "own organization (policy)".into();
+    }
+    a.grants
+        .iter()
+        .map(|g| format!("{} (profile {})", g.source, g.profile))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl NodeState {
+    pub fn is_own(&self, p: &Principal) -> bool {
+        p.org == self.org
+    }
+
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.current()
+    }
+
+    /// An audit entry about `p` (values never go in).
+    pub fn audit_draft(
+        p: &Principal,
+        action: &str,
+        kind: Option<RecordKind>,
+        record_id: Option<String>,
+        fields: Vec<String>,
+        decision: &str,
+        reason: impl Into<String>,
+    ) -> AuditDraft {
+        AuditDraft {
+            at_ms: now_ms(),
+            principal: p.uri(),
+            org: p.org.clone(),
+            action: action.to_string(),
+            kind: kind.map(|k| k.as_str().to_string()),
+            record_id,
+            fields,
+            decision: decision.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Writes audit entries; if they cannot be written the call fails (nothing is served that
+    /// is not on record).
+    pub async fn audit(&self, drafts: Vec<AuditDraft>) -> Result<(), Status> {
+        self.store.audit(drafts).await.map_err(|e| {
+            tracing::error!(error = %e, "audit entries could not be written; refusing the call");
+            Status::unavailable("the audit log cannot be written right now; try again")
+        })
+    }
+
+    /// Records a denial and returns the status to send.
+    pub async fn deny(&self, draft: AuditDraft, status: Status) -> Status {
+        if let Err(e) = self.audit(vec![draft]).await {
+            return e;
+        }
+        status
+    }
+
+    /// Node administration: the own organization's principals with the administer right.
+    pub async fn administer(&self, p: &Principal, what: &str) -> Result<(), Status> {
+        if self.is_own(p) && self.policy().may_administer(&subject(p)) {
+            return Ok(());
+        }
+        let draft = Self::audit_draft(
+            p,
+            "administer",
+            None,
+            None,
+            Vec::new(),
+            "deny",
+            format!("{what}: no administer right"),
+        );
+        Err(self
+            .deny(
+                draft,
+                Status::permission_denied(format!("{p} may not administer this node ({what})")),
+            )
+            .await)
+    }
+
+    /// Every record `org` reaches through shares and share rules, read fresh from the store.
+    pub async fn reach_of(&self, org: &str) -> Result<Reached, Status> {
+        let store = &self.store;
+        let shares = store
+            .list_shares(Some(org), None)
+            .await
+            .map_err(store_status)?;
+        let rules = store
+            .list_share_rules(Some(org))
+            .await
+            .map_err(store_status)?;
+        let ids: Vec<Uuid> = shares.iter().map(|s| s.record_id).collect();
+        let mut direct = store.get_many(&ids).await.map_err(store_status)?;
+        for rule in &rules {
+            let found = match &rule.rule {
+                access::RuleMatch::CaseAssigned => store.cases_assigned_to(org).await,
+                access::RuleMatch::AccountTag(tag) => store.accounts_mentioning(tag).await,
+            };
+            direct.extend(found.map_err(store_status)?);
+        }
+        let directly_shared: Vec<&Record> = direct
+            .iter()
+            .filter(|r| !access::direct_grants(r, org, &shares, &rules).is_empty())
+            .collect();
+        let accounts: Vec<String> = directly_shared
+            .iter()
+            .filter(|r| r.kind == RecordKind::Account)
+            .map(|r| r.id.to_string())
+            .collect();
+        let mut children = store
+            .records_of_accounts(&accounts)
+            .await
+            .map_err(store_status)?;
+        let parents: Vec<String> = directly_shared
+            .iter()
+            .map(|r| r.id.to_string())
+            .chain(children.iter().map(|r| r.id.to_string()))
+            .collect();
+        children.extend(
+            store
+                .activities_related_to(&parents)
+                .await
+                .map_err(store_status)?,
+        );
+        let targets: Vec<Uuid> = directly_shared
+            .iter()
+            .flat_map(|r| access::reference_targets(r))
+            .collect();
+        let referenced = store.get_many(&targets).await.map_err(store_status)?;
+        let grants = access::reach(org, &shares, &rules, &direct, &children, &referenced);
+        let records = direct
+            .into_iter()
+            .chain(children)
+            .chain(referenced)
+            .filter(|r| grants.contains_key(&r.id))
+            .map(|r| (r.id, r))
+            .collect();
+        Ok(Reached { grants, records })
+    }
+
+    /// The access of `p` to a stored record (reading the reach for a foreign caller).
+    pub async fn access_to(&self, p: &Principal, rec: &Record) -> Result<RecordAccess, Status> {
+        let policy = self.policy();
+        if self.is_own(p) {
+            return Ok(record_access(&policy, &self.org, p, rec, &[]));
+        }
+        let reached = self.reach_of(&p.org).await?;
+        let grants = reached.grants.get(&rec.id).cloned().unwrap_or_default();
+        Ok(record_access(&policy, &self.org, p, rec, &grants))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::identity::PrincipalKind;
+    use verbund_core::{Hlc, Value};
 
-    fn p(org: &str) -> Principal {
+    const MODEL: &str = include_str!("../../../policies/model.conf");
+    const POLICY: &str = include_str!("../../../policies/policy.csv");
+
+    fn policy() -> Policy {
+        let text = format!("{POLICY}\ng2, globex, partner\ng2, fixit, supplier\n");
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(Policy::from_texts("m", MODEL, "p", &text, "acme"))
+            .unwrap()
+    }
+
+    fn p(org: &str, name: &str) -> Principal {
         Principal {
             org: org.into(),
             kind: PrincipalKind::User,
-            name: "anna".into(),
+            name: name.into(),
+        }
+    }
+
+    fn case(assigned: &str) -> Record {
+        let mut r = Record {
+            id: Uuid::now_v7(),
+            kind: RecordKind::ServiceCase,
+            owner_org: "acme".into(),
+            created_at_ms: 1,
+            updated_at_ms: 1,
+            deleted: None,
+            seq: 1,
+            fields: Default::default(),
+            versions: Default::default(),
+        };
+        for (k, v) in [
+            ("subject", "Pumpe"),
+            ("assigned_org", assigned),
+            ("status", "new"),
+        ] {
+            r.fields.insert(k.into(), Value::Text(v.into()));
+            r.versions.insert(k.into(), Hlc::new(1, 0, "acme/n"));
+        }
+        r
+    }
+
+    fn grant(profile: &str) -> Grant {
+        Grant {
+            profile: profile.into(),
+            source: GrantSource::Rule(Uuid::nil()),
         }
     }
 
     #[test]
-    fn own_org_may_do_everything_foreign_nothing() {
-        for a in [
-            Action::Read,
-            Action::Create,
-            Action::Update,
-            Action::Delete,
-            Action::Enumerate,
-            Action::Administer,
-        ] {
-            assert_eq!(
-                authorize(&p("acme"), "acme", a, Some(RecordKind::Account)).unwrap(),
-                Scope::All
-            );
-            let foreign = authorize(&p("globex"), "acme", a, Some(RecordKind::Account));
-            if a.is_write() {
-                assert_eq!(foreign.unwrap_err().code(), tonic::Code::PermissionDenied);
-            } else {
-                assert_eq!(foreign.unwrap(), Scope::Nothing);
-            }
-        }
+    fn supplier_sees_assigned_cases_only_and_writes_status_only() {
+        let pol = policy();
+        let sue = p("fixit", "sue");
+        let a = record_access(
+            &pol,
+            "acme",
+            &sue,
+            &case("fixit"),
+            &[grant("supplier-case")],
+        );
+        assert!(a.readable.contains("subject") && a.readable.contains("status"));
+        assert_eq!(a.writable, ["status".to_string()].into());
+        assert!(a.may_add_activity);
+        // Reassigned: the policy condition fails even if a stale grant were presented.
+        let b = record_access(
+            &pol,
+            "acme",
+            &sue,
+            &case("repairco"),
+            &[grant("supplier-case")],
+        );
+        assert!(!b.visible() && b.writable.is_empty());
+        // No grant, no access.
+        assert!(!record_access(&pol, "acme", &sue, &case("fixit"), &[]).visible());
+    }
+
+    #[test]
+    fn a_share_never_grants_more_than_the_role() {
+        let pol = policy();
+        let bob = p("globex", "bob");
+        // The group profile reads everything of a case; the partner role reads no case field.
+        let a = record_access(&pol, "acme", &bob, &case("fixit"), &[grant("group")]);
+        assert!(!a.visible());
+        // Own organization: the policy alone.
+        let admin = Principal {
+            name: "x".into(),
+            ..p("acme", "x")
+        };
+        let own = record_access(&pol, "acme", &admin, &case("fixit"), &[]);
+        assert!(
+            own.visible() && own.writable.is_empty(),
+            "readonly by default"
+        );
     }
 }

@@ -14,6 +14,8 @@ pub struct NodeConfig {
     pub tls: TlsSection,
     #[serde(default)]
     pub client: Option<ClientSection>,
+    #[serde(default)]
+    pub policy: PolicySection,
     /// The directory of the config file; relative paths resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -64,6 +66,33 @@ pub struct TlsSection {
 
 fn default_crl() -> PathBuf {
     PathBuf::from("ca/crl.pem")
+}
+
+/// The access policy files (casbin model and policy; see `policies/`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySection {
+    #[serde(default = "default_policy_model")]
+    pub model: PathBuf,
+    #[serde(default = "default_policy_file")]
+    pub file: PathBuf,
+}
+
+impl Default for PolicySection {
+    fn default() -> Self {
+        PolicySection {
+            model: default_policy_model(),
+            file: default_policy_file(),
+        }
+    }
+}
+
+fn default_policy_model() -> PathBuf {
+    PathBuf::from("policy/model.conf")
+}
+
+fn default_policy_file() -> PathBuf {
+    PathBuf::from("policy/policy.csv")
 }
 
 /// The identity the CLI uses when talking to this node with `--config`.
@@ -171,6 +200,13 @@ key = "tls/node.key"
 # Revocation list of this CA, maintained by `verbund cert revoke`; the node reloads it on
 # SIGHUP. Certificates listed there are refused at the handshake.
 crl = "ca/crl.pem"
+
+[policy]
+# Who may do what on which record type and field (casbin; see policies/README.md). The node
+# refuses to start without a valid policy, and re-reads it on SIGHUP or `verbund policy
+# reload`; a malformed file is refused and the policy in force stays.
+model = "policy/model.conf"
+file = "policy/policy.csv"
 
 [client]
 # The identity the verbund CLI uses with `--config` (verbund://{org}/user/admin).

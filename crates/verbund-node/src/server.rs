@@ -47,6 +47,15 @@ impl Node {
             watch_max_age: Duration::from_secs(cfg.node.max_connection_age_secs.max(1)),
             node_identity: (cfg.read(&cfg.tls.cert)?, cfg.read(&cfg.tls.key)?),
             crl_path: cfg.path(&cfg.tls.crl),
+            policy: Arc::new(
+                verbund_policy::LivePolicy::open(
+                    cfg.path(&cfg.policy.model),
+                    cfg.path(&cfg.policy.file),
+                    &cfg.node.org,
+                )
+                .await
+                .context("loading the access policy")?,
+            ),
         };
         let state = NodeState::new(store, settings, tls.verifier.clone()).await?;
         let _ = state.certificate.set(tls.certificate.clone());
@@ -221,6 +230,12 @@ fn load_own_crl(state: &NodeState, cfg: &NodeConfig) -> Result<()> {
 /// Re-reads what may change while the node serves (SIGHUP): the node certificate, the
 /// revocation list and the partner anchors. Each piece is replaced only if it loads.
 pub async fn reload(state: &NodeState, cfg: &NodeConfig) -> Result<()> {
+    // The access policy first and on its own: a malformed policy must not keep the
+    // certificates from reloading (and vice versa); the policy in force stays.
+    let policy = state.policy.reload().await;
+    if let Err(e) = &policy {
+        tracing::error!(error = %e, "the access policy was not reloaded; the previous one stays in force");
+    }
     // The node's own certificate (after `verbund cert renew-node`).
     let (cert, key) = (cfg.read(&cfg.tls.cert)?, cfg.read(&cfg.tls.key)?);
     if let Some(current) = state.certificate.get() {
@@ -240,6 +255,7 @@ pub async fn reload(state: &NodeState, cfg: &NodeConfig) -> Result<()> {
         .reload_partners()
         .await
         .map_err(|s| anyhow::anyhow!("partner anchors: {}", s.message()))?;
+    policy.context("access policy")?;
     Ok(())
 }
 

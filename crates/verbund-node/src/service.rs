@@ -1,6 +1,7 @@
-//! The client API. Handlers are thin: they take the principal, ask `auth::authorize`, then run
-//! the generic record operations below, which plan the write with `verbund_core::write` and
-//! commit it with the store.
+//! The client API. Handlers are thin: they take the principal and run the generic record
+//! operations below, which ask the enforcement point (`auth`) what the caller may see and do,
+//! plan writes with `verbund_core::write`, commit them with the store, and return only the
+//! fields the caller may read.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -17,7 +18,12 @@ use verbund_core::{DomainError, Hlc, HlcClock, Record, RecordKind};
 use verbund_proto::v1 as pb;
 use verbund_store::{ListQuery, SearchQuery, Store, StoreError};
 
-use crate::auth::{self, Action, Scope};
+use std::collections::{BTreeSet, HashMap};
+
+use verbund_core::access::project;
+use verbund_policy::{Act, LivePolicy};
+
+use crate::auth;
 use crate::convert::{self, RecordMessage, invalid};
 use crate::identity::Principal;
 
@@ -48,6 +54,8 @@ pub struct NodeState {
     pub node_identity: Mutex<(String, String)>,
     /// Where this organization's revocation list lives (served to partners).
     pub crl_path: std::path::PathBuf,
+    /// The access policy in force (reloadable).
+    pub policy: Arc<LivePolicy>,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -169,6 +177,46 @@ pub struct ListFilter {
     pub channel: Option<String>,
 }
 
+impl ListFilter {
+    /// The record fields the set filters look at.
+    pub fn fields(&self) -> Vec<&'static str> {
+        [
+            ("account_id", self.account_id.is_some()),
+            ("related_id", self.related_id.is_some()),
+            ("stage", self.stage.is_some()),
+            ("status", self.status.is_some()),
+            ("priority", self.priority.is_some()),
+            ("assigned_org", self.assigned_org.is_some()),
+            ("channel", self.channel.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(f, set)| set.then_some(f))
+        .collect()
+    }
+
+    /// Whether a projected record passes the filters. A field the caller may not read is
+    /// absent from the projection, so filtering on it matches nothing and reveals nothing.
+    /// An activity's account filter matches activities directly on that account.
+    pub fn matches(&self, rec: &Record) -> bool {
+        let account_field = if rec.kind == RecordKind::Activity {
+            "related_id"
+        } else {
+            "account_id"
+        };
+        [
+            (account_field, &self.account_id),
+            ("related_id", &self.related_id),
+            ("stage", &self.stage),
+            ("status", &self.status),
+            ("priority", &self.priority),
+            ("assigned_org", &self.assigned_org),
+            ("channel", &self.channel),
+        ]
+        .into_iter()
+        .all(|(field, wanted)| wanted.as_deref().is_none_or(|w| rec.text(field) == Some(w)))
+    }
+}
+
 fn opt_id(field: &str, v: &str) -> Result<Option<String>, Status> {
     if v.is_empty() {
         Ok(None)
@@ -201,6 +249,7 @@ pub struct NodeSettings {
     pub node_identity: (String, String),
     /// This organization's revocation list file.
     pub crl_path: std::path::PathBuf,
+    pub policy: Arc<LivePolicy>,
 }
 
 impl NodeState {
@@ -216,6 +265,7 @@ impl NodeState {
             watch_max_age,
             node_identity,
             crl_path,
+            policy,
         } = settings;
         let mut clock = HlcClock::new(format!("{org}/{node_name}"), max_clock_skew_ms);
         // Never hand out a version below one we already wrote, even if the wall clock went back.
@@ -234,6 +284,7 @@ impl NodeState {
             watch_max_age,
             node_identity: Mutex::new(node_identity),
             crl_path,
+            policy,
         }))
     }
 
@@ -252,43 +303,208 @@ impl NodeState {
         clock.tick_after(floor, now_ms().max(0) as u64)
     }
 
+    /// Records a denial of `p` and returns PERMISSION_DENIED with `message`.
+    async fn forbid(
+        &self,
+        p: &Principal,
+        action: &str,
+        kind: RecordKind,
+        record_id: Option<String>,
+        fields: Vec<String>,
+        message: String,
+    ) -> Status {
+        let draft = Self::audit_draft(
+            p,
+            action,
+            Some(kind),
+            record_id,
+            fields,
+            "deny",
+            message.clone(),
+        );
+        self.deny(draft, Status::permission_denied(message)).await
+    }
+
+    /// The first field in `fields` (known to the schema) that is not in `allowed`.
+    fn first_forbidden<'a>(
+        kind: RecordKind,
+        fields: impl IntoIterator<Item = &'a String>,
+        allowed: &BTreeSet<String>,
+    ) -> Option<String> {
+        fields
+            .into_iter()
+            .find(|f| verbund_core::schema::field(kind, f).is_some() && !allowed.contains(*f))
+            .cloned()
+    }
+
     pub async fn create<M: RecordMessage>(
         &self,
         p: &Principal,
         msg: Option<M>,
     ) -> Result<M, Status> {
-        auth::authorize(p, &self.org, Action::Create, Some(M::KIND))?;
-        let field = M::KIND.as_str();
-        let msg = msg.ok_or_else(|| invalid(field, "is required"))?;
+        let kind = M::KIND;
+        let msg = msg.ok_or_else(|| invalid(kind.as_str(), "is required"))?;
         let fields = msg.to_fields()?;
+        let given: Vec<String> = fields.keys().cloned().collect();
+        let policy = self.policy();
+        let s = auth::subject(p);
+        let mut audit = Vec::new();
+        if self.is_own(p) {
+            if policy.fields(&s, kind, Act::Create, false).is_empty() {
+                let msg = format!("{p} may not create {kind} records");
+                return Err(self.forbid(p, "create", kind, None, given, msg).await);
+            }
+            let assigned = fields.get("assigned_org").and_then(|v| v.as_text()) == Some(&p.org);
+            let writable = policy.fields(&s, kind, Act::Write, assigned);
+            if let Some(f) = Self::first_forbidden(kind, &given, &writable) {
+                let msg = format!("{f}: {p} may not write this field of {kind}");
+                return Err(self.forbid(p, "create", kind, None, given, msg).await);
+            }
+        } else {
+            // A partner adds activities to records shared with it; nothing else is created
+            // on another organization's node.
+            if kind != RecordKind::Activity
+                || policy.fields(&s, kind, Act::Create, false).is_empty()
+            {
+                let msg = format!("{p} may not create {kind} records on this node");
+                return Err(self.forbid(p, "create", kind, None, given, msg).await);
+            }
+            let writable = policy.fields(&s, kind, Act::Write, false);
+            if let Some(f) = given.iter().find(|f| {
+                f.as_str() != "related_id"
+                    && (!writable.contains(*f) || verbund_core::access::controls_access(f))
+            }) {
+                let msg = format!("{f}: {p} may not write this field of {kind}");
+                return Err(self
+                    .forbid(p, "create", kind, None, given.clone(), msg)
+                    .await);
+            }
+            let related = fields
+                .get("related_id")
+                .and_then(|v| v.as_text())
+                .ok_or_else(|| invalid("related_id", "is required"))?;
+            let related_id = parse_id("related_id", related)?;
+            let reached = self.reach_of(&p.org).await?;
+            let target = reached.records.get(&related_id);
+            let access = match target {
+                Some(rec) => {
+                    let grants = reached.grants.get(&rec.id).cloned().unwrap_or_default();
+                    auth::record_access(&policy, &self.org, p, rec, &grants)
+                }
+                None => auth::RecordAccess::default(),
+            };
+            if !access.visible() {
+                // Exactly what a missing record produces.
+                let draft = Self::audit_draft(
+                    p,
+                    "create",
+                    Some(kind),
+                    Some(related_id.to_string()),
+                    given,
+                    "deny",
+                    "related record not shared",
+                );
+                return Err(self
+                    .deny(draft, invalid("related_id", format!("no account or contact or lead or opportunity or service_case with id {related_id}")))
+                    .await);
+            }
+            if !access.may_add_activity {
+                let msg = format!("{p} may not add activities to this record");
+                return Err(self
+                    .forbid(p, "create", kind, Some(related_id.to_string()), given, msg)
+                    .await);
+            }
+            audit.push(Self::audit_draft(
+                p,
+                "create",
+                Some(kind),
+                None,
+                given,
+                "allow",
+                auth::reason_of(&access),
+            ));
+        }
         let (clock, org) = (self.clock.clone(), self.org.clone());
         let rec = self
             .store
-            .create_with(move || {
-                let hlc = Self::stamp(&clock, None);
-                plan_create(M::KIND, Uuid::now_v7(), &org, fields, hlc, now_ms())
-            })
+            .create_audited(
+                move || {
+                    let hlc = Self::stamp(&clock, None);
+                    plan_create(kind, Uuid::now_v7(), &org, fields, hlc, now_ms())
+                },
+                audit,
+            )
             .await
             .map_err(store_status)?;
-        tracing::debug!(kind = %M::KIND, id = %rec.id, principal = %p, "created");
-        Ok(M::from_record(&rec))
+        tracing::debug!(kind = %kind, id = %rec.id, principal = %p, "created");
+        let access = self.access_to(p, &rec).await?;
+        Ok(M::from_record(&project(&rec, &access.readable)))
     }
 
-    /// A live record of `kind` the principal may read, or NOT_FOUND.
-    pub async fn read(&self, p: &Principal, kind: RecordKind, id: &str) -> Result<Record, Status> {
+    /// A live record of `kind` that `p` may see, with its access; NOT_FOUND for a foreign
+    /// caller whether the record is missing or not shared (audited either way).
+    pub async fn read_visible(
+        &self,
+        p: &Principal,
+        kind: RecordKind,
+        id: &str,
+        action: &str,
+    ) -> Result<(Record, auth::RecordAccess), Status> {
         let uuid = parse_id("id", id)?;
-        match auth::authorize(p, &self.org, Action::Read, Some(kind))? {
-            Scope::All => {}
-            Scope::Nothing => return Err(not_found(kind, id)),
+        let found = self
+            .store
+            .get(uuid)
+            .await
+            .map_err(store_status)?
+            .filter(|r| r.kind == kind && !r.is_deleted());
+        if self.is_own(p) {
+            let rec = found.ok_or_else(|| not_found(kind, id))?;
+            let access = self.access_to(p, &rec).await?;
+            if !access.visible() {
+                let msg = format!("{p} may not read {kind} records");
+                return Err(self
+                    .forbid(p, action, kind, Some(uuid.to_string()), Vec::new(), msg)
+                    .await);
+            }
+            return Ok((rec, access));
         }
-        match self.store.get(uuid).await.map_err(store_status)? {
-            Some(r) if r.kind == kind && !r.is_deleted() => Ok(r),
-            _ => Err(not_found(kind, id)),
+        let access = match &found {
+            Some(rec) => self.access_to(p, rec).await?,
+            None => auth::RecordAccess::default(),
+        };
+        match found {
+            Some(rec) if access.visible() => Ok((rec, access)),
+            _ => {
+                let draft = Self::audit_draft(
+                    p,
+                    action,
+                    Some(kind),
+                    Some(uuid.to_string()),
+                    Vec::new(),
+                    "deny",
+                    "not shared with the organization, or no such record",
+                );
+                Err(self.deny(draft, not_found(kind, id)).await)
+            }
         }
     }
 
     pub async fn get<M: RecordMessage>(&self, p: &Principal, id: &str) -> Result<M, Status> {
-        Ok(M::from_record(&self.read(p, M::KIND, id).await?))
+        let (rec, access) = self.read_visible(p, M::KIND, id, "read").await?;
+        if !self.is_own(p) {
+            let fields = access.readable.iter().cloned().collect();
+            self.audit(vec![Self::audit_draft(
+                p,
+                "read",
+                Some(M::KIND),
+                Some(rec.id.to_string()),
+                fields,
+                "allow",
+                auth::reason_of(&access),
+            )])
+            .await?;
+        }
+        Ok(M::from_record(&project(&rec, &access.readable)))
     }
 
     pub async fn update<M: RecordMessage>(
@@ -298,8 +514,8 @@ impl NodeState {
         msg: Option<M>,
         mask: Option<prost_types::FieldMask>,
     ) -> Result<M, Status> {
-        auth::authorize(p, &self.org, Action::Update, Some(M::KIND))?;
-        let field = M::KIND.as_str();
+        let kind = M::KIND;
+        let field = kind.as_str();
         let msg = msg.ok_or_else(|| invalid(field, "is required"))?;
         let meta_id = msg.meta().map(|m| m.id.as_str()).unwrap_or("");
         let id = match (id.is_empty(), meta_id.is_empty()) {
@@ -313,19 +529,68 @@ impl NodeState {
         let mask =
             mask.ok_or_else(|| invalid("update_mask", "is required; name the fields to change"))?;
         let patch = msg.to_fields()?;
-        let clock = self.clock.clone();
+        let (_, access) = self.read_visible(p, kind, id, "update").await?;
+        if let Some(f) = Self::first_forbidden(kind, &mask.paths, &access.writable) {
+            let msg = format!("{f}: {p} may not write this field of {kind}");
+            return Err(self
+                .forbid(
+                    p,
+                    "update",
+                    kind,
+                    Some(uuid.to_string()),
+                    mask.paths.clone(),
+                    msg,
+                )
+                .await);
+        }
+        let mut audit = Vec::new();
+        if !self.is_own(p) {
+            audit.push(Self::audit_draft(
+                p,
+                "update",
+                Some(kind),
+                Some(uuid.to_string()),
+                mask.paths.clone(),
+                "allow",
+                auth::reason_of(&access),
+            ));
+        }
+        // Checked again on the record as the writer sees it: a concurrent reassignment (or
+        // another change of the condition) wins over a write that was allowed a moment ago.
+        let (clock, policy, node_org, who, grants) = (
+            self.clock.clone(),
+            self.policy(),
+            self.org.clone(),
+            p.clone(),
+            access.grants.clone(),
+        );
         let rec = self
             .store
-            .update(M::KIND, uuid, move |cur| {
-                let hlc = Self::stamp(&clock, cur.versions.values().max());
-                plan_update(cur, &mask.paths, patch, hlc, now_ms())
-            })
+            .update_audited(
+                kind,
+                uuid,
+                move |cur| {
+                    let now = auth::record_access(&policy, &node_org, &who, cur, &grants);
+                    if !now.visible()
+                        || Self::first_forbidden(kind, &mask.paths, &now.writable).is_some()
+                    {
+                        return Err(DomainError::NotFound {
+                            kind,
+                            id: cur.id.to_string(),
+                        });
+                    }
+                    let hlc = Self::stamp(&clock, cur.versions.values().max());
+                    plan_update(cur, &mask.paths, patch, hlc, now_ms())
+                },
+                audit,
+            )
             .await
             .map_err(|e| match e {
-                StoreError::Domain(DomainError::NotFound { .. }) => not_found(M::KIND, id),
+                StoreError::Domain(DomainError::NotFound { .. }) => not_found(kind, id),
                 e => store_status(e),
             })?;
-        Ok(M::from_record(&rec))
+        let after = self.access_to(p, &rec).await?;
+        Ok(M::from_record(&project(&rec, &after.readable)))
     }
 
     pub async fn delete(
@@ -334,8 +599,18 @@ impl NodeState {
         kind: RecordKind,
         id: &str,
     ) -> Result<pb::DeleteRecordResponse, Status> {
-        auth::authorize(p, &self.org, Action::Delete, Some(kind))?;
         let uuid = parse_id("id", id)?;
+        let policy = self.policy();
+        if !self.is_own(p)
+            || policy
+                .fields(&auth::subject(p), kind, Act::Delete, false)
+                .is_empty()
+        {
+            let msg = format!("{p} may not delete {kind} records on this node");
+            return Err(self
+                .forbid(p, "delete", kind, Some(uuid.to_string()), Vec::new(), msg)
+                .await);
+        }
         let clock = self.clock.clone();
         let rec = self
             .store
@@ -353,12 +628,76 @@ impl NodeState {
         })
     }
 
+    /// Audits what a foreign caller was shown by a List, Search or Watch.
+    async fn audit_shown(
+        &self,
+        p: &Principal,
+        action: &str,
+        shown: &[(Record, auth::RecordAccess)],
+    ) -> Result<(), Status> {
+        if self.is_own(p) || shown.is_empty() {
+            return Ok(());
+        }
+        let drafts = shown
+            .iter()
+            .map(|(r, a)| {
+                Self::audit_draft(
+                    p,
+                    action,
+                    Some(r.kind),
+                    Some(r.id.to_string()),
+                    a.readable.iter().cloned().collect(),
+                    "allow",
+                    auth::reason_of(a),
+                )
+            })
+            .collect();
+        self.audit(drafts).await
+    }
+
+    /// The records of the candidates that `p` may see, projected, with their access.
+    async fn visible_among(
+        &self,
+        p: &Principal,
+        candidates: Vec<Record>,
+    ) -> Result<Vec<(Record, auth::RecordAccess)>, Status> {
+        let policy = self.policy();
+        let mut out = Vec::with_capacity(candidates.len());
+        for rec in candidates {
+            let access = auth::record_access(&policy, &self.org, p, &rec, &[]);
+            if access.visible() {
+                out.push((project(&rec, &access.readable), access));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Everything a foreign caller reaches, projected, in id order.
+    async fn foreign_visible(
+        &self,
+        p: &Principal,
+    ) -> Result<(Vec<(Record, auth::RecordAccess)>, auth::Reached), Status> {
+        let policy = self.policy();
+        let reached = self.reach_of(&p.org).await?;
+        let mut out = Vec::new();
+        for (id, rec) in &reached.records {
+            let grants = reached.grants.get(id).cloned().unwrap_or_default();
+            let access = auth::record_access(&policy, &self.org, p, rec, &grants);
+            if access.visible() {
+                out.push((project(rec, &access.readable), access));
+            }
+        }
+        out.sort_by_key(|(r, _)| r.id);
+        Ok((out, reached))
+    }
+
     pub async fn list<M: RecordMessage>(
         &self,
         p: &Principal,
         options: Option<pb::ListOptions>,
         filter: ListFilter,
     ) -> Result<(Vec<M>, String), Status> {
+        let kind = M::KIND;
         let options = options.unwrap_or_default();
         let limit = page_size(options.page_size)?;
         let updated_since_ms = options
@@ -368,30 +707,68 @@ impl NodeState {
             .transpose()?;
         let fp = fingerprint(&format!(
             "{}|{filter:?}|{updated_since_ms:?}|{}",
-            M::KIND,
-            options.show_deleted
+            kind, options.show_deleted
         ));
         let after_id = decode_token(&options.page_token, fp)?;
-        if auth::authorize(p, &self.org, Action::Enumerate, Some(M::KIND))? == Scope::Nothing {
-            return Ok((Vec::new(), String::new()));
+        if self.is_own(p) {
+            let policy = self.policy();
+            let s = auth::subject(p);
+            let readable = policy.fields(&s, kind, Act::Read, false);
+            if readable.is_empty() && policy.fields(&s, kind, Act::Read, true).is_empty() {
+                let msg = format!("{p} may not read {kind} records");
+                return Err(self.forbid(p, "list", kind, None, Vec::new(), msg).await);
+            }
+            // Filtering on a field one may not read would reveal its values.
+            if let Some(f) = filter.fields().into_iter().find(|f| {
+                !(readable.contains(*f) || kind == RecordKind::Activity && *f == "account_id")
+            }) {
+                let msg = format!("{f}: {p} may not filter on this field of {kind}");
+                return Err(self
+                    .forbid(p, "list", kind, None, vec![f.to_string()], msg)
+                    .await);
+            }
+            let q = ListQuery {
+                kind: Some(kind),
+                account_id: filter.account_id,
+                related_id: filter.related_id,
+                stage: filter.stage,
+                status: filter.status,
+                priority: filter.priority,
+                assigned_org: filter.assigned_org,
+                channel: filter.channel,
+                updated_since_ms,
+                show_deleted: options.show_deleted,
+                after_id,
+                limit: limit + 1,
+            };
+            let mut records = self.store.list(&q).await.map_err(store_status)?;
+            let next = next_page(&mut records, limit, fp);
+            let shown = self.visible_among(p, records).await?;
+            return Ok((shown.iter().map(|(r, _)| M::from_record(r)).collect(), next));
         }
-        let q = ListQuery {
-            kind: Some(M::KIND),
-            account_id: filter.account_id,
-            related_id: filter.related_id,
-            stage: filter.stage,
-            status: filter.status,
-            priority: filter.priority,
-            assigned_org: filter.assigned_org,
-            channel: filter.channel,
-            updated_since_ms,
-            show_deleted: options.show_deleted,
-            after_id,
-            limit: limit + 1,
+        let (all, _) = self.foreign_visible(p).await?;
+        let mut page: Vec<(Record, auth::RecordAccess)> = all
+            .into_iter()
+            .filter(|(r, _)| r.kind == kind)
+            .filter(|(r, _)| {
+                after_id
+                    .as_deref()
+                    .is_none_or(|a| r.id.to_string().as_str() > a)
+            })
+            .filter(|(r, _)| updated_since_ms.is_none_or(|t| r.updated_at_ms >= t))
+            .filter(|(r, _)| filter.matches(r))
+            .take(limit as usize + 1)
+            .collect();
+        let next = if page.len() as i64 > limit {
+            page.truncate(limit as usize);
+            page.last()
+                .map(|(r, _)| encode_token(&r.id.to_string(), fp))
+                .unwrap_or_default()
+        } else {
+            String::new()
         };
-        let mut records = self.store.list(&q).await.map_err(store_status)?;
-        let next = next_page(&mut records, limit, fp);
-        Ok((records.iter().map(M::from_record).collect(), next))
+        self.audit_shown(p, "list", &page).await?;
+        Ok((page.iter().map(|(r, _)| M::from_record(r)).collect(), next))
     }
 
     pub async fn search(
@@ -410,24 +787,125 @@ impl NodeState {
         kinds.dedup();
         let fp = fingerprint(&format!("{needles:?}|{kinds:?}"));
         let after_id = decode_token(&req.page_token, fp)?;
-        if auth::authorize(p, &self.org, Action::Enumerate, None)? == Scope::Nothing {
-            return Ok(pb::SearchResponse::default());
-        }
-        let q = SearchQuery {
-            needles,
-            kinds,
-            after_id,
-            limit: limit + 1,
+        // Only what the caller may read can match: the search text of the projection.
+        let hit = |r: &Record| {
+            let text = verbund_core::write::search_text(r.kind, &r.fields);
+            needles.iter().any(|n| text.contains(n.as_str()))
         };
-        let mut records = self.store.search(&q).await.map_err(store_status)?;
-        let next_page_token = next_page(&mut records, limit, fp);
+        if self.is_own(p) {
+            let q = SearchQuery {
+                needles: needles.clone(),
+                kinds,
+                after_id,
+                limit: limit + 1,
+            };
+            let mut records = self.store.search(&q).await.map_err(store_status)?;
+            let next_page_token = next_page(&mut records, limit, fp);
+            let shown = self.visible_among(p, records).await?;
+            return Ok(pb::SearchResponse {
+                results: shown
+                    .iter()
+                    .filter(|(r, _)| hit(r))
+                    .map(|(r, _)| convert::any_record(r))
+                    .collect(),
+                next_page_token,
+            });
+        }
+        let (all, _) = self.foreign_visible(p).await?;
+        let mut page: Vec<(Record, auth::RecordAccess)> = all
+            .into_iter()
+            .filter(|(r, _)| kinds.is_empty() || kinds.contains(&r.kind))
+            .filter(|(r, _)| {
+                after_id
+                    .as_deref()
+                    .is_none_or(|a| r.id.to_string().as_str() > a)
+            })
+            .filter(|(r, _)| hit(r))
+            .take(limit as usize + 1)
+            .collect();
+        let next_page_token = if page.len() as i64 > limit {
+            page.truncate(limit as usize);
+            page.last()
+                .map(|(r, _)| encode_token(&r.id.to_string(), fp))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        self.audit_shown(p, "search", &page).await?;
         Ok(pb::SearchResponse {
-            results: records.iter().map(convert::any_record).collect(),
+            results: page.iter().map(|(r, _)| convert::any_record(r)).collect(),
             next_page_token,
         })
     }
 
-    /// Streams change events after `after_seq` in order, then follows new commits.
+    /// The events of a batch of changes that `p` may see, projected.
+    async fn visible_events(
+        &self,
+        p: &Principal,
+        batch: &[verbund_core::Change],
+    ) -> Result<Vec<pb::ChangeEvent>, Status> {
+        let ids: Vec<Uuid> = batch.iter().map(|c| c.record_id).collect();
+        let policy = self.policy();
+        let (records, grants): (
+            HashMap<Uuid, Record>,
+            HashMap<Uuid, Vec<verbund_core::access::Grant>>,
+        ) = if self.is_own(p) {
+            let recs = self.store.get_many(&ids).await.map_err(store_status)?;
+            (
+                recs.into_iter().map(|r| (r.id, r)).collect(),
+                HashMap::new(),
+            )
+        } else {
+            let reached = self.reach_of(&p.org).await?;
+            (reached.records, reached.grants.into_iter().collect())
+        };
+        let mut shown = Vec::new();
+        let mut events = Vec::new();
+        for c in batch {
+            let Some(rec) = records.get(&c.record_id) else {
+                continue;
+            };
+            let g = grants.get(&c.record_id).cloned().unwrap_or_default();
+            let access = auth::record_access(&policy, &self.org, p, rec, &g);
+            if !access.visible() {
+                continue;
+            }
+            let changed: Vec<String> = c
+                .fields
+                .keys()
+                .filter(|f| access.readable.contains(*f))
+                .cloned()
+                .collect();
+            if changed.is_empty() && c.op == verbund_core::ChangeOp::Update {
+                continue;
+            }
+            let projected = project(rec, &access.readable);
+            events.push(pb::ChangeEvent {
+                seq: c.seq,
+                kind: convert::kind_to_pb(c.kind) as i32,
+                record_id: c.record_id.to_string(),
+                op: match c.op {
+                    verbund_core::ChangeOp::Create => pb::ChangeOp::Create,
+                    verbund_core::ChangeOp::Update => pb::ChangeOp::Update,
+                    verbund_core::ChangeOp::Delete => pb::ChangeOp::Delete,
+                } as i32,
+                changed_fields: changed,
+                version: Some(pb::Hlc {
+                    physical_ms: c.hlc.physical_ms,
+                    counter: c.hlc.counter,
+                    node_id: c.hlc.node.clone(),
+                }),
+                change_time: Some(convert::ms_to_timestamp(c.at_ms)),
+                record: Some(convert::any_record(&projected)),
+            });
+            shown.push((projected, access));
+        }
+        self.audit_shown(p, "watch", &shown).await?;
+        Ok(events)
+    }
+
+    /// Streams change events after `after_seq` in order, then follows new commits. Each
+    /// batch is checked against the shares and policy in force when it is sent.
     pub fn watch(
         self: &Arc<Self>,
         p: &Principal,
@@ -441,9 +919,8 @@ impl NodeState {
             .iter()
             .map(|k| convert::kind_from_pb("kinds", *k))
             .collect::<Result<Vec<_>, _>>()?;
-        let scope = auth::authorize(p, &self.org, Action::Enumerate, None)?;
         let last = *self.store.subscribe_commits().borrow();
-        if scope == Scope::All && req.after_seq > last {
+        if self.is_own(p) && req.after_seq > last {
             // E.g. a cursor from before a restore from backup: skipping ahead would hide changes.
             return Err(Status::out_of_range(format!(
                 "after_seq {} is beyond the last change {last} of this node",
@@ -453,19 +930,11 @@ impl NodeState {
         // Bounded: a slow client holds back its own stream, never the node.
         let (tx, rx) = mpsc::channel(128);
         let state = self.clone();
+        let principal = p.clone();
         let mut cursor = req.after_seq;
         let mut stopping = state.stopping.subscribe();
         let deadline = tokio::time::Instant::now() + self.watch_max_age;
         tokio::spawn(async move {
-            if scope == Scope::Nothing {
-                // A caller who may see nothing gets an open stream that never yields.
-                tokio::select! {
-                    _ = tx.closed() => {}
-                    _ = stopping.wait_for(|s| *s) => {}
-                    _ = tokio::time::sleep_until(deadline) => {}
-                }
-                return;
-            }
             let mut notify = state.store.subscribe_commits();
             loop {
                 if *stopping.borrow() || tokio::time::Instant::now() >= deadline {
@@ -478,7 +947,7 @@ impl NodeState {
                         return;
                     }
                 };
-                if batch.is_empty() {
+                let Some(batch_end) = batch.last().map(|c| c.seq) else {
                     tokio::select! {
                         _ = notify.changed() => {}
                         _ = tokio::time::sleep(WATCH_POLL) => {}
@@ -487,41 +956,20 @@ impl NodeState {
                         _ = tokio::time::sleep_until(deadline) => return,
                     }
                     continue;
-                }
-                let ids: Vec<Uuid> = batch.iter().map(|c| c.record_id).collect();
-                let records = match state.store.get_many(&ids).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = tx.send(Err(store_status(e))).await;
+                };
+                let events = match state.visible_events(&principal, &batch).await {
+                    Ok(ev) => ev,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
                         return;
                     }
                 };
-                let by_id: std::collections::HashMap<Uuid, &Record> =
-                    records.iter().map(|r| (r.id, r)).collect();
-                for c in &batch {
-                    let ev = pb::ChangeEvent {
-                        seq: c.seq,
-                        kind: convert::kind_to_pb(c.kind) as i32,
-                        record_id: c.record_id.to_string(),
-                        op: match c.op {
-                            verbund_core::ChangeOp::Create => pb::ChangeOp::Create,
-                            verbund_core::ChangeOp::Update => pb::ChangeOp::Update,
-                            verbund_core::ChangeOp::Delete => pb::ChangeOp::Delete,
-                        } as i32,
-                        changed_fields: c.fields.keys().cloned().collect(),
-                        version: Some(pb::Hlc {
-                            physical_ms: c.hlc.physical_ms,
-                            counter: c.hlc.counter,
-                            node_id: c.hlc.node.clone(),
-                        }),
-                        change_time: Some(convert::ms_to_timestamp(c.at_ms)),
-                        record: by_id.get(&c.record_id).map(|r| convert::any_record(r)),
-                    };
+                for ev in events {
                     if tx.send(Ok(ev)).await.is_err() {
                         return;
                     }
-                    cursor = c.seq;
                 }
+                cursor = batch_end;
             }
         });
         Ok(ReceiverStream::new(rx))

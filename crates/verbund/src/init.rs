@@ -71,6 +71,10 @@ fn write_pair(dir: &Path, stem: &str, pair: &CertPair) -> Result<()> {
     write_file(&dir.join(format!("{stem}.key")), &pair.key_pem, true)
 }
 
+/// The casbin model and example policy shipped in `policies/`.
+pub const POLICY_MODEL: &str = include_str!("../../../policies/model.conf");
+pub const POLICY_EXAMPLE: &str = include_str!("../../../policies/policy.csv");
+
 pub async fn init(args: &InitArgs) -> Result<Initialized> {
     let config_path = args.dir.join("node.toml");
     if config_path.exists() {
@@ -110,6 +114,17 @@ pub async fn init(args: &InitArgs) -> Result<Initialized> {
     write_pair(&args.dir.join("tls"), "node", &node)?;
     write_pair(&args.dir.join("users"), "admin", &admin)?;
     std::fs::create_dir_all(args.dir.join("data"))?;
+    // The shipped model and example policy; the admin identity gets the admin role. The
+    // operator reviews and extends the file (partners' roles, people's roles) in git.
+    write_file(&args.dir.join("policy/model.conf"), POLICY_MODEL, false)?;
+    write_file(
+        &args.dir.join("policy/policy.csv"),
+        &format!(
+            "{POLICY_EXAMPLE}\n# Written by `verbund init`: the admin identity administers this node.\ng, verbund://{}/user/admin, admin\n",
+            args.org
+        ),
+        false,
+    )?;
     let db_url = args
         .database_url
         .clone()
