@@ -350,6 +350,110 @@ impl NodeState {
 
 #[tonic::async_trait]
 impl pb::admin_service_server::AdminService for Api {
+    async fn add_share(
+        &self,
+        req: Request<pb::AddShareRequest>,
+    ) -> Result<Response<pb::Share>, Status> {
+        let p = auth::principal(&req)?;
+        self.state
+            .add_share(&p, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_shares(
+        &self,
+        req: Request<pb::ListSharesRequest>,
+    ) -> Result<Response<pb::ListSharesResponse>, Status> {
+        let p = auth::principal(&req)?;
+        self.state
+            .list_shares(&p, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn revoke_share(
+        &self,
+        req: Request<pb::RevokeShareRequest>,
+    ) -> Result<Response<pb::RevokeShareResponse>, Status> {
+        let p = auth::principal(&req)?;
+        self.state
+            .revoke_share(&p, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn add_share_rule(
+        &self,
+        req: Request<pb::AddShareRuleRequest>,
+    ) -> Result<Response<pb::ShareRule>, Status> {
+        let p = auth::principal(&req)?;
+        self.state
+            .add_share_rule(&p, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_share_rules(
+        &self,
+        req: Request<pb::ListShareRulesRequest>,
+    ) -> Result<Response<pb::ListShareRulesResponse>, Status> {
+        let p = auth::principal(&req)?;
+        self.state
+            .list_share_rules(&p, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn remove_share_rule(
+        &self,
+        req: Request<pb::RemoveShareRuleRequest>,
+    ) -> Result<Response<pb::RemoveShareRuleResponse>, Status> {
+        let p = auth::principal(&req)?;
+        self.state
+            .remove_share_rule(&p, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn check_access(
+        &self,
+        req: Request<pb::CheckAccessRequest>,
+    ) -> Result<Response<pb::CheckAccessResponse>, Status> {
+        let p = auth::principal(&req)?;
+        self.state
+            .check_access(&p, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn reload_policy(
+        &self,
+        req: Request<pb::ReloadPolicyRequest>,
+    ) -> Result<Response<pb::ReloadPolicyResponse>, Status> {
+        let p = auth::principal(&req)?;
+        self.state.reload_policy(&p).await.map(Response::new)
+    }
+
+    async fn list_audit(
+        &self,
+        req: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        let p = auth::principal(&req)?;
+        self.state
+            .list_audit(&p, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn verify_audit(
+        &self,
+        req: Request<pb::VerifyAuditRequest>,
+    ) -> Result<Response<pb::VerifyAuditResponse>, Status> {
+        let p = auth::principal(&req)?;
+        self.state.verify_audit(&p).await.map(Response::new)
+    }
+
     async fn update_partner_ca(
         &self,
         req: Request<pb::UpdatePartnerCaRequest>,

@@ -10,6 +10,7 @@ pub mod identity;
 pub mod pki;
 pub mod server;
 pub mod service;
+pub mod sharing;
 pub mod tls;
 
 pub use verbund_proto::v1 as pb;

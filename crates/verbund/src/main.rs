@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod governance;
 mod init;
 mod output;
 mod partners;
@@ -115,6 +116,15 @@ enum Command {
     /// Partner organizations whose CAs this node trusts (admin API of a running node).
     #[command(subcommand)]
     Partner(partners::PartnerCommand),
+    /// Shares and share rules: which records partners see (admin API of a running node).
+    #[command(subcommand)]
+    Share(governance::ShareCommand),
+    /// The access policy: explain a decision, reload the files.
+    #[command(subcommand)]
+    Policy(governance::PolicyCommand),
+    /// The tamper-evident audit log of cross-organization access.
+    #[command(subcommand)]
+    Audit(governance::AuditCommand),
     /// Accounts (companies).
     Account(records::RecordArgs),
     /// Contacts (people at accounts).
@@ -278,6 +288,16 @@ async fn dispatch(command: Command) -> Result<()> {
         }) => init::revoke(&config, &certificate),
         Command::Cert(CertCommand::RenewNode { config }) => init::renew_node(&config),
         Command::Partner(p) => partners::run(p).await,
+        Command::Share(s) => governance::share(s).await,
+        Command::Policy(p) => governance::policy(p).await,
+        Command::Audit(a) => {
+            if governance::audit(a).await? {
+                Ok(())
+            } else {
+                // `audit verify` found a break: fail the command (scripts and cron notice).
+                Err(anyhow::anyhow!("the audit log failed verification"))
+            }
+        }
         Command::Account(a) => records::run(verbund_core::RecordKind::Account, a).await,
         Command::Contact(a) => records::run(verbund_core::RecordKind::Contact, a).await,
         Command::Lead(a) => records::run(verbund_core::RecordKind::Lead, a).await,
