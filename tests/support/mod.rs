@@ -64,6 +64,36 @@ impl TestNode {
         node
     }
 
+    /// `verbund init` for a new organization, not started (e.g. to edit its policy first).
+    pub fn init(org: &str) -> TestNode {
+        let dir = tempfile::tempdir().unwrap();
+        let o = verbund(&[
+            "init",
+            "--org",
+            org,
+            "--dir",
+            dir.path().join(org).to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        assert!(o.status.success(), "init failed: {}", stderr(&o));
+        TestNode::adopt(org, dir)
+    }
+
+    pub fn policy_path(&self) -> PathBuf {
+        self.home().join("policy/policy.csv")
+    }
+
+    /// Appends lines to the node's policy file (takes effect at start or reload).
+    pub fn append_policy(&self, lines: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.policy_path())
+            .unwrap();
+        writeln!(f, "{lines}").unwrap();
+    }
+
     /// An organization directory `<dir>/<org>` that a test initialized itself; not started.
     pub fn adopt(org: &str, dir: tempfile::TempDir) -> TestNode {
         TestNode {
