@@ -240,10 +240,7 @@ async fn list_any(ch: &Channel, kind: RecordKind) -> Result<Vec<Shown>, tonic::S
     });
     Ok(match kind {
         RecordKind::Account => pb::account_service_client::AccountServiceClient::new(ch.clone())
-            .list_accounts(pb::ListAccountsRequest {
-                options,
-                ..Default::default()
-            })
+            .list_accounts(pb::ListAccountsRequest { options })
             .await?
             .into_inner()
             .accounts
@@ -425,7 +422,7 @@ async fn world(orgs: &[&Org]) -> World {
                 "tags",
                 Value::List(tags.iter().map(|s| s.to_string()).collect()),
             ),
-            ("annual_revenue", eur(1_000_000_00)),
+            ("annual_revenue", eur(100_000_000)),
             ("description", t("Schlüsselkunde")),
         ])
     };
@@ -451,7 +448,7 @@ async fn world(orgs: &[&Org]) -> World {
             ("account_id", t(account)),
             ("name", t(&format!("{name} {MARK}"))),
             ("stage", t("proposal")),
-            ("amount", eur(50_000_00)),
+            ("amount", eur(5_000_000)),
             ("probability", Value::Int(40)),
             ("close_date", t("2027-03-31")),
             ("next_step", t("Angebot")),
