@@ -370,11 +370,21 @@ struct World {
     acme: TestNode,
     admin: Channel,
     ids: BTreeMap<&'static str, (RecordKind, String)>,
+    orgs: BTreeMap<&'static str, Org>,
 }
 
 impl World {
     fn id(&self, name: &str) -> &str {
         &self.ids[name].1
+    }
+    /// A user certificate of a partner organization, for calls to acme.
+    fn user(&self, org: &str, user: &str) -> ClientIdentity {
+        self.orgs[org].user(&self.acme, user)
+    }
+    async fn connect(&self, org: &str, user: &str) -> Channel {
+        connect(&self.acme.endpoint, &self.user(org, user))
+            .await
+            .unwrap()
     }
 }
 
@@ -389,14 +399,18 @@ const MARK: &str = "zqx";
 ///
 /// Rules: cases assigned to fixit / repairco go to them (supplier-case); accounts tagged
 /// `group` go to holding (group).
-async fn world(orgs: &[&Org]) -> World {
+async fn world() -> World {
+    let orgs: BTreeMap<&'static str, Org> = ["globex", "umbrella", "fixit", "repairco", "holding"]
+        .into_iter()
+        .map(|n| (n, Org::new(n)))
+        .collect();
     let mut acme = TestNode::init("acme");
     acme.append_policy(
         "g2, globex, partner\ng2, umbrella, partner\ng2, fixit, supplier\ng2, repairco, supplier\ng2, holding, holding",
     );
     acme.run();
     let admin = acme.admin().await;
-    for o in orgs {
+    for o in orgs.values() {
         pin(&admin, o).await;
     }
     let mut ids = BTreeMap::new();
@@ -553,7 +567,12 @@ async fn world(orgs: &[&Org]) -> World {
         "--profile",
         "group",
     ]));
-    World { acme, admin, ids }
+    World {
+        acme,
+        admin,
+        ids,
+        orgs,
+    }
 }
 
 // ------------------------------------------------------------------ the expectations
@@ -699,12 +718,7 @@ fn check_shown(who: &str, record: &str, got: &Shown, full: &Shown, readable: &BT
 
 #[tokio::test]
 async fn every_rpc_kind_principal_and_field_against_the_table() {
-    let globex = Org::new("globex");
-    let umbrella = Org::new("umbrella");
-    let fixit = Org::new("fixit");
-    let repairco = Org::new("repairco");
-    let holding = Org::new("holding");
-    let w = world(&[&globex, &umbrella, &fixit, &repairco, &holding]).await;
+    let w = world().await;
     let acme = &w.acme;
     let config = acme.config();
     let o = verbund(&[
@@ -719,11 +733,11 @@ async fn every_rpc_kind_principal_and_field_against_the_table() {
     let principals: Vec<(&str, ClientIdentity)> = vec![
         ("own admin", acme.admin_identity()),
         ("own readonly", acme.identity_of("rita")),
-        ("partner with share", globex.user(acme, "bob")),
-        ("partner without share", umbrella.user(acme, "ute")),
-        ("supplier assigned", fixit.user(acme, "sue")),
-        ("supplier not assigned", repairco.user(acme, "rob")),
-        ("group holding", holding.user(acme, "gina")),
+        ("partner with share", w.user("globex", "bob")),
+        ("partner without share", w.user("umbrella", "ute")),
+        ("supplier assigned", w.user("fixit", "sue")),
+        ("supplier not assigned", w.user("repairco", "rob")),
+        ("group holding", w.user("holding", "gina")),
     ];
     // The full records, as the owner's admin sees them.
     let mut full: BTreeMap<&str, Shown> = BTreeMap::new();
@@ -970,4 +984,345 @@ async fn every_rpc_kind_principal_and_field_against_the_table() {
         let now = get_any(&w.admin, *kind, id).await.unwrap();
         assert_eq!(now.0, full[r].0, "{r} changed");
     }
+}
+
+// ------------------------------------------------------------------ revocation, reassignment
+
+#[tokio::test]
+async fn revoke_and_reassignment_apply_to_the_very_next_call() {
+    let w = world().await;
+    let acme = &w.acme;
+    let bob = w.connect("globex", "bob").await;
+    let sue = w.connect("fixit", "sue").await;
+    let rob = w.connect("repairco", "rob").await;
+    get_any(&bob, RecordKind::Opportunity, w.id("O1"))
+        .await
+        .unwrap();
+    get_any(&bob, RecordKind::Account, w.id("A2"))
+        .await
+        .unwrap();
+    let o = acme.cli(&["share", "revoke", "--record", w.id("O1"), "--org", "globex"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The next call, on the same open connection: gone, and so is the deal's account.
+    for (kind, r) in [
+        (RecordKind::Opportunity, "O1"),
+        (RecordKind::Account, "A2"),
+        (RecordKind::Activity, "T1"),
+    ] {
+        let e = get_any(&bob, kind, w.id(r)).await.unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{r} after revoke");
+    }
+    assert!(
+        list_any(&bob, RecordKind::Opportunity)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let e = update_any(
+        &bob,
+        RecordKind::Opportunity,
+        w.id("O1"),
+        &fm(&[("stage", t("negotiation"))]),
+        vec!["stage".into()],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    // The shared account stays shared.
+    get_any(&bob, RecordKind::Account, w.id("A1"))
+        .await
+        .unwrap();
+    // Revoking again: NOT_FOUND with a clear message.
+    let o = acme.cli(&["share", "revoke", "--record", w.id("O1"), "--org", "globex"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("not found"), "{}", stderr(&o));
+
+    // Reassign K1 from fixit to repairco: fixit loses it (and its account and contact), at
+    // once; repairco gains it.
+    get_any(&sue, RecordKind::ServiceCase, w.id("K1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        get_any(&rob, RecordKind::ServiceCase, w.id("K1"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    update_any(
+        &w.admin,
+        RecordKind::ServiceCase,
+        w.id("K1"),
+        &fm(&[("assigned_org", t("repairco"))]),
+        vec!["assigned_org".into()],
+    )
+    .await
+    .unwrap();
+    for (kind, r) in [
+        (RecordKind::ServiceCase, "K1"),
+        (RecordKind::Account, "A2"),
+        (RecordKind::Contact, "C2"),
+        (RecordKind::Activity, "T2"),
+    ] {
+        assert_eq!(
+            get_any(&sue, kind, w.id(r)).await.unwrap_err().code(),
+            Code::NotFound,
+            "fixit still sees {r}"
+        );
+        get_any(&rob, kind, w.id(r)).await.unwrap();
+    }
+    let e = update_any(
+        &sue,
+        RecordKind::ServiceCase,
+        w.id("K1"),
+        &fm(&[("status", t("open"))]),
+        vec!["status".into()],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    // repairco works the case now: status within the lifecycle, nothing else.
+    update_any(
+        &rob,
+        RecordKind::ServiceCase,
+        w.id("K1"),
+        &fm(&[("status", t("open"))]),
+        vec!["status".into()],
+    )
+    .await
+    .unwrap();
+    let e = update_any(
+        &rob,
+        RecordKind::ServiceCase,
+        w.id("K1"),
+        &fm(&[("status", t("new"))]),
+        vec!["status".into()],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e}");
+    let e = update_any(
+        &rob,
+        RecordKind::ServiceCase,
+        w.id("K1"),
+        &fm(&[("assigned_org", t("fixit"))]),
+        vec!["assigned_org".into()],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().starts_with("assigned_org: "), "{e}");
+}
+
+// ------------------------------------------------------------------ audit
+
+#[tokio::test]
+async fn the_audit_log_records_cross_org_access_without_values_and_detects_tampering() {
+    let w = world().await;
+    let acme = &w.acme;
+    let bob = w.connect("globex", "bob").await;
+    get_any(&bob, RecordKind::Account, w.id("A1"))
+        .await
+        .unwrap();
+    list_any(&bob, RecordKind::Contact).await.unwrap();
+    get_any(&bob, RecordKind::Lead, w.id("L1"))
+        .await
+        .unwrap_err();
+    update_any(
+        &bob,
+        RecordKind::Opportunity,
+        w.id("O1"),
+        &fm(&[("stage", t("negotiation"))]),
+        vec!["stage".into()],
+    )
+    .await
+    .unwrap();
+    update_any(
+        &bob,
+        RecordKind::Opportunity,
+        w.id("O1"),
+        &fm(&[("description", t("geheim"))]),
+        vec!["description".into()],
+    )
+    .await
+    .unwrap_err();
+
+    let o = acme.cli(&["audit", "list", "--org", "globex", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    let find = |action: &str, record: &str, decision: &str| {
+        entries.iter().find(|e| {
+            e["action"] == action && e["record_id"] == w.id(record) && e["decision"] == decision
+        })
+    };
+    let read = find("read", "A1", "allow").expect("the read of A1");
+    assert_eq!(read["principal"], "verbund://globex/user/bob");
+    assert!(
+        read["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "name")
+    );
+    assert!(read["reason"].as_str().unwrap().contains("partner-account"));
+    assert!(
+        find("list", "C1", "allow").is_some(),
+        "list results are audited"
+    );
+    assert!(
+        find("read", "L1", "deny").is_some(),
+        "a denied read is audited"
+    );
+    assert!(find("update", "O1", "allow").is_some());
+    let denied = find("update", "O1", "deny").expect("the denied update");
+    assert_eq!(denied["fields"], serde_json::json!(["description"]));
+    // Shares made by acme's admin are on record too.
+    let all = stdout(&acme.cli(&["audit", "list", "--record", w.id("O1"), "--json"]));
+    assert!(all.contains("\"action\":\"share\""), "{all}");
+    // Names, never values.
+    for value in [MARK, "negotiation", "geheim", "Berlin", "anna@example.com"] {
+        assert!(
+            !text.contains(value),
+            "the audit log holds the value {value:?}"
+        );
+    }
+    let o = acme.cli(&["audit", "verify"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("intact"), "{}", stdout(&o));
+
+    // An intruder edits one entry directly in the database.
+    let db = acme.home().join("data/verbund.db");
+    let pool =
+        sqlx::SqlitePool::connect_with(sqlx::sqlite::SqliteConnectOptions::new().filename(&db))
+            .await
+            .unwrap();
+    sqlx::query(
+        "UPDATE audit_log SET decision = 'allow' WHERE decision = 'deny' AND action = 'update'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let o = acme.cli(&["audit", "verify"]);
+    assert!(!o.status.success(), "verify passed a tampered log");
+    assert!(stdout(&o).contains("TAMPERED"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("does not match its hash"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+// ------------------------------------------------------------------ policy reload and check
+
+#[tokio::test]
+async fn a_malformed_policy_is_refused_on_reload_and_the_old_one_stays() {
+    let w = world().await;
+    let acme = &w.acme;
+    let bob = w.connect("globex", "bob").await;
+    get_any(&bob, RecordKind::Account, w.id("A1"))
+        .await
+        .unwrap();
+    let good = std::fs::read_to_string(acme.policy_path()).unwrap();
+    // A typo that would, if loaded, drop the partner's role.
+    let broken = good.replace(
+        "g2, globex, partner",
+        "g2, globex, partner\np, partner, account, read, nmae, always",
+    );
+    std::fs::write(acme.policy_path(), &broken).unwrap();
+    let o = acme.cli(&["policy", "reload"]);
+    assert!(!o.status.success());
+    let line = broken.lines().position(|l| l.contains("nmae")).unwrap() + 1;
+    assert!(
+        stderr(&o).contains(&format!("policy.csv:{line}: account has no field \"nmae\"")),
+        "{}",
+        stderr(&o)
+    );
+    // SIGHUP refuses it as well; the old policy stays in force.
+    acme.hup();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    get_any(&bob, RecordKind::Account, w.id("A1"))
+        .await
+        .unwrap();
+    // A good change applies without a restart: without its role globex sees nothing.
+    std::fs::write(acme.policy_path(), good.replace("g2, globex, partner", "")).unwrap();
+    let o = acme.cli(&["policy", "reload"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        get_any(&bob, RecordKind::Account, w.id("A1"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+}
+
+#[tokio::test]
+async fn policy_check_explains_with_policy_lines_and_shares() {
+    let w = world().await;
+    let acme = &w.acme;
+    let check = |field: &str| {
+        acme.cli(&[
+            "policy",
+            "check",
+            "--as",
+            "verbund://globex/user/bob",
+            "--action",
+            "write",
+            "--record",
+            w.id("O1"),
+            "--field",
+            field,
+        ])
+    };
+    let o = check("stage");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.starts_with("allow: "), "{out}");
+    assert!(
+        out.contains("policy.csv:")
+            && out.contains("p, partner, opportunity, write, stage, always"),
+        "{out}"
+    );
+    assert!(
+        out.contains("p, profile:joint-deal, opportunity, write, stage, always"),
+        "{out}"
+    );
+    assert!(out.contains("g2, globex, partner"), "{out}");
+    assert!(
+        out.contains("share ") && out.contains("(profile joint-deal)"),
+        "{out}"
+    );
+    let out = stdout(&check("description"));
+    assert!(out.starts_with("deny: "), "{out}");
+    // Unshared record: deny, and why.
+    let o = acme.cli(&[
+        "policy",
+        "check",
+        "--as",
+        "verbund://globex/user/bob",
+        "--action",
+        "read",
+        "--record",
+        w.id("L1"),
+    ]);
+    assert!(
+        stdout(&o).starts_with("deny: no share or share rule reaches"),
+        "{}",
+        stdout(&o)
+    );
+    // Bad input is named.
+    let o = acme.cli(&[
+        "policy",
+        "check",
+        "--as",
+        "bob",
+        "--action",
+        "read",
+        "--record",
+        w.id("L1"),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("principal"), "{}", stderr(&o));
 }
