@@ -43,6 +43,10 @@ pub struct ApiArgs {
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
+    /// Accounts shared with a partner organization for the "partner get" phase (only with a
+    /// node the benchmark starts itself; 0 skips the phase).
+    #[arg(long, default_value_t = 100)]
+    shared: usize,
 }
 
 pub async fn run(cmd: BenchCommand) -> Result<()> {
@@ -294,6 +298,34 @@ async fn api(a: ApiArgs) -> Result<()> {
     )
     .await;
 
+    let mut phases = vec![creates, gets];
+    if spawned.is_some() && a.shared > 0 {
+        let shared: Vec<String> = ids.iter().take(a.shared).cloned().collect();
+        let partner = share_with_partner(&cfg, &channels[0], &shared).await?;
+        let mut partner_channels = Vec::new();
+        for _ in 0..a.connections {
+            partner_channels.push(connect(&endpoint, &partner).await?);
+        }
+        let shared = Arc::new(shared);
+        phases.push(
+            phase(
+                "partner get",
+                &partner_channels,
+                a.concurrency,
+                duration,
+                move |ch, x| {
+                    let id = shared[(x % shared.len() as u64) as usize].clone();
+                    async move {
+                        pb::account_service_client::AccountServiceClient::new(ch)
+                            .get_account(pb::GetRecordRequest { id })
+                            .await
+                            .is_ok()
+                    }
+                },
+            )
+            .await,
+        );
+    }
     let rss = spawned.as_ref().and_then(|n| rss_kib(n.child.id()));
     if a.json {
         let phase_json = |p: &PhaseResult| serde_json::json!({"phase": p.name, "ops": p.ops, "errors": p.errors, "secs": p.secs, "per_sec": p.per_sec(), "p50_us": p.p50_us, "p99_us": p.p99_us});
@@ -301,7 +333,8 @@ async fn api(a: ApiArgs) -> Result<()> {
             "{}",
             serde_json::json!({
                 "connections": a.connections, "concurrency": a.concurrency,
-                "phases": [phase_json(&creates), phase_json(&gets)],
+                "shared": a.shared,
+                "phases": phases.iter().map(phase_json).collect::<Vec<_>>(),
                 "node_rss_kib": rss.map(|r| r.0), "node_peak_rss_kib": rss.map(|r| r.1),
             })
         );
@@ -310,7 +343,7 @@ async fn api(a: ApiArgs) -> Result<()> {
             "{:<16} {:>10} {:>8} {:>12} {:>10} {:>10}",
             "phase", "ops", "errors", "ops/s", "p50", "p99"
         );
-        for p in [&creates, &gets] {
+        for p in &phases {
             println!(
                 "{:<16} {:>10} {:>8} {:>12.0} {:>8.2}ms {:>8.2}ms",
                 p.name,
@@ -331,4 +364,52 @@ async fn api(a: ApiArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Pins a partner organization, gives it the `partner` role and shares `ids` with it
+/// (profile partner-account); returns a partner user's identity. Each partner read then pays
+/// for the share lookup and its audit entry, as in production.
+async fn share_with_partner(
+    cfg: &NodeConfig,
+    admin_channel: &Channel,
+    ids: &[String],
+) -> Result<ClientIdentity> {
+    let ca = verbund_node::pki::new_ca("benchpartner")?;
+    let der = verbund_node::pki::parse_certs(&ca.cert_pem)?.remove(0);
+    let mut admin = pb::admin_service_client::AdminServiceClient::new(admin_channel.clone());
+    admin
+        .add_partner(pb::AddPartnerRequest {
+            org: "benchpartner".into(),
+            ca_pem: ca.cert_pem.clone(),
+            endpoint: "https://127.0.0.1:9".into(),
+            fingerprint: verbund_node::pki::fingerprint(der.as_ref()),
+        })
+        .await?;
+    let policy = cfg.path(&cfg.policy.file);
+    let mut text = std::fs::read_to_string(&policy)?;
+    text.push_str("g2, benchpartner, partner\n");
+    std::fs::write(&policy, text)?;
+    admin.reload_policy(pb::ReloadPolicyRequest {}).await?;
+    for id in ids {
+        admin
+            .add_share(pb::AddShareRequest {
+                record_id: id.clone(),
+                org: "benchpartner".into(),
+                profile: "partner-account".into(),
+            })
+            .await?;
+    }
+    let user = verbund_node::pki::issue(
+        &ca,
+        "benchpartner",
+        verbund_node::identity::PrincipalKind::User,
+        "bench",
+        &[],
+        &[],
+        1,
+    )?;
+    Ok(ClientIdentity {
+        ca_pem: cfg.read(&cfg.tls.ca_cert)?,
+        cert_and_key: Some((user.cert_pem, user.key_pem)),
+    })
 }
