@@ -139,6 +139,42 @@ pub fn record_access(
     }
 }
 
+/// The access of `p` to `rec` given what its organization reaches. An activity shows only
+/// through a related record the caller may itself see under the same profile: sharing an
+/// account must not reveal the notes on its unshared opportunities and cases.
+pub fn reached_access(
+    policy: &Policy,
+    node_org: &str,
+    p: &Principal,
+    rec: &Record,
+    reached: &Reached,
+) -> RecordAccess {
+    let grants = reached.grants.get(&rec.id).cloned().unwrap_or_default();
+    if p.org == node_org || rec.kind != RecordKind::Activity {
+        return record_access(policy, node_org, p, rec, &grants);
+    }
+    let grants: Vec<Grant> = grants
+        .into_iter()
+        .filter(|g| match g.source {
+            GrantSource::Parent(parent) => reached.records.get(&parent).is_some_and(|pr| {
+                let same_profile: Vec<Grant> = reached
+                    .grants
+                    .get(&parent)
+                    .map(|gs| {
+                        gs.iter()
+                            .filter(|x| x.profile == g.profile)
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                record_access(policy, node_org, p, pr, &same_profile).visible()
+            }),
+            _ => true,
+        })
+        .collect();
+    record_access(policy, node_org, p, rec, &grants)
+}
+
 /// A short, value-free description of why access was granted.
 pub fn reason_of(a: &RecordAccess) -> String {
     if a.grants.is_empty() {
@@ -289,8 +325,7 @@ impl NodeState {
             return Ok(record_access(&policy, &self.org, p, rec, &[]));
         }
         let reached = self.reach_of(&p.org).await?;
-        let grants = reached.grants.get(&rec.id).cloned().unwrap_or_default();
-        Ok(record_access(&policy, &self.org, p, rec, &grants))
+        Ok(reached_access(&policy, &self.org, p, rec, &reached))
     }
 }
 

@@ -18,7 +18,7 @@ use verbund_core::{DomainError, Hlc, HlcClock, Record, RecordKind};
 use verbund_proto::v1 as pb;
 use verbund_store::{ListQuery, SearchQuery, Store, StoreError};
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use verbund_core::access::project;
 use verbund_policy::{Act, LivePolicy};
@@ -325,16 +325,13 @@ impl NodeState {
         self.deny(draft, Status::permission_denied(message)).await
     }
 
-    /// The first field in `fields` (known to the schema) that is not in `allowed`.
+    /// The first name in `fields` that is not in `allowed` (unknown names are never allowed:
+    /// callers pass canonical field names, see `check_mask`).
     fn first_forbidden<'a>(
-        kind: RecordKind,
         fields: impl IntoIterator<Item = &'a String>,
         allowed: &BTreeSet<String>,
     ) -> Option<String> {
-        fields
-            .into_iter()
-            .find(|f| verbund_core::schema::field(kind, f).is_some() && !allowed.contains(*f))
-            .cloned()
+        fields.into_iter().find(|f| !allowed.contains(*f)).cloned()
     }
 
     pub async fn create<M: RecordMessage>(
@@ -356,7 +353,7 @@ impl NodeState {
             }
             let assigned = fields.get("assigned_org").and_then(|v| v.as_text()) == Some(&p.org);
             let writable = policy.fields(&s, kind, Act::Write, assigned);
-            if let Some(f) = Self::first_forbidden(kind, &given, &writable) {
+            if let Some(f) = Self::first_forbidden(&given, &writable) {
                 let msg = format!("{f}: {p} may not write this field of {kind}");
                 return Err(self.forbid(p, "create", kind, None, given, msg).await);
             }
@@ -387,10 +384,7 @@ impl NodeState {
             let reached = self.reach_of(&p.org).await?;
             let target = reached.records.get(&related_id);
             let access = match target {
-                Some(rec) => {
-                    let grants = reached.grants.get(&rec.id).cloned().unwrap_or_default();
-                    auth::record_access(&policy, &self.org, p, rec, &grants)
-                }
+                Some(rec) => auth::reached_access(&policy, &self.org, p, rec, &reached),
                 None => auth::RecordAccess::default(),
             };
             if !access.visible() {
@@ -528,9 +522,18 @@ impl NodeState {
         let uuid = parse_id("id", id)?;
         let mask =
             mask.ok_or_else(|| invalid("update_mask", "is required; name the fields to change"))?;
+        // Canonical field names from here on: authorization, audit and the planner all see the
+        // same names (a path with stray spaces must not slip past the write check).
+        let mask = prost_types::FieldMask {
+            paths: verbund_core::write::check_mask(kind, &mask.paths)
+                .map_err(domain_status)?
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+        };
         let patch = msg.to_fields()?;
         let (_, access) = self.read_visible(p, kind, id, "update").await?;
-        if let Some(f) = Self::first_forbidden(kind, &mask.paths, &access.writable) {
+        if let Some(f) = Self::first_forbidden(&mask.paths, &access.writable) {
             let msg = format!("{f}: {p} may not write this field of {kind}");
             return Err(self
                 .forbid(
@@ -571,8 +574,7 @@ impl NodeState {
                 uuid,
                 move |cur| {
                     let now = auth::record_access(&policy, &node_org, &who, cur, &grants);
-                    if !now.visible()
-                        || Self::first_forbidden(kind, &mask.paths, &now.writable).is_some()
+                    if !now.visible() || Self::first_forbidden(&mask.paths, &now.writable).is_some()
                     {
                         return Err(DomainError::NotFound {
                             kind,
@@ -680,9 +682,8 @@ impl NodeState {
         let policy = self.policy();
         let reached = self.reach_of(&p.org).await?;
         let mut out = Vec::new();
-        for (id, rec) in &reached.records {
-            let grants = reached.grants.get(id).cloned().unwrap_or_default();
-            let access = auth::record_access(&policy, &self.org, p, rec, &grants);
+        for rec in reached.records.values() {
+            let access = auth::reached_access(&policy, &self.org, p, rec, &reached);
             if access.visible() {
                 out.push((project(rec, &access.readable), access));
             }
@@ -846,27 +847,23 @@ impl NodeState {
     ) -> Result<Vec<pb::ChangeEvent>, Status> {
         let ids: Vec<Uuid> = batch.iter().map(|c| c.record_id).collect();
         let policy = self.policy();
-        let (records, grants): (
-            HashMap<Uuid, Record>,
-            HashMap<Uuid, Vec<verbund_core::access::Grant>>,
-        ) = if self.is_own(p) {
+        // Own organization: the records themselves; foreign: what it reaches.
+        let reached = if self.is_own(p) {
             let recs = self.store.get_many(&ids).await.map_err(store_status)?;
-            (
-                recs.into_iter().map(|r| (r.id, r)).collect(),
-                HashMap::new(),
-            )
+            auth::Reached {
+                grants: Default::default(),
+                records: recs.into_iter().map(|r| (r.id, r)).collect(),
+            }
         } else {
-            let reached = self.reach_of(&p.org).await?;
-            (reached.records, reached.grants.into_iter().collect())
+            self.reach_of(&p.org).await?
         };
         let mut shown = Vec::new();
         let mut events = Vec::new();
         for c in batch {
-            let Some(rec) = records.get(&c.record_id) else {
+            let Some(rec) = reached.records.get(&c.record_id) else {
                 continue;
             };
-            let g = grants.get(&c.record_id).cloned().unwrap_or_default();
-            let access = auth::record_access(&policy, &self.org, p, rec, &g);
+            let access = auth::reached_access(&policy, &self.org, p, rec, &reached);
             if !access.visible() {
                 continue;
             }

@@ -147,6 +147,15 @@ pub struct Policy {
 /// Cache entries per generation before it is emptied (one entry per principal, kind, action).
 const CACHE_LIMIT: usize = 50_000;
 
+/// The name of an organization in casbin's role graph (see `from_texts`).
+fn org_node(org: &str) -> String {
+    if org == OWN_ORG_ROLE || org == PROFILE_ORG {
+        org.to_string()
+    } else {
+        format!("org:{org}")
+    }
+}
+
 fn is_role_name(s: &str) -> bool {
     let name = s.strip_prefix(PROFILE_PREFIX).unwrap_or(s);
     !name.is_empty()
@@ -305,8 +314,20 @@ impl Policy {
         let m = DefaultModel::from_str(model)
             .await
             .map_err(|e| model_err(e.to_string()))?;
-        let mut csv: String = lines.iter().map(|l| l.render() + "\n").collect();
-        csv.push_str(&format!("g2, {own_org}, {OWN_ORG_ROLE}\n"));
+        // Organizations go to casbin as `org:<id>`: casbin's role manager treats a name as
+        // linked to itself, so an organization whose id equals a role name (`sales`, `admin`)
+        // would otherwise hold that role without any g2 line.
+        let mut csv: String = lines
+            .iter()
+            .map(|l| {
+                if l.ptype == "g2" {
+                    format!("g2, {}, {}\n", org_node(&l.values[0]), l.values[1])
+                } else {
+                    l.render() + "\n"
+                }
+            })
+            .collect();
+        csv.push_str(&format!("g2, {}, {OWN_ORG_ROLE}\n", org_node(own_org)));
         let enforcer = Enforcer::new(m, StringAdapter::new(csv))
             .await
             .map_err(|e| model_err(e.to_string()))?;
@@ -370,14 +391,15 @@ impl Policy {
         assigned_to_caller: bool,
     ) -> (String, String, String, String, String, String) {
         // Profiles have no organization, so the condition never holds for them.
+        let org = org_node(&subject.org);
         let assigned_org = if assigned_to_caller && subject.org != PROFILE_ORG {
-            subject.org.clone()
+            org.clone()
         } else {
             String::new()
         };
         (
             subject.uri.clone(),
-            subject.org.clone(),
+            org,
             object.to_string(),
             act.as_str().to_string(),
             field.to_string(),
@@ -486,7 +508,7 @@ impl Policy {
     /// transitively (the model's `g`/`g2` with the implicit `@own` line).
     fn roles_of(&self, subject: &Subject) -> BTreeSet<String> {
         let mut roles: BTreeSet<String> = [subject.uri.clone()].into();
-        let mut org_roles: BTreeSet<String> = [subject.org.clone()].into();
+        let mut org_roles: BTreeSet<String> = [org_node(&subject.org)].into();
         if subject.org == self.own_org {
             org_roles.insert(OWN_ORG_ROLE.to_string());
         }
@@ -496,7 +518,7 @@ impl Policy {
                 if l.ptype == "g" && roles.contains(&l.values[0]) {
                     roles.insert(l.values[1].clone());
                 }
-                if l.ptype == "g2" && org_roles.contains(&l.values[0]) {
+                if l.ptype == "g2" && org_roles.contains(&org_node(&l.values[0])) {
                     org_roles.insert(l.values[1].clone());
                 }
             }
@@ -541,16 +563,23 @@ impl Policy {
             out.push(format!("(implicit) g2, {}, {OWN_ORG_ROLE}", self.own_org));
             frontier.push(("g2", OWN_ORG_ROLE.to_string()));
         }
-        frontier.push(("g2", subject.org.clone()));
+        frontier.push(("g2", org_node(&subject.org)));
         let mut seen = BTreeSet::new();
         while let Some((ptype, name)) = frontier.pop() {
             if !seen.insert((ptype, name.clone())) {
                 continue;
             }
+            let key = |v: &str| {
+                if ptype == "g2" {
+                    org_node(v)
+                } else {
+                    v.to_string()
+                }
+            };
             for l in self
                 .lines
                 .iter()
-                .filter(|l| l.ptype == ptype && l.values[0] == name)
+                .filter(|l| l.ptype == ptype && key(&l.values[0]) == name)
             {
                 out.push(format!("{}:{}: {}", self.path, l.line_no, l.render()));
                 frontier.push((ptype, l.values[1].clone()));

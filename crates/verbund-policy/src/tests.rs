@@ -115,6 +115,17 @@ fn partner_supplier_holding() {
         assert!(p.fields(&holding, kind, Act::Write, false).is_empty());
         assert!(p.fields(&holding, kind, Act::Create, false).is_empty());
     }
+    // An organization whose id equals a role name does not get that role by its name.
+    for org in ["sales", "admin", "partner", "readonly"] {
+        let s = user(org, "x");
+        for kind in RecordKind::ALL {
+            assert!(
+                p.fields(&s, kind, Act::Read, true).is_empty(),
+                "{org} {kind}"
+            );
+        }
+        assert!(!p.may_administer(&s));
+    }
     // An organization without a role gets nothing.
     let eve = user("initech", "eve");
     for kind in RecordKind::ALL {
