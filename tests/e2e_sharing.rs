@@ -1346,3 +1346,65 @@ async fn policy_check_explains_with_policy_lines_and_shares() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("principal"), "{}", stderr(&o));
 }
+
+#[tokio::test]
+async fn admin_rpcs_taking_a_record_id_are_denied_to_every_foreign_principal() {
+    let w = world().await;
+    for (org, user) in [("globex", "bob"), ("umbrella", "ute"), ("holding", "gina")] {
+        let ch = w.connect(org, user).await;
+        let mut admin = pb::admin_service_client::AdminServiceClient::new(ch);
+        let id = w.id("O1").to_string();
+        let codes = [
+            admin
+                .add_share(pb::AddShareRequest {
+                    record_id: id.clone(),
+                    org: org.into(),
+                    profile: "joint-deal".into(),
+                })
+                .await
+                .map(|_| ()),
+            admin
+                .list_shares(pb::ListSharesRequest {
+                    record_id: id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ()),
+            admin
+                .revoke_share(pb::RevokeShareRequest {
+                    record_id: id.clone(),
+                    org: "globex".into(),
+                })
+                .await
+                .map(|_| ()),
+            admin
+                .check_access(pb::CheckAccessRequest {
+                    principal: format!("verbund://{org}/user/{user}"),
+                    action: "read".into(),
+                    record_id: id.clone(),
+                    field: String::new(),
+                })
+                .await
+                .map(|_| ()),
+            admin
+                .list_audit(pb::ListAuditRequest {
+                    record_id: id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ()),
+        ];
+        for (i, r) in codes.into_iter().enumerate() {
+            assert_eq!(
+                r.unwrap_err().code(),
+                Code::PermissionDenied,
+                "{org} admin rpc #{i}"
+            );
+        }
+    }
+    // Nothing changed: globex still has its share of O1.
+    let o = w
+        .acme
+        .cli(&["share", "list", "--record", w.id("O1"), "--json"]);
+    assert!(stdout(&o).contains("\"org\":\"globex\""), "{}", stdout(&o));
+}
