@@ -1132,6 +1132,24 @@ async fn revoke_and_reassignment_apply_to_the_very_next_call() {
         .await
         .unwrap();
     assert_eq!(k1.0.get("assigned_org"), Some(&t("repairco")));
+    // Removing the rule ends repairco's access at once, too.
+    let o = acme.cli(&["share", "rule", "list", "--org", "repairco", "--json"]);
+    let rules: Vec<serde_json::Value> = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(rules.len(), 1, "{}", stdout(&o));
+    assert_eq!(rules[0]["rule"], "case-assigned");
+    let rule_id = rules[0]["id"].as_str().unwrap();
+    let o = acme.cli(&["share", "rule", "remove", "--id", rule_id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        get_any(&rob, RecordKind::ServiceCase, w.id("K1"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    let o = acme.cli(&["share", "rule", "remove", "--id", rule_id]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("not found"), "{}", stderr(&o));
 }
 
 // ------------------------------------------------------------------ audit

@@ -420,11 +420,7 @@ mod tests {
         let a = record_access(&pol, "acme", &bob, &case("fixit"), &[grant("group")]);
         assert!(!a.visible());
         // Own organization: the policy alone.
-        let admin = Principal {
-            name: "x".into(),
-            ..p("acme", "x")
-        };
-        let own = record_access(&pol, "acme", &admin, &case("fixit"), &[]);
+        let own = record_access(&pol, "acme", &p("acme", "x"), &case("fixit"), &[]);
         assert!(
             own.visible() && own.writable.is_empty(),
             "readonly by default"

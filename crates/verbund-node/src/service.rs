@@ -591,7 +591,9 @@ impl NodeState {
                 StoreError::Domain(DomainError::NotFound { .. }) => not_found(kind, id),
                 e => store_status(e),
             })?;
-        let after = self.access_to(p, &rec).await?;
+        // The same grants still apply: a partner cannot write the fields that decide its reach,
+        // and the own organization's access does not depend on grants. No second reach.
+        let after = auth::record_access(&self.policy(), &self.org, p, &rec, &access.grants);
         Ok(M::from_record(&project(&rec, &after.readable)))
     }
 
@@ -657,12 +659,12 @@ impl NodeState {
         self.audit(drafts).await
     }
 
-    /// The records of the candidates that `p` may see, projected, with their access.
-    async fn visible_among(
+    /// The records among `candidates` that an own-organization principal may see, projected.
+    fn own_visible(
         &self,
         p: &Principal,
         candidates: Vec<Record>,
-    ) -> Result<Vec<(Record, auth::RecordAccess)>, Status> {
+    ) -> Vec<(Record, auth::RecordAccess)> {
         let policy = self.policy();
         let mut out = Vec::with_capacity(candidates.len());
         for rec in candidates {
@@ -671,7 +673,7 @@ impl NodeState {
                 out.push((project(&rec, &access.readable), access));
             }
         }
-        Ok(out)
+        out
     }
 
     /// Everything a foreign caller reaches, projected, in id order.
@@ -744,7 +746,7 @@ impl NodeState {
             };
             let mut records = self.store.list(&q).await.map_err(store_status)?;
             let next = next_page(&mut records, limit, fp);
-            let shown = self.visible_among(p, records).await?;
+            let shown = self.own_visible(p, records);
             return Ok((shown.iter().map(|(r, _)| M::from_record(r)).collect(), next));
         }
         let (all, _) = self.foreign_visible(p).await?;
@@ -802,7 +804,7 @@ impl NodeState {
             };
             let mut records = self.store.search(&q).await.map_err(store_status)?;
             let next_page_token = next_page(&mut records, limit, fp);
-            let shown = self.visible_among(p, records).await?;
+            let shown = self.own_visible(p, records);
             return Ok(pb::SearchResponse {
                 results: shown
                     .iter()

@@ -85,16 +85,12 @@ fn scenario() -> impl Strategy<Value = Scenario> {
     (accounts, others, shares, rules).prop_map(|(accounts, others, shares, rules)| {
         let n_acc = accounts.len();
         let mut records = accounts;
-        let mut cases = Vec::new();
         for (what, pick, assigned) in others {
             let account = pick % n_acc;
             let spec = match what {
                 0 => Spec::Contact { account },
                 1 => Spec::Opportunity { account },
-                2 => {
-                    cases.push(records.len());
-                    Spec::Case { account, assigned }
-                }
+                2 => Spec::Case { account, assigned },
                 _ => {
                     let targets: Vec<usize> = (0..records.len())
                         .filter(|i| !matches!(records[*i], Spec::Activity { .. }))
@@ -106,7 +102,6 @@ fn scenario() -> impl Strategy<Value = Scenario> {
             };
             records.push(spec);
         }
-        let _ = cases;
         let shares = shares
             .into_iter()
             .map(|(r, org, profile)| (r % records.len(), org, profile))
