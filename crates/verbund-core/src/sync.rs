@@ -1,0 +1,381 @@
+//! The pure rules of federation sync: how the owner merges a partner's proposed field edits,
+//! how a replica takes in the owner's state, how pending local edits show on a replica, and
+//! the digests anti-entropy compares. No I/O.
+//!
+//! The owner is the merge point for its records. Every field carries a hybrid-logical-clock
+//! version (node id breaks ties), and the merged value of a field is always the one with the
+//! highest version, whatever order edits arrive in; so every copy that takes the owner's
+//! state converges. An edit that is concurrent with the current value (someone else changed
+//! the field since the version the proposer based its edit on) loses or wins by version, and
+//! the loser is returned as a [`Conflict`] for the store to keep: nothing is dropped silently.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::hlc::Hlc;
+use crate::model::{FieldMap, Value, VersionMap};
+
+/// The version of the federation protocol this code speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Number of anti-entropy buckets (records fall into one by a byte of their id).
+pub const DIGEST_BUCKETS: usize = 256;
+
+/// A field's value (None: cleared) and version at one copy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldState {
+    pub value: Option<Value>,
+    pub version: Hlc,
+}
+
+/// One field change a partner proposes: the new value, the version the partner stamped it
+/// with, and the version of the field the partner's edit was based on (None: the field had
+/// never been written when the partner edited it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldEdit {
+    pub field: String,
+    pub value: Option<Value>,
+    pub version: Hlc,
+    pub base: Option<Hlc>,
+}
+
+/// What merging one edit did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EditOutcome {
+    /// The field is already at this version (a redelivery): nothing changes.
+    Duplicate,
+    /// Nobody changed the field since the proposer's base: the edit is taken.
+    Applied,
+    /// Concurrent with the current value. The higher version won (`incoming_won` says whose);
+    /// the loser is kept in the conflict.
+    Conflict {
+        incoming_won: bool,
+        conflict: Conflict,
+    },
+}
+
+/// A concurrent edit that lost, with the value that won: kept for a person to review.
+/// The origins are the nodes in the versions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conflict {
+    pub field: String,
+    pub winner: FieldState,
+    pub loser: FieldState,
+}
+
+/// The current state of `field` in a record's maps (None: never written).
+pub fn field_state(fields: &FieldMap, versions: &VersionMap, field: &str) -> Option<FieldState> {
+    versions.get(field).map(|v| FieldState {
+        value: fields.get(field).cloned(),
+        version: v.clone(),
+    })
+}
+
+fn set_field(fields: &mut FieldMap, versions: &mut VersionMap, field: &str, state: FieldState) {
+    match state.value {
+        Some(v) => {
+            fields.insert(field.to_string(), v);
+        }
+        None => {
+            fields.remove(field);
+        }
+    }
+    versions.insert(field.to_string(), state.version);
+}
+
+/// Merges one proposed edit into a record's fields and versions, at the owner.
+///
+/// The result of the field is the higher of the current and the incoming version in every
+/// case, so the final state does not depend on the order edits arrive in. An edit whose base
+/// is the current version (and which is newer) is simply applied; otherwise it is concurrent
+/// and the loser becomes a conflict.
+pub fn merge_edit(
+    fields: &mut FieldMap,
+    versions: &mut VersionMap,
+    edit: &FieldEdit,
+) -> EditOutcome {
+    let incoming = FieldState {
+        value: edit.value.clone(),
+        version: edit.version.clone(),
+    };
+    let Some(current) = field_state(fields, versions, &edit.field) else {
+        set_field(fields, versions, &edit.field, incoming);
+        return EditOutcome::Applied;
+    };
+    if current.version == edit.version {
+        return EditOutcome::Duplicate;
+    }
+    let incoming_newer = edit.version > current.version;
+    if edit.base.as_ref() == Some(&current.version) && incoming_newer {
+        set_field(fields, versions, &edit.field, incoming);
+        return EditOutcome::Applied;
+    }
+    if incoming_newer {
+        set_field(fields, versions, &edit.field, incoming.clone());
+        EditOutcome::Conflict {
+            incoming_won: true,
+            conflict: Conflict {
+                field: edit.field.clone(),
+                winner: incoming,
+                loser: current,
+            },
+        }
+    } else {
+        EditOutcome::Conflict {
+            incoming_won: false,
+            conflict: Conflict {
+                field: edit.field.clone(),
+                winner: current,
+                loser: incoming,
+            },
+        }
+    }
+}
+
+/// The state-based join of two copies of a record's fields: per field, the higher version.
+/// Commutative, associative and idempotent.
+pub fn join(a: (&FieldMap, &VersionMap), b: (&FieldMap, &VersionMap)) -> (FieldMap, VersionMap) {
+    let (mut fields, mut versions) = (a.0.clone(), a.1.clone());
+    for (name, version) in b.1 {
+        let newer = versions.get(name).is_none_or(|mine| version > mine);
+        if newer {
+            let state = FieldState {
+                value: b.0.get(name).cloned(),
+                version: version.clone(),
+            };
+            set_field(&mut fields, &mut versions, name, state);
+        }
+    }
+    (fields, versions)
+}
+
+/// A replica takes in the owner's projection of a record: the fields the owner sent, each
+/// at the higher of the two versions (a verdict may have brought a newer one than an older
+/// stream batch); fields the owner no longer sends (the projection shrank) are dropped.
+pub fn take_owner_state(
+    local: (&FieldMap, &VersionMap),
+    owner: (&FieldMap, &VersionMap),
+) -> (FieldMap, VersionMap) {
+    let (mut fields, mut versions) = join(owner, local);
+    versions.retain(|name, _| owner.1.contains_key(name));
+    fields.retain(|name, _| versions.contains_key(name));
+    (fields, versions)
+}
+
+/// What a replica shows: the owner's state with the partner's pending edits on top, in the
+/// order they were made.
+pub fn overlay<'a>(
+    shadow: (&FieldMap, &VersionMap),
+    pending: impl IntoIterator<Item = &'a FieldEdit>,
+) -> (FieldMap, VersionMap) {
+    let (mut fields, mut versions) = (shadow.0.clone(), shadow.1.clone());
+    for edit in pending {
+        let state = FieldState {
+            value: edit.value.clone(),
+            version: edit.version.clone(),
+        };
+        set_field(&mut fields, &mut versions, &edit.field, state);
+    }
+    (fields, versions)
+}
+
+/// The edits a local change of a replica proposes: the changed fields (None: cleared) at
+/// their new versions, based on the versions the replica showed before.
+pub fn edits_of(
+    changed: &BTreeMap<String, Option<Value>>,
+    new_versions: &VersionMap,
+    shown_before: &VersionMap,
+) -> Vec<FieldEdit> {
+    changed
+        .iter()
+        .filter_map(|(field, value)| {
+            Some(FieldEdit {
+                field: field.clone(),
+                value: value.clone(),
+                version: new_versions.get(field)?.clone(),
+                base: shown_before.get(field).cloned(),
+            })
+        })
+        .collect()
+}
+
+/// The anti-entropy bucket of a record.
+pub fn bucket_of(id: &Uuid) -> usize {
+    // The last byte of a UUIDv7 is random, so records spread evenly.
+    id.as_bytes()[15] as usize % DIGEST_BUCKETS
+}
+
+/// A digest of one record's versions (and whether it is a tombstone): two copies with the
+/// same versions have the same digest.
+pub fn record_digest(versions: &VersionMap, deleted: bool) -> u64 {
+    let mut h = Sha256::new();
+    h.update([u8::from(deleted)]);
+    for (name, v) in versions {
+        h.update(name.as_bytes());
+        h.update([0]);
+        h.update(v.to_string().as_bytes());
+        h.update([0]);
+    }
+    first_u64(&h.finalize())
+}
+
+fn first_u64(bytes: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[..8]);
+    u64::from_be_bytes(b)
+}
+
+/// The contribution of one record to its bucket's digest.
+pub fn entry_digest(id: &Uuid, record_digest: u64) -> u64 {
+    let mut h = Sha256::new();
+    h.update(id.as_bytes());
+    h.update(record_digest.to_be_bytes());
+    first_u64(&h.finalize())
+}
+
+/// Bucket digests over (record id, record digest) entries: XOR of the entries per bucket, so
+/// the order of the entries does not matter and an empty bucket is 0.
+pub fn bucket_digests<'a>(entries: impl IntoIterator<Item = (&'a Uuid, u64)>) -> Vec<u64> {
+    let mut buckets = vec![0u64; DIGEST_BUCKETS];
+    for (id, digest) in entries {
+        buckets[bucket_of(id)] ^= entry_digest(id, digest);
+    }
+    buckets
+}
+
+/// Whether a remote version lies too far in the future: the reason, if it does.
+pub fn too_far_ahead(version: &Hlc, now_ms: u64, max_skew_ms: u64) -> Option<String> {
+    let ahead = version.physical_ms.saturating_sub(now_ms);
+    (ahead > max_skew_ms).then(|| {
+        format!(
+            "version {version} is {ahead} ms ahead of the owner's clock (bound {max_skew_ms} ms)"
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(ms: u64, node: &str) -> Hlc {
+        Hlc::new(ms, 0, node)
+    }
+
+    fn t(s: &str) -> Option<Value> {
+        Some(Value::Text(s.into()))
+    }
+
+    fn start() -> (FieldMap, VersionMap) {
+        let mut f = FieldMap::new();
+        let mut v = VersionMap::new();
+        f.insert("name".into(), Value::Text("Acme".into()));
+        v.insert("name".into(), h(10, "acme/n"));
+        (f, v)
+    }
+
+    fn edit(value: &str, ms: u64, node: &str, base: u64) -> FieldEdit {
+        FieldEdit {
+            field: "name".into(),
+            value: t(value),
+            version: h(ms, node),
+            base: Some(h(base, "acme/n")),
+        }
+    }
+
+    #[test]
+    fn an_edit_on_the_current_version_applies_and_a_redelivery_is_a_duplicate() {
+        let (mut f, mut v) = start();
+        let e = edit("Acme AG", 20, "globex/n", 10);
+        assert_eq!(merge_edit(&mut f, &mut v, &e), EditOutcome::Applied);
+        assert_eq!(f["name"], Value::Text("Acme AG".into()));
+        assert_eq!(merge_edit(&mut f, &mut v, &e), EditOutcome::Duplicate);
+    }
+
+    #[test]
+    fn concurrent_edits_keep_the_higher_version_and_the_loser() {
+        let (mut f, mut v) = start();
+        let a = edit("A", 20, "globex/n", 10);
+        let b = edit("B", 30, "fixit/n", 10);
+        merge_edit(&mut f, &mut v, &b);
+        match merge_edit(&mut f, &mut v, &a) {
+            EditOutcome::Conflict {
+                incoming_won: false,
+                conflict,
+            } => {
+                assert_eq!(conflict.loser.value, t("A"));
+                assert_eq!(conflict.winner.value, t("B"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(f["name"], Value::Text("B".into()));
+        // The other order ends in the same state.
+        let (mut f2, mut v2) = start();
+        merge_edit(&mut f2, &mut v2, &a);
+        assert!(matches!(
+            merge_edit(&mut f2, &mut v2, &b),
+            EditOutcome::Conflict {
+                incoming_won: true,
+                ..
+            }
+        ));
+        assert_eq!((f, v), (f2, v2));
+    }
+
+    #[test]
+    fn ties_in_time_are_broken_by_node() {
+        let (mut f, mut v) = start();
+        merge_edit(&mut f, &mut v, &edit("G", 20, "globex/n", 10));
+        merge_edit(&mut f, &mut v, &edit("F", 20, "fixit/n", 10));
+        assert_eq!(f["name"], Value::Text("G".into()), "globex/n > fixit/n");
+    }
+
+    #[test]
+    fn a_clear_is_a_write() {
+        let (mut f, mut v) = start();
+        let e = FieldEdit {
+            field: "name".into(),
+            value: None,
+            version: h(20, "globex/n"),
+            base: Some(h(10, "acme/n")),
+        };
+        merge_edit(&mut f, &mut v, &e);
+        assert!(!f.contains_key("name"));
+        assert_eq!(v["name"], h(20, "globex/n"));
+    }
+
+    #[test]
+    fn a_replica_keeps_a_newer_version_and_drops_unsent_fields() {
+        let (mut local_f, mut local_v) = start();
+        local_f.insert("phone".into(), Value::Text("1".into()));
+        local_v.insert("phone".into(), h(5, "acme/n"));
+        local_f.insert("name".into(), Value::Text("new".into()));
+        local_v.insert("name".into(), h(50, "acme/n"));
+        let (owner_f, owner_v) = start();
+        let (f, v) = take_owner_state((&local_f, &local_v), (&owner_f, &owner_v));
+        assert_eq!(f["name"], Value::Text("new".into()));
+        assert!(!f.contains_key("phone") && !v.contains_key("phone"));
+    }
+
+    #[test]
+    fn digests_ignore_order_and_see_every_version() {
+        let a = Uuid::now_v7();
+        let b = Uuid::now_v7();
+        let (_, v) = start();
+        let d1 = bucket_digests([(&a, record_digest(&v, false)), (&b, 7)]);
+        let d2 = bucket_digests([(&b, 7), (&a, record_digest(&v, false))]);
+        assert_eq!(d1, d2);
+        assert_ne!(record_digest(&v, false), record_digest(&v, true));
+        let mut v2 = v.clone();
+        v2.insert("name".into(), h(11, "acme/n"));
+        assert_ne!(record_digest(&v, false), record_digest(&v2, false));
+    }
+
+    #[test]
+    fn skew_bound() {
+        assert!(too_far_ahead(&h(1_000, "x"), 500, 600).is_none());
+        assert!(too_far_ahead(&h(2_000, "x"), 500, 600).is_some());
+    }
+}
