@@ -131,6 +131,9 @@ pub enum ChangeOp {
     Create,
     Update,
     Delete,
+    /// Who may see the record changed (a share, a share rule); its fields did not. The sync
+    /// stream re-evaluates the record for every partner; Watch skips these.
+    Access,
 }
 
 impl ChangeOp {
@@ -139,6 +142,7 @@ impl ChangeOp {
             ChangeOp::Create => "create",
             ChangeOp::Update => "update",
             ChangeOp::Delete => "delete",
+            ChangeOp::Access => "access",
         }
     }
     pub fn parse(s: &str) -> Option<ChangeOp> {
@@ -146,6 +150,7 @@ impl ChangeOp {
             "create" => Some(ChangeOp::Create),
             "update" => Some(ChangeOp::Update),
             "delete" => Some(ChangeOp::Delete),
+            "access" => Some(ChangeOp::Access),
             _ => None,
         }
     }

@@ -153,26 +153,38 @@ pub fn join(a: (&FieldMap, &VersionMap), b: (&FieldMap, &VersionMap)) -> (FieldM
 }
 
 /// A replica takes in the owner's projection of a record: the fields the owner sent, each
-/// at the higher of the two versions (a verdict may have brought a newer one than an older
-/// stream batch); fields the owner no longer sends (the projection shrank) are dropped.
+/// at the higher of the two versions; fields the owner no longer sends (the projection
+/// shrank) are dropped. `owner_seq` orders the owner's states of the record (its change
+/// sequence number): a state older than the one the replica holds (`local_seq`), e.g. a
+/// stream batch arriving after a newer verdict, changes nothing (None), because it cannot
+/// tell a field it lacks from a field it no longer shows.
 pub fn take_owner_state(
     local: (&FieldMap, &VersionMap),
+    local_seq: i64,
     owner: (&FieldMap, &VersionMap),
-) -> (FieldMap, VersionMap) {
+    owner_seq: i64,
+) -> Option<(FieldMap, VersionMap)> {
+    if owner_seq < local_seq {
+        return None;
+    }
     let (mut fields, mut versions) = join(owner, local);
     versions.retain(|name, _| owner.1.contains_key(name));
     fields.retain(|name, _| versions.contains_key(name));
-    (fields, versions)
+    Some((fields, versions))
 }
 
 /// What a replica shows: the owner's state with the partner's pending edits on top, in the
-/// order they were made.
+/// order they were made. A pending edit older than the owner's version of its field is not
+/// shown: the owner already holds something newer (it lost, or a later edit of ours won).
 pub fn overlay<'a>(
     shadow: (&FieldMap, &VersionMap),
     pending: impl IntoIterator<Item = &'a FieldEdit>,
 ) -> (FieldMap, VersionMap) {
     let (mut fields, mut versions) = (shadow.0.clone(), shadow.1.clone());
     for edit in pending {
+        if shadow.1.get(&edit.field).is_some_and(|v| *v > edit.version) {
+            continue;
+        }
         let state = FieldState {
             value: edit.value.clone(),
             version: edit.version.clone(),
@@ -354,9 +366,11 @@ mod tests {
         local_f.insert("name".into(), Value::Text("new".into()));
         local_v.insert("name".into(), h(50, "acme/n"));
         let (owner_f, owner_v) = start();
-        let (f, v) = take_owner_state((&local_f, &local_v), (&owner_f, &owner_v));
+        let (f, v) = take_owner_state((&local_f, &local_v), 3, (&owner_f, &owner_v), 3).unwrap();
         assert_eq!(f["name"], Value::Text("new".into()));
         assert!(!f.contains_key("phone") && !v.contains_key("phone"));
+        // An older state of the owner changes nothing.
+        assert!(take_owner_state((&local_f, &local_v), 4, (&owner_f, &owner_v), 3).is_none());
     }
 
     #[test]

@@ -365,6 +365,63 @@ pub fn plan_delete(current: &Record, hlc: Hlc, now_ms: i64) -> Result<WritePlan,
     })
 }
 
+/// Fields an erasure keeps: links to other records, which identify no person.
+pub const ERASURE_KEEPS: &[&str] = &["account_id"];
+
+/// Plans the erasure of a person (GDPR Art. 17): every field but the links to other records
+/// is removed, each removal a versioned write, and the record becomes a tombstone that holds
+/// no personal data. Only contacts and leads are persons; other records are deleted instead.
+/// None: already erased (nothing personal left).
+pub fn plan_erase(
+    current: &Record,
+    hlc: Hlc,
+    now_ms: i64,
+) -> Result<Option<WritePlan>, DomainError> {
+    if !matches!(current.kind, RecordKind::Contact | RecordKind::Lead) {
+        return Err(DomainError::precondition(
+            "id",
+            format!(
+                "{} records are not persons; erasure applies to contacts and leads (delete others)",
+                current.kind
+            ),
+        ));
+    }
+    let removed: Vec<String> = current
+        .fields
+        .keys()
+        .filter(|f| !ERASURE_KEEPS.contains(&f.as_str()))
+        .cloned()
+        .collect();
+    if removed.is_empty() && current.is_deleted() {
+        return Ok(None);
+    }
+    let mut record = Record {
+        deleted: Some(current.deleted.clone().unwrap_or_else(|| hlc.clone())),
+        updated_at_ms: now_ms,
+        ..current.clone()
+    };
+    let mut fields = BTreeMap::new();
+    for f in &removed {
+        record.fields.remove(f);
+        record.versions.insert(f.clone(), hlc.clone());
+        fields.insert(f.clone(), None);
+    }
+    let change = Change {
+        seq: 0,
+        record_id: current.id,
+        kind: current.kind,
+        op: ChangeOp::Delete,
+        hlc,
+        fields,
+        at_ms: now_ms,
+    };
+    Ok(Some(WritePlan {
+        record,
+        change,
+        refs: Vec::new(),
+    }))
+}
+
 /// Columns the store keeps beside the JSON fields for filtering and search.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IndexColumns {

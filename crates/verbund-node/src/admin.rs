@@ -259,7 +259,7 @@ impl NodeState {
     }
 
     /// A channel to a partner's node: our node certificate, its pinned CA(s).
-    async fn partner_channel(
+    pub(crate) async fn partner_channel(
         &self,
         partner: &Partner,
     ) -> Result<tonic::transport::Channel, Status> {
@@ -350,6 +350,69 @@ impl NodeState {
 
 #[tonic::async_trait]
 impl pb::admin_service_server::AdminService for Api {
+    async fn sync_status(
+        &self,
+        req: Request<pb::SyncStatusRequest>,
+    ) -> Result<Response<pb::SyncStatusResponse>, Status> {
+        let p = auth::principal(&req)?;
+        self.state.sync_status(&p).await.map(Response::new)
+    }
+
+    async fn list_outbox(
+        &self,
+        req: Request<pb::ListOutboxRequest>,
+    ) -> Result<Response<pb::ListOutboxResponse>, Status> {
+        let p = auth::principal(&req)?;
+        self.state
+            .list_outbox(&p, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_conflicts(
+        &self,
+        req: Request<pb::ListConflictsRequest>,
+    ) -> Result<Response<pb::ListConflictsResponse>, Status> {
+        let p = auth::principal(&req)?;
+        self.state
+            .list_conflicts(&p, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn resolve_conflict(
+        &self,
+        req: Request<pb::ResolveConflictRequest>,
+    ) -> Result<Response<pb::Conflict>, Status> {
+        let p = auth::principal(&req)?;
+        self.state
+            .resolve_conflict(&p, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn erase_record(
+        &self,
+        req: Request<pb::EraseRecordRequest>,
+    ) -> Result<Response<pb::ErasureStatusResponse>, Status> {
+        let p = auth::principal(&req)?;
+        self.state
+            .erase_record(&p, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn erasure_status(
+        &self,
+        req: Request<pb::ErasureStatusRequest>,
+    ) -> Result<Response<pb::ErasureStatusResponse>, Status> {
+        let p = auth::principal(&req)?;
+        self.state
+            .erasure_status(&p, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn add_share(
         &self,
         req: Request<pb::AddShareRequest>,

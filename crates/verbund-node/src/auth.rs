@@ -308,13 +308,16 @@ impl NodeState {
             .collect();
         let referenced = store.get_many(&targets).await.map_err(store_status)?;
         let grants = access::reach(org, &shares, &rules, &direct, &children, &referenced);
-        let records = direct
+        // Only our own records are ever shared: replicas of other owners never pass on.
+        let records: HashMap<Uuid, Record> = direct
             .into_iter()
             .chain(children)
             .chain(referenced)
-            .filter(|r| grants.contains_key(&r.id))
+            .filter(|r| grants.contains_key(&r.id) && r.owner_org == self.org)
             .map(|r| (r.id, r))
             .collect();
+        let mut grants = grants;
+        grants.retain(|id, _| records.contains_key(id));
         Ok(Reached { grants, records })
     }
 
@@ -323,6 +326,9 @@ impl NodeState {
         let policy = self.policy();
         if self.is_own(p) {
             return Ok(record_access(&policy, &self.org, p, rec, &[]));
+        }
+        if rec.owner_org != self.org {
+            return Ok(RecordAccess::default());
         }
         let reached = self.reach_of(&p.org).await?;
         Ok(reached_access(&policy, &self.org, p, rec, &reached))

@@ -6,11 +6,14 @@ pub mod client;
 pub mod config;
 pub mod convert;
 pub mod dial;
+pub mod federation;
 pub mod identity;
+pub mod links;
 pub mod pki;
 pub mod server;
 pub mod service;
 pub mod sharing;
+pub mod sync_admin;
 pub mod tls;
 
 pub use verbund_proto::v1 as pb;

@@ -195,7 +195,10 @@ impl Node {
             ))
             .add_service(limited!(pb::node_service_server::NodeServiceServer<Api>))
             .add_service(limited!(pb::admin_service_server::AdminServiceServer<Api>))
+            .add_service(limited!(pb::federation_server::FederationServer<Api>))
             .serve_with_incoming_shutdown(incoming, signal);
+        // Keep our replicas of every partner's shared records in step.
+        let links = crate::links::spawn(self.state.clone());
         // Clients that keep their connections open must not hold the shutdown forever.
         let grace = async {
             if stopped_rx.await.is_ok() {
@@ -208,6 +211,7 @@ impl Node {
             r = server => r.context("gRPC server failed")?,
             _ = grace => tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; closing them"),
         }
+        links.abort();
         self.state.store.close().await;
         Ok(())
     }

@@ -56,6 +56,10 @@ pub struct NodeState {
     pub crl_path: std::path::PathBuf,
     /// The access policy in force (reloadable).
     pub policy: Arc<LivePolicy>,
+    /// Remote versions further ahead of our clock than this are refused.
+    pub max_clock_skew_ms: u64,
+    /// Our links to the partners that share with us (sync state, outbox wake-ups).
+    pub links: Arc<crate::links::Links>,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -285,7 +289,31 @@ impl NodeState {
             node_identity: Mutex::new(node_identity),
             crl_path,
             policy,
+            max_clock_skew_ms,
+            links: Arc::new(crate::links::Links::default()),
         }))
+    }
+
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stopping.subscribe()
+    }
+
+    pub fn watch_max_age(&self) -> Duration {
+        self.watch_max_age
+    }
+
+    /// A fresh version from our clock (for bookkeeping rows such as access changes).
+    pub fn tick(&self) -> Hlc {
+        Self::stamp(&self.clock, None)
+    }
+
+    /// Our clock takes in a version we received, so what we stamp next is above it.
+    /// Versions beyond the skew bound are refused before they get here.
+    pub fn observe(&self, remote: &Hlc) {
+        let mut clock = self.clock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = clock.receive(remote, now_ms().max(0) as u64) {
+            tracing::warn!(error = %e, "a received version was not taken into the clock");
+        }
     }
 
     /// Ends every open Watch stream (called at shutdown).
@@ -532,7 +560,7 @@ impl NodeState {
                 .collect(),
         };
         let patch = msg.to_fields()?;
-        let (_, access) = self.read_visible(p, kind, id, "update").await?;
+        let (found, access) = self.read_visible(p, kind, id, "update").await?;
         if let Some(f) = Self::first_forbidden(&mask.paths, &access.writable) {
             let msg = format!("{f}: {p} may not write this field of {kind}");
             return Err(self
@@ -545,6 +573,11 @@ impl NodeState {
                     msg,
                 )
                 .await);
+        }
+        if found.owner_org != self.org {
+            return self
+                .update_replica(p, &found, mask.paths, patch, &access)
+                .await;
         }
         let mut audit = Vec::new();
         if !self.is_own(p) {
@@ -597,6 +630,47 @@ impl NodeState {
         Ok(M::from_record(&project(&rec, &after.readable)))
     }
 
+    /// A local edit of another organization's record we hold a replica of: shown at once,
+    /// queued in the outbox and proposed to the owner, whose verdict decides.
+    async fn update_replica<M: RecordMessage>(
+        &self,
+        p: &Principal,
+        rec: &Record,
+        mask: Vec<String>,
+        patch: verbund_core::FieldMap,
+        access: &auth::RecordAccess,
+    ) -> Result<M, Status> {
+        let kind = rec.kind;
+        if let Some(f) = mask
+            .iter()
+            .find(|f| verbund_core::access::controls_access(f))
+        {
+            return Err(Status::permission_denied(format!(
+                "{f}: only the owner {} writes this field of its {kind} records",
+                rec.owner_org
+            )));
+        }
+        let key = Uuid::now_v7().to_string();
+        let clock = self.clock.clone();
+        let id = rec.id;
+        let updated = self
+            .store
+            .edit_replica(kind, id, &key, move |cur| {
+                let hlc = Self::stamp(&clock, cur.versions.values().max());
+                plan_update(cur, &mask, patch, hlc, now_ms())
+            })
+            .await
+            .map_err(|e| match e {
+                StoreError::Domain(DomainError::NotFound { .. }) => {
+                    Status::not_found(format!("{kind} {id} is no longer shared with us"))
+                }
+                e => store_status(e),
+            })?;
+        self.links.outbox_changed();
+        tracing::debug!(principal = %p, record = %id, key, "replica edited; queued for its owner");
+        Ok(M::from_record(&project(&updated, &access.readable)))
+    }
+
     pub async fn delete(
         &self,
         p: &Principal,
@@ -604,6 +678,17 @@ impl NodeState {
         id: &str,
     ) -> Result<pb::DeleteRecordResponse, Status> {
         let uuid = parse_id("id", id)?;
+        if let Some(rec) = self.store.get(uuid).await.map_err(store_status)?
+            && rec.owner_org != self.org
+            && self.is_own(p)
+        {
+            {
+                return Err(Status::failed_precondition(format!(
+                    "{kind} {uuid} belongs to {}; only its owner deletes it",
+                    rec.owner_org
+                )));
+            }
+        }
         let policy = self.policy();
         if !self.is_own(p)
             || policy
@@ -862,6 +947,9 @@ impl NodeState {
         let mut shown = Vec::new();
         let mut events = Vec::new();
         for c in batch {
+            if c.op == verbund_core::ChangeOp::Access {
+                continue; // sharing bookkeeping, not a change of the record
+            }
             let Some(rec) = reached.records.get(&c.record_id) else {
                 continue;
             };
@@ -886,7 +974,9 @@ impl NodeState {
                 op: match c.op {
                     verbund_core::ChangeOp::Create => pb::ChangeOp::Create,
                     verbund_core::ChangeOp::Update => pb::ChangeOp::Update,
-                    verbund_core::ChangeOp::Delete => pb::ChangeOp::Delete,
+                    verbund_core::ChangeOp::Delete | verbund_core::ChangeOp::Access => {
+                        pb::ChangeOp::Delete
+                    }
                 } as i32,
                 changed_fields: changed,
                 version: Some(pb::Hlc {

@@ -108,6 +108,12 @@ impl NodeState {
             .map_err(store_status)?
             .filter(|r| !r.is_deleted())
             .ok_or_else(|| Status::not_found(format!("record {record_id} not found")))?;
+        if rec.owner_org != self.org {
+            return Err(Status::failed_precondition(format!(
+                "record {record_id} belongs to {}; only its owner shares it",
+                rec.owner_org
+            )));
+        }
         // A share the policy turns into nothing is a mistake worth saying so.
         let policy = self.policy();
         let org_subject = Subject::principal(format!("verbund://{org}/node/-"), org.clone());
@@ -138,7 +144,7 @@ impl NodeState {
             format!("shared with {org} under profile {}", req.profile),
         );
         self.store
-            .share(ShareOp::Add(share.clone()), draft)
+            .share(ShareOp::Add(share.clone()), self.tick(), draft)
             .await
             .map_err(store_err)?;
         tracing::info!(record = %record_id, org, profile = %req.profile, by = %p, "shared");
@@ -195,6 +201,7 @@ impl NodeState {
                     record_id,
                     org: req.org.clone(),
                 },
+                self.tick(),
                 draft,
             )
             .await
@@ -243,7 +250,7 @@ impl NodeState {
             ),
         );
         self.store
-            .share(ShareOp::AddRule(rule.clone()), draft)
+            .share(ShareOp::AddRule(rule.clone()), self.tick(), draft)
             .await
             .map_err(store_err)?;
         Ok(rule_to_pb(&rule))
@@ -283,7 +290,7 @@ impl NodeState {
             format!("rule {id} removed"),
         );
         self.store
-            .share(ShareOp::RemoveRule(id), draft)
+            .share(ShareOp::RemoveRule(id), self.tick(), draft)
             .await
             .map_err(store_err)?;
         Ok(pb::RemoveShareRuleResponse {})

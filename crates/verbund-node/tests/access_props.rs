@@ -337,6 +337,7 @@ async fn check(sc: Scenario) {
                     created_at_ms: 0,
                     created_by: "x".into(),
                 }),
+                state.tick(),
                 draft.clone(),
             )
             .await; // a second share of the same record with the same org is refused: fine
@@ -353,6 +354,7 @@ async fn check(sc: Scenario) {
                     created_at_ms: 0,
                     created_by: "x".into(),
                 }),
+                state.tick(),
                 draft.clone(),
             )
             .await

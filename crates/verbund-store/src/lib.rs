@@ -94,7 +94,219 @@ pub enum WriteOp {
     },
     /// Nothing but the job's audit entries (reads, denials).
     AuditOnly,
-    Share(ShareOp),
+    /// A change to the sharing tables; the records whose reach it changes get an `access`
+    /// change-log row stamped `Hlc` (so sync streams re-evaluate them).
+    Share(ShareOp, Hlc),
+    /// Owner side: a partner's proposed change, decided once per idempotency key.
+    Merge {
+        org: String,
+        key: String,
+        kind: RecordKind,
+        id: Uuid,
+        plan_fn: MergeFn,
+    },
+    /// Partner side: a batch of the owner's stream, applied with the new cursor.
+    ReplicaBatch(ReplicaBatch),
+    /// Partner side: a local edit of a replica; it shows at once and waits in the outbox.
+    ReplicaEdit {
+        kind: RecordKind,
+        id: Uuid,
+        key: String,
+        plan_fn: PlanFn,
+    },
+    /// Partner side: the owner's verdict on an outbox entry.
+    Verdict(VerdictApply),
+    /// Owner side: erasure of a person's record (GDPR Art. 17).
+    Erase {
+        kind: RecordKind,
+        id: Uuid,
+        by: String,
+        plan_fn: PlanFn,
+    },
+}
+
+/// What one write job did: the record to answer with, every record it wrote (for the cache)
+/// and its change-log rows.
+#[derive(Default)]
+struct OpOutput {
+    reply: Option<Record>,
+    written: Vec<Record>,
+    changes: Vec<Change>,
+}
+
+impl OpOutput {
+    fn one(plan: WritePlan) -> OpOutput {
+        OpOutput {
+            reply: Some(plan.record.clone()),
+            written: vec![plan.record],
+            changes: vec![plan.change],
+        }
+    }
+    fn unchanged(current: Record) -> OpOutput {
+        OpOutput {
+            reply: Some(current),
+            ..OpOutput::default()
+        }
+    }
+}
+
+/// The owner's decision on one proposed change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerdictOutcome {
+    Applied,
+    AppliedWithConflict,
+    Rejected,
+}
+
+impl VerdictOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerdictOutcome::Applied => "applied",
+            VerdictOutcome::AppliedWithConflict => "applied_with_conflict",
+            VerdictOutcome::Rejected => "rejected",
+        }
+    }
+    pub fn parse(s: &str) -> Option<VerdictOutcome> {
+        [
+            VerdictOutcome::Applied,
+            VerdictOutcome::AppliedWithConflict,
+            VerdictOutcome::Rejected,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+    }
+}
+
+/// What the owner's writer decided for a proposed change, planned from the current record.
+pub struct MergePlan {
+    pub write: Option<WritePlan>,
+    pub conflicts: Vec<verbund_core::sync::Conflict>,
+    pub outcome: VerdictOutcome,
+    /// Value-free: field names and rules only.
+    pub reason: String,
+    pub at_ms: i64,
+}
+
+pub type MergeFn = Box<dyn FnOnce(&Record) -> Result<MergePlan, DomainError> + Send>;
+
+/// A stored verdict (by idempotency key).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredVerdict {
+    pub record_id: Uuid,
+    pub outcome: VerdictOutcome,
+    pub reason: String,
+}
+
+/// The owner's projection of one record, as a replica receives it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReplicaState {
+    pub id: Uuid,
+    pub kind: RecordKind,
+    pub owner_org: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub fields: FieldMap,
+    pub versions: verbund_core::VersionMap,
+    pub writable: Vec<String>,
+    pub deleted: Option<Hlc>,
+    /// The owner's change sequence number of this state (orders states of one record).
+    pub owner_seq: i64,
+}
+
+/// One item of an owner's stream.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ReplicaItem {
+    Upsert(ReplicaState),
+    /// The record left our share: remove our copy.
+    Revoke {
+        id: Uuid,
+    },
+    /// The record was erased at the owner: purge it for good.
+    Erase {
+        id: Uuid,
+    },
+}
+
+/// A batch of an owner's stream and the cursor it brings us to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReplicaBatch {
+    pub owner_org: String,
+    pub cursor: i64,
+    pub owner_last_seq: i64,
+    pub at_ms: i64,
+    pub items: Vec<ReplicaItem>,
+}
+
+/// The owner's verdict on one of our outbox entries.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VerdictApply {
+    pub key: String,
+    pub outcome: VerdictOutcome,
+    pub reason: String,
+    /// The owner's projection after the merge (None: we no longer see the record).
+    pub record: Option<ReplicaState>,
+}
+
+/// A local edit of a replica waiting for (or refused by) its owner.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutboxEntry {
+    pub seq: i64,
+    pub key: String,
+    pub owner_org: String,
+    pub record_id: Uuid,
+    pub kind: RecordKind,
+    pub edits: Vec<verbund_core::sync::FieldEdit>,
+    /// pending or rejected
+    pub state: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub created_ms: i64,
+}
+
+/// Our subscription to an owner.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Subscription {
+    pub owner_org: String,
+    pub cursor: i64,
+    pub owner_last_seq: i64,
+    pub last_batch_ms: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_error_ms: Option<i64>,
+}
+
+/// A stored conflict (owner side).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConflictRecord {
+    pub id: Uuid,
+    pub record_id: Uuid,
+    pub kind: RecordKind,
+    pub conflict: verbund_core::sync::Conflict,
+    pub created_ms: i64,
+    pub resolved_by: Option<String>,
+    pub resolved_ms: Option<i64>,
+    pub resolution: Option<String>,
+}
+
+/// An organization a record was sent to (owner side).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    pub org: String,
+    pub record_id: Uuid,
+    pub kind: RecordKind,
+    /// live, deleted, revoked or erased
+    pub state: String,
+    pub first_sent_ms: i64,
+    pub last_sent_ms: i64,
+    pub erasure_acked_ms: Option<i64>,
+}
+
+/// An erased record (owner side).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Erasure {
+    pub record_id: Uuid,
+    pub kind: RecordKind,
+    pub erased_ms: i64,
+    pub erased_by: String,
 }
 
 /// A change to the sharing tables.
@@ -163,6 +375,7 @@ pub struct ListQuery {
 #[derive(Clone, Copy, Debug)]
 enum RefColumn {
     AccountId,
+    ContactId,
     RelatedId,
     AssignedOrg,
 }
@@ -171,6 +384,7 @@ impl RefColumn {
     fn sql(self) -> &'static str {
         match self {
             RefColumn::AccountId => "account_id",
+            RefColumn::ContactId => "contact_id",
             RefColumn::RelatedId => "related_id",
             RefColumn::AssignedOrg => "assigned_org",
         }
@@ -513,22 +727,29 @@ macro_rules! backend {
                 Ok((current, Some(plan)))
             }
 
-            /// Runs one write with sequence number `seq`. Ok(record, None): nothing changed.
-            async fn run_op(tx: &mut Tx, op: WriteOp, seq: i64) -> Result<(Option<Record>, Option<Change>)> {
+            /// Runs one write; every change it makes takes the next sequence number after `seq`
+            /// (which it advances).
+            async fn run_op(tx: &mut Tx, op: WriteOp, seq: &mut i64) -> Result<OpOutput> {
                 match op {
                     WriteOp::Create(plan_fn) => {
-                        let plan = create(tx, plan_fn()?, seq).await?;
-                        Ok((Some(plan.record), Some(plan.change)))
+                        let plan = create(tx, plan_fn()?, *seq + 1).await?;
+                        *seq += 1;
+                        Ok(OpOutput::one(plan))
                     }
-                    WriteOp::Modify { kind, id, is_delete, plan_fn } => match modify(tx, kind, id, is_delete, plan_fn, seq).await? {
-                        (_, Some(plan)) => Ok((Some(plan.record), Some(plan.change))),
-                        (current, None) => Ok((Some(current), None)),
+                    WriteOp::Modify { kind, id, is_delete, plan_fn } => match modify(tx, kind, id, is_delete, plan_fn, *seq + 1).await? {
+                        (_, Some(plan)) => {
+                            *seq += 1;
+                            Ok(OpOutput::one(plan))
+                        }
+                        (current, None) => Ok(OpOutput::unchanged(current)),
                     },
-                    WriteOp::AuditOnly => Ok((None, None)),
-                    WriteOp::Share(op) => {
-                        share_op(tx, op).await?;
-                        Ok((None, None))
-                    }
+                    WriteOp::AuditOnly => Ok(OpOutput::default()),
+                    WriteOp::Share(op, hlc) => share_op(tx, op, hlc, seq).await,
+                    WriteOp::Merge { org, key, kind, id, plan_fn } => merge_op(tx, &org, &key, kind, id, plan_fn, seq).await,
+                    WriteOp::ReplicaBatch(batch) => replica_batch(tx, batch, seq).await,
+                    WriteOp::ReplicaEdit { kind, id, key, plan_fn } => replica_edit(tx, kind, id, &key, plan_fn, seq).await,
+                    WriteOp::Verdict(v) => apply_verdict(tx, v, seq).await,
+                    WriteOp::Erase { kind, id, by, plan_fn } => erase_op(tx, kind, id, &by, plan_fn, seq).await,
                 }
             }
 
@@ -544,21 +765,23 @@ macro_rules! backend {
                     ops.push((j.op, j.audit));
                     replies.push(j.reply);
                 }
-                let outcome: Result<(Vec<Result<Option<Record>>>, i64)> = async {
+                let outcome: Result<(Vec<Result<Option<Record>>>, Vec<Record>, i64)> = async {
                     let mut tx = pool.begin_with($begin).await?;
                     let mut seq = lock_seq(&mut tx).await?;
                     let mut results = Vec::with_capacity(ops.len());
                     let mut changes = Vec::new();
+                    let mut written = Vec::new();
                     let mut audit_drafts = Vec::new();
                     for (op, mut drafts) in ops {
                         if $savepoints {
                             sqlx::query("SAVEPOINT verbund_write").execute(&mut *tx).await?;
                         }
-                        let outcome = run_op(&mut tx, op, seq + 1).await;
+                        let before = seq;
+                        let outcome = run_op(&mut tx, op, &mut seq).await;
                         match &outcome {
-                            Ok((rec, _)) => {
+                            Ok(out) => {
                                 for d in drafts.iter_mut().filter(|d| d.record_id.is_none()) {
-                                    d.record_id = rec.as_ref().map(|r| r.id.to_string());
+                                    d.record_id = out.reply.as_ref().map(|r| r.id.to_string());
                                 }
                             }
                             Err(StoreError::Domain(_)) => {
@@ -570,22 +793,16 @@ macro_rules! backend {
                         }
                         audit_drafts.append(&mut drafts);
                         match outcome {
-                            Ok((rec, Some(mut change))) => {
-                                seq += 1;
-                                change.seq = seq;
-                                changes.push(change);
+                            Ok(out) => {
+                                changes.extend(out.changes);
+                                written.extend(out.written);
                                 if $savepoints {
                                     sqlx::query("RELEASE SAVEPOINT verbund_write").execute(&mut *tx).await?;
                                 }
-                                results.push(Ok(rec));
-                            }
-                            Ok((rec, None)) => {
-                                if $savepoints {
-                                    sqlx::query("RELEASE SAVEPOINT verbund_write").execute(&mut *tx).await?;
-                                }
-                                results.push(Ok(rec));
+                                results.push(Ok(out.reply));
                             }
                             Err(StoreError::Domain(e)) => {
+                                seq = before;
                                 if $savepoints {
                                     sqlx::query("ROLLBACK TO SAVEPOINT verbund_write").execute(&mut *tx).await?;
                                     sqlx::query("RELEASE SAVEPOINT verbund_write").execute(&mut *tx).await?;
@@ -600,13 +817,13 @@ macro_rules! backend {
                     if let Err(e) = tx.commit().await {
                         return Err(StoreError::OutcomeUnknown(e.to_string()));
                     }
-                    Ok((results, seq))
+                    Ok((results, written, seq))
                 }
                 .await;
                 match outcome {
-                    Ok((results, last_seq)) => {
+                    Ok((results, written, last_seq)) => {
                         if let Some(cache) = cache {
-                            cache.committed(results.iter().filter_map(|o| o.as_ref().ok().and_then(Option::as_ref)));
+                            cache.committed(written.iter());
                         }
                         // Wake change streams whether or not the writers' callers still wait.
                         commits.send_if_modified(|seq| {
@@ -678,7 +895,81 @@ macro_rules! backend {
                 Ok(())
             }
 
-            async fn share_op(tx: &mut Tx, op: ShareOp) -> Result<()> {
+            /// `access` change-log rows for records whose reach changed: sync streams look at
+            /// them again for every partner.
+            fn access_changes(ids: Vec<(String, String)>, hlc: &Hlc, seq: &mut i64) -> Result<Vec<Change>> {
+                let at_ms = hlc.physical_ms as i64;
+                ids.into_iter()
+                    .map(|(id, kind)| {
+                        *seq += 1;
+                        Ok(Change {
+                            seq: *seq,
+                            record_id: Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                            kind: kind_from_db(&kind)?,
+                            op: ChangeOp::Access,
+                            hlc: hlc.clone(),
+                            fields: BTreeMap::new(),
+                            at_ms,
+                        })
+                    })
+                    .collect()
+            }
+
+            /// Live records a share rule may match (a superset; streams check the rule).
+            async fn rule_candidates(tx: &mut Tx, org: &str, rule: &RuleMatch) -> Result<Vec<(String, String)>> {
+                let rows = match rule {
+                    RuleMatch::CaseAssigned => {
+                        sqlx::query("SELECT id, kind FROM records WHERE kind = 'service_case' AND assigned_org = $1 AND deleted_version IS NULL ORDER BY id")
+                            .bind(org)
+                            .fetch_all(&mut **tx)
+                            .await?
+                    }
+                    RuleMatch::AccountTag(tag) => {
+                        sqlx::query("SELECT id, kind FROM records WHERE kind = 'account' AND deleted_version IS NULL AND fields LIKE $1 ESCAPE '\\' ORDER BY id")
+                            .bind(like_pattern(&format!("\"{tag}\"")))
+                            .fetch_all(&mut **tx)
+                            .await?
+                    }
+                };
+                rows.iter().map(|r| Ok((r.try_get("id")?, r.try_get("kind")?))).collect()
+            }
+
+            async fn share_op(tx: &mut Tx, op: ShareOp, hlc: Hlc, seq: &mut i64) -> Result<OpOutput> {
+                let touched: Vec<(String, String)> = match &op {
+                    ShareOp::Add(share) => vec![(share.record_id.to_string(), share.kind.as_str().to_string())],
+                    ShareOp::Revoke { record_id, .. } => {
+                        let kind: Option<String> = sqlx::query_scalar("SELECT kind FROM records WHERE id = $1")
+                            .bind(record_id.to_string())
+                            .fetch_optional(&mut **tx)
+                            .await?;
+                        kind.map(|k| vec![(record_id.to_string(), k)]).unwrap_or_default()
+                    }
+                    ShareOp::AddRule(rule) => rule_candidates(tx, &rule.org, &rule.rule).await?,
+                    ShareOp::RemoveRule(id) => {
+                        let row = sqlx::query("SELECT org, rule FROM share_rules WHERE id = $1")
+                            .bind(id.to_string())
+                            .fetch_optional(&mut **tx)
+                            .await?;
+                        match row {
+                            Some(row) => {
+                                let (org, rule): (String, String) = (row.try_get("org")?, row.try_get("rule")?);
+                                match RuleMatch::parse(&rule) {
+                                    Some(rule) => rule_candidates(tx, &org, &rule).await?,
+                                    None => Vec::new(),
+                                }
+                            }
+                            None => Vec::new(),
+                        }
+                    }
+                };
+                share_tables(tx, op).await?;
+                Ok(OpOutput {
+                    changes: access_changes(touched, &hlc, seq)?,
+                    ..OpOutput::default()
+                })
+            }
+
+            async fn share_tables(tx: &mut Tx, op: ShareOp) -> Result<()> {
                 match op {
                     ShareOp::Add(share) => {
                         let kind: Option<String> = sqlx::query_scalar("SELECT kind FROM records WHERE id = $1 AND deleted_version IS NULL")
@@ -748,6 +1039,465 @@ macro_rules! backend {
                     }
                 }
                 Ok(())
+            }
+
+            // ---- Federation sync: owner side ----
+
+            async fn stored_verdict(tx: &mut Tx, org: &str, key: &str) -> Result<Option<StoredVerdict>> {
+                let row = sqlx::query("SELECT record_id, outcome, reason FROM push_receipts WHERE org = $1 AND push_key = $2")
+                    .bind(org)
+                    .bind(key)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                row.map(|r| verdict_row(&r)).transpose()
+            }
+
+            fn verdict_row(r: &<$db as sqlx::Database>::Row) -> Result<StoredVerdict> {
+                let id: String = r.try_get("record_id")?;
+                let outcome: String = r.try_get("outcome")?;
+                Ok(StoredVerdict {
+                    record_id: Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    outcome: VerdictOutcome::parse(&outcome).ok_or_else(|| StoreError::Corrupt(format!("verdict {outcome:?}")))?,
+                    reason: r.try_get("reason")?,
+                })
+            }
+
+            fn value_json(v: &Option<Value>) -> Result<Option<String>> {
+                v.as_ref().map(fields_to_json).transpose()
+            }
+
+            async fn merge_op(tx: &mut Tx, org: &str, key: &str, kind: RecordKind, id: Uuid, plan_fn: MergeFn, seq: &mut i64) -> Result<OpOutput> {
+                if stored_verdict(tx, org, key).await?.is_some() {
+                    // Decided before: the caller reads the stored verdict; nothing is applied twice.
+                    return Ok(OpOutput::unchanged(load(tx, kind, id).await?));
+                }
+                let current = load(tx, kind, id).await?;
+                let plan = plan_fn(&current)?;
+                let mut out = OpOutput::unchanged(current);
+                if let Some(mut write) = plan.write {
+                    let activity_account = resolve_refs(tx, &write).await?;
+                    write_record(tx, &mut write, *seq + 1, false, activity_account).await?;
+                    *seq += 1;
+                    out = OpOutput::one(write);
+                }
+                let now = plan.at_ms;
+                for c in &plan.conflicts {
+                    sqlx::query(
+                        "INSERT INTO conflicts (id, record_id, kind, field, winner_value, winner_version, loser_value, loser_version, created_ms) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    )
+                    .bind(Uuid::now_v7().to_string())
+                    .bind(id.to_string())
+                    .bind(kind.as_str())
+                    .bind(&c.field)
+                    .bind(value_json(&c.winner.value)?)
+                    .bind(c.winner.version.to_string())
+                    .bind(value_json(&c.loser.value)?)
+                    .bind(c.loser.version.to_string())
+                    .bind(now)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                sqlx::query("INSERT INTO push_receipts (org, push_key, record_id, outcome, reason, at_ms) VALUES ($1, $2, $3, $4, $5, $6)")
+                    .bind(org)
+                    .bind(key)
+                    .bind(id.to_string())
+                    .bind(plan.outcome.as_str())
+                    .bind(&plan.reason)
+                    .bind(now)
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(out)
+            }
+
+            async fn erase_op(tx: &mut Tx, kind: RecordKind, id: Uuid, by: &str, plan_fn: PlanFn, seq: &mut i64) -> Result<OpOutput> {
+                let current = load(tx, kind, id).await?;
+                let Some(mut plan) = plan_fn(&current)? else {
+                    return Ok(OpOutput::unchanged(current));
+                };
+                write_record(tx, &mut plan, *seq + 1, false, None).await?;
+                *seq += 1;
+                // The old values must not survive anywhere on this node: the change log and the
+                // conflict records held them.
+                sqlx::query("UPDATE changes SET fields = '{}' WHERE record_id = $1")
+                    .bind(id.to_string())
+                    .execute(&mut **tx)
+                    .await?;
+                sqlx::query("UPDATE conflicts SET winner_value = NULL, loser_value = NULL WHERE record_id = $1")
+                    .bind(id.to_string())
+                    .execute(&mut **tx)
+                    .await?;
+                // Every organization that ever received the record now owes an acknowledgement.
+                sqlx::query("UPDATE deliveries SET state = 'erased', erasure_acked_ms = NULL WHERE record_id = $1 AND state <> 'erased'")
+                    .bind(id.to_string())
+                    .execute(&mut **tx)
+                    .await?;
+                sqlx::query("INSERT INTO erasures (record_id, kind, erased_ms, erased_by) VALUES ($1, $2, $3, $4) ON CONFLICT (record_id) DO NOTHING")
+                    .bind(id.to_string())
+                    .bind(kind.as_str())
+                    .bind(plan.record.updated_at_ms)
+                    .bind(by)
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(OpOutput::one(plan))
+            }
+
+            // ---- Federation sync: partner side ----
+
+            struct ReplicaRow {
+                owner_org: String,
+                state: String,
+                owner_seq: i64,
+                shadow_fields: FieldMap,
+                shadow_versions: verbund_core::VersionMap,
+            }
+
+            async fn replica_row(tx: &mut Tx, id: Uuid) -> Result<Option<ReplicaRow>> {
+                let row = sqlx::query("SELECT owner_org, state, owner_seq, shadow_fields, shadow_versions FROM replicas WHERE record_id = $1")
+                    .bind(id.to_string())
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                let Some(row) = row else { return Ok(None) };
+                let fields: String = row.try_get("shadow_fields")?;
+                let versions: String = row.try_get("shadow_versions")?;
+                Ok(Some(ReplicaRow {
+                    owner_org: row.try_get("owner_org")?,
+                    state: row.try_get("state")?,
+                    owner_seq: row.try_get("owner_seq")?,
+                    shadow_fields: serde_json::from_str(&fields).map_err(|e| StoreError::Corrupt(format!("shadow of {id}: {e}")))?,
+                    shadow_versions: versions_from_json(&versions)?,
+                }))
+            }
+
+            #[allow(clippy::too_many_arguments)]
+            async fn save_replica(tx: &mut Tx, id: Uuid, owner: &str, kind: RecordKind, state: &str, fields: &FieldMap, versions: &verbund_core::VersionMap, writable: &[String], owner_seq: i64, at_ms: i64) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO replicas (record_id, owner_org, kind, state, shadow_fields, shadow_versions, writable, owner_seq, updated_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                     ON CONFLICT (record_id) DO UPDATE SET state = excluded.state, shadow_fields = excluded.shadow_fields, \
+                     shadow_versions = excluded.shadow_versions, writable = excluded.writable, owner_seq = excluded.owner_seq, updated_ms = excluded.updated_ms",
+                )
+                .bind(id.to_string())
+                .bind(owner)
+                .bind(kind.as_str())
+                .bind(state)
+                .bind(fields_to_json(fields)?)
+                .bind(versions_to_json(versions))
+                .bind(fields_to_json(&writable)?)
+                .bind(owner_seq)
+                .bind(at_ms)
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
+
+            async fn pending_edits(tx: &mut Tx, id: Uuid) -> Result<Vec<verbund_core::sync::FieldEdit>> {
+                let rows = sqlx::query("SELECT edits FROM outbox WHERE record_id = $1 AND state = 'pending' ORDER BY seq")
+                    .bind(id.to_string())
+                    .fetch_all(&mut **tx)
+                    .await?;
+                let mut out = Vec::new();
+                for r in rows {
+                    let text: String = r.try_get("edits")?;
+                    let edits: Vec<verbund_core::sync::FieldEdit> =
+                        serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("outbox edits: {e}")))?;
+                    out.extend(edits);
+                }
+                Ok(out)
+            }
+
+            /// The row for a local record with this id, if it is not a replica of `owner`
+            /// (an owner must never overwrite our own records).
+            async fn foreign_collision(tx: &mut Tx, id: Uuid, owner: &str) -> Result<bool> {
+                let found: Option<String> = sqlx::query_scalar("SELECT owner_org FROM records WHERE id = $1")
+                    .bind(id.to_string())
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                Ok(found.is_some_and(|o| o != owner))
+            }
+
+            async fn load_any(tx: &mut Tx, id: Uuid) -> Result<Option<Record>> {
+                let row = sqlx::query("SELECT id, kind, owner_org, created_at_ms, updated_at_ms, deleted_version, seq, fields, versions FROM records WHERE id = $1")
+                    .bind(id.to_string())
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                row.map(|r| record_row(&r)?.into_record()).transpose()
+            }
+
+            /// Writes what the replica shows (`next`) if it differs from the stored row, with a
+            /// change-log row for local watchers.
+            async fn show_replica(tx: &mut Tx, current: Option<Record>, mut next: Record, seq: &mut i64, out: &mut OpOutput) -> Result<()> {
+                if let Some(cur) = &current {
+                    if cur.fields == next.fields && cur.versions == next.versions && cur.deleted == next.deleted {
+                        return Ok(());
+                    }
+                }
+                let mut changed = BTreeMap::new();
+                for name in next.versions.keys() {
+                    let before = current.as_ref().and_then(|c| c.versions.get(name));
+                    if before != next.versions.get(name) {
+                        changed.insert(name.clone(), next.fields.get(name).cloned());
+                    }
+                }
+                let op = match (&current, next.deleted.is_some()) {
+                    (_, true) => ChangeOp::Delete,
+                    (None, false) => ChangeOp::Create,
+                    (Some(c), false) if c.deleted.is_some() => ChangeOp::Create,
+                    _ => ChangeOp::Update,
+                };
+                let hlc = next
+                    .versions
+                    .values()
+                    .max()
+                    .cloned()
+                    .or_else(|| next.deleted.clone())
+                    .unwrap_or_else(|| Hlc::new(next.updated_at_ms.max(0) as u64, 0, next.owner_org.clone()));
+                next.seq = *seq + 1;
+                let mut plan = WritePlan {
+                    change: Change {
+                        seq: *seq + 1,
+                        record_id: next.id,
+                        kind: next.kind,
+                        op,
+                        hlc,
+                        fields: if next.deleted.is_some() { BTreeMap::new() } else { changed },
+                        at_ms: next.updated_at_ms,
+                    },
+                    record: next,
+                    refs: Vec::new(),
+                };
+                let activity_account = if plan.record.kind == RecordKind::Activity {
+                    let related = plan.record.text("related_id").map(str::to_string);
+                    match related {
+                        Some(r) => {
+                            let row = sqlx::query("SELECT kind, account_id FROM records WHERE id = $1")
+                                .bind(&r)
+                                .fetch_optional(&mut **tx)
+                                .await?;
+                            Some(match row {
+                                Some(row) => {
+                                    let kind: String = row.try_get("kind")?;
+                                    if kind == "account" { Some(r) } else { row.try_get("account_id")? }
+                                }
+                                None => None,
+                            })
+                        }
+                        None => Some(None),
+                    }
+                } else {
+                    None
+                };
+                write_record(tx, &mut plan, *seq + 1, current.is_none(), activity_account).await?;
+                *seq += 1;
+                out.written.push(plan.record);
+                out.changes.push(plan.change);
+                Ok(())
+            }
+
+            /// Takes in the owner's state of a record and shows it with our pending edits.
+            async fn take_in(tx: &mut Tx, owner: &str, st: ReplicaState, at_ms: i64, seq: &mut i64, out: &mut OpOutput) -> Result<()> {
+                if st.owner_org != owner || foreign_collision(tx, st.id, owner).await? {
+                    tracing::warn!(record = %st.id, owner, "ignored a replica that would overwrite a record of another owner");
+                    return Ok(());
+                }
+                let existing = replica_row(tx, st.id).await?;
+                if existing.as_ref().is_some_and(|r| r.state.starts_with("erased")) {
+                    // Erased: replaying an old batch must never bring the record back.
+                    return Ok(());
+                }
+                if existing.as_ref().is_some_and(|r| r.state != "revoked" && st.owner_seq < r.owner_seq) {
+                    // An older state than the one we hold (a batch behind a newer verdict).
+                    return Ok(());
+                }
+                let current = load_any(tx, st.id).await?;
+                let (shadow_f, shadow_v) = match (&st.deleted, &existing) {
+                    (Some(_), _) => (FieldMap::new(), verbund_core::VersionMap::new()),
+                    (None, Some(r)) if r.state == "live" => verbund_core::sync::take_owner_state(
+                        (&r.shadow_fields, &r.shadow_versions),
+                        r.owner_seq,
+                        (&st.fields, &st.versions),
+                        st.owner_seq,
+                    )
+                    .unwrap_or_else(|| (r.shadow_fields.clone(), r.shadow_versions.clone())),
+                    (None, _) => (st.fields.clone(), st.versions.clone()),
+                };
+                let state = if st.deleted.is_some() { "deleted" } else { "live" };
+                save_replica(tx, st.id, owner, st.kind, state, &shadow_f, &shadow_v, &st.writable, st.owner_seq, at_ms).await?;
+                let pending = if st.deleted.is_some() { Vec::new() } else { pending_edits(tx, st.id).await? };
+                let (fields, versions) = verbund_core::sync::overlay((&shadow_f, &shadow_v), pending.iter());
+                let next = Record {
+                    id: st.id,
+                    kind: st.kind,
+                    owner_org: owner.to_string(),
+                    created_at_ms: st.created_at_ms,
+                    updated_at_ms: st.updated_at_ms,
+                    deleted: st.deleted.clone(),
+                    seq: 0,
+                    fields,
+                    versions,
+                };
+                show_replica(tx, current, next, seq, out).await
+            }
+
+            /// Removes our copy of a record (revoked or erased): a value-free tombstone stays so
+            /// the change log and local watchers stay consistent.
+            async fn purge_replica(tx: &mut Tx, owner: &str, id: Uuid, erased: bool, at_ms: i64, seq: &mut i64, out: &mut OpOutput) -> Result<()> {
+                if foreign_collision(tx, id, owner).await? {
+                    return Ok(());
+                }
+                let existing = replica_row(tx, id).await?;
+                if let Some(r) = &existing {
+                    if r.state.starts_with("erased") {
+                        return Ok(());
+                    }
+                    if r.state == "revoked" && !erased {
+                        return Ok(());
+                    }
+                }
+                let current = load_any(tx, id).await?;
+                let kind = current.as_ref().map(|c| c.kind);
+                let state = if erased { "erased-unacked" } else { "revoked" };
+                let Some(kind) = kind else {
+                    if erased {
+                        // Never received: remember the erasure so a late batch cannot bring it in.
+                        sqlx::query(
+                            "INSERT INTO replicas (record_id, owner_org, kind, state, shadow_fields, shadow_versions, writable, owner_seq, updated_ms) \
+                             VALUES ($1, $2, 'contact', $3, '{}', '{}', '[]', 0, $4) ON CONFLICT (record_id) DO UPDATE SET state = excluded.state",
+                        )
+                        .bind(id.to_string())
+                        .bind(owner)
+                        .bind(state)
+                        .bind(at_ms)
+                        .execute(&mut **tx)
+                        .await?;
+                    }
+                    return Ok(());
+                };
+                let seq_held = existing.as_ref().map(|r| r.owner_seq).unwrap_or(0);
+                save_replica(tx, id, owner, kind, state, &FieldMap::new(), &verbund_core::VersionMap::new(), &[], seq_held, at_ms).await?;
+                if erased {
+                    // Our own edits of an erased person go too: they hold personal data.
+                    sqlx::query("DELETE FROM outbox WHERE record_id = $1").bind(id.to_string()).execute(&mut **tx).await?;
+                } else {
+                    sqlx::query("UPDATE outbox SET state = 'rejected', last_error = 'the owner no longer shares this record' WHERE record_id = $1 AND state = 'pending'")
+                        .bind(id.to_string())
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                sqlx::query("UPDATE changes SET fields = '{}' WHERE record_id = $1")
+                    .bind(id.to_string())
+                    .execute(&mut **tx)
+                    .await?;
+                let Some(cur) = current else { return Ok(()) };
+                let tomb = cur.versions.values().max().cloned().unwrap_or_else(|| Hlc::new(at_ms.max(0) as u64, 0, owner.to_string()));
+                let next = Record {
+                    deleted: Some(cur.deleted.clone().unwrap_or(tomb)),
+                    fields: FieldMap::new(),
+                    versions: verbund_core::VersionMap::new(),
+                    updated_at_ms: at_ms,
+                    ..cur.clone()
+                };
+                show_replica(tx, Some(cur), next, seq, out).await
+            }
+
+            async fn replica_batch(tx: &mut Tx, batch: ReplicaBatch, seq: &mut i64) -> Result<OpOutput> {
+                let mut out = OpOutput::default();
+                let stored: Option<i64> = sqlx::query_scalar("SELECT cursor FROM subscriptions WHERE owner_org = $1")
+                    .bind(&batch.owner_org)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                // A batch the cursor already covers was applied: applying it again changes nothing.
+                // Repairs (cursor 0) apply whatever the cursor.
+                if batch.cursor > 0 && stored.is_some_and(|c| c >= batch.cursor) {
+                    return Ok(out);
+                }
+                let owner = batch.owner_org.clone();
+                for item in batch.items {
+                    match item {
+                        ReplicaItem::Upsert(st) => take_in(tx, &owner, st, batch.at_ms, seq, &mut out).await?,
+                        ReplicaItem::Revoke { id } => purge_replica(tx, &owner, id, false, batch.at_ms, seq, &mut out).await?,
+                        ReplicaItem::Erase { id } => purge_replica(tx, &owner, id, true, batch.at_ms, seq, &mut out).await?,
+                    }
+                }
+                if batch.cursor > 0 || stored.is_none() {
+                    // Even a batch that changed nothing moves the cursor: what we know advances.
+                    sqlx::query(
+                        "INSERT INTO subscriptions (owner_org, cursor, owner_last_seq, last_batch_ms) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (owner_org) DO UPDATE SET cursor = CASE WHEN excluded.cursor > subscriptions.cursor THEN excluded.cursor ELSE subscriptions.cursor END, \
+                         owner_last_seq = excluded.owner_last_seq, last_batch_ms = excluded.last_batch_ms",
+                    )
+                    .bind(&owner)
+                    .bind(batch.cursor)
+                    .bind(batch.owner_last_seq)
+                    .bind(batch.at_ms)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                Ok(out)
+            }
+
+            async fn replica_edit(tx: &mut Tx, kind: RecordKind, id: Uuid, key: &str, plan_fn: PlanFn, seq: &mut i64) -> Result<OpOutput> {
+                let current = load(tx, kind, id).await?;
+                let replica = replica_row(tx, id).await?;
+                let Some(replica) = replica.filter(|r| r.state == "live") else {
+                    return Err(DomainError::NotFound { kind, id: id.to_string() }.into());
+                };
+                let Some(mut plan) = plan_fn(&current)? else {
+                    return Ok(OpOutput::unchanged(current));
+                };
+                write_record(tx, &mut plan, *seq + 1, false, None).await?;
+                *seq += 1;
+                let edits = verbund_core::sync::edits_of(&plan.change.fields, &plan.record.versions, &current.versions);
+                sqlx::query(
+                    "INSERT INTO outbox (push_key, owner_org, record_id, kind, edits, state, attempts, created_ms) \
+                     VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6)",
+                )
+                .bind(key)
+                .bind(&replica.owner_org)
+                .bind(id.to_string())
+                .bind(kind.as_str())
+                .bind(fields_to_json(&edits)?)
+                .bind(plan.record.updated_at_ms)
+                .execute(&mut **tx)
+                .await?;
+                Ok(OpOutput::one(plan))
+            }
+
+            async fn apply_verdict(tx: &mut Tx, v: VerdictApply, seq: &mut i64) -> Result<OpOutput> {
+                let mut out = OpOutput::default();
+                let row = sqlx::query("SELECT owner_org, record_id FROM outbox WHERE push_key = $1")
+                    .bind(&v.key)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                let Some(row) = row else { return Ok(out) };
+                let owner: String = row.try_get("owner_org")?;
+                let id: String = row.try_get("record_id")?;
+                let id = Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                if v.outcome == VerdictOutcome::Rejected {
+                    sqlx::query("UPDATE outbox SET state = 'rejected', last_error = $2 WHERE push_key = $1")
+                        .bind(&v.key)
+                        .bind(&v.reason)
+                        .execute(&mut **tx)
+                        .await?;
+                } else {
+                    sqlx::query("DELETE FROM outbox WHERE push_key = $1").bind(&v.key).execute(&mut **tx).await?;
+                }
+                let now = v.record.as_ref().map(|r| r.updated_at_ms).unwrap_or(0);
+                match v.record {
+                    Some(st) if st.id == id => take_in(tx, &owner, st, now, seq, &mut out).await?,
+                    _ => {
+                        // No newer owner state: show the shadow with the edits still pending.
+                        if let (Some(r), Some(cur)) = (replica_row(tx, id).await?, load_any(tx, id).await?) {
+                            if r.state == "live" {
+                                let pending = pending_edits(tx, id).await?;
+                                let (fields, versions) = verbund_core::sync::overlay((&r.shadow_fields, &r.shadow_versions), pending.iter());
+                                let next = Record { fields, versions, ..cur.clone() };
+                                show_replica(tx, Some(cur), next, seq, &mut out).await?;
+                            }
+                        }
+                    }
+                }
+                Ok(out)
             }
 
             fn share_row(r: &<$db as sqlx::Database>::Row) -> Result<Share> {
@@ -851,6 +1601,348 @@ macro_rules! backend {
                 rows.iter().map(|r| record_row(r)?.into_record()).collect()
             }
 
+            // ---- Federation sync: reads and bookkeeping outside the writer ----
+
+            pub async fn push_verdict(pool: &$pool, org: &str, key: &str) -> Result<Option<StoredVerdict>> {
+                let row = sqlx::query("SELECT record_id, outcome, reason FROM push_receipts WHERE org = $1 AND push_key = $2")
+                    .bind(org)
+                    .bind(key)
+                    .fetch_optional(pool)
+                    .await?;
+                row.map(|r| verdict_row(&r)).transpose()
+            }
+
+            fn delivery_row(r: &<$db as sqlx::Database>::Row) -> Result<Delivery> {
+                let id: String = r.try_get("record_id")?;
+                let kind: String = r.try_get("kind")?;
+                Ok(Delivery {
+                    org: r.try_get("org")?,
+                    record_id: Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    kind: kind_from_db(&kind)?,
+                    state: r.try_get("state")?,
+                    first_sent_ms: r.try_get("first_sent_ms")?,
+                    last_sent_ms: r.try_get("last_sent_ms")?,
+                    erasure_acked_ms: r.try_get("erasure_acked_ms")?,
+                })
+            }
+
+            const DELIVERY_COLUMNS: &str = "org, record_id, kind, state, first_sent_ms, last_sent_ms, erasure_acked_ms";
+
+            pub async fn deliveries_of(pool: &$pool, org: &str, ids: &[Uuid]) -> Result<Vec<Delivery>> {
+                let mut out = Vec::new();
+                for chunk in ids.chunks(500) {
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT ");
+                    qb.push(DELIVERY_COLUMNS).push(" FROM deliveries WHERE org = ").push_bind(org.to_string()).push(" AND record_id IN (");
+                    let mut sep = qb.separated(", ");
+                    for id in chunk {
+                        sep.push_bind(id.to_string());
+                    }
+                    qb.push(")");
+                    for r in qb.build().fetch_all(pool).await? {
+                        out.push(delivery_row(&r)?);
+                    }
+                }
+                Ok(out)
+            }
+
+            pub async fn deliveries_of_record(pool: &$pool, id: Uuid) -> Result<Vec<Delivery>> {
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT ");
+                qb.push(DELIVERY_COLUMNS).push(" FROM deliveries WHERE record_id = ").push_bind(id.to_string()).push(" ORDER BY org");
+                qb.build().fetch_all(pool).await?.iter().map(|r| delivery_row(r)).collect()
+            }
+
+            pub async fn live_deliveries(pool: &$pool, org: &str) -> Result<Vec<Delivery>> {
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT ");
+                qb.push(DELIVERY_COLUMNS).push(" FROM deliveries WHERE org = ").push_bind(org.to_string()).push(" AND state = 'live' ORDER BY record_id");
+                qb.build().fetch_all(pool).await?.iter().map(|r| delivery_row(r)).collect()
+            }
+
+            pub async fn pending_erasures(pool: &$pool, org: &str) -> Result<Vec<Delivery>> {
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT ");
+                qb.push(DELIVERY_COLUMNS).push(" FROM deliveries WHERE org = ").push_bind(org.to_string())
+                    .push(" AND state = 'erased' AND erasure_acked_ms IS NULL ORDER BY record_id");
+                qb.build().fetch_all(pool).await?.iter().map(|r| delivery_row(r)).collect()
+            }
+
+            /// Records, before sending, what each partner is about to hold: a record reaches the
+            /// ledger before it leaves the node, so erasure can find every copy.
+            pub async fn record_deliveries(pool: &$pool, org: &str, rows: &[(Uuid, RecordKind, &'static str)], at_ms: i64) -> Result<()> {
+                let mut tx = pool.begin().await?;
+                for chunk in rows.chunks(200) {
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO deliveries (org, record_id, kind, state, first_sent_ms, last_sent_ms) ");
+                    qb.push_values(chunk, |mut b, (id, kind, state)| {
+                        b.push_bind(org.to_string())
+                            .push_bind(id.to_string())
+                            .push_bind(kind.as_str())
+                            .push_bind(*state)
+                            .push_bind(at_ms)
+                            .push_bind(at_ms);
+                    });
+                    qb.push(" ON CONFLICT (org, record_id) DO UPDATE SET state = CASE WHEN deliveries.state = 'erased' THEN deliveries.state ELSE excluded.state END, last_sent_ms = excluded.last_sent_ms");
+                    qb.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            pub async fn ack_erasures(pool: &$pool, org: &str, ids: &[Uuid], at_ms: i64) -> Result<()> {
+                for id in ids {
+                    sqlx::query("UPDATE deliveries SET erasure_acked_ms = $3 WHERE org = $1 AND record_id = $2 AND state = 'erased' AND erasure_acked_ms IS NULL")
+                        .bind(org)
+                        .bind(id.to_string())
+                        .bind(at_ms)
+                        .execute(pool)
+                        .await?;
+                }
+                Ok(())
+            }
+
+            pub async fn record_peer_ack(pool: &$pool, org: &str, cursor: i64, at_ms: i64) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO sync_peers (org, acked_cursor, acked_ms) VALUES ($1, $2, $3) \
+                     ON CONFLICT (org) DO UPDATE SET acked_cursor = excluded.acked_cursor, acked_ms = excluded.acked_ms",
+                )
+                .bind(org)
+                .bind(cursor)
+                .bind(at_ms)
+                .execute(pool)
+                .await?;
+                Ok(())
+            }
+
+            pub async fn peer_acks(pool: &$pool) -> Result<Vec<(String, i64, i64)>> {
+                let rows = sqlx::query("SELECT org, acked_cursor, acked_ms FROM sync_peers ORDER BY org").fetch_all(pool).await?;
+                rows.iter().map(|r| Ok((r.try_get("org")?, r.try_get("acked_cursor")?, r.try_get("acked_ms")?))).collect()
+            }
+
+            pub async fn erasure(pool: &$pool, id: Uuid) -> Result<Option<Erasure>> {
+                let row = sqlx::query("SELECT record_id, kind, erased_ms, erased_by FROM erasures WHERE record_id = $1")
+                    .bind(id.to_string())
+                    .fetch_optional(pool)
+                    .await?;
+                row.map(|r| {
+                    let kind: String = r.try_get("kind")?;
+                    Ok(Erasure { record_id: id, kind: kind_from_db(&kind)?, erased_ms: r.try_get("erased_ms")?, erased_by: r.try_get("erased_by")? })
+                })
+                .transpose()
+            }
+
+            fn conflict_row(r: &<$db as sqlx::Database>::Row) -> Result<ConflictRecord> {
+                let corrupt = |e: String| StoreError::Corrupt(e);
+                let id: String = r.try_get("id")?;
+                let record_id: String = r.try_get("record_id")?;
+                let kind: String = r.try_get("kind")?;
+                let value = |col: &str| -> Result<Option<Value>> {
+                    let text: Option<String> = r.try_get(col)?;
+                    text.map(|t| serde_json::from_str(&t).map_err(|e| corrupt(format!("conflict value: {e}")))).transpose()
+                };
+                let version = |col: &str| -> Result<Hlc> {
+                    let text: String = r.try_get(col)?;
+                    text.parse().map_err(|e: verbund_core::hlc::ParseHlcError| corrupt(e.to_string()))
+                };
+                Ok(ConflictRecord {
+                    id: Uuid::parse_str(&id).map_err(|e| corrupt(e.to_string()))?,
+                    record_id: Uuid::parse_str(&record_id).map_err(|e| corrupt(e.to_string()))?,
+                    kind: kind_from_db(&kind)?,
+                    conflict: verbund_core::sync::Conflict {
+                        field: r.try_get("field")?,
+                        winner: verbund_core::sync::FieldState { value: value("winner_value")?, version: version("winner_version")? },
+                        loser: verbund_core::sync::FieldState { value: value("loser_value")?, version: version("loser_version")? },
+                    },
+                    created_ms: r.try_get("created_ms")?,
+                    resolved_by: r.try_get("resolved_by")?,
+                    resolved_ms: r.try_get("resolved_ms")?,
+                    resolution: r.try_get("resolution")?,
+                })
+            }
+
+            const CONFLICT_COLUMNS: &str = "id, record_id, kind, field, winner_value, winner_version, loser_value, loser_version, created_ms, resolved_by, resolved_ms, resolution";
+
+            pub async fn list_conflicts(pool: &$pool, record_id: Option<Uuid>, include_resolved: bool) -> Result<Vec<ConflictRecord>> {
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT ");
+                qb.push(CONFLICT_COLUMNS).push(" FROM conflicts WHERE 1 = 1");
+                if let Some(id) = record_id {
+                    qb.push(" AND record_id = ").push_bind(id.to_string());
+                }
+                if !include_resolved {
+                    qb.push(" AND resolved_ms IS NULL");
+                }
+                qb.push(" ORDER BY created_ms, id LIMIT 1000");
+                qb.build().fetch_all(pool).await?.iter().map(|r| conflict_row(r)).collect()
+            }
+
+            pub async fn get_conflict(pool: &$pool, id: Uuid) -> Result<Option<ConflictRecord>> {
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT ");
+                qb.push(CONFLICT_COLUMNS).push(" FROM conflicts WHERE id = ").push_bind(id.to_string());
+                qb.build().fetch_optional(pool).await?.map(|r| conflict_row(&r)).transpose()
+            }
+
+            pub async fn mark_conflict_resolved(pool: &$pool, id: Uuid, by: &str, resolution: &str, at_ms: i64) -> Result<bool> {
+                let r = sqlx::query("UPDATE conflicts SET resolved_by = $2, resolution = $3, resolved_ms = $4 WHERE id = $1 AND resolved_ms IS NULL")
+                    .bind(id.to_string())
+                    .bind(by)
+                    .bind(resolution)
+                    .bind(at_ms)
+                    .execute(pool)
+                    .await?;
+                Ok(r.rows_affected() > 0)
+            }
+
+            fn subscription_row(r: &<$db as sqlx::Database>::Row) -> Result<Subscription> {
+                Ok(Subscription {
+                    owner_org: r.try_get("owner_org")?,
+                    cursor: r.try_get("cursor")?,
+                    owner_last_seq: r.try_get("owner_last_seq")?,
+                    last_batch_ms: r.try_get("last_batch_ms")?,
+                    last_error: r.try_get("last_error")?,
+                    last_error_ms: r.try_get("last_error_ms")?,
+                })
+            }
+
+            pub async fn subscription(pool: &$pool, owner: &str) -> Result<Option<Subscription>> {
+                sqlx::query("SELECT owner_org, cursor, owner_last_seq, last_batch_ms, last_error, last_error_ms FROM subscriptions WHERE owner_org = $1")
+                    .bind(owner)
+                    .fetch_optional(pool)
+                    .await?
+                    .map(|r| subscription_row(&r))
+                    .transpose()
+            }
+
+            pub async fn list_subscriptions(pool: &$pool) -> Result<Vec<Subscription>> {
+                sqlx::query("SELECT owner_org, cursor, owner_last_seq, last_batch_ms, last_error, last_error_ms FROM subscriptions ORDER BY owner_org")
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(|r| subscription_row(r))
+                    .collect()
+            }
+
+            pub async fn set_sync_error(pool: &$pool, owner: &str, error: Option<&str>, at_ms: i64) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO subscriptions (owner_org, cursor, owner_last_seq, last_error, last_error_ms) VALUES ($1, 0, 0, $2, $3) \
+                     ON CONFLICT (owner_org) DO UPDATE SET last_error = excluded.last_error, last_error_ms = excluded.last_error_ms",
+                )
+                .bind(owner)
+                .bind(error)
+                .bind(at_ms)
+                .execute(pool)
+                .await?;
+                Ok(())
+            }
+
+            fn outbox_row(r: &<$db as sqlx::Database>::Row) -> Result<OutboxEntry> {
+                let id: String = r.try_get("record_id")?;
+                let kind: String = r.try_get("kind")?;
+                let edits: String = r.try_get("edits")?;
+                Ok(OutboxEntry {
+                    seq: r.try_get("seq")?,
+                    key: r.try_get("push_key")?,
+                    owner_org: r.try_get("owner_org")?,
+                    record_id: Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    kind: kind_from_db(&kind)?,
+                    edits: serde_json::from_str(&edits).map_err(|e| StoreError::Corrupt(format!("outbox edits: {e}")))?,
+                    state: r.try_get("state")?,
+                    attempts: r.try_get("attempts")?,
+                    last_error: r.try_get("last_error")?,
+                    created_ms: r.try_get("created_ms")?,
+                })
+            }
+
+            const OUTBOX_COLUMNS: &str = "seq, push_key, owner_org, record_id, kind, edits, state, attempts, last_error, created_ms";
+
+            pub async fn list_outbox(pool: &$pool, owner: Option<&str>, state: Option<&str>, limit: i64) -> Result<Vec<OutboxEntry>> {
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT ");
+                qb.push(OUTBOX_COLUMNS).push(" FROM outbox WHERE 1 = 1");
+                if let Some(o) = owner {
+                    qb.push(" AND owner_org = ").push_bind(o.to_string());
+                }
+                if let Some(st) = state {
+                    qb.push(" AND state = ").push_bind(st.to_string());
+                }
+                qb.push(" ORDER BY seq LIMIT ").push_bind(limit);
+                qb.build().fetch_all(pool).await?.iter().map(|r| outbox_row(r)).collect()
+            }
+
+            pub async fn outbox_attempt(pool: &$pool, key: &str, error: &str) -> Result<()> {
+                sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE push_key = $1")
+                    .bind(key)
+                    .bind(error)
+                    .execute(pool)
+                    .await?;
+                Ok(())
+            }
+
+            pub async fn count_by_owner(pool: &$pool, table_outbox: bool) -> Result<Vec<(String, i64)>> {
+                let sql = if table_outbox {
+                    "SELECT owner_org, COUNT(*) AS n FROM outbox WHERE state = 'pending' GROUP BY owner_org"
+                } else {
+                    "SELECT owner_org, COUNT(*) AS n FROM replicas WHERE state = 'live' GROUP BY owner_org"
+                };
+                sqlx::query(sql).fetch_all(pool).await?.iter().map(|r| Ok((r.try_get("owner_org")?, r.try_get("n")?))).collect()
+            }
+
+            /// (record id, digest of the owner's versions) of every replica of `owner` we hold.
+            pub async fn replica_digests(pool: &$pool, owner: &str) -> Result<Vec<(Uuid, u64)>> {
+                let rows = sqlx::query("SELECT record_id, state, shadow_versions FROM replicas WHERE owner_org = $1 AND state IN ('live', 'deleted')")
+                    .bind(owner)
+                    .fetch_all(pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| {
+                        let id: String = r.try_get("record_id")?;
+                        let state: String = r.try_get("state")?;
+                        let versions: String = r.try_get("shadow_versions")?;
+                        Ok((
+                            Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                            verbund_core::sync::record_digest(&versions_from_json(&versions)?, state == "deleted"),
+                        ))
+                    })
+                    .collect()
+            }
+
+            pub async fn unacked_erasures(pool: &$pool, owner: &str) -> Result<Vec<Uuid>> {
+                let ids: Vec<String> = sqlx::query_scalar("SELECT record_id FROM replicas WHERE owner_org = $1 AND state = 'erased-unacked'")
+                    .bind(owner)
+                    .fetch_all(pool)
+                    .await?;
+                ids.iter().map(|i| Uuid::parse_str(i).map_err(|e| StoreError::Corrupt(e.to_string()))).collect()
+            }
+
+            pub async fn mark_erasures_acked(pool: &$pool, ids: &[Uuid]) -> Result<()> {
+                for id in ids {
+                    sqlx::query("UPDATE replicas SET state = 'erased' WHERE record_id = $1 AND state = 'erased-unacked'")
+                        .bind(id.to_string())
+                        .execute(pool)
+                        .await?;
+                }
+                Ok(())
+            }
+
+            /// Our replica's owner and writable fields (None: not a replica).
+            pub async fn replica_info(pool: &$pool, id: Uuid) -> Result<Option<(String, String, Vec<String>)>> {
+                let row = sqlx::query("SELECT owner_org, state, writable FROM replicas WHERE record_id = $1")
+                    .bind(id.to_string())
+                    .fetch_optional(pool)
+                    .await?;
+                row.map(|r| {
+                    let writable: String = r.try_get("writable")?;
+                    Ok((
+                        r.try_get("owner_org")?,
+                        r.try_get("state")?,
+                        serde_json::from_str(&writable).map_err(|e| StoreError::Corrupt(format!("writable: {e}")))?,
+                    ))
+                })
+                .transpose()
+            }
+
+            /// Live records that refer to one of `ids` as account, contact or related record.
+            pub async fn dependents_of(pool: &$pool, ids: &[String]) -> Result<Vec<Record>> {
+                let mut out = live_by_column(pool, RefColumn::AccountId, ids, None, None).await?;
+                out.extend(live_by_column(pool, RefColumn::ContactId, ids, None, None).await?);
+                out.extend(live_by_column(pool, RefColumn::RelatedId, ids, None, None).await?);
+                Ok(out)
+            }
+
             pub async fn list_audit(pool: &$pool, q: &AuditQuery) -> Result<Vec<AuditEntry>> {
                 let mut qb: QueryBuilder<$db> = QueryBuilder::new(
                     "SELECT seq, at_ms, principal, org, action, kind, record_id, fields, decision, reason, prev_hash, hash FROM audit_log WHERE seq > ",
@@ -911,15 +2003,21 @@ macro_rules! backend {
                 if ids.is_empty() {
                     return Ok(Vec::new());
                 }
-                let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT ");
-                qb.push(RECORD_COLUMNS).push(" FROM records WHERE id IN (");
-                let mut sep = qb.separated(", ");
-                for id in ids {
-                    sep.push_bind(id.to_string());
+                let mut out = Vec::with_capacity(ids.len());
+                // Bounded statements: SQLite limits the number of bound parameters.
+                for chunk in ids.chunks(500) {
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT ");
+                    qb.push(RECORD_COLUMNS).push(" FROM records WHERE id IN (");
+                    let mut sep = qb.separated(", ");
+                    for id in chunk {
+                        sep.push_bind(id.to_string());
+                    }
+                    qb.push(")");
+                    for r in qb.build().fetch_all(pool).await? {
+                        out.push(record_row(&r)?.into_record()?);
+                    }
                 }
-                qb.push(")");
-                let rows = qb.build().fetch_all(pool).await?;
-                rows.iter().map(|r| record_row(r)?.into_record()).collect()
+                Ok(out)
             }
 
             pub async fn list(pool: &$pool, q: &ListQuery) -> Result<Vec<Record>> {
@@ -1295,8 +2393,8 @@ impl Store {
     }
 
     /// Changes the sharing tables, with its audit entry in the same transaction.
-    pub async fn share(&self, op: ShareOp, audit: AuditDraft) -> Result<()> {
-        self.submit_with_audit(WriteOp::Share(op), vec![audit])
+    pub async fn share(&self, op: ShareOp, hlc: Hlc, audit: AuditDraft) -> Result<()> {
+        self.submit_with_audit(WriteOp::Share(op, hlc), vec![audit])
             .await
             .map(|_| ())
     }
@@ -1456,6 +2554,222 @@ impl Store {
             Vec::new(),
         )
         .await
+    }
+
+    // ---- Federation sync ----
+
+    /// Owner side: decides a partner's proposed change once per idempotency key (`plan_fn`
+    /// runs in the writer on the current record) and returns the stored verdict.
+    pub async fn merge_push<F>(
+        &self,
+        org: &str,
+        key: &str,
+        kind: RecordKind,
+        id: Uuid,
+        plan_fn: F,
+        audit: Vec<AuditDraft>,
+    ) -> Result<(Record, StoredVerdict)>
+    where
+        F: FnOnce(&Record) -> Result<MergePlan, DomainError> + Send + 'static,
+    {
+        let rec = self
+            .submit(
+                WriteOp::Merge {
+                    org: org.to_string(),
+                    key: key.to_string(),
+                    kind,
+                    id,
+                    plan_fn: Box::new(plan_fn),
+                },
+                audit,
+            )
+            .await?;
+        let verdict = self
+            .push_verdict(org, key)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("no verdict stored for push {key}")))?;
+        Ok((rec, verdict))
+    }
+
+    pub async fn push_verdict(&self, org: &str, key: &str) -> Result<Option<StoredVerdict>> {
+        dispatch!(self, push_verdict(org, key))
+    }
+
+    /// Owner side: erases a record (the plan removes its personal fields); the change log
+    /// and conflict records of the record lose their values in the same transaction.
+    pub async fn erase<F>(&self, kind: RecordKind, id: Uuid, by: &str, plan_fn: F) -> Result<Record>
+    where
+        F: FnOnce(&Record) -> Result<Option<WritePlan>, DomainError> + Send + 'static,
+    {
+        self.submit(
+            WriteOp::Erase {
+                kind,
+                id,
+                by: by.to_string(),
+                plan_fn: Box::new(plan_fn),
+            },
+            Vec::new(),
+        )
+        .await
+    }
+
+    /// Partner side: applies a batch of an owner's stream and moves the cursor with it.
+    pub async fn apply_replica_batch(&self, batch: ReplicaBatch) -> Result<()> {
+        self.submit_with_audit(WriteOp::ReplicaBatch(batch), Vec::new())
+            .await
+            .map(|_| ())
+    }
+
+    /// Partner side: a local edit of a replica; shown at once, queued in the outbox.
+    pub async fn edit_replica<F>(
+        &self,
+        kind: RecordKind,
+        id: Uuid,
+        key: &str,
+        plan_fn: F,
+    ) -> Result<Record>
+    where
+        F: FnOnce(&Record) -> Result<Option<WritePlan>, DomainError> + Send + 'static,
+    {
+        self.submit(
+            WriteOp::ReplicaEdit {
+                kind,
+                id,
+                key: key.to_string(),
+                plan_fn: Box::new(plan_fn),
+            },
+            Vec::new(),
+        )
+        .await
+    }
+
+    /// Partner side: the owner's verdict on an outbox entry.
+    pub async fn apply_verdict(&self, v: VerdictApply) -> Result<()> {
+        self.submit_with_audit(WriteOp::Verdict(v), Vec::new())
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn deliveries_of(&self, org: &str, ids: &[Uuid]) -> Result<Vec<Delivery>> {
+        dispatch!(self, deliveries_of(org, ids))
+    }
+
+    pub async fn deliveries_of_record(&self, id: Uuid) -> Result<Vec<Delivery>> {
+        dispatch!(self, deliveries_of_record(id))
+    }
+
+    pub async fn live_deliveries(&self, org: &str) -> Result<Vec<Delivery>> {
+        dispatch!(self, live_deliveries(org))
+    }
+
+    pub async fn pending_erasures(&self, org: &str) -> Result<Vec<Delivery>> {
+        dispatch!(self, pending_erasures(org))
+    }
+
+    pub async fn record_deliveries(
+        &self,
+        org: &str,
+        rows: &[(Uuid, RecordKind, &'static str)],
+        at_ms: i64,
+    ) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        dispatch!(self, record_deliveries(org, rows, at_ms))
+    }
+
+    pub async fn ack_erasures(&self, org: &str, ids: &[Uuid], at_ms: i64) -> Result<()> {
+        dispatch!(self, ack_erasures(org, ids, at_ms))
+    }
+
+    pub async fn record_peer_ack(&self, org: &str, cursor: i64, at_ms: i64) -> Result<()> {
+        dispatch!(self, record_peer_ack(org, cursor, at_ms))
+    }
+
+    pub async fn peer_acks(&self) -> Result<Vec<(String, i64, i64)>> {
+        dispatch!(self, peer_acks())
+    }
+
+    pub async fn erasure(&self, id: Uuid) -> Result<Option<Erasure>> {
+        dispatch!(self, erasure(id))
+    }
+
+    pub async fn list_conflicts(
+        &self,
+        record_id: Option<Uuid>,
+        include_resolved: bool,
+    ) -> Result<Vec<ConflictRecord>> {
+        dispatch!(self, list_conflicts(record_id, include_resolved))
+    }
+
+    pub async fn get_conflict(&self, id: Uuid) -> Result<Option<ConflictRecord>> {
+        dispatch!(self, get_conflict(id))
+    }
+
+    pub async fn mark_conflict_resolved(
+        &self,
+        id: Uuid,
+        by: &str,
+        resolution: &str,
+        at_ms: i64,
+    ) -> Result<bool> {
+        dispatch!(self, mark_conflict_resolved(id, by, resolution, at_ms))
+    }
+
+    pub async fn subscription(&self, owner: &str) -> Result<Option<Subscription>> {
+        dispatch!(self, subscription(owner))
+    }
+
+    pub async fn list_subscriptions(&self) -> Result<Vec<Subscription>> {
+        dispatch!(self, list_subscriptions())
+    }
+
+    pub async fn set_sync_error(&self, owner: &str, error: Option<&str>, at_ms: i64) -> Result<()> {
+        dispatch!(self, set_sync_error(owner, error, at_ms))
+    }
+
+    pub async fn list_outbox(
+        &self,
+        owner: Option<&str>,
+        state: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<OutboxEntry>> {
+        dispatch!(self, list_outbox(owner, state, limit))
+    }
+
+    pub async fn outbox_attempt(&self, key: &str, error: &str) -> Result<()> {
+        dispatch!(self, outbox_attempt(key, error))
+    }
+
+    /// Pending outbox entries per owner.
+    pub async fn outbox_depths(&self) -> Result<Vec<(String, i64)>> {
+        dispatch!(self, count_by_owner(true))
+    }
+
+    /// Live replicas per owner.
+    pub async fn replica_counts(&self) -> Result<Vec<(String, i64)>> {
+        dispatch!(self, count_by_owner(false))
+    }
+
+    pub async fn replica_digests(&self, owner: &str) -> Result<Vec<(Uuid, u64)>> {
+        dispatch!(self, replica_digests(owner))
+    }
+
+    pub async fn unacked_erasures(&self, owner: &str) -> Result<Vec<Uuid>> {
+        dispatch!(self, unacked_erasures(owner))
+    }
+
+    pub async fn mark_erasures_acked(&self, ids: &[Uuid]) -> Result<()> {
+        dispatch!(self, mark_erasures_acked(ids))
+    }
+
+    pub async fn replica_info(&self, id: Uuid) -> Result<Option<(String, String, Vec<String>)>> {
+        dispatch!(self, replica_info(id))
+    }
+
+    /// Live records whose account, contact or related record is one of `ids`.
+    pub async fn dependents_of(&self, ids: &[String]) -> Result<Vec<Record>> {
+        dispatch!(self, dependents_of(ids))
     }
 
     /// A record by id, tombstones included.

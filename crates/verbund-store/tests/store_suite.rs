@@ -267,6 +267,7 @@ async fn shares_and_rules(f: &Fixture) {
     f.store
         .share(
             ShareOp::Add(share.clone()),
+            share_hlc(),
             draft("share", Some(acc.id.to_string())),
         )
         .await
@@ -276,6 +277,7 @@ async fn shares_and_rules(f: &Fixture) {
         .store
         .share(
             ShareOp::Add(share_of(&acc, "globex", "joint-deal")),
+            share_hlc(),
             draft("share", None),
         )
         .await;
@@ -290,7 +292,7 @@ async fn shares_and_rules(f: &Fixture) {
     wrong_kind.kind = RecordKind::Contact;
     assert!(matches!(
         f.store
-            .share(ShareOp::Add(wrong_kind), draft("share", None))
+            .share(ShareOp::Add(wrong_kind), share_hlc(), draft("share", None))
             .await,
         Err(StoreError::Domain(DomainError::NotFound { .. }))
     ));
@@ -319,7 +321,11 @@ async fn shares_and_rules(f: &Fixture) {
         created_by: "verbund://acme/user/admin".into(),
     };
     f.store
-        .share(ShareOp::AddRule(rule.clone()), draft("rule-add", None))
+        .share(
+            ShareOp::AddRule(rule.clone()),
+            share_hlc(),
+            draft("rule-add", None),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -364,6 +370,7 @@ async fn shares_and_rules(f: &Fixture) {
                 record_id: acc.id,
                 org: "globex".into(),
             },
+            share_hlc(),
             draft("revoke", None),
         )
         .await
@@ -382,13 +389,18 @@ async fn shares_and_rules(f: &Fixture) {
                     record_id: acc.id,
                     org: "globex".into()
                 },
+                share_hlc(),
                 draft("revoke", None)
             )
             .await,
         Err(StoreError::Domain(DomainError::Absent(_)))
     ));
     f.store
-        .share(ShareOp::RemoveRule(rule.id), draft("rule-remove", None))
+        .share(
+            ShareOp::RemoveRule(rule.id),
+            share_hlc(),
+            draft("rule-remove", None),
+        )
         .await
         .unwrap();
     assert!(f.store.list_share_rules(None).await.unwrap().is_empty());
@@ -1222,4 +1234,8 @@ async fn sqlite_data_survives_reopen() {
     let err = Store::open(path.to_str().unwrap()).await.unwrap_err();
     assert!(err.to_string().contains("in use"), "{err}");
     store.close().await;
+}
+
+fn share_hlc() -> verbund_core::Hlc {
+    verbund_core::Hlc::new(1_700_000_000_000, 0, "acme/n1")
 }

@@ -7,6 +7,7 @@ mod init;
 mod output;
 mod partners;
 mod records;
+mod sync_cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -125,6 +126,22 @@ enum Command {
     /// The tamper-evident audit log of cross-organization access.
     #[command(subcommand)]
     Audit(governance::AuditCommand),
+    /// Concurrent edits that lost a merge, kept for review (on the owner's node).
+    #[command(subcommand)]
+    Conflict(sync_cli::ConflictCommand),
+    /// Local edits of partners' records waiting for (or refused by) their owners.
+    #[command(subcommand)]
+    Outbox(sync_cli::OutboxCommand),
+    /// Erase a person (contact or lead; GDPR Art. 17) on the owner's node: personal fields go,
+    /// a PII-free tombstone stays, and every partner that received it purges it.
+    Erase {
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Erasures: who received an erased record and who has acknowledged purging it.
+    #[command(subcommand)]
+    Erasure(sync_cli::ErasureCommand),
     /// Accounts (companies).
     Account(records::RecordArgs),
     /// Contacts (people at accounts).
@@ -288,6 +305,10 @@ async fn dispatch(command: Command) -> Result<()> {
         }) => init::revoke(&config, &certificate),
         Command::Cert(CertCommand::RenewNode { config }) => init::renew_node(&config),
         Command::Partner(p) => partners::run(p).await,
+        Command::Conflict(c) => sync_cli::conflict(c).await,
+        Command::Outbox(o) => sync_cli::outbox(o).await,
+        Command::Erase { id, conn } => sync_cli::erase(&id, &conn).await,
+        Command::Erasure(e) => sync_cli::erasure(e).await,
         Command::Share(s) => governance::share(s).await,
         Command::Policy(p) => governance::policy(p).await,
         Command::Audit(a) => {

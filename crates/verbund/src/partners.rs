@@ -68,6 +68,11 @@ pub enum PartnerCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Sync state per partner: link state, cursor, lag, outbox depth, replicas, last error.
+    Status {
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Unpin a partner: its new connections are refused at once.
     Remove {
         #[arg(long)]
@@ -134,6 +139,46 @@ pub async fn run(cmd: PartnerCommand) -> Result<()> {
                     "partner {} pinned (CA fingerprint {}), endpoint {}",
                     p.org, p.fingerprint, p.endpoint
                 );
+            }
+        }
+        PartnerCommand::Status { conn } => {
+            let mut admin =
+                pb::admin_service_client::AdminServiceClient::new(conn.channel().await?);
+            let status = admin
+                .sync_status(pb::SyncStatusRequest {})
+                .await?
+                .into_inner();
+            if conn.json {
+                let rows: Vec<_> = status
+                    .partners
+                    .iter()
+                    .map(|p| {
+                        serde_json::json!({"org": p.org, "endpoint": p.endpoint, "state": p.state,
+                            "cursor": p.cursor, "lag": p.lag, "outbox_depth": p.outbox_depth,
+                            "replicas": p.replicas, "partner_acked_cursor": p.partner_acked_cursor,
+                            "last_batch_ms": p.last_batch_ms, "last_error": p.last_error,
+                            "last_error_ms": p.last_error_ms})
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(rows));
+            } else {
+                println!(
+                    "{:<16} {:<12} {:>8} {:>6} {:>7} {:>9} {:>9}  last error",
+                    "org", "state", "cursor", "lag", "outbox", "replicas", "they-ack"
+                );
+                for p in &status.partners {
+                    println!(
+                        "{:<16} {:<12} {:>8} {:>6} {:>7} {:>9} {:>9}  {}",
+                        p.org,
+                        p.state,
+                        p.cursor,
+                        p.lag,
+                        p.outbox_depth,
+                        p.replicas,
+                        p.partner_acked_cursor,
+                        p.last_error
+                    );
+                }
             }
         }
         PartnerCommand::List { conn } => {

@@ -1,0 +1,969 @@
+//! The owner's side of federation sync (the `Federation` gRPC service): Hello, Subscribe
+//! (the change log projected for the calling partner), Ack, Push (a partner's proposed edits,
+//! merged per field) and Digest (anti-entropy). Every record a partner receives and every
+//! edit it proposes goes through the enforcement point (`auth.rs`), exactly like the client
+//! API; the owner is the merge point for its records.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+use verbund_core::access::{controls_access, project};
+use verbund_core::sync::{self as merge, EditOutcome, FieldEdit};
+use verbund_core::{Change, ChangeOp, DomainError, Hlc, Record, RecordKind, Value};
+use verbund_policy::Policy;
+use verbund_store::{MergePlan, ReplicaItem, ReplicaState, VerdictOutcome};
+
+use crate::auth::{self, Reached, RecordAccess};
+use crate::convert;
+use crate::identity::{Principal, PrincipalKind};
+use crate::pb;
+use crate::service::{Api, NodeState, domain_status, now_ms, store_status};
+
+/// Items per batch unless the partner asks for fewer; and the most it may ask for.
+pub const DEFAULT_BATCH: usize = 500;
+pub const MAX_BATCH: usize = 2_000;
+/// Batches queued for one partner's stream (back-pressure: a slow partner holds back only
+/// its own stream, and at most this much of it sits in memory).
+const STREAM_QUEUE: usize = 2;
+/// An idle stream sends a heartbeat this often.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// Changes a partner may propose in one Push.
+pub const MAX_PUSH: usize = 500;
+
+pub const CAPABILITIES: &[&str] = &["subscribe", "push", "digest", "erasure"];
+
+// ---- wire conversions (shared with the partner side) ----
+
+pub fn hlc_to_pb(h: &Hlc) -> pb::Hlc {
+    pb::Hlc {
+        physical_ms: h.physical_ms,
+        counter: h.counter,
+        node_id: h.node.clone(),
+    }
+}
+
+pub fn hlc_from_pb(field: &str, h: Option<&pb::Hlc>) -> Result<Hlc, Status> {
+    let h = h.ok_or_else(|| convert::invalid(field, "is required"))?;
+    if h.node_id.is_empty() || h.node_id.len() > 200 {
+        return Err(convert::invalid(
+            field,
+            "node_id must be 1 to 200 characters",
+        ));
+    }
+    Ok(Hlc::new(h.physical_ms, h.counter, h.node_id.clone()))
+}
+
+pub fn value_to_pb(v: &Value) -> pb::FieldValue {
+    use pb::field_value::Value as V;
+    pb::FieldValue {
+        value: Some(match v {
+            Value::Text(s) => V::Text(s.clone()),
+            Value::Int(i) => V::Int(*i),
+            Value::Money(m) => V::Money(pb::Money {
+                currency_code: m.currency.clone(),
+                minor_units: m.minor_units,
+            }),
+            Value::List(l) => V::List(pb::StringList { items: l.clone() }),
+        }),
+    }
+}
+
+pub fn value_from_pb(v: Option<&pb::FieldValue>) -> Option<Value> {
+    use pb::field_value::Value as V;
+    Some(match v?.value.as_ref()? {
+        V::Text(s) => Value::Text(s.clone()),
+        V::Int(i) => Value::Int(*i),
+        V::Money(m) => Value::Money(verbund_core::Money {
+            currency: m.currency_code.clone(),
+            minor_units: m.minor_units,
+        }),
+        V::List(l) => Value::List(l.items.clone()),
+    })
+}
+
+/// The owner's projection of `rec` for a partner, on the wire.
+pub fn state_to_pb(rec: &Record, writable: &BTreeSet<String>) -> pb::RecordState {
+    pb::RecordState {
+        id: rec.id.to_string(),
+        kind: convert::kind_to_pb(rec.kind) as i32,
+        owner_org: rec.owner_org.clone(),
+        create_time_ms: rec.created_at_ms,
+        update_time_ms: rec.updated_at_ms,
+        fields: rec
+            .versions
+            .iter()
+            .map(|(name, version)| pb::VersionedField {
+                name: name.clone(),
+                value: rec.fields.get(name).map(value_to_pb),
+                version: Some(hlc_to_pb(version)),
+            })
+            .collect(),
+        writable: writable.iter().cloned().collect(),
+        deleted: rec.deleted.as_ref().map(hlc_to_pb),
+        owner_seq: rec.seq,
+    }
+}
+
+/// A record state received from `owner`; fields the schema does not know are refused.
+pub fn state_from_pb(owner: &str, st: &pb::RecordState) -> Result<ReplicaState, Status> {
+    let id = Uuid::parse_str(&st.id).map_err(|_| convert::invalid("record.id", "not a UUID"))?;
+    let kind = convert::kind_from_pb("record.kind", st.kind)?;
+    if st.owner_org != owner {
+        return Err(convert::invalid(
+            "record.owner_org",
+            format!("{} sent a record of {}", owner, st.owner_org),
+        ));
+    }
+    let names: Vec<String> = st.fields.iter().map(|f| f.name.clone()).collect();
+    verbund_core::write::check_mask(kind, &names).map_err(domain_status)?;
+    let mut fields = verbund_core::FieldMap::new();
+    let mut versions = verbund_core::VersionMap::new();
+    for f in &st.fields {
+        versions.insert(
+            f.name.clone(),
+            hlc_from_pb("record.fields.version", f.version.as_ref())?,
+        );
+        if let Some(v) = value_from_pb(f.value.as_ref()) {
+            fields.insert(f.name.clone(), v);
+        }
+    }
+    Ok(ReplicaState {
+        id,
+        kind,
+        owner_org: owner.to_string(),
+        created_at_ms: st.create_time_ms,
+        updated_at_ms: st.update_time_ms,
+        fields,
+        versions,
+        writable: st.writable.clone(),
+        owner_seq: st.owner_seq,
+        deleted: st
+            .deleted
+            .as_ref()
+            .map(|d| hlc_from_pb("record.deleted", Some(d)))
+            .transpose()?,
+    })
+}
+
+pub fn item_to_store(owner: &str, item: &pb::SyncItem) -> Result<ReplicaItem, Status> {
+    let parse =
+        |s: &str| Uuid::parse_str(s).map_err(|_| convert::invalid("record_id", "not a UUID"));
+    match item.item.as_ref() {
+        Some(pb::sync_item::Item::Upsert(st)) => Ok(ReplicaItem::Upsert(state_from_pb(owner, st)?)),
+        Some(pb::sync_item::Item::Revoke(r)) => Ok(ReplicaItem::Revoke {
+            id: parse(&r.record_id)?,
+        }),
+        Some(pb::sync_item::Item::Erase(e)) => Ok(ReplicaItem::Erase {
+            id: parse(&e.record_id)?,
+        }),
+        None => Err(convert::invalid("item", "is empty")),
+    }
+}
+
+fn upsert(rec: &Record, writable: &BTreeSet<String>) -> pb::SyncItem {
+    pb::SyncItem {
+        item: Some(pb::sync_item::Item::Upsert(state_to_pb(rec, writable))),
+    }
+}
+
+fn revoke(id: Uuid, reason: &str) -> pb::SyncItem {
+    pb::SyncItem {
+        item: Some(pb::sync_item::Item::Revoke(pb::Revoke {
+            record_id: id.to_string(),
+            reason: reason.to_string(),
+        })),
+    }
+}
+
+fn erase(id: Uuid, kind: RecordKind) -> pb::SyncItem {
+    pb::SyncItem {
+        item: Some(pb::sync_item::Item::Erase(pb::Erasure {
+            record_id: id.to_string(),
+            kind: convert::kind_to_pb(kind) as i32,
+        })),
+    }
+}
+
+/// A tombstone as a partner receives it: no field values at all.
+fn tombstone(rec: &Record) -> Record {
+    Record {
+        fields: Default::default(),
+        versions: Default::default(),
+        ..rec.clone()
+    }
+}
+
+/// The edits of one proposed change, checked: known fields, present versions.
+fn edits_from_pb(kind: RecordKind, change: &pb::ProposedChange) -> Result<Vec<FieldEdit>, Status> {
+    if change.edits.is_empty() {
+        return Err(convert::invalid(
+            "changes.edits",
+            "must name at least one field",
+        ));
+    }
+    let names: Vec<String> = change.edits.iter().map(|e| e.name.clone()).collect();
+    let canonical = verbund_core::write::check_mask(kind, &names).map_err(domain_status)?;
+    change
+        .edits
+        .iter()
+        .zip(canonical)
+        .map(|(e, name)| {
+            Ok(FieldEdit {
+                field: name.to_string(),
+                value: value_from_pb(e.value.as_ref()),
+                version: hlc_from_pb("changes.edits.version", e.version.as_ref())?,
+                base: e
+                    .base
+                    .as_ref()
+                    .map(|b| hlc_from_pb("changes.edits.base", Some(b)))
+                    .transpose()?,
+            })
+        })
+        .collect()
+}
+
+/// The owner's merge of a proposed change, planned on the current record inside the writer.
+/// Checks the partner's access on the record as it is now, the clock skew bound, and the
+/// values (the same normalization and rules as a local write).
+fn plan_merge(
+    cur: &Record,
+    access: &RecordAccess,
+    org: &str,
+    edits: &[FieldEdit],
+    now: i64,
+) -> Result<MergePlan, DomainError> {
+    let reject = |reason: String| MergePlan {
+        write: None,
+        conflicts: Vec::new(),
+        outcome: VerdictOutcome::Rejected,
+        reason,
+        at_ms: now,
+    };
+    if cur.is_deleted() || !access.visible() {
+        return Ok(reject(format!("the record is not shared with {org}")));
+    }
+    if let Some(e) = edits.iter().find(|e| !access.writable.contains(&e.field)) {
+        return Ok(reject(format!(
+            "{}: {org} may not write this field of {}",
+            e.field, cur.kind
+        )));
+    }
+    // Values obey the same rules as a local write (types, limits, enums, normalization).
+    let values: verbund_core::FieldMap = edits
+        .iter()
+        .filter_map(|e| e.value.clone().map(|v| (e.field.clone(), v)))
+        .collect();
+    let normalized = match verbund_core::write::normalize_fields(cur.kind, values) {
+        Ok(n) => n,
+        Err(e) => return Ok(reject(e.to_string())),
+    };
+    let mut fields = cur.fields.clone();
+    let mut versions = cur.versions.clone();
+    let mut conflicts = Vec::new();
+    let mut changed = BTreeMap::new();
+    for e in edits {
+        let e = FieldEdit {
+            value: e.value.as_ref().and(normalized.get(&e.field).cloned()),
+            ..e.clone()
+        };
+        match merge::merge_edit(&mut fields, &mut versions, &e) {
+            EditOutcome::Duplicate => {}
+            EditOutcome::Applied => {
+                changed.insert(e.field.clone(), e.value.clone());
+            }
+            EditOutcome::Conflict {
+                incoming_won,
+                conflict,
+            } => {
+                if incoming_won {
+                    changed.insert(e.field.clone(), e.value.clone());
+                }
+                conflicts.push(conflict);
+            }
+        }
+    }
+    let outcome = if conflicts.is_empty() {
+        VerdictOutcome::Applied
+    } else {
+        VerdictOutcome::AppliedWithConflict
+    };
+    let reason = conflicts
+        .iter()
+        .map(|c| {
+            format!(
+                "{}: concurrent edits; {} kept, {} kept as a conflict",
+                c.field, c.winner.version, c.loser.version
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    if changed.is_empty() {
+        return Ok(MergePlan {
+            write: None,
+            conflicts,
+            outcome,
+            reason,
+            at_ms: now,
+        });
+    }
+    if let (RecordKind::ServiceCase, Some(Some(Value::Text(to))), Some(from)) =
+        (cur.kind, changed.get("status"), cur.text("status"))
+        && from != to
+        && !verbund_core::write::case_transition_allowed(from, to)
+    {
+        return Ok(reject(format!(
+            "status: a case cannot go from {from} to {to}"
+        )));
+    }
+    let next = Record {
+        fields,
+        versions,
+        updated_at_ms: now,
+        ..cur.clone()
+    };
+    if let Err(e) = verbund_core::write::check_required(cur.kind, &next.fields) {
+        return Ok(reject(e.to_string()));
+    }
+    let hlc = changed
+        .keys()
+        .filter_map(|f| next.versions.get(f))
+        .max()
+        .cloned()
+        .unwrap_or_else(|| Hlc::new(now.max(0) as u64, 0, org.to_string()));
+    Ok(MergePlan {
+        write: Some(verbund_core::write::WritePlan {
+            change: Change {
+                seq: 0,
+                record_id: cur.id,
+                kind: cur.kind,
+                op: ChangeOp::Update,
+                hlc,
+                fields: changed,
+                at_ms: now,
+            },
+            record: next,
+            refs: Vec::new(),
+        }),
+        conflicts,
+        outcome,
+        reason,
+        at_ms: now,
+    })
+}
+
+impl NodeState {
+    /// Federation calls come only from partner nodes.
+    fn federation_caller<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
+        let p = auth::principal(req)?;
+        if p.kind != PrincipalKind::Node || self.is_own(&p) {
+            return Err(Status::permission_denied(format!(
+                "{p}: the federation API is for partner nodes"
+            )));
+        }
+        Ok(p)
+    }
+
+    /// The items a batch of changes means for partner `p`: its projection of each record
+    /// that changed, a revoke for a record it held and no longer sees, a tombstone or an
+    /// erasure for one it held that was deleted or erased. Records enter the partner's
+    /// delivery ledger before anything is sent.
+    async fn items_for(
+        &self,
+        p: &Principal,
+        changes: &[Change],
+        cache: &mut Option<(Arc<Policy>, Reached)>,
+    ) -> Result<Vec<pb::SyncItem>, Status> {
+        let mut ids: Vec<Uuid> = Vec::new();
+        let mut seen = BTreeSet::new();
+        for c in changes {
+            if seen.insert(c.record_id) {
+                ids.push(c.record_id);
+            }
+        }
+        let reach_changed = changes
+            .iter()
+            .any(|c| c.op != ChangeOp::Update || c.fields.keys().any(|f| controls_access(f)));
+        if reach_changed {
+            // A record that moved, appeared, vanished or changed its sharing takes the
+            // records hanging off it along (contacts of an account, activities of a case).
+            let mut frontier: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+            for _ in 0..2 {
+                let found = self
+                    .store
+                    .dependents_of(&frontier)
+                    .await
+                    .map_err(store_status)?;
+                frontier = found
+                    .iter()
+                    .filter(|r| seen.insert(r.id))
+                    .map(|r| {
+                        ids.push(r.id);
+                        r.id.to_string()
+                    })
+                    .collect();
+                if frontier.is_empty() {
+                    break;
+                }
+            }
+        }
+        let policy = self.policy();
+        let stale = match cache {
+            Some((cached, _)) => reach_changed || !Arc::ptr_eq(cached, &policy),
+            None => true,
+        };
+        if stale {
+            *cache = Some((policy.clone(), self.reach_of(&p.org).await?));
+        }
+        let Some((_, reached)) = cache.as_ref() else {
+            return Ok(Vec::new());
+        };
+        let records: HashMap<Uuid, Record> = self
+            .store
+            .get_many(&ids)
+            .await
+            .map_err(store_status)?
+            .into_iter()
+            .map(|r| (r.id, r))
+            .collect();
+        let delivered: HashMap<Uuid, String> = self
+            .store
+            .deliveries_of(&p.org, &ids)
+            .await
+            .map_err(store_status)?
+            .into_iter()
+            .map(|d| (d.record_id, d.state))
+            .collect();
+        let mut items = Vec::new();
+        let mut ledger = Vec::new();
+        for id in ids {
+            let Some(rec) = records.get(&id) else {
+                continue;
+            };
+            if rec.owner_org != self.org {
+                continue; // replicas of other owners are never passed on
+            }
+            let held = delivered.get(&id).map(String::as_str);
+            if rec.is_deleted() {
+                let erased = held.is_some()
+                    && self
+                        .store
+                        .erasure(id)
+                        .await
+                        .map_err(store_status)?
+                        .is_some();
+                if erased {
+                    // Whoever held the data, live or revoked since, purges it.
+                    items.push(erase(id, rec.kind));
+                    ledger.push((id, rec.kind, "erased"));
+                } else if held == Some("live") {
+                    items.push(upsert(&tombstone(rec), &BTreeSet::new()));
+                    ledger.push((id, rec.kind, "deleted"));
+                }
+                continue;
+            }
+            let access = auth::reached_access(&policy, &self.org, p, rec, reached);
+            if access.visible() {
+                items.push(upsert(&project(rec, &access.readable), &access.writable));
+                ledger.push((id, rec.kind, "live"));
+            } else if held == Some("live") {
+                items.push(revoke(
+                    id,
+                    "the record is no longer shared with your organization",
+                ));
+                ledger.push((id, rec.kind, "revoked"));
+            }
+        }
+        self.store
+            .record_deliveries(&p.org, &ledger, now_ms())
+            .await
+            .map_err(store_status)?;
+        Ok(items)
+    }
+
+    /// Streams the owner's changes after `after_seq` to partner `p`, then follows new commits.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        p: &Principal,
+        req: pb::SubscribeRequest,
+    ) -> Result<ReceiverStream<Result<pb::SyncBatch, Status>>, Status> {
+        if req.after_seq < 0 {
+            return Err(convert::invalid("after_seq", "must not be negative"));
+        }
+        let max_batch = match req.max_batch as usize {
+            0 => DEFAULT_BATCH,
+            n => n.min(MAX_BATCH),
+        };
+        let last = *self.store.subscribe_commits().borrow();
+        // A cursor beyond our log (we were restored from a backup): start over; applying
+        // is idempotent, and the partner's cursor moves back with the first batch.
+        let mut cursor = if req.after_seq > last {
+            0
+        } else {
+            req.after_seq
+        };
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let state = self.clone();
+        let principal = p.clone();
+        let mut stopping = self.stopping();
+        let deadline = tokio::time::Instant::now() + self.watch_max_age();
+        tokio::spawn(async move {
+            let mut notify = state.store.subscribe_commits();
+            // Erasures it has not acknowledged yet go first (it may have been offline).
+            match state.store.pending_erasures(&principal.org).await {
+                Ok(pending) if !pending.is_empty() => {
+                    let batch = pb::SyncBatch {
+                        items: pending.iter().map(|d| erase(d.record_id, d.kind)).collect(),
+                        cursor: 0,
+                        owner_last_seq: *notify.borrow(),
+                        heartbeat: false,
+                    };
+                    if tx.send(Ok(batch)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(store_status(e))).await;
+                    return;
+                }
+            }
+            let mut cache = None;
+            loop {
+                if *stopping.borrow() || tokio::time::Instant::now() >= deadline {
+                    return;
+                }
+                let changes = match state
+                    .store
+                    .changes_after(cursor, &[], max_batch as i64)
+                    .await
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = tx.send(Err(store_status(e))).await;
+                        return;
+                    }
+                };
+                let Some(end) = changes.last().map(|c| c.seq) else {
+                    tokio::select! {
+                        _ = notify.changed() => {}
+                        _ = tokio::time::sleep(HEARTBEAT) => {
+                            let beat = pb::SyncBatch {
+                                items: Vec::new(),
+                                cursor,
+                                owner_last_seq: *notify.borrow(),
+                                heartbeat: true,
+                            };
+                            if tx.send(Ok(beat)).await.is_err() {
+                                return;
+                            }
+                        }
+                        _ = tx.closed() => return,
+                        _ = stopping.changed() => return,
+                        _ = tokio::time::sleep_until(deadline) => return,
+                    }
+                    continue;
+                };
+                let items = match state.items_for(&principal, &changes, &mut cache).await {
+                    Ok(items) => items,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                if !items.is_empty() {
+                    let draft = NodeState::audit_draft(
+                        &principal,
+                        "sync",
+                        None,
+                        None,
+                        Vec::new(),
+                        "allow",
+                        format!("{} record(s) sent, changes up to {end}", items.len()),
+                    );
+                    if let Err(status) = state.audit(vec![draft]).await {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                }
+                let batch = pb::SyncBatch {
+                    items,
+                    cursor: end,
+                    owner_last_seq: *notify.borrow(),
+                    heartbeat: false,
+                };
+                if tx.send(Ok(batch)).await.is_err() {
+                    return;
+                }
+                cursor = end;
+            }
+        });
+        Ok(ReceiverStream::new(rx))
+    }
+
+    /// Decides one proposed change; the verdict is stored under its idempotency key. A
+    /// refusal on the merits is a rejected verdict; a transient failure (the store, the
+    /// audit log) fails the whole Push so the partner retries (decided keys stay decided).
+    async fn push_one(
+        &self,
+        p: &Principal,
+        change: &pb::ProposedChange,
+    ) -> Result<pb::Verdict, Status> {
+        match self.push_checked(p, change).await {
+            Ok(v) => Ok(v),
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::InvalidArgument
+                        | tonic::Code::NotFound
+                        | tonic::Code::PermissionDenied
+                        | tonic::Code::FailedPrecondition
+                ) =>
+            {
+                Ok(pb::Verdict {
+                    key: change.key.clone(),
+                    outcome: pb::VerdictOutcome::Rejected as i32,
+                    reason: format!("{}: {}", status.code(), status.message()),
+                    record: None,
+                })
+            }
+            Err(status) => Err(status),
+        }
+    }
+
+    async fn push_checked(
+        &self,
+        p: &Principal,
+        change: &pb::ProposedChange,
+    ) -> Result<pb::Verdict, Status> {
+        if change.key.is_empty() || change.key.len() > 128 {
+            return Err(convert::invalid(
+                "changes.key",
+                "must be 1 to 128 characters",
+            ));
+        }
+        let id = Uuid::parse_str(&change.record_id)
+            .map_err(|_| convert::invalid("changes.record_id", "not a UUID"))?;
+        let kind = convert::kind_from_pb("changes.kind", change.kind)?;
+        let edits = edits_from_pb(kind, change)?;
+        if let Some(stored) = self
+            .store
+            .push_verdict(&p.org, &change.key)
+            .await
+            .map_err(store_status)?
+        {
+            // A retry: the same verdict, nothing applied twice.
+            let rec = self
+                .store
+                .get(stored.record_id)
+                .await
+                .map_err(store_status)?;
+            return self.verdict(p, &change.key, &stored, rec).await;
+        }
+        let now = now_ms();
+        for e in &edits {
+            if let Some(reason) =
+                merge::too_far_ahead(&e.version, now.max(0) as u64, self.max_clock_skew_ms)
+            {
+                return Err(Status::invalid_argument(format!("{}: {reason}", e.field)));
+            }
+        }
+        let not_shared = || Status::not_found(format!("{kind} {id} is not shared with {}", p.org));
+        let rec = match self.store.get(id).await.map_err(store_status)? {
+            Some(r) if r.kind == kind && r.owner_org == self.org => r,
+            _ => return Err(not_shared()),
+        };
+        let access = self.access_to(p, &rec).await?;
+        if !access.visible() {
+            let draft = Self::audit_draft(
+                p,
+                "push",
+                Some(kind),
+                Some(id.to_string()),
+                edits.iter().map(|e| e.field.clone()).collect(),
+                "deny",
+                "not shared",
+            );
+            return Err(self.deny(draft, not_shared()).await);
+        }
+        for e in &edits {
+            self.observe(&e.version);
+        }
+        let audit = vec![Self::audit_draft(
+            p,
+            "push",
+            Some(kind),
+            Some(id.to_string()),
+            edits.iter().map(|e| e.field.clone()).collect(),
+            "allow",
+            auth::reason_of(&access),
+        )];
+        let (policy, node_org, who, grants, org) = (
+            self.policy(),
+            self.org.clone(),
+            p.clone(),
+            access.grants.clone(),
+            p.org.clone(),
+        );
+        let (rec, stored) = self
+            .store
+            .merge_push(
+                &p.org,
+                &change.key,
+                kind,
+                id,
+                move |cur| {
+                    let now_access = auth::record_access(&policy, &node_org, &who, cur, &grants);
+                    plan_merge(cur, &now_access, &org, &edits, now)
+                },
+                audit,
+            )
+            .await
+            .map_err(store_status)?;
+        self.verdict(p, &change.key, &stored, Some(rec)).await
+    }
+
+    async fn verdict(
+        &self,
+        p: &Principal,
+        key: &str,
+        stored: &verbund_store::StoredVerdict,
+        rec: Option<Record>,
+    ) -> Result<pb::Verdict, Status> {
+        let record = match rec {
+            Some(r) if !r.is_deleted() => {
+                let access = self.access_to(p, &r).await?;
+                access
+                    .visible()
+                    .then(|| state_to_pb(&project(&r, &access.readable), &access.writable))
+            }
+            _ => None,
+        };
+        Ok(pb::Verdict {
+            key: key.to_string(),
+            outcome: match stored.outcome {
+                VerdictOutcome::Applied => pb::VerdictOutcome::Applied,
+                VerdictOutcome::AppliedWithConflict => pb::VerdictOutcome::AppliedWithConflict,
+                VerdictOutcome::Rejected => pb::VerdictOutcome::Rejected,
+            } as i32,
+            reason: stored.reason.clone(),
+            record,
+        })
+    }
+
+    /// What partner `p` should hold of ours: (id, digest) per record, plus the records.
+    async fn expected_of(
+        &self,
+        p: &Principal,
+    ) -> Result<(Vec<(Uuid, u64)>, HashMap<Uuid, pb::SyncItem>), Status> {
+        let reached = self.reach_of(&p.org).await?;
+        let policy = self.policy();
+        let mut entries = Vec::new();
+        let mut items = HashMap::new();
+        for rec in reached.records.values() {
+            if rec.owner_org != self.org || rec.is_deleted() {
+                continue;
+            }
+            let access = auth::reached_access(&policy, &self.org, p, rec, &reached);
+            if !access.visible() {
+                continue;
+            }
+            let projected = project(rec, &access.readable);
+            entries.push((rec.id, merge::record_digest(&projected.versions, false)));
+            items.insert(rec.id, upsert(&projected, &access.writable));
+        }
+        Ok((entries, items))
+    }
+
+    async fn digest(
+        &self,
+        p: &Principal,
+        req: pb::DigestRequest,
+    ) -> Result<pb::DigestResponse, Status> {
+        let (expected, mut items) = self.expected_of(p).await?;
+        if req.detail_buckets.is_empty() {
+            if req.buckets.len() != merge::DIGEST_BUCKETS {
+                return Err(convert::invalid(
+                    "buckets",
+                    format!("must hold {} digests", merge::DIGEST_BUCKETS),
+                ));
+            }
+            let ours = merge::bucket_digests(expected.iter().map(|(id, d)| (id, *d)));
+            let differing = ours
+                .iter()
+                .zip(&req.buckets)
+                .enumerate()
+                .filter(|(_, (a, b))| a != b)
+                .map(|(i, _)| i as u32)
+                .collect();
+            return Ok(pb::DigestResponse {
+                differing_buckets: differing,
+                repairs: Vec::new(),
+            });
+        }
+        let buckets: BTreeSet<usize> = req.detail_buckets.iter().map(|b| *b as usize).collect();
+        if buckets.iter().any(|b| *b >= merge::DIGEST_BUCKETS) {
+            return Err(convert::invalid("detail_buckets", "bucket out of range"));
+        }
+        let mut theirs = HashMap::new();
+        for e in &req.entries {
+            let id = Uuid::parse_str(&e.record_id)
+                .map_err(|_| convert::invalid("entries.record_id", "not a UUID"))?;
+            theirs.insert(id, e.digest);
+        }
+        let mut repairs = Vec::new();
+        let mut ledger = Vec::new();
+        let mut expected_ids = BTreeSet::new();
+        for (id, digest) in &expected {
+            if !buckets.contains(&merge::bucket_of(id)) {
+                continue;
+            }
+            expected_ids.insert(*id);
+            if theirs.get(id) != Some(digest)
+                && let Some(item) = items.remove(id)
+            {
+                if let Some(pb::sync_item::Item::Upsert(st)) = &item.item {
+                    let kind = convert::kind_from_pb("kind", st.kind)?;
+                    ledger.push((*id, kind, "live"));
+                }
+                repairs.push(item);
+            }
+        }
+        for id in theirs.keys() {
+            if expected_ids.contains(id) || !buckets.contains(&merge::bucket_of(id)) {
+                continue;
+            }
+            // It holds something it should not (or no longer): erased records are purged,
+            // others revoked. Tombstones it holds correctly digest as deleted.
+            match self.store.get(*id).await.map_err(store_status)? {
+                Some(r) if r.owner_org == self.org && r.is_deleted() => {
+                    if self
+                        .store
+                        .erasure(*id)
+                        .await
+                        .map_err(store_status)?
+                        .is_some()
+                    {
+                        repairs.push(erase(*id, r.kind));
+                    } else if theirs.get(id)
+                        != Some(&merge::record_digest(&Default::default(), true))
+                    {
+                        repairs.push(upsert(&tombstone(&r), &BTreeSet::new()));
+                    }
+                }
+                _ => repairs.push(revoke(*id, "not shared with your organization")),
+            }
+        }
+        self.store
+            .record_deliveries(&p.org, &ledger, now_ms())
+            .await
+            .map_err(store_status)?;
+        Ok(pb::DigestResponse {
+            differing_buckets: Vec::new(),
+            repairs,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::federation_server::Federation for Api {
+    async fn hello(
+        &self,
+        req: Request<pb::HelloRequest>,
+    ) -> Result<Response<pb::HelloResponse>, Status> {
+        let p = self.state.federation_caller(&req)?;
+        let r = req.get_ref();
+        if r.protocol_version != merge::PROTOCOL_VERSION {
+            return Err(Status::failed_precondition(format!(
+                "protocol version {} is not supported; this node speaks version {}",
+                r.protocol_version,
+                merge::PROTOCOL_VERSION
+            )));
+        }
+        if r.org != p.org {
+            return Err(convert::invalid(
+                "org",
+                format!(
+                    "{} does not match the certificate's organization {}",
+                    r.org, p.org
+                ),
+            ));
+        }
+        Ok(Response::new(pb::HelloResponse {
+            protocol_version: merge::PROTOCOL_VERSION,
+            org: self.state.org.clone(),
+            capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+            last_seq: *self.state.store.subscribe_commits().borrow(),
+        }))
+    }
+
+    type SubscribeStream = ReceiverStream<Result<pb::SyncBatch, Status>>;
+
+    async fn subscribe(
+        &self,
+        req: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let p = self.state.federation_caller(&req)?;
+        self.state
+            .subscribe(&p, req.into_inner())
+            .map(Response::new)
+    }
+
+    async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
+        let p = self.state.federation_caller(&req)?;
+        let r = req.into_inner();
+        if r.cursor < 0 {
+            return Err(convert::invalid("cursor", "must not be negative"));
+        }
+        let ids = r
+            .erased
+            .iter()
+            .map(|s| Uuid::parse_str(s).map_err(|_| convert::invalid("erased", "not a UUID")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let store = &self.state.store;
+        let now = now_ms();
+        store
+            .record_peer_ack(&p.org, r.cursor, now)
+            .await
+            .map_err(store_status)?;
+        store
+            .ack_erasures(&p.org, &ids, now)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::AckResponse {}))
+    }
+
+    async fn push(
+        &self,
+        req: Request<pb::PushRequest>,
+    ) -> Result<Response<pb::PushResponse>, Status> {
+        let p = self.state.federation_caller(&req)?;
+        let r = req.into_inner();
+        if r.changes.len() > MAX_PUSH {
+            return Err(convert::invalid(
+                "changes",
+                format!("at most {MAX_PUSH} changes per push"),
+            ));
+        }
+        let mut verdicts = Vec::with_capacity(r.changes.len());
+        for change in &r.changes {
+            verdicts.push(self.state.push_one(&p, change).await?);
+        }
+        Ok(Response::new(pb::PushResponse { verdicts }))
+    }
+
+    async fn digest(
+        &self,
+        req: Request<pb::DigestRequest>,
+    ) -> Result<Response<pb::DigestResponse>, Status> {
+        let p = self.state.federation_caller(&req)?;
+        self.state
+            .digest(&p, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+}

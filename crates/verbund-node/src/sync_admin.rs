@@ -1,0 +1,348 @@
+//! Admin RPCs of federation sync: sync state per partner, the outbox, conflicts (list and
+//! resolve), and erasure (erase a person, and who has acknowledged it). Own administrators
+//! only, like every admin RPC.
+
+use std::collections::HashMap;
+
+use tonic::Status;
+use uuid::Uuid;
+use verbund_core::write::{plan_erase, plan_update};
+use verbund_core::{DomainError, Hlc, Value};
+use verbund_policy::Act;
+use verbund_store::{ConflictRecord, StoreError};
+
+use crate::auth;
+use crate::convert;
+use crate::federation::hlc_to_pb;
+use crate::identity::Principal;
+use crate::pb;
+use crate::service::{NodeState, domain_status, now_ms, store_status};
+
+fn parse_uuid(field: &str, v: &str) -> Result<Uuid, Status> {
+    Uuid::parse_str(v).map_err(|_| convert::invalid(field, "not a UUID"))
+}
+
+/// The organization of the node that stamped a version (`<org>/<node>`).
+fn origin(h: &Hlc) -> String {
+    h.node.split('/').next().unwrap_or_default().to_string()
+}
+
+fn side(value: &Option<Value>, version: &Hlc) -> pb::ConflictSide {
+    pb::ConflictSide {
+        value_json: value
+            .as_ref()
+            .and_then(|v| serde_json::to_string(v).ok())
+            .unwrap_or_default(),
+        version: Some(hlc_to_pb(version)),
+        origin_org: origin(version),
+    }
+}
+
+fn conflict_to_pb(c: &ConflictRecord) -> pb::Conflict {
+    pb::Conflict {
+        id: c.id.to_string(),
+        record_id: c.record_id.to_string(),
+        kind: convert::kind_to_pb(c.kind) as i32,
+        field: c.conflict.field.clone(),
+        winner: Some(side(&c.conflict.winner.value, &c.conflict.winner.version)),
+        loser: Some(side(&c.conflict.loser.value, &c.conflict.loser.version)),
+        created_ms: c.created_ms,
+        resolved_by: c.resolved_by.clone().unwrap_or_default(),
+        resolved_ms: c.resolved_ms.unwrap_or(0),
+        resolution: c.resolution.clone().unwrap_or_default(),
+    }
+}
+
+impl NodeState {
+    pub async fn sync_status(&self, p: &Principal) -> Result<pb::SyncStatusResponse, Status> {
+        self.administer(p, "sync status").await?;
+        let store = &self.store;
+        let partners = store.list_partners().await.map_err(store_status)?;
+        let subs: HashMap<String, verbund_store::Subscription> = store
+            .list_subscriptions()
+            .await
+            .map_err(store_status)?
+            .into_iter()
+            .map(|s| (s.owner_org.clone(), s))
+            .collect();
+        let depths: HashMap<String, i64> = store
+            .outbox_depths()
+            .await
+            .map_err(store_status)?
+            .into_iter()
+            .collect();
+        let replicas: HashMap<String, i64> = store
+            .replica_counts()
+            .await
+            .map_err(store_status)?
+            .into_iter()
+            .collect();
+        let acks: HashMap<String, i64> = store
+            .peer_acks()
+            .await
+            .map_err(store_status)?
+            .into_iter()
+            .map(|(org, cursor, _)| (org, cursor))
+            .collect();
+        let links = self.links.snapshot();
+        let partners = partners
+            .into_iter()
+            .map(|partner| {
+                let sub = subs.get(&partner.org).cloned().unwrap_or_default();
+                let link = links.get(&partner.org).cloned().unwrap_or_default();
+                let (last_error, last_error_ms) = if !link.last_error.is_empty() {
+                    (link.last_error.clone(), link.last_error_ms)
+                } else {
+                    (
+                        sub.last_error.clone().unwrap_or_default(),
+                        sub.last_error_ms.unwrap_or(0),
+                    )
+                };
+                pb::PartnerSyncState {
+                    endpoint: partner.endpoint.clone(),
+                    state: if link.state.is_empty() {
+                        "idle".into()
+                    } else {
+                        link.state
+                    },
+                    cursor: sub.cursor,
+                    lag: (sub.owner_last_seq - sub.cursor).max(0),
+                    outbox_depth: depths.get(&partner.org).copied().unwrap_or(0),
+                    last_error,
+                    last_error_ms,
+                    last_batch_ms: sub.last_batch_ms.unwrap_or(0),
+                    replicas: replicas.get(&partner.org).copied().unwrap_or(0),
+                    partner_acked_cursor: acks.get(&partner.org).copied().unwrap_or(0),
+                    org: partner.org,
+                }
+            })
+            .collect();
+        Ok(pb::SyncStatusResponse { partners })
+    }
+
+    pub async fn list_outbox(
+        &self,
+        p: &Principal,
+        req: pb::ListOutboxRequest,
+    ) -> Result<pb::ListOutboxResponse, Status> {
+        self.administer(p, "list outbox").await?;
+        let state = match req.state.as_str() {
+            "" => None,
+            s @ ("pending" | "rejected") => Some(s),
+            _ => {
+                return Err(convert::invalid(
+                    "state",
+                    "must be pending, rejected or empty",
+                ));
+            }
+        };
+        let entries = self
+            .store
+            .list_outbox(None, state, 1000)
+            .await
+            .map_err(store_status)?
+            .into_iter()
+            .map(|e| pb::OutboxEntry {
+                key: e.key,
+                owner_org: e.owner_org,
+                record_id: e.record_id.to_string(),
+                kind: convert::kind_to_pb(e.kind) as i32,
+                fields: e.edits.iter().map(|f| f.field.clone()).collect(),
+                state: e.state,
+                attempts: e.attempts.clamp(0, i32::MAX as i64) as i32,
+                last_error: e.last_error.unwrap_or_default(),
+                created_ms: e.created_ms,
+            })
+            .collect();
+        Ok(pb::ListOutboxResponse { entries })
+    }
+
+    pub async fn list_conflicts(
+        &self,
+        p: &Principal,
+        req: pb::ListConflictsRequest,
+    ) -> Result<pb::ListConflictsResponse, Status> {
+        self.administer(p, "list conflicts").await?;
+        let record = match req.record_id.as_str() {
+            "" => None,
+            s => Some(parse_uuid("record_id", s)?),
+        };
+        let conflicts = self
+            .store
+            .list_conflicts(record, req.include_resolved)
+            .await
+            .map_err(store_status)?;
+        Ok(pb::ListConflictsResponse {
+            conflicts: conflicts.iter().map(conflict_to_pb).collect(),
+        })
+    }
+
+    /// Resolves a conflict: keep the winner as it is, or write the losing value back (a new
+    /// write by the resolver, which the policy must allow and which syncs like any other).
+    pub async fn resolve_conflict(
+        &self,
+        p: &Principal,
+        req: pb::ResolveConflictRequest,
+    ) -> Result<pb::Conflict, Status> {
+        self.administer(p, "resolve conflict").await?;
+        let id = parse_uuid("id", &req.id)?;
+        let c = self
+            .store
+            .get_conflict(id)
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found(format!("conflict {id} not found")))?;
+        if c.resolved_ms.is_some() {
+            return Err(Status::failed_precondition(format!(
+                "conflict {id} was resolved already ({})",
+                c.resolution.clone().unwrap_or_default()
+            )));
+        }
+        match req.keep.as_str() {
+            "winner" => {}
+            "loser" => {
+                let rec = self
+                    .store
+                    .get(c.record_id)
+                    .await
+                    .map_err(store_status)?
+                    .filter(|r| !r.is_deleted())
+                    .ok_or_else(|| {
+                        Status::not_found(format!("record {} not found", c.record_id))
+                    })?;
+                let field = c.conflict.field.clone();
+                let writable = self
+                    .policy()
+                    .fields(&auth::subject(p), rec.kind, Act::Write, false);
+                if !writable.contains(&field) {
+                    return Err(Status::permission_denied(format!(
+                        "{field}: {p} may not write this field of {}",
+                        rec.kind
+                    )));
+                }
+                let mut patch = verbund_core::FieldMap::new();
+                if let Some(v) = c.conflict.loser.value.clone() {
+                    patch.insert(field.clone(), v);
+                }
+                let mask = vec![field];
+                let state_clock = self.tick();
+                self.store
+                    .update(rec.kind, rec.id, move |cur| {
+                        let floor = cur.versions.values().max().cloned();
+                        let hlc = match floor {
+                            Some(f) if f >= state_clock => Hlc::new(
+                                f.physical_ms,
+                                f.counter.saturating_add(1),
+                                state_clock.node.clone(),
+                            ),
+                            _ => state_clock,
+                        };
+                        plan_update(cur, &mask, patch, hlc, now_ms())
+                    })
+                    .await
+                    .map_err(|e| match e {
+                        StoreError::Domain(d) => domain_status(d),
+                        e => store_status(e),
+                    })?;
+            }
+            _ => return Err(convert::invalid("keep", "must be winner or loser")),
+        }
+        self.store
+            .mark_conflict_resolved(id, &p.uri(), &req.keep, now_ms())
+            .await
+            .map_err(store_status)?;
+        let c = self
+            .store
+            .get_conflict(id)
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found(format!("conflict {id} not found")))?;
+        Ok(conflict_to_pb(&c))
+    }
+
+    pub async fn erase_record(
+        &self,
+        p: &Principal,
+        req: pb::EraseRecordRequest,
+    ) -> Result<pb::ErasureStatusResponse, Status> {
+        self.administer(p, "erase record").await?;
+        let id = parse_uuid("id", &req.id)?;
+        let rec = self
+            .store
+            .get(id)
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found(format!("record {id} not found")))?;
+        if rec.owner_org != self.org {
+            return Err(Status::failed_precondition(format!(
+                "record {id} belongs to {}; erasure is done by its owner and reaches every copy",
+                rec.owner_org
+            )));
+        }
+        let tick = self.tick();
+        self.store
+            .erase(rec.kind, id, &p.uri(), move |cur| {
+                let floor = cur.versions.values().max().cloned();
+                let hlc = match floor {
+                    Some(f) if f >= tick => Hlc::new(
+                        f.physical_ms,
+                        f.counter.saturating_add(1),
+                        tick.node.clone(),
+                    ),
+                    _ => tick,
+                };
+                plan_erase(cur, hlc, now_ms())
+            })
+            .await
+            .map_err(|e| match e {
+                StoreError::Domain(DomainError::NotFound { .. }) => {
+                    Status::not_found(format!("record {id} not found"))
+                }
+                StoreError::Domain(d) => domain_status(d),
+                e => store_status(e),
+            })?;
+        tracing::info!(record = %id, by = %p, "record erased; partners are told");
+        self.erasure_report(id).await
+    }
+
+    pub async fn erasure_status(
+        &self,
+        p: &Principal,
+        req: pb::ErasureStatusRequest,
+    ) -> Result<pb::ErasureStatusResponse, Status> {
+        self.administer(p, "erasure status").await?;
+        let id = parse_uuid("id", &req.id)?;
+        self.erasure_report(id).await
+    }
+
+    async fn erasure_report(&self, id: Uuid) -> Result<pb::ErasureStatusResponse, Status> {
+        let erasure = self
+            .store
+            .erasure(id)
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found(format!("record {id} was not erased")))?;
+        let receivers = self
+            .store
+            .deliveries_of_record(id)
+            .await
+            .map_err(store_status)?
+            .into_iter()
+            .map(|d| pb::ErasureReceipt {
+                state: if d.erasure_acked_ms.is_some() {
+                    "acknowledged".into()
+                } else {
+                    "pending".into()
+                },
+                acknowledged_ms: d.erasure_acked_ms.unwrap_or(0),
+                org: d.org,
+            })
+            .collect();
+        Ok(pb::ErasureStatusResponse {
+            record_id: id.to_string(),
+            kind: convert::kind_to_pb(erasure.kind) as i32,
+            erased_ms: erasure.erased_ms,
+            receivers,
+        })
+    }
+}
