@@ -64,6 +64,30 @@ impl TestNode {
         node
     }
 
+    /// `verbund init` for a new organization listening on a fixed free port (so that it keeps
+    /// its endpoint across restarts), not started.
+    pub fn init_fixed(org: &str) -> TestNode {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let o = verbund(&[
+            "init",
+            "--org",
+            org,
+            "--dir",
+            dir.path().join(org).to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ]);
+        assert!(o.status.success(), "init failed: {}", stderr(&o));
+        let mut node = TestNode::adopt(org, dir);
+        node.endpoint = format!("https://127.0.0.1:{port}");
+        node
+    }
+
     /// `verbund init` for a new organization, not started (e.g. to edit its policy first).
     pub fn init(org: &str) -> TestNode {
         let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,417 @@
+//! Federation sync end to end: real node processes of an owner (acme), a partner company
+//! (globex), a service supplier (fixit) and a second partner that is also a supplier
+//! (repairco), pinned to each other, over mutual TLS on loopback. Everything is checked the
+//! way a user would see it: records read through each node's own API and CLI.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn json(o: &Output) -> Value {
+    assert!(o.status.success(), "command failed: {}", stderr(o));
+    serde_json::from_str(stdout(o).trim()).unwrap_or_else(|e| panic!("{e}: {}", stdout(o)))
+}
+
+fn export_ca(node: &TestNode) -> (std::path::PathBuf, String) {
+    let o = verbund(&["ca", "export", "--config", node.config().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let fingerprint = stderr(&o).rsplit(": ").next().unwrap().trim().to_string();
+    let path = node.home().join(format!("exported-{}.crt", node.org));
+    std::fs::write(&path, stdout(&o)).unwrap();
+    (path, fingerprint)
+}
+
+/// `host` pins `partner` (CA, endpoint).
+fn pin(host: &TestNode, partner: &TestNode) {
+    let (ca, fingerprint) = export_ca(partner);
+    let o = host.cli(&[
+        "partner",
+        "add",
+        "--org",
+        &partner.org,
+        "--ca",
+        ca.to_str().unwrap(),
+        "--endpoint",
+        &partner.endpoint,
+        "--fingerprint",
+        &fingerprint,
+    ]);
+    assert!(o.status.success(), "partner add: {}", stderr(&o));
+}
+
+fn create(node: &TestNode, kind: &str, fields: &[&str]) -> String {
+    let mut args = vec![kind, "create"];
+    args.extend(fields);
+    args.push("--json");
+    json(&node.cli(&args))["id"].as_str().unwrap().to_string()
+}
+
+/// The record as `node` shows it to its admin (None: not there).
+fn get(node: &TestNode, kind: &str, id: &str) -> Option<Value> {
+    let o = node.cli(&[kind, "get", id, "--json"]);
+    if !o.status.success() {
+        assert!(
+            stderr(&o).contains("NOT_FOUND"),
+            "{kind} get: {}",
+            stderr(&o)
+        );
+        return None;
+    }
+    Some(json(&o))
+}
+
+fn field(node: &TestNode, kind: &str, id: &str, name: &str) -> Option<String> {
+    get(node, kind, id).and_then(|r| {
+        r["fields"][name]
+            .as_str()
+            .map(str::to_string)
+            .or_else(|| r["fields"].get(name).map(|v| v.to_string()))
+    })
+}
+
+fn update(node: &TestNode, kind: &str, id: &str, fields: &[&str]) {
+    let mut args = vec![kind, "update", id];
+    args.extend(fields);
+    let o = node.cli(&args);
+    assert!(o.status.success(), "{kind} update: {}", stderr(&o));
+}
+
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < WAIT {
+        if ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out waiting until {what}");
+}
+
+fn status_of(node: &TestNode, partner: &str) -> Value {
+    let rows = json(&node.cli(&["partner", "status", "--json"]));
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["org"] == partner)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+struct Federation {
+    acme: TestNode,
+    globex: TestNode,
+    fixit: TestNode,
+    repairco: TestNode,
+}
+
+/// Four organizations; acme's policy gives globex the partner role, fixit the supplier role,
+/// repairco both. Everyone pins acme and acme pins everyone.
+fn federation() -> Federation {
+    let mut acme = TestNode::init_fixed("acme");
+    acme.append_policy(
+        "g2, globex, partner\ng2, fixit, supplier\ng2, repairco, partner\ng2, repairco, supplier",
+    );
+    let mut globex = TestNode::init_fixed("globex");
+    let mut fixit = TestNode::init_fixed("fixit");
+    let mut repairco = TestNode::init_fixed("repairco");
+    for n in [&mut acme, &mut globex, &mut fixit, &mut repairco] {
+        n.run();
+    }
+    for partner in [&globex, &fixit, &repairco] {
+        pin(&acme, partner);
+        pin(partner, &acme);
+    }
+    Federation {
+        acme,
+        globex,
+        fixit,
+        repairco,
+    }
+}
+
+fn share(acme: &TestNode, id: &str, org: &str, profile: &str) {
+    let o = acme.cli(&[
+        "share",
+        "add",
+        "--record",
+        id,
+        "--org",
+        org,
+        "--profile",
+        profile,
+    ]);
+    assert!(o.status.success(), "share add: {}", stderr(&o));
+}
+
+#[test]
+fn replicas_follow_the_owner_through_edits_conflicts_outages_revokes_and_erasure() {
+    let Federation {
+        mut acme,
+        mut globex,
+        fixit,
+        mut repairco,
+    } = federation();
+
+    // --- share → replica appears (only the partner's projection)
+    let account = create(
+        &acme,
+        "account",
+        &["name=Kunde AG", "industry=manufacturing"],
+    );
+    let contact = create(
+        &acme,
+        "contact",
+        &[
+            &format!("account_id={account}"),
+            "first_name=Erika",
+            "last_name=Muster",
+            "email=erika@kunde.example",
+        ],
+    );
+    let deal = create(
+        &acme,
+        "opportunity",
+        &[
+            &format!("account_id={account}"),
+            "name=Pumpen 2027",
+            "stage=qualification",
+            "amount=120000 EUR",
+            "description=internal notes",
+        ],
+    );
+    let case = create(
+        &acme,
+        "case",
+        &[
+            &format!("account_id={account}"),
+            "subject=Pumpe leckt",
+            "assigned_org=fixit",
+        ],
+    );
+    share(&acme, &account, "globex", "partner-account");
+    share(&acme, &account, "repairco", "partner-account");
+    share(&acme, &deal, "globex", "joint-deal");
+    share(&acme, &deal, "repairco", "joint-deal");
+    for org in ["fixit", "repairco"] {
+        let o = acme.cli(&[
+            "share",
+            "rule",
+            "add",
+            "--org",
+            org,
+            "--rule",
+            "case-assigned",
+            "--profile",
+            "supplier-case",
+        ]);
+        assert!(o.status.success(), "rule add: {}", stderr(&o));
+    }
+    wait_until("globex holds the deal", || {
+        get(&globex, "opportunity", &deal).is_some()
+    });
+    let replica = get(&globex, "opportunity", &deal).unwrap();
+    assert_eq!(replica["owner_org"], "acme");
+    assert_eq!(replica["fields"]["name"], "Pumpen 2027");
+    assert!(
+        replica["fields"].get("description").is_none(),
+        "a partner's replica holds only what it may read: {replica}"
+    );
+    wait_until("fixit holds the case", || {
+        get(&fixit, "case", &case).is_some()
+    });
+    wait_until("repairco holds the deal and the contact", || {
+        get(&repairco, "opportunity", &deal).is_some()
+            && get(&repairco, "contact", &contact).is_some()
+    });
+    assert!(
+        get(&repairco, "case", &case).is_none(),
+        "a case assigned to fixit is not repairco's"
+    );
+    assert!(get(&globex, "case", &case).is_none());
+
+    // --- owner edit → every sharer sees it
+    update(&acme, "opportunity", &deal, &["name=Pumpen 2027/28"]);
+    for n in [&globex, &repairco] {
+        wait_until("the owner's edit reached the partners", || {
+            field(n, "opportunity", &deal, "name").as_deref() == Some("Pumpen 2027/28")
+        });
+    }
+
+    // --- partner edit of a writable field → owner and the other sharer see it
+    update(&globex, "opportunity", &deal, &["stage=proposal"]);
+    assert_eq!(
+        field(&globex, "opportunity", &deal, "stage").as_deref(),
+        Some("proposal"),
+        "a local edit shows at once"
+    );
+    for n in [&acme, &repairco] {
+        wait_until("globex's edit reached the owner and repairco", || {
+            field(n, "opportunity", &deal, "stage").as_deref() == Some("proposal")
+        });
+    }
+    update(&fixit, "case", &case, &["status=open"]);
+    wait_until("fixit's status reached acme", || {
+        field(&acme, "case", &case, "status").as_deref() == Some("open")
+    });
+
+    // --- partner edit of a field it may not write → rejected, replica restored
+    update(&globex, "opportunity", &deal, &["name=Hijacked"]);
+    wait_until("the rejected edit is undone on globex", || {
+        field(&globex, "opportunity", &deal, "name").as_deref() == Some("Pumpen 2027/28")
+    });
+    let rejected = json(&globex.cli(&["outbox", "list", "--state", "rejected", "--json"]));
+    let rejected = rejected.as_array().unwrap();
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert!(
+        rejected[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("name: globex may not write"),
+        "{rejected:?}"
+    );
+    assert_eq!(
+        field(&acme, "opportunity", &deal, "name").as_deref(),
+        Some("Pumpen 2027/28")
+    );
+
+    // --- partner stopped while the owner edits → catches up after restart
+    globex.kill();
+    update(&acme, "opportunity", &deal, &["amount=150000 EUR"]);
+    globex.run();
+    wait_until("globex caught up", || {
+        field(&globex, "opportunity", &deal, "amount").is_some_and(|a| a.contains("150000"))
+    });
+
+    // --- owner stopped while two partners edit the same field → outboxes drain, all
+    // converge, one conflict kept
+    acme.kill();
+    update(&globex, "opportunity", &deal, &["next_step=Angebot Montag"]);
+    update(
+        &repairco,
+        "opportunity",
+        &deal,
+        &["next_step=Angebot Dienstag"],
+    );
+    wait_until("globex reports its pending edit", || {
+        status_of(&globex, "acme")["outbox_depth"] == 1
+    });
+    acme.run();
+    wait_until("the outboxes drained", || {
+        status_of(&globex, "acme")["outbox_depth"] == 0
+            && status_of(&repairco, "acme")["outbox_depth"] == 0
+    });
+    let mut seen = BTreeSet::new();
+    wait_until("all three agree on next_step", || {
+        seen = [&acme, &globex, &repairco]
+            .iter()
+            .map(|n| field(n, "opportunity", &deal, "next_step"))
+            .collect();
+        seen.len() == 1 && seen.iter().next().unwrap().is_some()
+    });
+    let conflicts = json(&acme.cli(&["conflict", "list", "--record", &deal, "--json"]));
+    let conflicts = conflicts.as_array().unwrap();
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert_eq!(conflicts[0]["field"], "next_step");
+    let values: BTreeSet<String> = [
+        &conflicts[0]["winner"]["value"],
+        &conflicts[0]["loser"]["value"],
+    ]
+    .iter()
+    .map(|v| v.as_str().unwrap().to_string())
+    .collect();
+    assert_eq!(
+        values,
+        ["Angebot Dienstag".to_string(), "Angebot Montag".to_string()].into(),
+        "both values are kept"
+    );
+    assert_eq!(
+        seen.into_iter().next().unwrap().as_deref(),
+        conflicts[0]["winner"]["value"].as_str()
+    );
+    // Resolving is a new write that every copy follows.
+    let loser = conflicts[0]["loser"]["value"].as_str().unwrap().to_string();
+    let id = conflicts[0]["id"].as_str().unwrap().to_string();
+    let o = acme.cli(&["conflict", "resolve", &id, "--keep", "loser"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for n in [&globex, &repairco] {
+        wait_until("the resolution reached the partners", || {
+            field(n, "opportunity", &deal, "next_step").as_deref() == Some(loser.as_str())
+        });
+    }
+    assert!(
+        json(&acme.cli(&["conflict", "list", "--json"]))
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // --- unshare → the partner's copy is gone
+    let o = acme.cli(&["share", "revoke", "--record", &deal, "--org", "repairco"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_until("repairco's copy of the deal is gone", || {
+        get(&repairco, "opportunity", &deal).is_none()
+    });
+    assert!(
+        get(&globex, "opportunity", &deal).is_some(),
+        "globex keeps its share"
+    );
+
+    // --- case reassigned → the old supplier's copy goes, the new one's arrives
+    update(&acme, "case", &case, &["assigned_org=repairco"]);
+    wait_until("the case moved from fixit to repairco", || {
+        get(&fixit, "case", &case).is_none() && get(&repairco, "case", &case).is_some()
+    });
+
+    // --- erasure → every holder purges and acknowledges, one of them after being offline
+    repairco.kill();
+    let erased = json(&acme.cli(&["erase", &contact, "--json"]));
+    let receivers: BTreeMap<String, String> = erased["receivers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["org"].as_str().unwrap().into(),
+                r["state"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        receivers.keys().cloned().collect::<Vec<_>>(),
+        ["globex", "repairco"],
+        "the organizations that received the contact"
+    );
+    assert!(get(&acme, "contact", &contact).is_none());
+    let erasure_state = |org: &str| -> String {
+        let s = json(&acme.cli(&["erasure", "status", &contact, "--json"]));
+        s["receivers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["org"] == org)
+            .map(|r| r["state"].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    wait_until("globex acknowledged the erasure", || {
+        erasure_state("globex") == "acknowledged"
+    });
+    assert!(get(&globex, "contact", &contact).is_none());
+    assert_eq!(erasure_state("repairco"), "pending", "repairco is offline");
+    repairco.run();
+    wait_until("repairco purged on reconnect and acknowledged", || {
+        erasure_state("repairco") == "acknowledged"
+    });
+    assert!(get(&repairco, "contact", &contact).is_none());
+    // Nothing of the person is found on a holder any more.
+    for n in [&globex, &repairco] {
+        let found = json(&n.cli(&["search", "Muster", "--json"]));
+        assert!(found.as_array().unwrap().is_empty(), "{found}");
+    }
+}
