@@ -415,3 +415,132 @@ fn replicas_follow_the_owner_through_edits_conflicts_outages_revokes_and_erasure
         assert!(found.as_array().unwrap().is_empty(), "{found}");
     }
 }
+
+/// Creates `n` accounts tagged `tag` on `node` (eight at a time).
+async fn bulk_accounts(node: &TestNode, n: usize, tag: &str) {
+    use verbund_core::{FieldMap, Value};
+    let ch = node.admin().await;
+    let mut pending = Vec::new();
+    for i in 0..n {
+        let mut fields = FieldMap::new();
+        fields.insert("name".into(), Value::Text(format!("Bulk {tag} {i}")));
+        fields.insert("tags".into(), Value::List(vec![tag.to_string()]));
+        let mut client =
+            verbund_node::pb::account_service_client::AccountServiceClient::new(ch.clone());
+        pending.push(tokio::spawn(async move {
+            client
+                .create_account(verbund_node::pb::CreateAccountRequest {
+                    account: Some(verbund_node::convert::message_from_fields(&fields)),
+                })
+                .await
+                .unwrap();
+        }));
+        if pending.len() == 8 {
+            for p in pending.drain(..) {
+                p.await.unwrap();
+            }
+        }
+    }
+    for p in pending {
+        p.await.unwrap();
+    }
+}
+
+fn replicas(node: &TestNode, owner: &str) -> i64 {
+    status_of(node, owner)["replicas"].as_i64().unwrap_or(0)
+}
+
+/// Every change event of `node`'s log, until it has been quiet for a second.
+async fn all_events(node: &TestNode) -> Vec<verbund_node::pb::ChangeEvent> {
+    let mut stream =
+        verbund_node::pb::change_service_client::ChangeServiceClient::new(node.admin().await)
+            .watch(verbund_node::pb::WatchRequest {
+                after_seq: 0,
+                kinds: Vec::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    let mut out = Vec::new();
+    while let Ok(Some(Ok(ev))) = tokio::time::timeout(Duration::from_secs(1), stream.next()).await {
+        out.push(ev);
+    }
+    out
+}
+
+use tokio_stream::StreamExt as _;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_initial_share_survives_kill_9_of_either_side_and_arrives_exactly_once() {
+    const N: usize = 3000;
+    let mut acme = TestNode::init_fixed("acme");
+    acme.append_policy("g2, globex, partner");
+    let mut globex = TestNode::init_fixed("globex");
+    acme.run();
+    globex.run();
+    pin(&acme, &globex);
+    pin(&globex, &acme);
+
+    // Partner killed in the middle of the initial share.
+    bulk_accounts(&acme, N, "bulk").await;
+    let rule = |tag: &str| {
+        let o = acme.cli(&[
+            "share",
+            "rule",
+            "add",
+            "--org",
+            "globex",
+            "--rule",
+            &format!("account-tag:{tag}"),
+            "--profile",
+            "partner-account",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    rule("bulk");
+    let start = Instant::now();
+    while replicas(&globex, "acme") == 0 && start.elapsed() < WAIT {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let at_kill = replicas(&globex, "acme");
+    globex.kill();
+    eprintln!("globex killed holding {at_kill} of {N}");
+    globex.run();
+    wait_until("globex holds every shared account", || {
+        replicas(&globex, "acme") == N as i64
+    });
+
+    // Owner killed in the middle of the next one.
+    bulk_accounts(&acme, N, "more").await;
+    rule("more");
+    let start = Instant::now();
+    while replicas(&globex, "acme") == N as i64 && start.elapsed() < WAIT {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let at_kill = replicas(&globex, "acme");
+    acme.kill();
+    eprintln!("acme killed while globex held {at_kill} of {}", 2 * N);
+    acme.run();
+    wait_until("globex holds every shared account", || {
+        replicas(&globex, "acme") == 2 * N as i64
+    });
+
+    // Exactly once: one create per record in globex's own change log, no other change.
+    let events = all_events(&globex).await;
+    let mut creates: BTreeMap<String, usize> = BTreeMap::new();
+    for ev in &events {
+        assert_eq!(
+            ev.op,
+            verbund_node::pb::ChangeOp::Create as i32,
+            "an identical state applied twice must change nothing: {ev:?}"
+        );
+        *creates.entry(ev.record_id.clone()).or_default() += 1;
+    }
+    assert_eq!(creates.len(), 2 * N);
+    assert!(creates.values().all(|n| *n == 1));
+    // And the owner knows globex acknowledged everything.
+    wait_until("acme sees globex's acknowledgement", || {
+        let s = json(&acme.cli(&["partner", "status", "--json"]));
+        s[0]["partner_acked_cursor"].as_i64().unwrap_or(0) > 0
+    });
+}
