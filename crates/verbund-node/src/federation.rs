@@ -15,10 +15,9 @@ use uuid::Uuid;
 use verbund_core::access::{controls_access, project};
 use verbund_core::sync::{self as merge, EditOutcome, FieldEdit};
 use verbund_core::{Change, ChangeOp, DomainError, Hlc, Record, RecordKind, Value};
-use verbund_policy::Policy;
 use verbund_store::{MergePlan, ReplicaItem, ReplicaState, VerdictOutcome};
 
-use crate::auth::{self, Reached, RecordAccess};
+use crate::auth::{self, RecordAccess};
 use crate::convert;
 use crate::identity::{Principal, PrincipalKind};
 use crate::pb;
@@ -376,7 +375,6 @@ impl NodeState {
         &self,
         p: &Principal,
         changes: &[Change],
-        cache: &mut Option<(Arc<Policy>, Reached)>,
     ) -> Result<Vec<pb::SyncItem>, Status> {
         let mut ids: Vec<Uuid> = Vec::new();
         let mut seen = BTreeSet::new();
@@ -412,16 +410,7 @@ impl NodeState {
             }
         }
         let policy = self.policy();
-        let stale = match cache {
-            Some((cached, _)) => reach_changed || !Arc::ptr_eq(cached, &policy),
-            None => true,
-        };
-        if stale {
-            *cache = Some((policy.clone(), self.reach_of(&p.org).await?));
-        }
-        let Some((_, reached)) = cache.as_ref() else {
-            return Ok(Vec::new());
-        };
+        let reached = self.reach_for(&p.org, &ids).await?;
         let records: HashMap<Uuid, Record> = self
             .store
             .get_many(&ids)
@@ -466,7 +455,7 @@ impl NodeState {
                 }
                 continue;
             }
-            let access = auth::reached_access(&policy, &self.org, p, rec, reached);
+            let access = auth::reached_access(&policy, &self.org, p, rec, &reached);
             if access.visible() {
                 items.push(upsert(&project(rec, &access.readable), &access.writable));
                 ledger.push((id, rec.kind, "live"));
@@ -478,6 +467,9 @@ impl NodeState {
                 ledger.push((id, rec.kind, "revoked"));
             }
         }
+        // Only what changes in the ledger is written (an update of a record the partner
+        // already holds costs no write).
+        ledger.retain(|(id, _, state)| delivered.get(id).map(String::as_str) != Some(*state));
         self.store
             .record_deliveries(&p.org, &ledger, now_ms())
             .await
@@ -532,7 +524,6 @@ impl NodeState {
                     return;
                 }
             }
-            let mut cache = None;
             loop {
                 if *stopping.borrow() || tokio::time::Instant::now() >= deadline {
                     return;
@@ -568,7 +559,7 @@ impl NodeState {
                     }
                     continue;
                 };
-                let items = match state.items_for(&principal, &changes, &mut cache).await {
+                let items = match state.items_for(&principal, &changes).await {
                     Ok(items) => items,
                     Err(status) => {
                         let _ = tx.send(Err(status)).await;
@@ -926,14 +917,23 @@ impl pb::federation_server::Federation for Api {
             .collect::<Result<Vec<_>, _>>()?;
         let store = &self.state.store;
         let now = now_ms();
-        store
-            .record_peer_ack(&p.org, r.cursor, now)
-            .await
-            .map_err(store_status)?;
-        store
-            .ack_erasures(&p.org, &ids, now)
-            .await
-            .map_err(store_status)?;
+        // The acknowledged cursor is for status reports: kept in memory, written at most once
+        // a second per partner. Erasure acknowledgements are written at once.
+        if self.state.links.note_ack(&p.org, r.cursor) {
+            // Off the partner's path: it does not wait for our bookkeeping.
+            let (store, org, cursor) = (store.clone(), p.org.clone(), r.cursor);
+            tokio::spawn(async move {
+                if let Err(e) = store.record_peer_ack(&org, cursor, now).await {
+                    tracing::warn!(partner = %org, error = %e, "could not note the acknowledged cursor");
+                }
+            });
+        }
+        if !ids.is_empty() {
+            store
+                .ack_erasures(&p.org, &ids, now)
+                .await
+                .map_err(store_status)?;
+        }
         Ok(Response::new(pb::AckResponse {}))
     }
 

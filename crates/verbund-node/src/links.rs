@@ -45,6 +45,8 @@ pub struct LinkStatus {
 /// The links of this node.
 pub struct Links {
     status: Mutex<HashMap<String, LinkStatus>>,
+    /// Owner side: the cursor each partner last acknowledged, and when it was last written.
+    acks: Mutex<HashMap<String, (i64, std::time::Instant)>>,
     /// Bumped on every local edit of a replica: outbox pushers wake up.
     outbox: watch::Sender<u64>,
 }
@@ -53,6 +55,7 @@ impl Default for Links {
     fn default() -> Self {
         Links {
             status: Mutex::new(HashMap::new()),
+            acks: Mutex::new(HashMap::new()),
             outbox: watch::channel(0).0,
         }
     }
@@ -71,6 +74,36 @@ impl Links {
     fn remove(&self, org: &str) {
         let mut map = self.status.lock().unwrap_or_else(|p| p.into_inner());
         map.remove(org);
+    }
+
+    /// Notes a partner's acknowledged cursor; true when it is time to write it down.
+    pub fn note_ack(&self, org: &str, cursor: i64) -> bool {
+        let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        match acks.get_mut(org) {
+            Some((c, written)) => {
+                *c = cursor;
+                if now.duration_since(*written) >= Duration::from_secs(1) {
+                    *written = now;
+                    return true;
+                }
+                false
+            }
+            None => {
+                acks.insert(org.to_string(), (cursor, now));
+                true
+            }
+        }
+    }
+
+    /// The latest acknowledged cursor per partner (owner side).
+    pub fn acked(&self) -> HashMap<String, i64> {
+        self.acks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(org, (c, _))| (org.clone(), *c))
+            .collect()
     }
 
     pub fn snapshot(&self) -> HashMap<String, LinkStatus> {

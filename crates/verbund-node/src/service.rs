@@ -1342,6 +1342,12 @@ impl pb::node_service_server::NodeService for Api {
             name: p.name.clone(),
             node_org: self.state.org.clone(),
             node_name: self.state.node_name.clone(),
+            // Our change rate is none of another organization's business.
+            last_seq: if self.state.is_own(&p) {
+                *self.state.store.subscribe_commits().borrow()
+            } else {
+                0
+            },
         }))
     }
 }

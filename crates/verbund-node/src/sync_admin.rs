@@ -77,13 +77,14 @@ impl NodeState {
             .map_err(store_status)?
             .into_iter()
             .collect();
-        let acks: HashMap<String, i64> = store
+        let mut acks: HashMap<String, i64> = store
             .peer_acks()
             .await
             .map_err(store_status)?
             .into_iter()
             .map(|(org, cursor, _)| (org, cursor))
             .collect();
+        acks.extend(self.links.acked());
         let links = self.links.snapshot();
         let partners = partners
             .into_iter()

@@ -1528,6 +1528,24 @@ macro_rules! backend {
                 rows.iter().map(share_row).collect()
             }
 
+            /// The shares of these records with `org`.
+            pub async fn shares_of_records(pool: &$pool, org: &str, ids: &[Uuid]) -> Result<Vec<Share>> {
+                let mut out = Vec::new();
+                for chunk in ids.chunks(500) {
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT id, record_id, kind, org, profile, created_at_ms, created_by FROM shares WHERE org = ");
+                    qb.push_bind(org.to_string()).push(" AND record_id IN (");
+                    let mut sep = qb.separated(", ");
+                    for id in chunk {
+                        sep.push_bind(id.to_string());
+                    }
+                    qb.push(")");
+                    for r in qb.build().fetch_all(pool).await? {
+                        out.push(share_row(&r)?);
+                    }
+                }
+                Ok(out)
+            }
+
             pub async fn list_share_rules(pool: &$pool, org: Option<&str>) -> Result<Vec<ShareRule>> {
                 let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT id, org, rule, profile, created_at_ms, created_by FROM share_rules WHERE 1 = 1");
                 if let Some(org) = org {
@@ -2405,6 +2423,14 @@ impl Store {
         record_id: Option<Uuid>,
     ) -> Result<Vec<Share>> {
         dispatch!(self, list_shares(org, record_id))
+    }
+
+    /// The shares of these records with `org`.
+    pub async fn shares_of_records(&self, org: &str, ids: &[Uuid]) -> Result<Vec<Share>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        dispatch!(self, shares_of_records(org, ids))
     }
 
     pub async fn list_share_rules(&self, org: Option<&str>) -> Result<Vec<ShareRule>> {

@@ -20,6 +20,9 @@ use crate::init::{InitArgs, init};
 pub enum BenchCommand {
     /// Creates and gets of accounts against a node.
     Api(ApiArgs),
+    /// Federation sync between two real node processes: initial share, propagation latency,
+    /// partner edit round trip, RSS.
+    Sync(crate::bench_sync::SyncArgs),
 }
 
 #[derive(Args)]
@@ -52,12 +55,13 @@ pub struct ApiArgs {
 pub async fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Api(a) => api(a).await,
+        BenchCommand::Sync(a) => crate::bench_sync::sync(a).await,
     }
 }
 
 /// A node process started for the benchmark; killed on drop.
-struct SpawnedNode {
-    child: Child,
+pub(crate) struct SpawnedNode {
+    pub(crate) child: Child,
     _dir: tempfile::TempDir,
 }
 
@@ -69,12 +73,17 @@ impl Drop for SpawnedNode {
 }
 
 async fn spawn_node() -> Result<(SpawnedNode, NodeConfig, String)> {
+    spawn_org("bench").await
+}
+
+/// `init` + `run` of organization `org` in a temporary directory (embedded SQLite).
+pub(crate) async fn spawn_org(org: &str) -> Result<(SpawnedNode, NodeConfig, String)> {
     let dir = tempfile::Builder::new()
         .prefix("verbund-bench-")
         .tempdir()?;
     let done = init(&InitArgs {
-        org: "bench".into(),
-        dir: dir.path().join("bench"),
+        org: org.into(),
+        dir: dir.path().join(org),
         name: "node1".into(),
         listen: "127.0.0.1:0".parse()?,
         dns: vec![],
@@ -113,7 +122,7 @@ async fn spawn_node() -> Result<(SpawnedNode, NodeConfig, String)> {
 }
 
 /// (VmRSS, VmHWM) in KiB of a process.
-fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+pub(crate) fn rss_kib(pid: u32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {
         status
@@ -140,7 +149,7 @@ impl PhaseResult {
     }
 }
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
+pub(crate) fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }
