@@ -261,10 +261,34 @@ fn replicas_follow_the_owner_through_edits_conflicts_outages_revokes_and_erasure
         field(&acme, "case", &case, "status").as_deref() == Some("open")
     });
 
-    // --- partner edit of a field it may not write → rejected, replica restored
-    update(&globex, "opportunity", &deal, &["name=Hijacked"]);
+    // --- partner edit of a field it may not write → refused at once, replica unchanged
+    let o = globex.cli(&["opportunity", "update", &deal, "name=Hijacked"]);
+    assert!(
+        !o.status.success()
+            && stderr(&o).contains("PERMISSION_DENIED")
+            && stderr(&o).contains("name"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        field(&globex, "opportunity", &deal, "name").as_deref(),
+        Some("Pumpen 2027/28")
+    );
+    // --- and when the partner's view of what it may write is out of date (acme tightened its
+    // policy), the owner rejects the edit and the replica returns to the owner's value
+    let policy = std::fs::read_to_string(acme.policy_path()).unwrap();
+    let tightened: String = policy
+        .lines()
+        .filter(|l| l.trim() != "p, partner, opportunity, write, close_date, always")
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(policy.len(), tightened.len());
+    std::fs::write(acme.policy_path(), tightened).unwrap();
+    let o = acme.cli(&["policy", "reload"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    update(&globex, "opportunity", &deal, &["close_date=2027-03-31"]);
     wait_until("the rejected edit is undone on globex", || {
-        field(&globex, "opportunity", &deal, "name").as_deref() == Some("Pumpen 2027/28")
+        field(&globex, "opportunity", &deal, "close_date").is_none()
     });
     let rejected = json(&globex.cli(&["outbox", "list", "--state", "rejected", "--json"]));
     let rejected = rejected.as_array().unwrap();
@@ -273,13 +297,10 @@ fn replicas_follow_the_owner_through_edits_conflicts_outages_revokes_and_erasure
         rejected[0]["last_error"]
             .as_str()
             .unwrap()
-            .contains("name: globex may not write"),
+            .contains("close_date: globex may not write"),
         "{rejected:?}"
     );
-    assert_eq!(
-        field(&acme, "opportunity", &deal, "name").as_deref(),
-        Some("Pumpen 2027/28")
-    );
+    assert!(field(&acme, "opportunity", &deal, "close_date").is_none());
 
     // --- partner stopped while the owner edits → catches up after restart
     globex.kill();

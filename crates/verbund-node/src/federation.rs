@@ -198,7 +198,11 @@ fn tombstone(rec: &Record) -> Record {
 }
 
 /// The edits of one proposed change, checked: known fields, present versions.
-fn edits_from_pb(kind: RecordKind, change: &pb::ProposedChange) -> Result<Vec<FieldEdit>, Status> {
+fn edits_from_pb(
+    org: &str,
+    kind: RecordKind,
+    change: &pb::ProposedChange,
+) -> Result<Vec<FieldEdit>, Status> {
     if change.edits.is_empty() {
         return Err(convert::invalid(
             "changes.edits",
@@ -207,15 +211,30 @@ fn edits_from_pb(kind: RecordKind, change: &pb::ProposedChange) -> Result<Vec<Fi
     }
     let names: Vec<String> = change.edits.iter().map(|e| e.name.clone()).collect();
     let canonical = verbund_core::write::check_mask(kind, &names).map_err(domain_status)?;
+    if canonical.len() != names.len() {
+        return Err(convert::invalid(
+            "changes.edits",
+            "names a field more than once",
+        ));
+    }
+    // Versions carry the node that made them: a partner stamps only as itself.
+    let own_prefix = format!("{org}/");
     change
         .edits
         .iter()
         .zip(canonical)
         .map(|(e, name)| {
+            let version = hlc_from_pb("changes.edits.version", e.version.as_ref())?;
+            if !version.node.starts_with(&own_prefix) {
+                return Err(convert::invalid(
+                    "changes.edits.version",
+                    format!("node_id must be one of {org}'s nodes ({own_prefix}…)"),
+                ));
+            }
             Ok(FieldEdit {
                 field: name.to_string(),
                 value: value_from_pb(e.value.as_ref()),
-                version: hlc_from_pb("changes.edits.version", e.version.as_ref())?,
+                version,
                 base: e
                     .base
                     .as_ref()
@@ -640,7 +659,7 @@ impl NodeState {
         let id = Uuid::parse_str(&change.record_id)
             .map_err(|_| convert::invalid("changes.record_id", "not a UUID"))?;
         let kind = convert::kind_from_pb("changes.kind", change.kind)?;
-        let edits = edits_from_pb(kind, change)?;
+        let edits = edits_from_pb(&p.org, kind, change)?;
         if let Some(stored) = self
             .store
             .push_verdict(&p.org, &change.key)
@@ -660,7 +679,8 @@ impl NodeState {
             if let Some(reason) =
                 merge::too_far_ahead(&e.version, now.max(0) as u64, self.max_clock_skew_ms)
             {
-                return Err(Status::invalid_argument(format!("{}: {reason}", e.field)));
+                // Retryable: the clocks may agree again; the edit must not be lost.
+                return Err(Status::unavailable(format!("{}: {reason}", e.field)));
             }
         }
         let not_shared = || Status::not_found(format!("{kind} {id} is not shared with {}", p.org));

@@ -302,7 +302,7 @@ async fn apply_batch(
     org: &str,
     batch: pb::SyncBatch,
 ) -> Result<()> {
-    let items = convert_items(state, org, &batch.items);
+    let items = convert_items(state, org, &batch.items)?;
     let had_items = !items.is_empty();
     state
         .store
@@ -321,23 +321,28 @@ async fn apply_batch(
     acknowledge(state, client, org, batch.cursor).await
 }
 
-fn convert_items(state: &NodeState, org: &str, items: &[pb::SyncItem]) -> Vec<ReplicaItem> {
-    items
-        .iter()
-        .filter_map(|item| match item_to_store(org, item) {
-            Ok(ReplicaItem::Upsert(st)) => {
-                for v in st.versions.values() {
-                    state.observe(v);
+/// The items of a batch, checked. An item we cannot take (a field our schema does not know,
+/// a version beyond the clock-skew bound) fails the whole batch: the cursor stays, the link
+/// reports the error and retries, and nothing is skipped silently.
+fn convert_items(state: &NodeState, org: &str, items: &[pb::SyncItem]) -> Result<Vec<ReplicaItem>> {
+    let now = now_ms().max(0) as u64;
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let item = item_to_store(org, item)
+            .map_err(|e| anyhow!("{org} sent an item we cannot take: {}", e.message()))?;
+        if let ReplicaItem::Upsert(st) = &item {
+            for v in st.versions.values().chain(st.deleted.iter()) {
+                if let Some(reason) = merge::too_far_ahead(v, now, state.max_clock_skew_ms) {
+                    return Err(anyhow!("{org} sent record {}: {reason}", st.id));
                 }
-                Some(ReplicaItem::Upsert(st))
             }
-            Ok(other) => Some(other),
-            Err(e) => {
-                tracing::warn!(partner = %org, error = %e.message(), "skipped an item the owner sent");
-                None
+            for v in st.versions.values() {
+                state.observe(v);
             }
-        })
-        .collect()
+        }
+        out.push(item);
+    }
+    Ok(out)
 }
 
 async fn acknowledge(
@@ -443,6 +448,7 @@ async fn push_outbox(
         state
             .store
             .apply_verdict(VerdictApply {
+                owner_org: org.to_string(),
                 key: v.key,
                 outcome,
                 reason: v.reason,
@@ -493,7 +499,7 @@ pub async fn anti_entropy(
         .map_err(|s| anyhow!("digest: {}: {}", s.code(), s.message()))?
         .into_inner()
         .repairs;
-    let items = convert_items(state, org, &repairs);
+    let items = convert_items(state, org, &repairs)?;
     let n = items.len();
     if n > 0 {
         tracing::info!(partner = %org, repairs = n, "anti-entropy repaired replicas");

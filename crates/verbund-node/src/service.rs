@@ -650,6 +650,28 @@ impl NodeState {
                 rec.owner_org
             )));
         }
+        // The owner told us which fields we may propose: refuse the others up front (the owner
+        // checks again, so a list that is out of date is corrected by its verdict).
+        let writable = match self
+            .store
+            .replica_info(rec.id)
+            .await
+            .map_err(store_status)?
+        {
+            Some((_, state, writable)) if state == "live" => writable,
+            _ => {
+                return Err(Status::not_found(format!(
+                    "{kind} {} is no longer shared with us",
+                    rec.id
+                )));
+            }
+        };
+        if let Some(f) = mask.iter().find(|f| !writable.contains(f)) {
+            return Err(Status::permission_denied(format!(
+                "{f}: {} does not let {} write this field of its {kind} records",
+                rec.owner_org, self.org
+            )));
+        }
         let key = Uuid::now_v7().to_string();
         let clock = self.clock.clone();
         let id = rec.id;

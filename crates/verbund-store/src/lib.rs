@@ -240,6 +240,8 @@ pub struct ReplicaBatch {
 /// The owner's verdict on one of our outbox entries.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VerdictApply {
+    /// The owner that answered (a verdict only ever settles that owner's entries).
+    pub owner_org: String,
     pub key: String,
     pub outcome: VerdictOutcome,
     pub reason: String,
@@ -1295,7 +1297,10 @@ macro_rules! backend {
             }
 
             /// Takes in the owner's state of a record and shows it with our pending edits.
-            async fn take_in(tx: &mut Tx, owner: &str, st: ReplicaState, at_ms: i64, seq: &mut i64, out: &mut OpOutput) -> Result<()> {
+            /// `from_stream`: only the owner's ordered stream may bring back a revoked replica (a
+            /// verdict or a repair computed before the revoke must not).
+            #[allow(clippy::too_many_arguments)]
+            async fn take_in(tx: &mut Tx, owner: &str, st: ReplicaState, from_stream: bool, at_ms: i64, seq: &mut i64, out: &mut OpOutput) -> Result<()> {
                 if st.owner_org != owner || foreign_collision(tx, st.id, owner).await? {
                     tracing::warn!(record = %st.id, owner, "ignored a replica that would overwrite a record of another owner");
                     return Ok(());
@@ -1304,6 +1309,14 @@ macro_rules! backend {
                 if existing.as_ref().is_some_and(|r| r.state.starts_with("erased")) {
                     // Erased: replaying an old batch must never bring the record back.
                     return Ok(());
+                }
+                if let Some(r) = &existing {
+                    if r.owner_org != owner {
+                        return Ok(()); // another owner's record: never touched
+                    }
+                    if r.state == "revoked" && !from_stream {
+                        return Ok(());
+                    }
                 }
                 if existing.as_ref().is_some_and(|r| r.state != "revoked" && st.owner_seq < r.owner_seq) {
                     // An older state than the one we hold (a batch behind a newer verdict).
@@ -1347,7 +1360,7 @@ macro_rules! backend {
                 }
                 let existing = replica_row(tx, id).await?;
                 if let Some(r) = &existing {
-                    if r.state.starts_with("erased") {
+                    if r.owner_org != owner || r.state.starts_with("erased") {
                         return Ok(());
                     }
                     if r.state == "revoked" && !erased {
@@ -1414,7 +1427,7 @@ macro_rules! backend {
                 let owner = batch.owner_org.clone();
                 for item in batch.items {
                     match item {
-                        ReplicaItem::Upsert(st) => take_in(tx, &owner, st, batch.at_ms, seq, &mut out).await?,
+                        ReplicaItem::Upsert(st) => take_in(tx, &owner, st, batch.cursor > 0, batch.at_ms, seq, &mut out).await?,
                         ReplicaItem::Revoke { id } => purge_replica(tx, &owner, id, false, batch.at_ms, seq, &mut out).await?,
                         ReplicaItem::Erase { id } => purge_replica(tx, &owner, id, true, batch.at_ms, seq, &mut out).await?,
                     }
@@ -1465,8 +1478,9 @@ macro_rules! backend {
 
             async fn apply_verdict(tx: &mut Tx, v: VerdictApply, seq: &mut i64) -> Result<OpOutput> {
                 let mut out = OpOutput::default();
-                let row = sqlx::query("SELECT owner_org, record_id FROM outbox WHERE push_key = $1")
+                let row = sqlx::query("SELECT owner_org, record_id FROM outbox WHERE push_key = $1 AND owner_org = $2")
                     .bind(&v.key)
+                    .bind(&v.owner_org)
                     .fetch_optional(&mut **tx)
                     .await?;
                 let Some(row) = row else { return Ok(out) };
@@ -1483,18 +1497,17 @@ macro_rules! backend {
                     sqlx::query("DELETE FROM outbox WHERE push_key = $1").bind(&v.key).execute(&mut **tx).await?;
                 }
                 let now = v.record.as_ref().map(|r| r.updated_at_ms).unwrap_or(0);
-                match v.record {
-                    Some(st) if st.id == id => take_in(tx, &owner, st, now, seq, &mut out).await?,
-                    _ => {
-                        // No newer owner state: show the shadow with the edits still pending.
-                        if let (Some(r), Some(cur)) = (replica_row(tx, id).await?, load_any(tx, id).await?) {
-                            if r.state == "live" {
-                                let pending = pending_edits(tx, id).await?;
-                                let (fields, versions) = verbund_core::sync::overlay((&r.shadow_fields, &r.shadow_versions), pending.iter());
-                                let next = Record { fields, versions, ..cur.clone() };
-                                show_replica(tx, Some(cur), next, seq, &mut out).await?;
-                            }
-                        }
+                if let Some(st) = v.record.filter(|st| st.id == id) {
+                    take_in(tx, &owner, st, false, now, seq, &mut out).await?;
+                }
+                // Whatever the verdict brought (it may be older than what we hold): show the
+                // owner's state with the edits still pending, so a rejected edit disappears.
+                if let (Some(r), Some(cur)) = (replica_row(tx, id).await?, load_any(tx, id).await?) {
+                    if r.state == "live" {
+                        let pending = pending_edits(tx, id).await?;
+                        let (fields, versions) = verbund_core::sync::overlay((&r.shadow_fields, &r.shadow_versions), pending.iter());
+                        let next = Record { fields, versions, ..cur.clone() };
+                        show_replica(tx, Some(cur), next, seq, &mut out).await?;
                     }
                 }
                 Ok(out)
@@ -1699,6 +1712,11 @@ macro_rules! backend {
                     qb.push(" ON CONFLICT (org, record_id) DO UPDATE SET state = CASE WHEN deliveries.state = 'erased' THEN deliveries.state ELSE excluded.state END, last_sent_ms = excluded.last_sent_ms");
                     qb.build().execute(&mut *tx).await?;
                 }
+                // A record erased meanwhile stays owed an erasure by whoever gets it now.
+                sqlx::query("UPDATE deliveries SET state = 'erased' WHERE org = $1 AND state <> 'erased' AND record_id IN (SELECT record_id FROM erasures)")
+                    .bind(org)
+                    .execute(&mut *tx)
+                    .await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -1901,7 +1919,7 @@ macro_rules! backend {
 
             /// (record id, digest of the owner's versions) of every replica of `owner` we hold.
             pub async fn replica_digests(pool: &$pool, owner: &str) -> Result<Vec<(Uuid, u64)>> {
-                let rows = sqlx::query("SELECT record_id, state, shadow_versions FROM replicas WHERE owner_org = $1 AND state IN ('live', 'deleted')")
+                let rows = sqlx::query("SELECT record_id, state, shadow_versions FROM replicas WHERE owner_org = $1 AND state = 'live'")
                     .bind(owner)
                     .fetch_all(pool)
                     .await?;
