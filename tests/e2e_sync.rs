@@ -565,3 +565,224 @@ async fn a_large_initial_share_survives_kill_9_of_either_side_and_arrives_exactl
         s[0]["partner_acked_cursor"].as_i64().unwrap_or(0) > 0
     });
 }
+
+fn identity_from(
+    host: &TestNode,
+    node: &TestNode,
+    cert: &str,
+    key: &str,
+) -> verbund_node::client::ClientIdentity {
+    verbund_node::client::ClientIdentity {
+        ca_pem: host.ca_pem(),
+        cert_and_key: Some((
+            std::fs::read_to_string(node.home().join(cert)).unwrap(),
+            std::fs::read_to_string(node.home().join(key)).unwrap(),
+        )),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_federation_api_serves_partner_nodes_only_their_share() {
+    use verbund_node::pb;
+    let mut acme = TestNode::init_fixed("acme");
+    acme.append_policy("g2, globex, partner");
+    let globex = TestNode::init_fixed("globex");
+    acme.run();
+    pin(&acme, &globex);
+    let unshared = create(&acme, "account", &["name=Geheim GmbH"]);
+    let shared = create(&acme, "account", &["name=Offen AG"]);
+    share(&acme, &shared, "globex", "partner-account");
+
+    let node = verbund_node::client::connect(
+        &acme.endpoint,
+        &identity_from(&acme, &globex, "tls/node.crt", "tls/node.key"),
+    )
+    .await
+    .unwrap();
+    let mut fed = pb::federation_client::FederationClient::new(node);
+
+    // Hello: an incompatible version is refused clearly.
+    let e = fed
+        .hello(pb::HelloRequest {
+            protocol_version: 99,
+            org: "globex".into(),
+            capabilities: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        e.message().contains("99") && e.message().contains("version 1"),
+        "{}",
+        e.message()
+    );
+
+    // Push: an unshared record is rejected as not shared and stays as it was; a field the
+    // partner may not write is rejected naming it; a version of another node is refused.
+    let push = |id: &str, field: &str, node_id: &str, key: &str| pb::PushRequest {
+        changes: vec![pb::ProposedChange {
+            key: key.into(),
+            record_id: id.into(),
+            kind: pb::RecordKind::Account as i32,
+            edits: vec![pb::FieldEditMessage {
+                name: field.into(),
+                value: Some(pb::FieldValue {
+                    value: Some(pb::field_value::Value::Text("Übernommen".into())),
+                }),
+                version: Some(pb::Hlc {
+                    physical_ms: 1,
+                    counter: 0,
+                    node_id: node_id.into(),
+                }),
+                base: None,
+            }],
+        }],
+    };
+    let verdict = |r: pb::PushResponse| r.verdicts.into_iter().next().unwrap();
+    let v = verdict(
+        fed.push(push(&unshared, "name", "globex/node1", "k1"))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert_eq!(v.outcome, pb::VerdictOutcome::Rejected as i32);
+    assert!(
+        v.reason.contains("not shared") && v.record.is_none(),
+        "{v:?}"
+    );
+    let v = verdict(
+        fed.push(push(&shared, "name", "globex/node1", "k2"))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert_eq!(v.outcome, pb::VerdictOutcome::Rejected as i32);
+    assert!(v.reason.contains("name: globex may not write"), "{v:?}");
+    let v = verdict(
+        fed.push(push(&shared, "name", "acme/node1", "k3"))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert_eq!(v.outcome, pb::VerdictOutcome::Rejected as i32);
+    assert!(v.reason.contains("node_id"), "{v:?}");
+    assert_eq!(
+        field(&acme, "account", &unshared, "name").as_deref(),
+        Some("Geheim GmbH")
+    );
+    assert_eq!(
+        field(&acme, "account", &shared, "name").as_deref(),
+        Some("Offen AG")
+    );
+
+    // Subscribe: only the shared record, only readable fields.
+    let mut stream = fed
+        .subscribe(pb::SubscribeRequest {
+            after_seq: 0,
+            max_batch: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    while let Ok(Some(Ok(batch))) =
+        tokio::time::timeout(Duration::from_secs(2), stream.next()).await
+    {
+        got.extend(batch.items);
+    }
+    let ids: BTreeSet<String> = got
+        .iter()
+        .filter_map(|i| match &i.item {
+            Some(pb::sync_item::Item::Upsert(st)) => Some(st.id.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids, [shared.clone()].into(), "{got:?}");
+
+    // Digest: naming an unshared id gets a plain revoke, nothing about the record.
+    let r = fed
+        .digest(pb::DigestRequest {
+            buckets: vec![],
+            detail_buckets: (0..256).collect(),
+            entries: vec![pb::BucketEntry {
+                record_id: unshared.clone(),
+                digest: 1,
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for item in &r.repairs {
+        match &item.item {
+            Some(pb::sync_item::Item::Revoke(rv)) => assert_eq!(rv.record_id, unshared),
+            Some(pb::sync_item::Item::Upsert(st)) => assert_eq!(st.id, shared),
+            other => panic!("unexpected repair {other:?}"),
+        }
+    }
+
+    // A partner's user (not its node) has no business with the federation API, and no
+    // partner principal administers sync on acme's node.
+    let user = verbund_node::client::connect(
+        &acme.endpoint,
+        &identity_from(&acme, &globex, "users/admin.crt", "users/admin.key"),
+    )
+    .await
+    .unwrap();
+    let e = pb::federation_client::FederationClient::new(user.clone())
+        .push(push(&shared, "name", "globex/node1", "k4"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    let mut admin = pb::admin_service_client::AdminServiceClient::new(user);
+    let denied = |r: Result<tonic::Response<pb::ErasureStatusResponse>, tonic::Status>| {
+        assert_eq!(r.unwrap_err().code(), tonic::Code::PermissionDenied)
+    };
+    denied(
+        admin
+            .erase_record(pb::EraseRecordRequest {
+                id: unshared.clone(),
+            })
+            .await,
+    );
+    denied(
+        admin
+            .erasure_status(pb::ErasureStatusRequest {
+                id: unshared.clone(),
+            })
+            .await,
+    );
+    assert_eq!(
+        admin
+            .list_conflicts(pb::ListConflictsRequest {
+                record_id: unshared.clone(),
+                include_resolved: true,
+            })
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::PermissionDenied
+    );
+    assert_eq!(
+        admin
+            .resolve_conflict(pb::ResolveConflictRequest {
+                id: unshared.clone(),
+                keep: "winner".into(),
+            })
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::PermissionDenied
+    );
+    assert_eq!(
+        admin
+            .sync_status(pb::SyncStatusRequest {})
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::PermissionDenied
+    );
+    assert!(
+        get(&acme, "account", &unshared).is_some(),
+        "nothing was erased"
+    );
+}
