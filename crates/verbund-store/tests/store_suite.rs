@@ -176,6 +176,8 @@ on_both!(
     partner_registry,
     shares_and_rules,
     audit_chain_detects_tampering,
+    sync_owner_merges_once_keeps_conflicts_and_erases,
+    sync_partner_applies_batches_once_and_shows_pending_edits,
 );
 
 impl Fixture {
@@ -1238,4 +1240,363 @@ async fn sqlite_data_survives_reopen() {
 
 fn share_hlc() -> verbund_core::Hlc {
     verbund_core::Hlc::new(1_700_000_000_000, 0, "acme/n1")
+}
+
+fn text(s: &str) -> Value {
+    Value::Text(s.into())
+}
+
+async fn sync_owner_merges_once_keeps_conflicts_and_erases(f: &Fixture) {
+    use verbund_core::sync::{Conflict, FieldState};
+    use verbund_store::{MergePlan, VerdictOutcome};
+    let a = f
+        .create(RecordKind::Account, &[("name", text("Kunde"))])
+        .await
+        .unwrap();
+    let partner_version = Hlc::new(u64::MAX / 4, 0, "globex/n1");
+    let plan = |name: &'static str, v: Hlc| {
+        move |cur: &verbund_core::Record| {
+            let mut next = cur.clone();
+            next.fields.insert("name".into(), text(name));
+            next.versions.insert("name".into(), v.clone());
+            Ok(MergePlan {
+                write: Some(verbund_core::write::WritePlan {
+                    change: verbund_core::Change {
+                        seq: 0,
+                        record_id: cur.id,
+                        kind: cur.kind,
+                        op: verbund_core::ChangeOp::Update,
+                        hlc: v.clone(),
+                        fields: [("name".to_string(), Some(text(name)))].into(),
+                        at_ms: 9,
+                    },
+                    record: next,
+                    refs: vec![],
+                }),
+                conflicts: vec![Conflict {
+                    field: "name".into(),
+                    winner: FieldState {
+                        value: Some(text(name)),
+                        version: v.clone(),
+                    },
+                    loser: FieldState {
+                        value: cur.fields.get("name").cloned(),
+                        version: cur.versions["name"].clone(),
+                    },
+                }],
+                outcome: VerdictOutcome::AppliedWithConflict,
+                reason: "name: concurrent".into(),
+                at_ms: 9,
+            })
+        }
+    };
+    let (rec, verdict) = f
+        .store
+        .merge_push(
+            "globex",
+            "k1",
+            RecordKind::Account,
+            a.id,
+            plan("Kunde AG", partner_version.clone()),
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(verdict.outcome, VerdictOutcome::AppliedWithConflict);
+    assert_eq!(rec.fields["name"], text("Kunde AG"));
+    // The same key again: the stored verdict, nothing applied twice.
+    let later = Hlc::new(u64::MAX / 4 + 1, 0, "globex/n1");
+    let (rec2, again) = f
+        .store
+        .merge_push(
+            "globex",
+            "k1",
+            RecordKind::Account,
+            a.id,
+            plan("Anders", later),
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, verdict);
+    assert_eq!(rec2.fields["name"], text("Kunde AG"));
+    let conflicts = f.store.list_conflicts(Some(a.id), false).await.unwrap();
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!(conflicts[0].conflict.loser.value, Some(text("Kunde")));
+    assert!(
+        f.store
+            .mark_conflict_resolved(conflicts[0].id, "verbund://acme/user/admin", "winner", 10)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !f.store
+            .mark_conflict_resolved(conflicts[0].id, "x", "winner", 11)
+            .await
+            .unwrap()
+    );
+    assert!(
+        f.store
+            .list_conflicts(Some(a.id), false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Erasure: every organization in the ledger owes an acknowledgement; values are gone.
+    let c = f
+        .create(
+            RecordKind::Contact,
+            &[
+                ("account_id", text(&a.id.to_string())),
+                ("last_name", text("Muster")),
+                ("email", text("erika@kunde.example")),
+            ],
+        )
+        .await
+        .unwrap();
+    for org in ["globex", "fixit"] {
+        f.store
+            .record_deliveries(org, &[(c.id, RecordKind::Contact, "live")], 20)
+            .await
+            .unwrap();
+    }
+    let hlc = f.hlc();
+    let erased = f
+        .store
+        .erase(
+            RecordKind::Contact,
+            c.id,
+            "verbund://acme/user/admin",
+            move |cur| verbund_core::write::plan_erase(cur, hlc, 30),
+        )
+        .await
+        .unwrap();
+    assert!(erased.is_deleted());
+    assert_eq!(erased.fields.keys().collect::<Vec<_>>(), ["account_id"]);
+    assert!(f.store.erasure(c.id).await.unwrap().is_some());
+    let owed: Vec<String> = f
+        .store
+        .deliveries_of_record(c.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.state)
+        .collect();
+    assert_eq!(owed, ["erased", "erased"]);
+    f.store.ack_erasures("globex", &[c.id], 40).await.unwrap();
+    assert!(f.store.pending_erasures("globex").await.unwrap().is_empty());
+    assert_eq!(f.store.pending_erasures("fixit").await.unwrap().len(), 1);
+    // A delivery racing the erasure is still owed the erasure.
+    f.store
+        .record_deliveries("umbrella", &[(c.id, RecordKind::Contact, "live")], 50)
+        .await
+        .unwrap();
+    assert_eq!(f.store.pending_erasures("umbrella").await.unwrap().len(), 1);
+    let log = f.store.changes_after(0, &[], 1000).await.unwrap();
+    for ch in log.iter().filter(|ch| ch.record_id == c.id) {
+        assert!(ch.fields.values().all(Option::is_none), "{ch:?}");
+    }
+}
+
+async fn sync_partner_applies_batches_once_and_shows_pending_edits(f: &Fixture) {
+    use verbund_store::{ReplicaBatch, ReplicaItem, ReplicaState, VerdictApply, VerdictOutcome};
+    let r = Uuid::now_v7();
+    let v1 = Hlc::new(1_000, 0, "globex/n1");
+    let state = |name: &str, city: Option<&str>, owner_seq: i64| {
+        let mut fields = fm(&[("name", text(name))]);
+        let mut versions: verbund_core::VersionMap = [("name".to_string(), v1.clone())].into();
+        if let Some(c) = city {
+            fields.insert("city".into(), text(c));
+            versions.insert("city".into(), Hlc::new(1_001, 0, "globex/n1"));
+        }
+        ReplicaState {
+            id: r,
+            kind: RecordKind::Account,
+            owner_org: "globex".into(),
+            created_at_ms: 1,
+            updated_at_ms: 2,
+            fields,
+            versions,
+            writable: vec!["name".into()],
+            deleted: None,
+            owner_seq,
+        }
+    };
+    let batch = |cursor: i64, items: Vec<ReplicaItem>| ReplicaBatch {
+        owner_org: "globex".into(),
+        cursor,
+        owner_last_seq: 100,
+        at_ms: 3,
+        items,
+    };
+    let b1 = batch(5, vec![ReplicaItem::Upsert(state("N1", None, 3))]);
+    f.store.apply_replica_batch(b1.clone()).await.unwrap();
+    let shown = f.store.get(r).await.unwrap().unwrap();
+    assert_eq!(
+        (shown.owner_org.as_str(), &shown.fields["name"]),
+        ("globex", &text("N1"))
+    );
+    assert_eq!(
+        f.store
+            .subscription("globex")
+            .await
+            .unwrap()
+            .unwrap()
+            .cursor,
+        5
+    );
+    let seq = f.store.last_seq().await.unwrap();
+    f.store.apply_replica_batch(b1).await.unwrap();
+    assert_eq!(
+        f.store.last_seq().await.unwrap(),
+        seq,
+        "a batch applied twice changes nothing"
+    );
+    // An older state of the owner changes nothing, but the cursor moves on.
+    f.store
+        .apply_replica_batch(batch(6, vec![ReplicaItem::Upsert(state("N0", None, 2))]))
+        .await
+        .unwrap();
+    assert_eq!(
+        f.store.get(r).await.unwrap().unwrap().fields["name"],
+        text("N1")
+    );
+    assert_eq!(
+        f.store
+            .subscription("globex")
+            .await
+            .unwrap()
+            .unwrap()
+            .cursor,
+        6
+    );
+
+    // A local edit shows at once and waits in the outbox, based on the version shown.
+    let v2 = Hlc::new(2_000, 0, "acme/n1");
+    let edited = f
+        .store
+        .edit_replica(RecordKind::Account, r, "e1", move |cur| {
+            plan_update(
+                cur,
+                &["name".to_string()],
+                fm(&[("name", text("N2"))]),
+                v2,
+                4,
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(edited.fields["name"], text("N2"));
+    let pending = f
+        .store
+        .list_outbox(Some("globex"), Some("pending"), 10)
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].edits[0].base, Some(v1.clone()));
+    // The owner's newer state arrives: still shown with our pending edit on top.
+    f.store
+        .apply_replica_batch(batch(
+            7,
+            vec![ReplicaItem::Upsert(state("N1", Some("Bremen"), 4))],
+        ))
+        .await
+        .unwrap();
+    let shown = f.store.get(r).await.unwrap().unwrap();
+    assert_eq!(
+        (&shown.fields["name"], &shown.fields["city"]),
+        (&text("N2"), &text("Bremen"))
+    );
+    // A verdict of another owner settles nothing; the owner's rejection restores its value.
+    let reject = |owner: &str| VerdictApply {
+        owner_org: owner.into(),
+        key: "e1".into(),
+        outcome: VerdictOutcome::Rejected,
+        reason: "name: not writable".into(),
+        record: Some(state("N1", Some("Bremen"), 4)),
+    };
+    f.store.apply_verdict(reject("evil")).await.unwrap();
+    assert_eq!(
+        f.store.get(r).await.unwrap().unwrap().fields["name"],
+        text("N2")
+    );
+    f.store.apply_verdict(reject("globex")).await.unwrap();
+    assert_eq!(
+        f.store.get(r).await.unwrap().unwrap().fields["name"],
+        text("N1")
+    );
+    let rejected = f
+        .store
+        .list_outbox(None, Some("rejected"), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        rejected[0].last_error.as_deref(),
+        Some("name: not writable")
+    );
+    assert_eq!(f.store.replica_digests("globex").await.unwrap().len(), 1);
+
+    // Revoke: the copy is gone (a value-free tombstone), and a stale verdict cannot revive it.
+    f.store
+        .apply_replica_batch(batch(8, vec![ReplicaItem::Revoke { id: r }]))
+        .await
+        .unwrap();
+    let gone = f.store.get(r).await.unwrap().unwrap();
+    assert!(gone.is_deleted() && gone.fields.is_empty());
+    assert!(f.store.replica_digests("globex").await.unwrap().is_empty());
+    f.store
+        .apply_replica_batch(batch(0, vec![ReplicaItem::Upsert(state("N1", None, 9))]))
+        .await
+        .unwrap();
+    assert!(
+        f.store.get(r).await.unwrap().unwrap().is_deleted(),
+        "a repair does not revive"
+    );
+    // The ordered stream does (a new share).
+    f.store
+        .apply_replica_batch(batch(9, vec![ReplicaItem::Upsert(state("N1", None, 9))]))
+        .await
+        .unwrap();
+    assert!(!f.store.get(r).await.unwrap().unwrap().is_deleted());
+
+    // Erasure of something never received: remembered, so a late batch cannot bring it in.
+    let u = Uuid::now_v7();
+    f.store
+        .apply_replica_batch(batch(10, vec![ReplicaItem::Erase { id: u }]))
+        .await
+        .unwrap();
+    assert_eq!(f.store.unacked_erasures("globex").await.unwrap(), [u]);
+    let mut late = state("Person", None, 1);
+    late.id = u;
+    f.store
+        .apply_replica_batch(batch(11, vec![ReplicaItem::Upsert(late)]))
+        .await
+        .unwrap();
+    assert!(f.store.get(u).await.unwrap().is_none());
+    f.store.mark_erasures_acked(&[u]).await.unwrap();
+    assert!(f.store.unacked_erasures("globex").await.unwrap().is_empty());
+
+    // An owner can never overwrite a record of ours.
+    let mine = f
+        .create(RecordKind::Account, &[("name", text("Unser"))])
+        .await
+        .unwrap();
+    let mut evil = state("Übernommen", None, 99);
+    evil.id = mine.id;
+    f.store
+        .apply_replica_batch(batch(
+            12,
+            vec![
+                ReplicaItem::Upsert(evil),
+                ReplicaItem::Revoke { id: mine.id },
+            ],
+        ))
+        .await
+        .unwrap();
+    let still = f.store.get(mine.id).await.unwrap().unwrap();
+    assert_eq!(
+        (still.fields["name"].clone(), still.is_deleted()),
+        (text("Unser"), false)
+    );
 }
