@@ -160,6 +160,7 @@ pub fn spawn(state: Arc<NodeState>) -> JoinHandle<()> {
 
 async fn run_link(state: Arc<NodeState>, org: String) {
     let mut backoff = BACKOFF_FIRST;
+    let mut last_error = String::new();
     loop {
         state.links.set(&org, |s| s.state = "connecting".into());
         let started = tokio::time::Instant::now();
@@ -170,7 +171,13 @@ async fn run_link(state: Arc<NodeState>, org: String) {
         if let Err(e) = outcome {
             let msg = format!("{e:#}");
             let incompatible = msg.contains("protocol version");
-            tracing::info!(partner = %org, error = %msg, "sync link down; retrying");
+            // Said once per distinct error; the retries of an unreachable partner stay quiet.
+            if msg != last_error {
+                tracing::info!(partner = %org, error = %msg, "sync link down; retrying with backoff");
+            } else {
+                tracing::debug!(partner = %org, error = %msg, "sync link still down");
+            }
+            last_error = msg.clone();
             state.links.set(&org, |s| {
                 s.state = if incompatible {
                     "incompatible".into()

@@ -1,8 +1,9 @@
 //! `verbund demo`: an organization, a node and a day of CRM work, then its partner company,
 //! its service provider and its group holding working with it under the example policy
-//! (shares, field projection, revocation, audit) — all through the real API over mutual TLS,
-//! with real certificates of four organizations, on the embedded database in a temporary
-//! directory.
+//! (shares, field projection, revocation, audit), and finally the partner company running its
+//! own node that holds a synced replica of the shared deal (edits both ways, revoke) — all
+//! through the real API over mutual TLS, with real certificates of four organizations, on the
+//! embedded database in a temporary directory.
 
 use std::time::Duration;
 
@@ -344,6 +345,7 @@ pub async fn run(keep: bool) -> Result<()> {
     println!("{last} changes; an app resumes with after_seq={last}");
 
     federation(
+        dir.path(),
         &cfg,
         &endpoint,
         &channel,
@@ -407,6 +409,7 @@ fn field_list(fields: &verbund_core::FieldMap) -> String {
 }
 
 async fn federation(
+    base: &std::path::Path,
     cfg: &NodeConfig,
     endpoint: &str,
     channel: &Channel,
@@ -415,7 +418,30 @@ async fn federation(
     anna: &str,
 ) -> Result<()> {
     let mut admin = pb::admin_service_client::AdminServiceClient::new(channel.clone());
-    let globex = DemoOrg::new("globex")?;
+    // globex gets a real organization directory: it runs its own node later (step 17).
+    let globex_done = init(&InitArgs {
+        org: "globex".into(),
+        dir: base.join("globex"),
+        name: "node1".into(),
+        listen: "127.0.0.1:0".parse()?,
+        dns: vec![],
+        database_url: None,
+    })
+    .await?;
+    let globex_cfg = NodeConfig::load(&globex_done.config_path)?;
+    let globex = DemoOrg {
+        name: "globex",
+        ca: verbund_node::pki::CertPair {
+            cert_pem: globex_cfg.read(&globex_cfg.tls.ca_cert)?,
+            key_pem: globex_cfg.read(
+                globex_cfg
+                    .tls
+                    .ca_key
+                    .as_deref()
+                    .context("globex's config names no CA key")?,
+            )?,
+        },
+    };
     let provider = DemoOrg::new("servicepartner")?;
     let holding = DemoOrg::new("holding")?;
 
@@ -630,5 +656,183 @@ async fn federation(
         "{} entries, chain intact, head {}",
         verified.checked, verified.head_hash
     );
+    sync_demo(cfg, endpoint, channel, &globex_cfg, deal).await
+}
+
+/// Polls `check` every 20 ms for up to 30 s; returns how long it took.
+async fn within<F, Fut>(what: &str, mut check: F) -> Result<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        if check().await {
+            return Ok(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("{what} did not happen within 30 s")
+}
+
+async fn pin(admin: &Channel, org: &str, ca_pem: String, endpoint: &str) -> Result<()> {
+    let der = verbund_node::pki::parse_certs(&ca_pem)?.remove(0);
+    pb::admin_service_client::AdminServiceClient::new(admin.clone())
+        .add_partner(pb::AddPartnerRequest {
+            org: org.into(),
+            ca_pem,
+            endpoint: endpoint.into(),
+            fingerprint: verbund_node::pki::fingerprint(der.as_ref()),
+        })
+        .await?;
+    Ok(())
+}
+
+async fn sync_demo(
+    acme_cfg: &NodeConfig,
+    acme_endpoint: &str,
+    acme: &Channel,
+    globex_cfg: &NodeConfig,
+    deal: &str,
+) -> Result<()> {
+    step("17. globex runs its own node: acme's shared deal is replicated there and kept in step");
+    let node = Node::start(globex_cfg).await?;
+    let globex_endpoint = format!("https://{}", node.local_addr);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(node.serve(async {
+        let _ = stop_rx.await;
+    }));
+    let globex = connect(&globex_endpoint, &ClientIdentity::from_config(globex_cfg)?).await?;
+    println!("node globex/node1 serving on {globex_endpoint}");
+    // acme pinned globex without an endpoint so far; now each node knows where the other is.
+    let mut acme_admin = pb::admin_service_client::AdminServiceClient::new(acme.clone());
+    acme_admin
+        .remove_partner(pb::RemovePartnerRequest {
+            org: "globex".into(),
+        })
+        .await?;
+    pin(
+        acme,
+        "globex",
+        globex_cfg.read(&globex_cfg.tls.ca_cert)?,
+        &globex_endpoint,
+    )
+    .await?;
+    pin(
+        &globex,
+        "acme",
+        acme_cfg.read(&acme_cfg.tls.ca_cert)?,
+        acme_endpoint,
+    )
+    .await?;
+    acme_admin
+        .add_share(pb::AddShareRequest {
+            record_id: deal.into(),
+            org: "globex".into(),
+            profile: "joint-deal".into(),
+        })
+        .await?;
+    println!("acme shares the deal with globex again (joint-deal)");
+    let mut globex_opps =
+        pb::opportunity_service_client::OpportunityServiceClient::new(globex.clone());
+    let mut acme_opps = pb::opportunity_service_client::OpportunityServiceClient::new(acme.clone());
+    let get = |c: &pb::opportunity_service_client::OpportunityServiceClient<Channel>| {
+        let mut c = c.clone();
+        let id = deal.to_string();
+        async move {
+            c.get_opportunity(pb::GetRecordRequest { id })
+                .await
+                .ok()
+                .map(|r| r.into_inner())
+        }
+    };
+    let took = within("the replica to appear at globex", || {
+        let g = get(&globex_opps);
+        async move { g.await.is_some() }
+    })
+    .await?;
+    let replica = get(&globex_opps).await.context("replica")?;
+    println!(
+        "replica on globex's node after {} ms, owner {}:",
+        took.as_millis(),
+        replica
+            .meta
+            .as_ref()
+            .map(|m| m.owner_org.as_str())
+            .unwrap_or("?")
+    );
+    output::print_record(&shown(&replica)?, false);
+
+    let step_text = "Termin bei Müller am Montag";
+    globex_opps
+        .update_opportunity(pb::UpdateOpportunityRequest {
+            id: deal.into(),
+            opportunity: Some(pb::Opportunity {
+                next_step: s(step_text),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["next_step".into()],
+            }),
+        })
+        .await?;
+    let took = within("globex's edit to reach acme", || {
+        let g = get(&acme_opps);
+        async move { g.await.and_then(|o| o.next_step).as_deref() == Some(step_text) }
+    })
+    .await?;
+    println!(
+        "globex edited next_step on its own node; acme (the merge point) has it after {} ms",
+        took.as_millis()
+    );
+    acme_opps
+        .update_opportunity(pb::UpdateOpportunityRequest {
+            id: deal.into(),
+            opportunity: Some(pb::Opportunity {
+                amount: money(265_000),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["amount".into()],
+            }),
+        })
+        .await?;
+    let took = within("acme's edit to reach globex", || {
+        let g = get(&globex_opps);
+        async move { g.await.and_then(|o| o.amount).map(|m| m.minor_units) == Some(26_500_000) }
+    })
+    .await?;
+    println!(
+        "acme raised the amount; globex's replica has it after {} ms",
+        took.as_millis()
+    );
+    let status = pb::admin_service_client::AdminServiceClient::new(globex.clone())
+        .sync_status(pb::SyncStatusRequest {})
+        .await?
+        .into_inner();
+    for p in &status.partners {
+        println!(
+            "globex's link to {}: {}, cursor {}, lag {}, outbox {}, replicas {}",
+            p.org, p.state, p.cursor, p.lag, p.outbox_depth, p.replicas
+        );
+    }
+    acme_admin
+        .revoke_share(pb::RevokeShareRequest {
+            record_id: deal.into(),
+            org: "globex".into(),
+        })
+        .await?;
+    let took = within("the revoke to reach globex", || {
+        let g = get(&globex_opps);
+        async move { g.await.is_none() }
+    })
+    .await?;
+    println!(
+        "acme revoked the share; globex's copy is gone after {} ms",
+        took.as_millis()
+    );
+    let _ = globex_opps;
+    let _ = stop_tx.send(());
+    server.await.context("globex node task")??;
     Ok(())
 }
