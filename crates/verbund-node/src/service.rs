@@ -302,6 +302,13 @@ impl NodeState {
         self.watch_max_age
     }
 
+    /// A version stamper for a planning closure that runs in the writer: above the record's
+    /// newest version and everything this node stamped before (versions follow commits).
+    pub fn stamper(&self) -> impl Fn(&Record) -> Hlc + Send + 'static {
+        let clock = self.clock.clone();
+        move |cur: &Record| Self::stamp(&clock, cur.versions.values().max())
+    }
+
     /// A fresh version from our clock (for bookkeeping rows such as access changes).
     pub fn tick(&self) -> Hlc {
         Self::stamp(&self.clock, None)

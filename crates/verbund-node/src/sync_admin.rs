@@ -226,19 +226,10 @@ impl NodeState {
                     patch.insert(field.clone(), v);
                 }
                 let mask = vec![field];
-                let state_clock = self.tick();
+                let stamp = self.stamper();
                 self.store
                     .update(rec.kind, rec.id, move |cur| {
-                        let floor = cur.versions.values().max().cloned();
-                        let hlc = match floor {
-                            Some(f) if f >= state_clock => Hlc::new(
-                                f.physical_ms,
-                                f.counter.saturating_add(1),
-                                state_clock.node.clone(),
-                            ),
-                            _ => state_clock,
-                        };
-                        plan_update(cur, &mask, patch, hlc, now_ms())
+                        plan_update(cur, &mask, patch, stamp(cur), now_ms())
                     })
                     .await
                     .map_err(|e| match e {
@@ -280,19 +271,10 @@ impl NodeState {
                 rec.owner_org
             )));
         }
-        let tick = self.tick();
+        let stamp = self.stamper();
         self.store
             .erase(rec.kind, id, &p.uri(), move |cur| {
-                let floor = cur.versions.values().max().cloned();
-                let hlc = match floor {
-                    Some(f) if f >= tick => Hlc::new(
-                        f.physical_ms,
-                        f.counter.saturating_add(1),
-                        tick.node.clone(),
-                    ),
-                    _ => tick,
-                };
-                plan_erase(cur, hlc, now_ms())
+                plan_erase(cur, stamp(cur), now_ms())
             })
             .await
             .map_err(|e| match e {
