@@ -223,9 +223,10 @@ fn replicas_follow_the_owner_through_edits_conflicts_outages_revokes_and_erasure
         replica["fields"].get("description").is_none(),
         "a partner's replica holds only what it may read: {replica}"
     );
-    wait_until("fixit holds the case", || {
-        get(&fixit, "case", &case).is_some()
-    });
+    wait_until(
+        "fixit holds the case and, as a reference, its account",
+        || get(&fixit, "case", &case).is_some() && get(&fixit, "account", &account).is_some(),
+    );
     wait_until("repairco holds the deal and the contact", || {
         get(&repairco, "opportunity", &deal).is_some()
             && get(&repairco, "contact", &contact).is_some()
@@ -388,6 +389,10 @@ fn replicas_follow_the_owner_through_edits_conflicts_outages_revokes_and_erasure
     update(&acme, "case", &case, &["assigned_org=repairco"]);
     wait_until("the case moved from fixit to repairco", || {
         get(&fixit, "case", &case).is_none() && get(&repairco, "case", &case).is_some()
+    });
+    // What fixit saw only through the case (the account's name) goes with it.
+    wait_until("fixit's reference copy of the account is gone", || {
+        get(&fixit, "account", &account).is_none()
     });
 
     // --- erasure → every holder purges and acknowledges, one of them after being offline
@@ -699,22 +704,34 @@ async fn the_federation_api_serves_partner_nodes_only_their_share() {
         .collect();
     assert_eq!(ids, [shared.clone()].into(), "{got:?}");
 
-    // Digest: naming an unshared id gets a plain revoke, nothing about the record.
+    // Digest: naming an unshared id, or a deleted record it never held, gets a plain revoke,
+    // nothing about the record.
+    let gone = create(&acme, "account", &["name=Weg GmbH"]);
+    let o = acme.cli(&["account", "delete", &gone]);
+    assert!(o.status.success(), "{}", stderr(&o));
     let r = fed
         .digest(pb::DigestRequest {
             buckets: vec![],
             detail_buckets: (0..256).collect(),
-            entries: vec![pb::BucketEntry {
-                record_id: unshared.clone(),
-                digest: 1,
-            }],
+            entries: vec![
+                pb::BucketEntry {
+                    record_id: unshared.clone(),
+                    digest: 1,
+                },
+                pb::BucketEntry {
+                    record_id: gone.clone(),
+                    digest: 1,
+                },
+            ],
         })
         .await
         .unwrap()
         .into_inner();
     for item in &r.repairs {
         match &item.item {
-            Some(pb::sync_item::Item::Revoke(rv)) => assert_eq!(rv.record_id, unshared),
+            Some(pb::sync_item::Item::Revoke(rv)) => {
+                assert!(rv.record_id == unshared || rv.record_id == gone, "{rv:?}")
+            }
             Some(pb::sync_item::Item::Upsert(st)) => assert_eq!(st.id, shared),
             other => panic!("unexpected repair {other:?}"),
         }

@@ -326,8 +326,14 @@ impl NodeState {
     /// to, the records that refer to them, and those records' shares), so the cost follows
     /// the number of records asked about, not the number shared with `org`.
     pub async fn reach_for(&self, org: &str, ids: &[Uuid]) -> Result<Reached, Status> {
+        let targets = self.store.get_many(ids).await.map_err(store_status)?;
+        self.reach_around(org, &targets).await
+    }
+
+    /// `reach_for` of records the caller has loaded already.
+    pub async fn reach_around(&self, org: &str, targets: &[Record]) -> Result<Reached, Status> {
         let store = &self.store;
-        let targets = store.get_many(ids).await.map_err(store_status)?;
+        let ids: Vec<Uuid> = targets.iter().map(|r| r.id).collect();
         let id_of = |r: &Record, f: &str| r.text(f).and_then(|t| Uuid::parse_str(t).ok());
         // The records an activity belongs to, and the accounts of both.
         let related_ids: Vec<Uuid> = targets
@@ -366,7 +372,7 @@ impl NodeState {
             .await
             .map_err(store_status)?;
         let children: Vec<Record> = targets.iter().chain(&related).cloned().collect();
-        let grants = access::reach(org, &shares, &rules, &direct, &children, &targets);
+        let grants = access::reach(org, &shares, &rules, &direct, &children, targets);
         let records: HashMap<Uuid, Record> = direct
             .into_iter()
             .filter(|r| grants.contains_key(&r.id) && r.owner_org == self.org)

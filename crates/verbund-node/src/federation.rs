@@ -406,6 +406,15 @@ impl NodeState {
             .iter()
             .any(|c| c.op != ChangeOp::Update || c.fields.keys().any(|f| controls_access(f)));
         if reach_changed {
+            // The records it refers to (shown with it as references) are looked at again.
+            let changed = self.store.get_many(&ids).await.map_err(store_status)?;
+            for r in &changed {
+                for target in verbund_core::access::reference_targets(r) {
+                    if seen.insert(target) {
+                        ids.push(target);
+                    }
+                }
+            }
             // A record that moved, appeared, vanished or changed its sharing takes the
             // records hanging off it along (contacts of an account, activities of a case).
             let mut frontier: Vec<String> = ids.iter().map(Uuid::to_string).collect();
@@ -429,15 +438,9 @@ impl NodeState {
             }
         }
         let policy = self.policy();
-        let reached = self.reach_for(&p.org, &ids).await?;
-        let records: HashMap<Uuid, Record> = self
-            .store
-            .get_many(&ids)
-            .await
-            .map_err(store_status)?
-            .into_iter()
-            .map(|r| (r.id, r))
-            .collect();
+        let targets = self.store.get_many(&ids).await.map_err(store_status)?;
+        let reached = self.reach_around(&p.org, &targets).await?;
+        let records: HashMap<Uuid, Record> = targets.into_iter().map(|r| (r.id, r)).collect();
         let delivered: HashMap<Uuid, String> = self
             .store
             .deliveries_of(&p.org, &ids)
@@ -844,13 +847,28 @@ impl NodeState {
                 repairs.push(item);
             }
         }
-        for id in theirs.keys() {
-            if expected_ids.contains(id) || !buckets.contains(&merge::bucket_of(id)) {
-                continue;
-            }
-            // It holds something it should not (or no longer): erased records are purged,
-            // others revoked. Tombstones it holds correctly digest as deleted.
-            match self.store.get(*id).await.map_err(store_status)? {
+        let extra: Vec<Uuid> = theirs
+            .keys()
+            .filter(|id| !expected_ids.contains(id) && buckets.contains(&merge::bucket_of(id)))
+            .copied()
+            .collect();
+        // Only what we really sent it can come back as a tombstone or an erasure; anything
+        // else is a plain revoke (no hint whether such a record exists).
+        let held: BTreeSet<Uuid> = self
+            .store
+            .deliveries_of(&p.org, &extra)
+            .await
+            .map_err(store_status)?
+            .into_iter()
+            .map(|d| d.record_id)
+            .collect();
+        for id in &extra {
+            let found = if held.contains(id) {
+                self.store.get(*id).await.map_err(store_status)?
+            } else {
+                None
+            };
+            match found {
                 Some(r) if r.owner_org == self.org && r.is_deleted() => {
                     if self
                         .store
@@ -860,9 +878,7 @@ impl NodeState {
                         .is_some()
                     {
                         repairs.push(erase(*id, r.kind));
-                    } else if theirs.get(id)
-                        != Some(&merge::record_digest(&Default::default(), true))
-                    {
+                    } else {
                         repairs.push(upsert(&tombstone(&r), &BTreeSet::new()));
                     }
                 }
