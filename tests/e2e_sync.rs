@@ -685,6 +685,7 @@ async fn the_federation_api_serves_partner_nodes_only_their_share() {
         .subscribe(pb::SubscribeRequest {
             after_seq: 0,
             max_batch: 0,
+            cursor_mark: String::new(),
         })
         .await
         .unwrap()

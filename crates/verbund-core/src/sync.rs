@@ -152,12 +152,14 @@ pub fn join(a: (&FieldMap, &VersionMap), b: (&FieldMap, &VersionMap)) -> (FieldM
     (fields, versions)
 }
 
-/// A replica takes in the owner's projection of a record: the fields the owner sent, each
-/// at the higher of the two versions; fields the owner no longer sends (the projection
-/// shrank) are dropped. `owner_seq` orders the owner's states of the record (its change
-/// sequence number): a state older than the one the replica holds (`local_seq`), e.g. a
-/// stream batch arriving after a newer verdict, changes nothing (None), because it cannot
-/// tell a field it lacks from a field it no longer shows.
+/// A replica takes in the owner's projection of a record. `owner_seq` orders the owner's
+/// states of the record (its change sequence number): a state older than the one the replica
+/// holds (`local_seq`), e.g. a stream batch arriving after a newer verdict, changes nothing
+/// (None), because it cannot tell a field it lacks from a field it no longer shows. A newer
+/// state is taken as it is: the owner is the merge point, and its later state supersedes
+/// even a higher version held here (one the owner re-stamped after a clock fault, or lost in
+/// a restore). The same state again (equal `owner_seq`, e.g. a wider projection after a
+/// share) joins per field at the higher version; fields the owner no longer sends go.
 pub fn take_owner_state(
     local: (&FieldMap, &VersionMap),
     local_seq: i64,
@@ -166,6 +168,9 @@ pub fn take_owner_state(
 ) -> Option<(FieldMap, VersionMap)> {
     if owner_seq < local_seq {
         return None;
+    }
+    if owner_seq > local_seq {
+        return Some((owner.0.clone(), owner.1.clone()));
     }
     let (mut fields, mut versions) = join(owner, local);
     versions.retain(|name, _| owner.1.contains_key(name));
@@ -258,14 +263,33 @@ pub fn bucket_digests<'a>(entries: impl IntoIterator<Item = (&'a Uuid, u64)>) ->
     buckets
 }
 
-/// Whether a remote version lies too far in the future: the reason, if it does.
-pub fn too_far_ahead(version: &Hlc, now_ms: u64, max_skew_ms: u64) -> Option<String> {
+/// Whether a remote version lies too far in the future of the node `here` (an organization
+/// id): the reason, if it does, naming whose clock is ahead and by how much.
+pub fn too_far_ahead(version: &Hlc, now_ms: u64, max_skew_ms: u64, here: &str) -> Option<String> {
     let ahead = version.physical_ms.saturating_sub(now_ms);
     (ahead > max_skew_ms).then(|| {
+        let stamped_by = version.node.split('/').next().unwrap_or_default();
         format!(
-            "version {version} is {ahead} ms ahead of the owner's clock (bound {max_skew_ms} ms)"
+            "{stamped_by}'s clock is about {} s ahead of {here}'s (a version stamped by {} is {ahead} ms ahead; the bound is {max_skew_ms} ms): correct the clock that is wrong",
+            ahead.div_ceil(1000),
+            version.node
         )
     })
+}
+
+/// The mark of the owner's change at `seq`: an opaque digest that a partner keeps with its
+/// cursor and sends back, so an owner whose history changed (restored from a backup) is
+/// noticed. It reveals nothing about the change (which record, when).
+pub fn change_mark(seq: i64, record_id: &Uuid, version: &Hlc) -> String {
+    let mut h = Sha256::new();
+    h.update(seq.to_be_bytes());
+    h.update(record_id.as_bytes());
+    h.update(version.to_string().as_bytes());
+    hex_of(&h.finalize()[..16])
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -371,6 +395,10 @@ mod tests {
         assert!(!f.contains_key("phone") && !v.contains_key("phone"));
         // An older state of the owner changes nothing.
         assert!(take_owner_state((&local_f, &local_v), 4, (&owner_f, &owner_v), 3).is_none());
+        // A newer state is taken as it is, even below a version held here (a restored or
+        // re-stamped owner).
+        let (f, v) = take_owner_state((&local_f, &local_v), 3, (&owner_f, &owner_v), 4).unwrap();
+        assert_eq!((f, v), (owner_f, owner_v));
     }
 
     #[test]
@@ -389,7 +417,21 @@ mod tests {
 
     #[test]
     fn skew_bound() {
-        assert!(too_far_ahead(&h(1_000, "x"), 500, 600).is_none());
-        assert!(too_far_ahead(&h(2_000, "x"), 500, 600).is_some());
+        assert!(too_far_ahead(&h(1_000, "globex/n"), 500, 600, "acme").is_none());
+        let why = too_far_ahead(&h(3_600_500, "globex/n"), 500, 60_000, "acme").unwrap();
+        assert!(
+            why.starts_with("globex's clock is about 3600 s ahead of acme's"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn change_marks_tell_changes_apart_and_reveal_nothing() {
+        let id = Uuid::now_v7();
+        let m = change_mark(7, &id, &h(10, "acme/n"));
+        assert_eq!(m, change_mark(7, &id, &h(10, "acme/n")));
+        assert_ne!(m, change_mark(7, &id, &h(11, "acme/n")));
+        assert_ne!(m, change_mark(8, &id, &h(10, "acme/n")));
+        assert!(!m.contains(&id.to_string()) && m.len() == 32);
     }
 }

@@ -543,6 +543,15 @@ pub fn message_from_fields<M: RecordMessage>(fields: &FieldMap) -> M {
     m
 }
 
+/// At most `max` characters of an input, for messages: an error never echoes a long input
+/// whole (a 1 MB id would come back as a 1 MB message).
+pub fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_string(),
+        Some((cut, _)) => format!("{}…", &s[..cut]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -119,7 +119,10 @@ pub fn state_from_pb(owner: &str, st: &pb::RecordState) -> Result<ReplicaState, 
         ));
     }
     let names: Vec<String> = st.fields.iter().map(|f| f.name.clone()).collect();
-    verbund_core::write::check_mask(kind, &names).map_err(domain_status)?;
+    // A tombstone carries no fields at all; a live state names only fields we know.
+    if !names.is_empty() {
+        verbund_core::write::check_mask(kind, &names).map_err(domain_status)?;
+    }
     let mut fields = verbund_core::FieldMap::new();
     let mut versions = verbund_core::VersionMap::new();
     for f in &st.fields {
@@ -512,14 +515,7 @@ impl NodeState {
             0 => DEFAULT_BATCH,
             n => n.min(MAX_BATCH),
         };
-        let last = *self.store.subscribe_commits().borrow();
-        // A cursor beyond our log (we were restored from a backup): start over; applying
-        // is idempotent, and the partner's cursor moves back with the first batch.
-        let mut cursor = if req.after_seq > last {
-            0
-        } else {
-            req.after_seq
-        };
+        let mut cursor = req.after_seq;
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let state = self.clone();
         let principal = p.clone();
@@ -527,6 +523,45 @@ impl NodeState {
         let deadline = tokio::time::Instant::now() + self.watch_max_age();
         tokio::spawn(async move {
             let mut notify = state.store.subscribe_commits();
+            // The partner's cursor must name a change of ours with the mark we sent with it.
+            // If it does not (we were restored from a backup and reuse or have not reached
+            // those sequence numbers), the partner starts over: a reset batch, then all of it.
+            let mut mark = String::new();
+            if cursor > 0 {
+                let at_cursor = match state.store.changes_after(cursor - 1, &[], 1).await {
+                    Ok(c) => c.into_iter().find(|c| c.seq == cursor),
+                    Err(e) => {
+                        let _ = tx.send(Err(store_status(e))).await;
+                        return;
+                    }
+                };
+                let ours = at_cursor.map(|c| merge::change_mark(c.seq, &c.record_id, &c.hlc));
+                let same = match &ours {
+                    Some(m) => req.cursor_mark.is_empty() || *m == req.cursor_mark,
+                    None => false,
+                };
+                if same {
+                    mark = ours.unwrap_or_default();
+                } else {
+                    tracing::warn!(
+                        partner = %principal.org,
+                        cursor,
+                        "the partner's cursor does not match our history (were we restored from a backup?); it starts over"
+                    );
+                    let reset = pb::SyncBatch {
+                        items: Vec::new(),
+                        cursor: 0,
+                        owner_last_seq: *notify.borrow(),
+                        heartbeat: false,
+                        cursor_mark: String::new(),
+                        reset: true,
+                    };
+                    if tx.send(Ok(reset)).await.is_err() {
+                        return;
+                    }
+                    cursor = 0;
+                }
+            }
             // Erasures it has not acknowledged yet go first (it may have been offline).
             match state.store.pending_erasures(&principal.org).await {
                 Ok(pending) if !pending.is_empty() => {
@@ -535,6 +570,8 @@ impl NodeState {
                         cursor: 0,
                         owner_last_seq: *notify.borrow(),
                         heartbeat: false,
+                        cursor_mark: String::new(),
+                        reset: false,
                     };
                     if tx.send(Ok(batch)).await.is_err() {
                         return;
@@ -561,7 +598,10 @@ impl NodeState {
                         return;
                     }
                 };
-                let Some(end) = changes.last().map(|c| c.seq) else {
+                let Some((end, end_mark)) = changes
+                    .last()
+                    .map(|c| (c.seq, merge::change_mark(c.seq, &c.record_id, &c.hlc)))
+                else {
                     tokio::select! {
                         _ = notify.changed() => {}
                         _ = tokio::time::sleep(HEARTBEAT) => {
@@ -570,6 +610,8 @@ impl NodeState {
                                 cursor,
                                 owner_last_seq: *notify.borrow(),
                                 heartbeat: true,
+                                cursor_mark: mark.clone(),
+                                reset: false,
                             };
                             if tx.send(Ok(beat)).await.is_err() {
                                 return;
@@ -608,11 +650,14 @@ impl NodeState {
                     cursor: end,
                     owner_last_seq: *notify.borrow(),
                     heartbeat: false,
+                    cursor_mark: end_mark.clone(),
+                    reset: false,
                 };
                 if tx.send(Ok(batch)).await.is_err() {
                     return;
                 }
                 cursor = end;
+                mark = end_mark;
             }
         });
         Ok(ReceiverStream::new(rx))
@@ -626,7 +671,9 @@ impl NodeState {
         p: &Principal,
         change: &pb::ProposedChange,
     ) -> Result<pb::Verdict, Status> {
-        match self.push_checked(p, change).await {
+        // Read before anything is decided: the verdict reflects at least this state.
+        let as_of_seq = *self.store.subscribe_commits().borrow();
+        match self.push_checked(p, change, as_of_seq).await {
             Ok(v) => Ok(v),
             Err(status)
                 if matches!(
@@ -642,6 +689,9 @@ impl NodeState {
                     outcome: pb::VerdictOutcome::Rejected as i32,
                     reason: format!("{}: {}", status.code(), status.message()),
                     record: None,
+                    // Not shared (or gone): the partner's copy goes, as with a revoke.
+                    revoked: status.code() == tonic::Code::NotFound,
+                    as_of_seq,
                 })
             }
             Err(status) => Err(status),
@@ -652,6 +702,7 @@ impl NodeState {
         &self,
         p: &Principal,
         change: &pb::ProposedChange,
+        as_of_seq: i64,
     ) -> Result<pb::Verdict, Status> {
         if change.key.is_empty() || change.key.len() > 128 {
             return Err(convert::invalid(
@@ -675,15 +726,26 @@ impl NodeState {
                 .get(stored.record_id)
                 .await
                 .map_err(store_status)?;
-            return self.verdict(p, &change.key, &stored, rec).await;
+            return self.verdict(p, &change.key, &stored, rec, as_of_seq).await;
         }
         let now = now_ms();
         for e in &edits {
-            if let Some(reason) =
-                merge::too_far_ahead(&e.version, now.max(0) as u64, self.max_clock_skew_ms)
-            {
-                // Retryable: the clocks may agree again; the edit must not be lost.
-                return Err(Status::unavailable(format!("{}: {reason}", e.field)));
+            if let Some(reason) = merge::too_far_ahead(
+                &e.version,
+                now.max(0) as u64,
+                self.max_clock_skew_ms,
+                &self.org,
+            ) {
+                // Not decided (and not stored): the clocks may agree again, and the partner
+                // re-stamps the edit once its clock is right. Only this change waits.
+                return Ok(pb::Verdict {
+                    key: change.key.clone(),
+                    outcome: pb::VerdictOutcome::Deferred as i32,
+                    reason: format!("{}: {reason}", e.field),
+                    record: None,
+                    revoked: false,
+                    as_of_seq,
+                });
             }
         }
         let not_shared = || Status::not_found(format!("{kind} {id} is not shared with {}", p.org));
@@ -738,7 +800,8 @@ impl NodeState {
             )
             .await
             .map_err(store_status)?;
-        self.verdict(p, &change.key, &stored, Some(rec)).await
+        self.verdict(p, &change.key, &stored, Some(rec), as_of_seq)
+            .await
     }
 
     async fn verdict(
@@ -747,6 +810,7 @@ impl NodeState {
         key: &str,
         stored: &verbund_store::StoredVerdict,
         rec: Option<Record>,
+        as_of_seq: i64,
     ) -> Result<pb::Verdict, Status> {
         let record = match rec {
             Some(r) if !r.is_deleted() => {
@@ -757,6 +821,8 @@ impl NodeState {
             }
             _ => None,
         };
+        // The partner no longer sees the record (unshared, deleted): its copy goes.
+        let revoked = record.is_none();
         Ok(pb::Verdict {
             key: key.to_string(),
             outcome: match stored.outcome {
@@ -766,6 +832,8 @@ impl NodeState {
             } as i32,
             reason: stored.reason.clone(),
             record,
+            revoked,
+            as_of_seq,
         })
     }
 
@@ -798,6 +866,8 @@ impl NodeState {
         p: &Principal,
         req: pb::DigestRequest,
     ) -> Result<pb::DigestResponse, Status> {
+        // Read before the expected set: the repairs reflect at least this state.
+        let as_of_seq = *self.store.subscribe_commits().borrow();
         let (expected, mut items) = self.expected_of(p).await?;
         if req.detail_buckets.is_empty() {
             if req.buckets.len() != merge::DIGEST_BUCKETS {
@@ -817,6 +887,7 @@ impl NodeState {
             return Ok(pb::DigestResponse {
                 differing_buckets: differing,
                 repairs: Vec::new(),
+                as_of_seq,
             });
         }
         let buckets: BTreeSet<usize> = req.detail_buckets.iter().map(|b| *b as usize).collect();
@@ -892,6 +963,7 @@ impl NodeState {
         Ok(pb::DigestResponse {
             differing_buckets: Vec::new(),
             repairs,
+            as_of_seq,
         })
     }
 }
@@ -964,6 +1036,20 @@ impl pb::federation_server::Federation for Api {
                 }
             });
         }
+        let note = r
+            .quarantined
+            .first()
+            .map(|q| {
+                format!(
+                    "{}: {}",
+                    convert::clip(&q.record_id, 40),
+                    convert::clip(&q.reason, 300)
+                )
+            })
+            .unwrap_or_default();
+        self.state
+            .links
+            .note_partner_quarantine(&p.org, r.quarantined_total.max(0), note);
         if !ids.is_empty() {
             store
                 .ack_erasures(&p.org, &ids, now)

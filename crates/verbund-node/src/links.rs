@@ -9,11 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
+use prost::Message;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
+use uuid::Uuid;
 use verbund_core::sync as merge;
-use verbund_store::{ReplicaBatch, ReplicaItem, VerdictApply, VerdictOutcome};
+use verbund_store::{QuarantineItem, ReplicaBatch, ReplicaItem, VerdictApply, VerdictOutcome};
 
 use crate::federation::{hlc_to_pb, item_to_store, state_from_pb, value_to_pb};
 use crate::pb;
@@ -31,6 +33,11 @@ const DIGEST_EVERY: Duration = Duration::from_secs(60);
 const OUTBOX_POLL: Duration = Duration::from_secs(2);
 /// Outbox entries per Push.
 const PUSH_BATCH: i64 = 100;
+/// Anti-entropy after a failed round is tried again this soon.
+const DIGEST_RETRY: Duration = Duration::from_secs(10);
+/// Quarantined items retried per round, and reported to the owner per Ack.
+const QUARANTINE_RETRY: i64 = 500;
+const QUARANTINE_REPORT: i64 = 20;
 
 /// What one link is doing, for `partner status`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -40,6 +47,10 @@ pub struct LinkStatus {
     pub endpoint: String,
     pub last_error: String,
     pub last_error_ms: i64,
+    /// The last failed Push or anti-entropy round while the session stays up (cleared by
+    /// the next one that works): they never end the session, which keeps the stream going.
+    pub push_error: String,
+    pub repair_error: String,
 }
 
 /// The links of this node.
@@ -49,6 +60,10 @@ pub struct Links {
     acks: Mutex<HashMap<String, (i64, std::time::Instant)>>,
     /// Bumped on every local edit of a replica: outbox pushers wake up.
     outbox: watch::Sender<u64>,
+    /// Owner side: what each partner reports it keeps in quarantine of our stream.
+    partner_quarantine: Mutex<HashMap<String, (i64, String)>>,
+    /// What the node did about its clock at start (for `partner status`).
+    clock_note: Mutex<String>,
 }
 
 impl Default for Links {
@@ -57,6 +72,8 @@ impl Default for Links {
             status: Mutex::new(HashMap::new()),
             acks: Mutex::new(HashMap::new()),
             outbox: watch::channel(0).0,
+            partner_quarantine: Mutex::new(HashMap::new()),
+            clock_note: Mutex::new(String::new()),
         }
     }
 }
@@ -94,6 +111,33 @@ impl Links {
                 true
             }
         }
+    }
+
+    /// Owner side: a partner's report of the items of ours it keeps in quarantine.
+    pub fn note_partner_quarantine(&self, org: &str, total: i64, note: String) {
+        let mut map = self
+            .partner_quarantine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.insert(org.to_string(), (total, note));
+    }
+
+    pub fn partner_quarantine(&self) -> HashMap<String, (i64, String)> {
+        self.partner_quarantine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_clock_note(&self, note: String) {
+        *self.clock_note.lock().unwrap_or_else(|p| p.into_inner()) = note;
+    }
+
+    pub fn clock_note(&self) -> String {
+        self.clock_note
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The latest acknowledged cursor per partner (owner side).
@@ -236,19 +280,26 @@ async fn session(state: &Arc<NodeState>, org: &str) -> Result<()> {
     state.links.set(org, |s| {
         s.state = "connected".into();
         s.last_error.clear();
+        s.push_error.clear();
+        s.repair_error.clear();
     });
     let _ = state.store.set_sync_error(org, None, now_ms()).await;
     tracing::info!(partner = %org, "sync link up");
-    let cursor = state
+    // What we could not take before may be takeable now (after an upgrade, a clock fix).
+    if let Err(e) = retry_quarantine(state, org).await {
+        tracing::warn!(partner = %org, error = %format!("{e:#}"), "retrying quarantined items failed");
+    }
+    let (cursor, cursor_mark) = state
         .store
         .subscription(org)
         .await?
-        .map(|s| s.cursor)
-        .unwrap_or(0);
+        .map(|s| (s.cursor, s.cursor_mark))
+        .unwrap_or_default();
     let mut stream = client
         .subscribe(pb::SubscribeRequest {
             after_seq: cursor,
             max_batch: 0,
+            cursor_mark,
         })
         .await
         .map_err(|s| anyhow!("subscribe refused: {}: {}", s.code(), s.message()))?
@@ -270,12 +321,27 @@ async fn session(state: &Arc<NodeState>, org: &str) -> Result<()> {
         let (state, mut client) = (state.clone(), client.clone());
         async move {
             let mut woken = state.links.outbox.subscribe();
+            let mut backoff = BACKOFF_FIRST;
             loop {
-                let pushed = push_outbox(&state, &mut client, org).await?;
-                if pushed == 0 {
-                    tokio::select! {
-                        _ = woken.changed() => {}
-                        _ = tokio::time::sleep(OUTBOX_POLL) => {}
+                // A failed Push does not end the session: the stream keeps flowing, and the
+                // entries stay pending for the next try.
+                match push_outbox(&state, &mut client, org).await {
+                    Ok(progressed) => {
+                        backoff = BACKOFF_FIRST;
+                        state.links.set(org, |s| s.push_error.clear());
+                        if !progressed {
+                            tokio::select! {
+                                _ = woken.changed() => {}
+                                _ = tokio::time::sleep(OUTBOX_POLL) => {}
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let msg = format!("{e:#}");
+                        tracing::info!(partner = %org, error = %msg, "pushing local edits failed; retrying");
+                        state.links.set(org, |s| s.push_error = msg);
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
                     }
                 }
             }
@@ -287,8 +353,23 @@ async fn session(state: &Arc<NodeState>, org: &str) -> Result<()> {
         let (state, mut client) = (state.clone(), client.clone());
         async move {
             loop {
-                anti_entropy(&state, &mut client, org).await?;
-                tokio::time::sleep(DIGEST_EVERY).await;
+                if let Err(e) = retry_quarantine(&state, org).await {
+                    tracing::warn!(partner = %org, error = %format!("{e:#}"), "retrying quarantined items failed");
+                }
+                // A failed round does not end the session either; it is tried again soon.
+                let wait = match anti_entropy(&state, &mut client, org).await {
+                    Ok(_) => {
+                        state.links.set(org, |s| s.repair_error.clear());
+                        DIGEST_EVERY
+                    }
+                    Err(e) => {
+                        let msg = format!("{e:#}");
+                        tracing::info!(partner = %org, error = %msg, "anti-entropy failed; retrying");
+                        state.links.set(org, |s| s.repair_error = msg);
+                        DIGEST_RETRY
+                    }
+                };
+                tokio::time::sleep(wait).await;
             }
             #[allow(unreachable_code)]
             Ok::<(), anyhow::Error>(())
@@ -302,54 +383,159 @@ async fn session(state: &Arc<NodeState>, org: &str) -> Result<()> {
 }
 
 /// Applies one batch of the owner's stream (with the cursor, in one transaction), then
-/// acknowledges the cursor and any erasures carried out.
+/// acknowledges the cursor and any erasures carried out. Items we cannot take go into
+/// quarantine in the same transaction; everything else flows.
 async fn apply_batch(
     state: &NodeState,
     client: &mut FederationClient<Channel>,
     org: &str,
     batch: pb::SyncBatch,
 ) -> Result<()> {
-    let items = convert_items(state, org, &batch.items)?;
-    let had_items = !items.is_empty();
+    let (items, quarantine) = convert_items(state, org, &batch.items, "s");
+    let had_items = !batch.items.is_empty();
+    let erases = items.iter().any(|i| matches!(i, ReplicaItem::Erase { .. }));
+    if let Some(q) = quarantine.first() {
+        tracing::warn!(
+            partner = %org, n = quarantine.len(), record = %q.record_id, reason = %q.reason,
+            "items of the stream we cannot take are kept in quarantine and retried"
+        );
+    }
+    if batch.reset {
+        tracing::warn!(partner = %org, "the owner's history changed under our cursor (restored from a backup?): starting over");
+    }
     state
         .store
         .apply_replica_batch(ReplicaBatch {
             owner_org: org.to_string(),
             cursor: batch.cursor,
+            cursor_mark: batch.cursor_mark,
             owner_last_seq: batch.owner_last_seq,
             at_ms: now_ms(),
             items,
+            from_stream: true,
+            reset_for_org: batch.reset.then(|| state.org.clone()),
+            quarantine,
+            current_as_of: None,
         })
         .await
         .context("applying a batch")?;
+    if erases {
+        state.scrub_after_erasure();
+    }
     if batch.heartbeat && !had_items {
         return Ok(());
     }
     acknowledge(state, client, org, batch.cursor).await
 }
 
-/// The items of a batch, checked. An item we cannot take (a field our schema does not know,
-/// a version beyond the clock-skew bound) fails the whole batch: the cursor stays, the link
-/// reports the error and retries, and nothing is skipped silently.
-fn convert_items(state: &NodeState, org: &str, items: &[pb::SyncItem]) -> Result<Vec<ReplicaItem>> {
+/// The record an item is about, as sent (clipped: it may be anything).
+fn item_record_id(item: &pb::SyncItem) -> String {
+    let id = match item.item.as_ref() {
+        Some(pb::sync_item::Item::Upsert(st)) => st.id.as_str(),
+        Some(pb::sync_item::Item::Revoke(r)) => r.record_id.as_str(),
+        Some(pb::sync_item::Item::Erase(e)) => e.record_id.as_str(),
+        None => "",
+    };
+    if id.is_empty() {
+        "(none)".into()
+    } else {
+        crate::convert::clip(id, 64)
+    }
+}
+
+/// The items of a batch, checked, and those we cannot take (a field our schema does not
+/// know, a version beyond the clock-skew bound, anything malformed): the latter go into
+/// quarantine, to be reported and retried; no single item holds up the others. `origin`
+/// says where they came from (`s`: the stream, `r`: repairs), which decides how a retry
+/// may apply them.
+fn convert_items(
+    state: &NodeState,
+    org: &str,
+    items: &[pb::SyncItem],
+    origin: &str,
+) -> (Vec<ReplicaItem>, Vec<QuarantineItem>) {
     let now = now_ms().max(0) as u64;
     let mut out = Vec::with_capacity(items.len());
-    for item in items {
-        let item = item_to_store(org, item)
-            .map_err(|e| anyhow!("{org} sent an item we cannot take: {}", e.message()))?;
-        if let ReplicaItem::Upsert(st) = &item {
-            for v in st.versions.values().chain(st.deleted.iter()) {
-                if let Some(reason) = merge::too_far_ahead(v, now, state.max_clock_skew_ms) {
-                    return Err(anyhow!("{org} sent record {}: {reason}", st.id));
+    let mut quarantine = Vec::new();
+    for wire in items {
+        let checked = item_to_store(org, wire)
+            .map_err(|e| format!("{org} sent an item we cannot take: {}", e.message()))
+            .and_then(|item| {
+                if let ReplicaItem::Upsert(st) = &item {
+                    for v in st.versions.values().chain(st.deleted.iter()) {
+                        if let Some(reason) =
+                            merge::too_far_ahead(v, now, state.max_clock_skew_ms, &state.org)
+                        {
+                            return Err(format!("record {}: {reason}", st.id));
+                        }
+                    }
                 }
+                Ok(item)
+            });
+        match checked {
+            Ok(item) => {
+                if let ReplicaItem::Upsert(st) = &item {
+                    for v in st.versions.values() {
+                        state.observe(v);
+                    }
+                }
+                out.push(item);
             }
-            for v in st.versions.values() {
-                state.observe(v);
-            }
+            Err(reason) => quarantine.push(QuarantineItem {
+                owner_org: org.to_string(),
+                record_id: item_record_id(wire),
+                item: format!("{origin}:{}", hex::encode(wire.encode_to_vec())),
+                reason: crate::convert::clip(&reason, 500),
+                ..Default::default()
+            }),
         }
-        out.push(item);
     }
-    Ok(out)
+    (out, quarantine)
+}
+
+/// Tries the items of `org` in quarantine again: those we can take now are applied (a
+/// stream item as the owner's latest state of its record, since a later item of the record
+/// would have replaced it; a repair with the caution of a repair); the others stay.
+async fn retry_quarantine(state: &NodeState, org: &str) -> Result<()> {
+    let held = state
+        .store
+        .list_quarantine(Some(org), QUARANTINE_RETRY)
+        .await?;
+    if held.is_empty() {
+        return Ok(());
+    }
+    for origin in ["s", "r"] {
+        let mut wire = Vec::new();
+        for q in held.iter().filter(|q| q.item.starts_with(origin)) {
+            let bytes = q
+                .item
+                .split_once(':')
+                .and_then(|(_, h)| hex::decode(h).ok())
+                .ok_or_else(|| anyhow!("quarantined item of {} is unreadable", q.record_id))?;
+            wire.push(pb::SyncItem::decode(bytes.as_slice()).context("a quarantined item")?);
+        }
+        if wire.is_empty() {
+            continue;
+        }
+        let (items, quarantine) = convert_items(state, org, &wire, origin);
+        let taken = items.len();
+        state
+            .store
+            .apply_replica_batch(ReplicaBatch {
+                owner_org: org.to_string(),
+                at_ms: now_ms(),
+                items,
+                from_stream: origin == "s",
+                quarantine,
+                ..Default::default()
+            })
+            .await
+            .context("applying quarantined items")?;
+        if taken > 0 {
+            tracing::info!(partner = %org, n = taken, "quarantined items taken in");
+        }
+    }
+    Ok(())
 }
 
 async fn acknowledge(
@@ -368,10 +554,35 @@ async fn acknowledge(
             .unwrap_or(0),
         c => c,
     };
+    // What we keep in quarantine of its stream, so its operator sees it too.
+    let quarantined = state
+        .store
+        .list_quarantine(Some(org), QUARANTINE_REPORT)
+        .await?;
+    let quarantined_total = if (quarantined.len() as i64) < QUARANTINE_REPORT {
+        quarantined.len() as i64
+    } else {
+        state
+            .store
+            .quarantine_counts()
+            .await?
+            .into_iter()
+            .find(|(o, _)| o == org)
+            .map(|(_, n)| n)
+            .unwrap_or(0)
+    };
     client
         .ack(pb::AckRequest {
             cursor,
             erased: erased.iter().map(|id| id.to_string()).collect(),
+            quarantined_total,
+            quarantined: quarantined
+                .into_iter()
+                .map(|q| pb::QuarantinedItem {
+                    record_id: q.record_id,
+                    reason: q.reason,
+                })
+                .collect(),
         })
         .await
         .map_err(|s| anyhow!("ack: {}: {}", s.code(), s.message()))?;
@@ -382,20 +593,21 @@ async fn acknowledge(
     Ok(())
 }
 
-/// Proposes our pending edits of `org`'s records; applies the verdicts. Returns how many
-/// entries were pushed.
+/// Proposes our pending edits of `org`'s records; applies the verdicts. Returns whether any
+/// entry was settled (false: nothing pending, or every entry was deferred).
 async fn push_outbox(
     state: &NodeState,
     client: &mut FederationClient<Channel>,
     org: &str,
-) -> Result<usize> {
+) -> Result<bool> {
     let entries = state
         .store
         .list_outbox(Some(org), Some("pending"), PUSH_BATCH)
         .await?;
     if entries.is_empty() {
-        return Ok(0);
+        return Ok(false);
     }
+    let mut settled = false;
     let changes = entries
         .iter()
         .map(|e| pb::ProposedChange {
@@ -429,6 +641,13 @@ async fn push_outbox(
             Ok(pb::VerdictOutcome::Applied) => VerdictOutcome::Applied,
             Ok(pb::VerdictOutcome::AppliedWithConflict) => VerdictOutcome::AppliedWithConflict,
             Ok(pb::VerdictOutcome::Rejected) => VerdictOutcome::Rejected,
+            Ok(pb::VerdictOutcome::Deferred) => {
+                // Not decided: stays pending, offered again (re-stamped if our clock was
+                // wrong and has been corrected); the other entries go on.
+                tracing::info!(partner = %org, key = %v.key, reason = %v.reason, "the owner deferred a local edit");
+                let _ = state.store.outbox_attempt(&v.key, &v.reason).await;
+                continue;
+            }
             _ => {
                 let _ = state
                     .store
@@ -437,18 +656,31 @@ async fn push_outbox(
                 continue;
             }
         };
-        let record = match v.record.as_ref().map(|r| state_from_pb(org, r)).transpose() {
+        let mut record = match v.record.as_ref().map(|r| state_from_pb(org, r)).transpose() {
             Ok(r) => r,
             Err(e) => {
                 let _ = state.store.outbox_attempt(&v.key, e.message()).await;
                 continue;
             }
         };
+        // A verdict's record is checked like the stream: a state from too far in the future
+        // is not taken (the verdict itself is; the stream brings the state when it can).
+        let now = now_ms().max(0) as u64;
+        let ahead = record.as_ref().and_then(|r| {
+            r.versions.values().find_map(|version| {
+                merge::too_far_ahead(version, now, state.max_clock_skew_ms, &state.org)
+            })
+        });
+        if let Some(reason) = ahead {
+            tracing::warn!(partner = %org, key = %v.key, reason = %reason, "a verdict's record was not taken");
+            record = None;
+        }
         if let Some(r) = &record {
             for version in r.versions.values() {
                 state.observe(version);
             }
         }
+        settled = true;
         if outcome == VerdictOutcome::Rejected {
             tracing::info!(partner = %org, key = %v.key, reason = %v.reason, "the owner rejected a local edit");
         }
@@ -460,10 +692,13 @@ async fn push_outbox(
                 outcome,
                 reason: v.reason,
                 record,
+                revoked: v.revoked,
+                as_of_seq: v.as_of_seq,
+                at_ms: now_ms(),
             })
             .await?;
     }
-    Ok(entries.len())
+    Ok(settled)
 }
 
 /// Compares bucket digests of our replicas of `org`'s records with what it says we should
@@ -496,7 +731,7 @@ pub async fn anti_entropy(
             digest: *d,
         })
         .collect();
-    let repairs = client
+    let answer = client
         .digest(pb::DigestRequest {
             buckets: Vec::new(),
             detail_buckets: differing,
@@ -504,23 +739,64 @@ pub async fn anti_entropy(
         })
         .await
         .map_err(|s| anyhow!("digest: {}: {}", s.code(), s.message()))?
-        .into_inner()
-        .repairs;
-    let items = convert_items(state, org, &repairs)?;
-    let n = items.len();
-    if n > 0 {
+        .into_inner();
+    let repairs = answer.repairs;
+    let (items, quarantine) = convert_items(state, org, &repairs, "r");
+    let n = repairs.len();
+    if n == 0 {
+        return Ok(0);
+    }
+    // What each repair should leave behind: the owner's versions, or no live copy.
+    let expected: Vec<(Uuid, Option<u64>)> = items
+        .iter()
+        .map(|item| match item {
+            ReplicaItem::Upsert(st) if st.deleted.is_none() => {
+                (st.id, Some(merge::record_digest(&st.versions, false)))
+            }
+            ReplicaItem::Upsert(st) => (st.id, None),
+            ReplicaItem::Revoke { id } | ReplicaItem::Erase { id } => (*id, None),
+        })
+        .collect();
+    let quarantined = quarantine.len();
+    let erases = items.iter().any(|i| matches!(i, ReplicaItem::Erase { .. }));
+    state
+        .store
+        .apply_replica_batch(ReplicaBatch {
+            owner_org: org.to_string(),
+            at_ms: now_ms(),
+            items,
+            quarantine,
+            current_as_of: Some(answer.as_of_seq),
+            ..Default::default()
+        })
+        .await?;
+    acknowledge(state, client, org, 0).await?;
+    if erases {
+        state.scrub_after_erasure();
+    }
+    // A repair that changed nothing is reported with the reason, never repeated silently.
+    let held: HashMap<Uuid, u64> = state
+        .store
+        .replica_digests(org)
+        .await?
+        .into_iter()
+        .collect();
+    let missed: Vec<Uuid> = expected
+        .iter()
+        .filter(|(id, want)| held.get(id).copied() != *want)
+        .map(|(id, _)| *id)
+        .collect();
+    if missed.is_empty() && quarantined == 0 {
         tracing::info!(partner = %org, repairs = n, "anti-entropy repaired replicas");
-        state
-            .store
-            .apply_replica_batch(ReplicaBatch {
-                owner_org: org.to_string(),
-                cursor: 0,
-                owner_last_seq: 0,
-                at_ms: now_ms(),
-                items,
-            })
-            .await?;
-        acknowledge(state, client, org, 0).await?;
+    } else {
+        tracing::warn!(
+            partner = %org,
+            repairs = n,
+            quarantined,
+            not_taken = missed.len(),
+            first = ?missed.first(),
+            "anti-entropy: some repairs did not take (quarantined, or our stream is ahead of the repair and its items decide)"
+        );
     }
     Ok(n)
 }

@@ -272,12 +272,23 @@ impl NodeState {
             policy,
         } = settings;
         let mut clock = HlcClock::new(format!("{org}/{node_name}"), max_clock_skew_ms);
-        // Never hand out a version below one we already wrote, even if the wall clock went back.
+        // Never hand out a version below one we already wrote, even if the wall clock went
+        // back a little. A persisted clock beyond the skew bound of the wall clock means the
+        // clock ran ahead before (and has been corrected): its versions would be refused by
+        // every partner, so the clock follows the wall clock again and what it stamped
+        // ahead is re-stamped below (`recover_clock`).
+        let wall = now_ms().max(0) as u64;
+        let limit = wall.saturating_add(max_clock_skew_ms);
+        let mut ran_ahead = None;
         if let Some(last) = store.last_hlc().await? {
-            clock.restore(&last);
+            if last.physical_ms > limit {
+                ran_ahead = Some(last.physical_ms - wall);
+            } else {
+                clock.restore(&last);
+            }
         }
         let (stopping, _) = watch::channel(false);
-        Ok(Arc::new(NodeState {
+        let state = Arc::new(NodeState {
             store,
             org,
             node_name,
@@ -291,7 +302,35 @@ impl NodeState {
             policy,
             max_clock_skew_ms,
             links: Arc::new(crate::links::Links::default()),
-        }))
+        });
+        if let Some(ahead_ms) = ran_ahead {
+            state.recover_clock(limit, ahead_ms).await?;
+        }
+        Ok(state)
+    }
+
+    /// Our clock ran ahead of the wall clock (now corrected) by `ahead_ms`: the versions we
+    /// stamped beyond `limit_ms` get fresh ones, so our refused edits are delivered and our
+    /// records' changes are taken by partners again. Said in the log and in `partner status`.
+    async fn recover_clock(&self, limit_ms: u64, ahead_ms: u64) -> Result<(), StoreError> {
+        let clock = self.clock.clone();
+        let report = self
+            .store
+            .restamp_ahead(
+                limit_ms,
+                now_ms(),
+                Box::new(move || Self::stamp(&clock, None)),
+            )
+            .await?;
+        let note = format!(
+            "at start our clock was {} s ahead of the wall clock (it ran ahead before and was corrected): it follows the wall clock again; {} pending edit(s) and {} record(s) were re-stamped",
+            ahead_ms.div_ceil(1000),
+            report.outbox_entries,
+            report.records
+        );
+        tracing::warn!("{note}");
+        self.links.set_clock_note(note);
+        Ok(())
     }
 
     pub fn stopping(&self) -> watch::Receiver<bool> {

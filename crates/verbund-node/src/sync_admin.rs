@@ -85,6 +85,23 @@ impl NodeState {
             .map(|(org, cursor, _)| (org, cursor))
             .collect();
         acks.extend(self.links.acked());
+        let quarantined: HashMap<String, i64> = store
+            .quarantine_counts()
+            .await
+            .map_err(store_status)?
+            .into_iter()
+            .collect();
+        let mut quarantine_notes: HashMap<String, String> = HashMap::new();
+        for q in store
+            .list_quarantine(None, 1_000)
+            .await
+            .map_err(store_status)?
+        {
+            quarantine_notes
+                .entry(q.owner_org.clone())
+                .or_insert_with(|| format!("{}: {}", q.record_id, q.reason));
+        }
+        let partner_quarantine = self.links.partner_quarantine();
         let links = self.links.snapshot();
         let partners = partners
             .into_iter()
@@ -93,6 +110,16 @@ impl NodeState {
                 let link = links.get(&partner.org).cloned().unwrap_or_default();
                 let (last_error, last_error_ms) = if !link.last_error.is_empty() {
                     (link.last_error.clone(), link.last_error_ms)
+                } else if !link.push_error.is_empty() || !link.repair_error.is_empty() {
+                    // The session is up, but pushing or anti-entropy failed last time.
+                    let both = [link.push_error.as_str(), link.repair_error.as_str()];
+                    let msg = both
+                        .iter()
+                        .filter(|m| !m.is_empty())
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    (msg, link.last_error_ms)
                 } else {
                     (
                         sub.last_error.clone().unwrap_or_default(),
@@ -114,11 +141,28 @@ impl NodeState {
                     last_batch_ms: sub.last_batch_ms.unwrap_or(0),
                     replicas: replicas.get(&partner.org).copied().unwrap_or(0),
                     partner_acked_cursor: acks.get(&partner.org).copied().unwrap_or(0),
+                    quarantined: quarantined.get(&partner.org).copied().unwrap_or(0),
+                    quarantine_note: quarantine_notes
+                        .get(&partner.org)
+                        .cloned()
+                        .unwrap_or_default(),
+                    partner_quarantined: partner_quarantine
+                        .get(&partner.org)
+                        .map(|q| q.0)
+                        .unwrap_or(0),
+                    partner_quarantine_note: partner_quarantine
+                        .get(&partner.org)
+                        .map(|q| q.1.clone())
+                        .unwrap_or_default(),
+                    history_note: sub.history_note.clone(),
                     org: partner.org,
                 }
             })
             .collect();
-        Ok(pb::SyncStatusResponse { partners })
+        Ok(pb::SyncStatusResponse {
+            partners,
+            clock_note: self.links.clock_note(),
+        })
     }
 
     pub async fn list_outbox(
@@ -285,7 +329,31 @@ impl NodeState {
                 e => store_status(e),
             })?;
         tracing::info!(record = %id, by = %p, "record erased; partners are told");
+        self.scrub_after_erasure();
         self.erasure_report(id).await
+    }
+
+    /// After an erasure, the database files must not hold the person any more: erased
+    /// content is zeroed as it is freed (SQLite `secure_delete`), and the write-ahead log,
+    /// whose old pages may still hold it, is checkpointed and truncated; tried until no
+    /// reader holds it back (a few seconds at most).
+    pub fn scrub_after_erasure(&self) {
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            for _ in 0..50 {
+                match store.scrub_erased().await {
+                    Ok(true) => return,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not scrub the log after an erasure")
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            tracing::warn!(
+                "the write-ahead log stayed in use; it is scrubbed at the next erasure or checkpoint"
+            );
+        });
     }
 
     pub async fn erasure_status(

@@ -123,6 +123,26 @@ pub enum WriteOp {
         by: String,
         plan_fn: PlanFn,
     },
+    /// Clock recovery: every version beyond `limit_ms` (stamped while our clock ran ahead)
+    /// in our pending outbox edits and our own records gets a fresh one from `stamp`.
+    Restamp {
+        limit_ms: u64,
+        now_ms: i64,
+        stamp: RestampFn,
+        report: Arc<std::sync::Mutex<RestampReport>>,
+    },
+}
+
+/// A fresh version from the node's clock.
+pub type RestampFn = Box<dyn FnMut() -> Hlc + Send>;
+
+/// What clock recovery re-stamped.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RestampReport {
+    /// Pending outbox entries (our edits of replicas) given fresh versions.
+    pub outbox_entries: usize,
+    /// Our own records whose fields were given fresh versions (a new change each).
+    pub records: usize,
 }
 
 /// What one write job did: the record to answer with, every record it wrote (for the cache)
@@ -228,13 +248,44 @@ pub enum ReplicaItem {
 }
 
 /// A batch of an owner's stream and the cursor it brings us to.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct ReplicaBatch {
     pub owner_org: String,
+    /// The owner's sequence number the batch brings us to (0: no cursor, e.g. repairs).
     pub cursor: i64,
+    /// The owner's mark of its change at `cursor` (sent back when we subscribe again).
+    pub cursor_mark: String,
     pub owner_last_seq: i64,
     pub at_ms: i64,
     pub items: Vec<ReplicaItem>,
+    /// The items are the owner's current states in order (its stream, or repairs and
+    /// retries known to be no older than what we hold): they may bring back a revoked copy.
+    pub from_stream: bool,
+    /// The owner's history changed under our cursor (restored from a backup): before the
+    /// items, the cursor goes back to 0 and every replica of the owner takes the owner's
+    /// next state as it is; our own edits it held (versions stamped by `<org>/…` nodes, this
+    /// org) are offered again if the owner no longer has them.
+    pub reset_for_org: Option<String>,
+    /// Items we could not take: kept (one row per record) and retried later.
+    pub quarantine: Vec<QuarantineItem>,
+    /// Repairs the owner computed at its sequence number N: if our cursor is not beyond N,
+    /// nothing we applied is newer, so they count as the owner's current state (as if from
+    /// the stream: they may bring back a copy revoked here).
+    pub current_as_of: Option<i64>,
+}
+
+/// An item of an owner's stream we could not take, as kept in quarantine.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct QuarantineItem {
+    pub owner_org: String,
+    /// The record the item is about (as sent; may not even be a UUID).
+    pub record_id: String,
+    /// The wire item, opaque to the store (the node encodes it).
+    pub item: String,
+    pub reason: String,
+    pub first_ms: i64,
+    pub last_ms: i64,
+    pub attempts: i64,
 }
 
 /// The owner's verdict on one of our outbox entries.
@@ -247,6 +298,11 @@ pub struct VerdictApply {
     pub reason: String,
     /// The owner's projection after the merge (None: we no longer see the record).
     pub record: Option<ReplicaState>,
+    /// We no longer see the record: our copy goes (as with a revoke) unless our cursor is
+    /// beyond `as_of_seq` (we already applied newer owner changes, which decide instead).
+    pub revoked: bool,
+    pub as_of_seq: i64,
+    pub at_ms: i64,
 }
 
 /// A local edit of a replica waiting for (or refused by) its owner.
@@ -274,6 +330,10 @@ pub struct Subscription {
     pub last_batch_ms: Option<i64>,
     pub last_error: Option<String>,
     pub last_error_ms: Option<i64>,
+    /// The owner's mark of its change at `cursor`.
+    pub cursor_mark: String,
+    /// What happened when the owner's history last changed under us (empty: never).
+    pub history_note: String,
 }
 
 /// A stored conflict (owner side).
@@ -752,6 +812,7 @@ macro_rules! backend {
                     WriteOp::ReplicaEdit { kind, id, key, plan_fn } => replica_edit(tx, kind, id, &key, plan_fn, seq).await,
                     WriteOp::Verdict(v) => apply_verdict(tx, v, seq).await,
                     WriteOp::Erase { kind, id, by, plan_fn } => erase_op(tx, kind, id, &by, plan_fn, seq).await,
+                    WriteOp::Restamp { limit_ms, now_ms, mut stamp, report } => restamp(tx, limit_ms, now_ms, &mut stamp, &report, seq).await,
                 }
             }
 
@@ -1152,17 +1213,24 @@ macro_rules! backend {
                 owner_seq: i64,
                 shadow_fields: FieldMap,
                 shadow_versions: verbund_core::VersionMap,
+                /// Our edits the owner held before its history was reset (see `reset_owner`).
+                reset_from: Option<BTreeMap<String, verbund_core::sync::FieldState>>,
             }
 
             async fn replica_row(tx: &mut Tx, id: Uuid) -> Result<Option<ReplicaRow>> {
-                let row = sqlx::query("SELECT owner_org, state, owner_seq, shadow_fields, shadow_versions FROM replicas WHERE record_id = $1")
+                let row = sqlx::query("SELECT owner_org, state, owner_seq, shadow_fields, shadow_versions, reset_from FROM replicas WHERE record_id = $1")
                     .bind(id.to_string())
                     .fetch_optional(&mut **tx)
                     .await?;
                 let Some(row) = row else { return Ok(None) };
                 let fields: String = row.try_get("shadow_fields")?;
                 let versions: String = row.try_get("shadow_versions")?;
+                let reset_from: Option<String> = row.try_get("reset_from")?;
+                let reset_from = reset_from
+                    .map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("reset_from of {id}: {e}"))))
+                    .transpose()?;
                 Ok(Some(ReplicaRow {
+                    reset_from,
                     owner_org: row.try_get("owner_org")?,
                     state: row.try_get("state")?,
                     owner_seq: row.try_get("owner_seq")?,
@@ -1336,6 +1404,10 @@ macro_rules! backend {
                 };
                 let state = if st.deleted.is_some() { "deleted" } else { "live" };
                 save_replica(tx, st.id, owner, st.kind, state, &shadow_f, &shadow_v, &st.writable, st.owner_seq, at_ms).await?;
+                if let Some(held) = existing.and_then(|r| r.reset_from) {
+                    // The owner's history was reset: what it no longer has of ours goes out again.
+                    reoffer(tx, owner, st.id, st.kind, &held, Some(&st), at_ms).await?;
+                }
                 let pending = if st.deleted.is_some() { Vec::new() } else { pending_edits(tx, st.id).await? };
                 let (fields, versions) = verbund_core::sync::overlay((&shadow_f, &shadow_v), pending.iter());
                 let next = Record {
@@ -1350,6 +1422,191 @@ macro_rules! backend {
                     versions,
                 };
                 show_replica(tx, current, next, seq, out).await
+            }
+
+            /// Clock recovery (see `WriteOp::Restamp`). Pending edits keep their values and bases;
+            /// the replicas they show on are shown again. Own records keep their values; each
+            /// re-stamped record is a new change, so partners take the new versions (a newer
+            /// state of the owner supersedes, `sync::take_owner_state`).
+            async fn restamp(tx: &mut Tx, limit_ms: u64, now_ms: i64, stamp: &mut RestampFn, report: &Arc<std::sync::Mutex<RestampReport>>, seq: &mut i64) -> Result<OpOutput> {
+                let mut out = OpOutput::default();
+                let mut counts = RestampReport::default();
+                let ahead = |v: &Hlc| v.physical_ms > limit_ms;
+                let rows = sqlx::query("SELECT push_key, record_id, edits FROM outbox WHERE state = 'pending' ORDER BY seq")
+                    .fetch_all(&mut **tx)
+                    .await?;
+                let mut touched: Vec<Uuid> = Vec::new();
+                for row in rows {
+                    let key: String = row.try_get("push_key")?;
+                    let id: String = row.try_get("record_id")?;
+                    let text: String = row.try_get("edits")?;
+                    let mut edits: Vec<verbund_core::sync::FieldEdit> =
+                        serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("outbox edits: {e}")))?;
+                    if !edits.iter().any(|e| ahead(&e.version)) {
+                        continue;
+                    }
+                    for e in edits.iter_mut().filter(|e| ahead(&e.version)) {
+                        e.version = stamp();
+                    }
+                    sqlx::query("UPDATE outbox SET edits = $2 WHERE push_key = $1")
+                        .bind(&key)
+                        .bind(fields_to_json(&edits)?)
+                        .execute(&mut **tx)
+                        .await?;
+                    counts.outbox_entries += 1;
+                    let id = Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    if !touched.contains(&id) {
+                        touched.push(id);
+                    }
+                }
+                for id in touched {
+                    if let (Some(r), Some(cur)) = (replica_row(tx, id).await?, load_any(tx, id).await?) {
+                        if r.state == "live" {
+                            let pending = pending_edits(tx, id).await?;
+                            let (fields, versions) = verbund_core::sync::overlay((&r.shadow_fields, &r.shadow_versions), pending.iter());
+                            let next = Record { fields, versions, ..cur.clone() };
+                            show_replica(tx, Some(cur), next, seq, &mut out).await?;
+                        }
+                    }
+                }
+                // Own records written while the clock ran ahead carry a wall time ahead too.
+                let rows = sqlx::query(
+                    "SELECT id, kind, owner_org, created_at_ms, updated_at_ms, deleted_version, seq, fields, versions FROM records \
+                     WHERE updated_at_ms > $1 AND deleted_version IS NULL AND id NOT IN (SELECT record_id FROM replicas)",
+                )
+                .bind(limit_ms.min(i64::MAX as u64) as i64)
+                .fetch_all(&mut **tx)
+                .await?;
+                for row in rows {
+                    let cur = record_row(&row)?.into_record()?;
+                    let mut next = cur.clone();
+                    let mut changed = BTreeMap::new();
+                    for (name, version) in next.versions.iter_mut() {
+                        if ahead(version) {
+                            *version = stamp();
+                            changed.insert(name.clone(), cur.fields.get(name).cloned());
+                        }
+                    }
+                    if changed.is_empty() {
+                        continue;
+                    }
+                    next.updated_at_ms = now_ms;
+                    let hlc = next.versions.values().max().cloned().unwrap_or_else(&mut *stamp);
+                    let mut plan = WritePlan {
+                        change: Change { seq: 0, record_id: cur.id, kind: cur.kind, op: ChangeOp::Update, hlc, fields: changed, at_ms: now_ms },
+                        record: next,
+                        refs: Vec::new(),
+                    };
+                    write_record(tx, &mut plan, *seq + 1, false, None).await?;
+                    *seq += 1;
+                    out.written.push(plan.record);
+                    out.changes.push(plan.change);
+                    counts.records += 1;
+                }
+                *report.lock().unwrap_or_else(|p| p.into_inner()) = counts;
+                Ok(out)
+            }
+
+            /// After an owner's history reset (`reset_owner`), the owner's state of a record has
+            /// arrived (`now`; None: it no longer shares the record). Each of our edits it had
+            /// taken before and no longer has is offered again as a new outbox entry based on
+            /// the owner's version; one that cannot be (the field or the record is no longer
+            /// ours to write) is listed as a rejected entry that names the record and field.
+            async fn reoffer(tx: &mut Tx, owner: &str, id: Uuid, kind: RecordKind, held: &BTreeMap<String, verbund_core::sync::FieldState>, now: Option<&ReplicaState>, at_ms: i64) -> Result<()> {
+                for (field, ours) in held {
+                    let owner_version = now.and_then(|st| st.versions.get(field));
+                    if owner_version.is_some_and(|v| *v >= ours.version) {
+                        continue; // the owner has our edit, or something newer
+                    }
+                    let edit = verbund_core::sync::FieldEdit {
+                        field: field.clone(),
+                        value: ours.value.clone(),
+                        version: ours.version.clone(),
+                        base: owner_version.cloned(),
+                    };
+                    let writable = now.is_some_and(|st| st.deleted.is_none() && st.writable.iter().any(|w| w == field));
+                    let (state, error) = match (now, writable) {
+                        (_, true) => ("pending", None),
+                        (Some(st), false) if st.deleted.is_none() => ("rejected", Some(format!("lost when {owner} went back to an earlier state (restored from a backup?): {field} is no longer writable for us"))),
+                        _ => ("rejected", Some(format!("lost when {owner} went back to an earlier state (restored from a backup?): the record is no longer shared with us"))),
+                    };
+                    sqlx::query(
+                        "INSERT INTO outbox (push_key, owner_org, record_id, kind, edits, state, attempts, last_error, created_ms) \
+                         VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8)",
+                    )
+                    .bind(format!("reoffer-{}", Uuid::new_v4()))
+                    .bind(owner)
+                    .bind(id.to_string())
+                    .bind(kind.as_str())
+                    .bind(fields_to_json(&vec![edit])?)
+                    .bind(state)
+                    .bind(error)
+                    .bind(at_ms)
+                    .execute(&mut **tx)
+                    .await?;
+                    tracing::warn!(record = %id, field = %field, owner, state, "an edit the owner had taken is gone from its history (restore?)");
+                }
+                sqlx::query("UPDATE replicas SET reset_from = NULL WHERE record_id = $1")
+                    .bind(id.to_string())
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(())
+            }
+
+            /// The owner's history changed under our cursor (it was restored from a backup):
+            /// the cursor goes back to 0, every replica of the owner takes the owner's next
+            /// state as it is (the held sequence numbers are no longer comparable), and our own
+            /// edits the owner held are remembered until its state of the record arrives.
+            async fn reset_owner(tx: &mut Tx, owner: &str, own_org: &str, at_ms: i64) -> Result<()> {
+                let before: Option<i64> = sqlx::query_scalar("SELECT cursor FROM subscriptions WHERE owner_org = $1")
+                    .bind(owner)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                let note = format!(
+                    "{owner}'s history no longer matched our cursor {} (restored from a backup?); at {at_ms} ms we started over from its beginning and offer again our edits it no longer has",
+                    before.unwrap_or(0)
+                );
+                sqlx::query(
+                    "INSERT INTO subscriptions (owner_org, cursor, owner_last_seq, cursor_mark, history_note) VALUES ($1, 0, 0, '', $2) \
+                     ON CONFLICT (owner_org) DO UPDATE SET cursor = 0, cursor_mark = '', history_note = excluded.history_note",
+                )
+                .bind(owner)
+                .bind(&note)
+                .execute(&mut **tx)
+                .await?;
+                let prefix = format!("{own_org}/");
+                let rows = sqlx::query("SELECT record_id, shadow_fields, shadow_versions, reset_from FROM replicas WHERE owner_org = $1 AND state = 'live'")
+                    .bind(owner)
+                    .fetch_all(&mut **tx)
+                    .await?;
+                for row in rows {
+                    let id: String = row.try_get("record_id")?;
+                    let fields: String = row.try_get("shadow_fields")?;
+                    let versions: String = row.try_get("shadow_versions")?;
+                    let earlier: Option<String> = row.try_get("reset_from")?;
+                    let fields: FieldMap = serde_json::from_str(&fields).map_err(|e| StoreError::Corrupt(format!("shadow of {id}: {e}")))?;
+                    let mut held: BTreeMap<String, verbund_core::sync::FieldState> = match earlier {
+                        Some(t) => serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("reset_from of {id}: {e}")))?,
+                        None => BTreeMap::new(),
+                    };
+                    for (name, version) in versions_from_json(&versions)? {
+                        if version.node.starts_with(&prefix) && held.get(&name).is_none_or(|h| h.version < version) {
+                            held.insert(name.clone(), verbund_core::sync::FieldState { value: fields.get(&name).cloned(), version });
+                        }
+                    }
+                    let held = if held.is_empty() { None } else { Some(fields_to_json(&held)?) };
+                    sqlx::query("UPDATE replicas SET owner_seq = 0, reset_from = $2 WHERE record_id = $1")
+                        .bind(&id)
+                        .bind(held)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                sqlx::query("UPDATE replicas SET owner_seq = 0 WHERE owner_org = $1 AND state <> 'live'")
+                    .bind(owner)
+                    .execute(&mut **tx)
+                    .await?;
+                tracing::warn!(owner, "{note}");
+                Ok(())
             }
 
             /// Removes our copy of a record (revoked or erased): a value-free tombstone stays so
@@ -1388,6 +1645,9 @@ macro_rules! backend {
                 };
                 let seq_held = existing.as_ref().map(|r| r.owner_seq).unwrap_or(0);
                 save_replica(tx, id, owner, kind, state, &FieldMap::new(), &verbund_core::VersionMap::new(), &[], seq_held, at_ms).await?;
+                if let Some(held) = existing.and_then(|r| r.reset_from).filter(|_| !erased) {
+                    reoffer(tx, owner, id, kind, &held, None, at_ms).await?;
+                }
                 if erased {
                     // Our own edits of an erased person go too: they hold personal data.
                     sqlx::query("DELETE FROM outbox WHERE record_id = $1").bind(id.to_string()).execute(&mut **tx).await?;
@@ -1419,32 +1679,74 @@ macro_rules! backend {
                     .bind(&batch.owner_org)
                     .fetch_optional(&mut **tx)
                     .await?;
-                // A batch the cursor already covers was applied: applying it again changes nothing.
-                // Repairs (cursor 0) apply whatever the cursor.
-                if batch.cursor > 0 && stored.is_some_and(|c| c >= batch.cursor) {
+                let owner = batch.owner_org.clone();
+                if let Some(own_org) = &batch.reset_for_org {
+                    reset_owner(tx, &owner, own_org, batch.at_ms).await?;
+                } else if batch.cursor > 0 && stored.is_some_and(|c| c >= batch.cursor) {
+                    // A batch the cursor already covers was applied: applying it again changes
+                    // nothing. Repairs (cursor 0) apply whatever the cursor.
                     return Ok(out);
                 }
-                let owner = batch.owner_org.clone();
+                let from_stream = batch.from_stream || batch.current_as_of.is_some_and(|n| stored.unwrap_or(0) <= n);
+                let quarantined: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM quarantine WHERE owner_org = $1")
+                    .bind(&owner)
+                    .fetch_one(&mut **tx)
+                    .await?;
                 for item in batch.items {
+                    let id = match &item {
+                        ReplicaItem::Upsert(st) => st.id,
+                        ReplicaItem::Revoke { id } | ReplicaItem::Erase { id } => *id,
+                    };
+                    if quarantined > 0 {
+                        // A later item of the record supersedes the one we could not take.
+                        sqlx::query("DELETE FROM quarantine WHERE owner_org = $1 AND record_id = $2")
+                            .bind(&owner)
+                            .bind(id.to_string())
+                            .execute(&mut **tx)
+                            .await?;
+                    }
                     match item {
-                        ReplicaItem::Upsert(st) => take_in(tx, &owner, st, batch.cursor > 0, batch.at_ms, seq, &mut out).await?,
+                        ReplicaItem::Upsert(st) => take_in(tx, &owner, st, from_stream, batch.at_ms, seq, &mut out).await?,
                         ReplicaItem::Revoke { id } => purge_replica(tx, &owner, id, false, batch.at_ms, seq, &mut out).await?,
                         ReplicaItem::Erase { id } => purge_replica(tx, &owner, id, true, batch.at_ms, seq, &mut out).await?,
                     }
                 }
-                if batch.cursor > 0 || stored.is_none() {
-                    // Even a batch that changed nothing moves the cursor: what we know advances.
+                for q in &batch.quarantine {
                     sqlx::query(
-                        "INSERT INTO subscriptions (owner_org, cursor, owner_last_seq, last_batch_ms) VALUES ($1, $2, $3, $4) \
-                         ON CONFLICT (owner_org) DO UPDATE SET cursor = CASE WHEN excluded.cursor > subscriptions.cursor THEN excluded.cursor ELSE subscriptions.cursor END, \
-                         owner_last_seq = excluded.owner_last_seq, last_batch_ms = excluded.last_batch_ms",
+                        "INSERT INTO quarantine (owner_org, record_id, item, reason, first_ms, last_ms, attempts) VALUES ($1, $2, $3, $4, $5, $5, 1) \
+                         ON CONFLICT (owner_org, record_id) DO UPDATE SET item = excluded.item, reason = excluded.reason, \
+                         last_ms = excluded.last_ms, attempts = quarantine.attempts + 1",
                     )
                     .bind(&owner)
-                    .bind(batch.cursor)
-                    .bind(batch.owner_last_seq)
+                    .bind(&q.record_id)
+                    .bind(&q.item)
+                    .bind(&q.reason)
                     .bind(batch.at_ms)
                     .execute(&mut **tx)
                     .await?;
+                }
+                if batch.cursor > 0 || stored.is_none() || batch.reset_for_org.is_some() {
+                    // Even a batch that changed nothing moves the cursor: what we know advances.
+                    // After a reset the cursor starts again below where it was.
+                    let sql = if batch.reset_for_org.is_some() {
+                        "INSERT INTO subscriptions (owner_org, cursor, cursor_mark, owner_last_seq, last_batch_ms) VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (owner_org) DO UPDATE SET cursor = excluded.cursor, cursor_mark = excluded.cursor_mark, \
+                         owner_last_seq = excluded.owner_last_seq, last_batch_ms = excluded.last_batch_ms"
+                    } else {
+                        "INSERT INTO subscriptions (owner_org, cursor, cursor_mark, owner_last_seq, last_batch_ms) VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (owner_org) DO UPDATE SET \
+                         cursor_mark = CASE WHEN excluded.cursor > subscriptions.cursor THEN excluded.cursor_mark ELSE subscriptions.cursor_mark END, \
+                         cursor = CASE WHEN excluded.cursor > subscriptions.cursor THEN excluded.cursor ELSE subscriptions.cursor END, \
+                         owner_last_seq = excluded.owner_last_seq, last_batch_ms = excluded.last_batch_ms"
+                    };
+                    sqlx::query(sql)
+                        .bind(&owner)
+                        .bind(batch.cursor)
+                        .bind(&batch.cursor_mark)
+                        .bind(batch.owner_last_seq)
+                        .bind(batch.at_ms)
+                        .execute(&mut **tx)
+                        .await?;
                 }
                 Ok(out)
             }
@@ -1497,6 +1799,18 @@ macro_rules! backend {
                     sqlx::query("DELETE FROM outbox WHERE push_key = $1").bind(&v.key).execute(&mut **tx).await?;
                 }
                 let now = v.record.as_ref().map(|r| r.updated_at_ms).unwrap_or(0);
+                if v.revoked {
+                    // We no longer see the record. Unless we applied owner changes after the
+                    // verdict was decided (they decide), our copy goes as with a revoke.
+                    let cursor: Option<i64> = sqlx::query_scalar("SELECT cursor FROM subscriptions WHERE owner_org = $1")
+                        .bind(&owner)
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                    if cursor.unwrap_or(0) <= v.as_of_seq {
+                        purge_replica(tx, &owner, id, false, v.at_ms, seq, &mut out).await?;
+                        return Ok(out);
+                    }
+                }
                 if let Some(st) = v.record.filter(|st| st.id == id) {
                     take_in(tx, &owner, st, false, now, seq, &mut out).await?;
                 }
@@ -1832,11 +2146,13 @@ macro_rules! backend {
                     last_batch_ms: r.try_get("last_batch_ms")?,
                     last_error: r.try_get("last_error")?,
                     last_error_ms: r.try_get("last_error_ms")?,
+                    cursor_mark: r.try_get("cursor_mark")?,
+                    history_note: r.try_get("history_note")?,
                 })
             }
 
             pub async fn subscription(pool: &$pool, owner: &str) -> Result<Option<Subscription>> {
-                sqlx::query("SELECT owner_org, cursor, owner_last_seq, last_batch_ms, last_error, last_error_ms FROM subscriptions WHERE owner_org = $1")
+                sqlx::query("SELECT owner_org, cursor, owner_last_seq, last_batch_ms, last_error, last_error_ms, cursor_mark, history_note FROM subscriptions WHERE owner_org = $1")
                     .bind(owner)
                     .fetch_optional(pool)
                     .await?
@@ -1845,7 +2161,7 @@ macro_rules! backend {
             }
 
             pub async fn list_subscriptions(pool: &$pool) -> Result<Vec<Subscription>> {
-                sqlx::query("SELECT owner_org, cursor, owner_last_seq, last_batch_ms, last_error, last_error_ms FROM subscriptions ORDER BY owner_org")
+                sqlx::query("SELECT owner_org, cursor, owner_last_seq, last_batch_ms, last_error, last_error_ms, cursor_mark, history_note FROM subscriptions ORDER BY owner_org")
                     .fetch_all(pool)
                     .await?
                     .iter()
@@ -1915,6 +2231,41 @@ macro_rules! backend {
                     "SELECT owner_org, COUNT(*) AS n FROM replicas WHERE state = 'live' GROUP BY owner_org"
                 };
                 sqlx::query(sql).fetch_all(pool).await?.iter().map(|r| Ok((r.try_get("owner_org")?, r.try_get("n")?))).collect()
+            }
+
+            /// Items of owners' streams we could not take (all owners for None), oldest first.
+            pub async fn list_quarantine(pool: &$pool, owner: Option<&str>, limit: i64) -> Result<Vec<QuarantineItem>> {
+                let mut qb: QueryBuilder<$db> =
+                    QueryBuilder::new("SELECT owner_org, record_id, item, reason, first_ms, last_ms, attempts FROM quarantine WHERE 1 = 1");
+                if let Some(o) = owner {
+                    qb.push(" AND owner_org = ").push_bind(o.to_string());
+                }
+                qb.push(" ORDER BY first_ms, record_id LIMIT ").push_bind(limit);
+                qb.build()
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(|r| {
+                        Ok(QuarantineItem {
+                            owner_org: r.try_get("owner_org")?,
+                            record_id: r.try_get("record_id")?,
+                            item: r.try_get("item")?,
+                            reason: r.try_get("reason")?,
+                            first_ms: r.try_get("first_ms")?,
+                            last_ms: r.try_get("last_ms")?,
+                            attempts: r.try_get("attempts")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            pub async fn quarantine_counts(pool: &$pool) -> Result<Vec<(String, i64)>> {
+                sqlx::query("SELECT owner_org, COUNT(*) AS n FROM quarantine GROUP BY owner_org")
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(|r| Ok((r.try_get("owner_org")?, r.try_get("n")?)))
+                    .collect()
             }
 
             /// (record id, digest of the owner's versions) of every replica of `owner` we hold.
@@ -2315,6 +2666,9 @@ impl Store {
             // keeps the cost of that fsync shared between many writes.
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
+            // Erasure (GDPR Art. 17) must not leave the person in free pages: deleted and
+            // overwritten content is zeroed on disk, not only unlinked.
+            .pragma("secure_delete", "ON")
             .busy_timeout(Duration::from_secs(10));
         // The cache and the single writer assume this process alone writes the file.
         let lock_path = path.with_extension("lock");
@@ -2793,6 +3147,60 @@ impl Store {
     /// Live replicas per owner.
     pub async fn replica_counts(&self) -> Result<Vec<(String, i64)>> {
         dispatch!(self, count_by_owner(false))
+    }
+
+    /// After an erasure: moves everything in SQLite's write-ahead log into the database file
+    /// (where `secure_delete` has zeroed the erased content) and truncates the log, whose old
+    /// page images may still hold it. True if the log was emptied; false if readers kept it
+    /// (call again later). PostgreSQL: nothing to do here; VACUUM (see the README).
+    pub async fn scrub_erased(&self) -> Result<bool> {
+        match &self.backend {
+            Backend::Sqlite(p) => {
+                let row = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .fetch_one(p)
+                    .await?;
+                let busy: i64 = sqlx::Row::try_get(&row, 0)?;
+                Ok(busy == 0)
+            }
+            Backend::Postgres(_) => Ok(true),
+        }
+    }
+
+    /// Clock recovery: gives every version beyond `limit_ms` in our pending outbox edits and
+    /// our own records a fresh one from `stamp` (see `WriteOp::Restamp`).
+    pub async fn restamp_ahead(
+        &self,
+        limit_ms: u64,
+        now_ms: i64,
+        stamp: RestampFn,
+    ) -> Result<RestampReport> {
+        let report = Arc::new(std::sync::Mutex::new(RestampReport::default()));
+        self.submit_with_audit(
+            WriteOp::Restamp {
+                limit_ms,
+                now_ms,
+                stamp,
+                report: report.clone(),
+            },
+            Vec::new(),
+        )
+        .await?;
+        let counts = report.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Ok(counts)
+    }
+
+    /// Partner side: items of owners' streams we could not take (oldest first).
+    pub async fn list_quarantine(
+        &self,
+        owner: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<QuarantineItem>> {
+        dispatch!(self, list_quarantine(owner, limit))
+    }
+
+    /// Partner side: how many items of each owner are in quarantine.
+    pub async fn quarantine_counts(&self) -> Result<Vec<(String, i64)>> {
+        dispatch!(self, quarantine_counts())
     }
 
     pub async fn replica_digests(&self, owner: &str) -> Result<Vec<(Uuid, u64)>> {

@@ -1429,6 +1429,8 @@ async fn sync_partner_applies_batches_once_and_shows_pending_edits(f: &Fixture) 
         owner_last_seq: 100,
         at_ms: 3,
         items,
+        from_stream: cursor > 0,
+        ..Default::default()
     };
     let b1 = batch(5, vec![ReplicaItem::Upsert(state("N1", None, 3))]);
     f.store.apply_replica_batch(b1.clone()).await.unwrap();
@@ -1515,6 +1517,9 @@ async fn sync_partner_applies_batches_once_and_shows_pending_edits(f: &Fixture) 
         outcome: VerdictOutcome::Rejected,
         reason: "name: not writable".into(),
         record: Some(state("N1", Some("Bremen"), 4)),
+        revoked: false,
+        as_of_seq: 0,
+        at_ms: 4,
     };
     f.store.apply_verdict(reject("evil")).await.unwrap();
     assert_eq!(

@@ -157,11 +157,19 @@ pub async fn run(cmd: PartnerCommand) -> Result<()> {
                             "cursor": p.cursor, "lag": p.lag, "outbox_depth": p.outbox_depth,
                             "replicas": p.replicas, "partner_acked_cursor": p.partner_acked_cursor,
                             "last_batch_ms": p.last_batch_ms, "last_error": p.last_error,
-                            "last_error_ms": p.last_error_ms})
+                            "last_error_ms": p.last_error_ms,
+                            "quarantined": p.quarantined, "quarantine_note": p.quarantine_note,
+                            "partner_quarantined": p.partner_quarantined,
+                            "partner_quarantine_note": p.partner_quarantine_note,
+                            "history_note": p.history_note,
+                            "node_clock_note": status.clock_note})
                     })
                     .collect();
                 println!("{}", serde_json::Value::Array(rows));
             } else {
+                if !status.clock_note.is_empty() {
+                    println!("clock: {}", status.clock_note);
+                }
                 println!(
                     "{:<16} {:<12} {:>8} {:>6} {:>7} {:>9} {:>9}  last error",
                     "org", "state", "cursor", "lag", "outbox", "replicas", "they-ack"
@@ -178,6 +186,21 @@ pub async fn run(cmd: PartnerCommand) -> Result<()> {
                         p.partner_acked_cursor,
                         p.last_error
                     );
+                    if p.quarantined > 0 {
+                        println!(
+                            "  {} item(s) of {} in quarantine here, e.g. {}",
+                            p.quarantined, p.org, p.quarantine_note
+                        );
+                    }
+                    if p.partner_quarantined > 0 {
+                        println!(
+                            "  {} keeps {} item(s) of ours in quarantine, e.g. {}",
+                            p.org, p.partner_quarantined, p.partner_quarantine_note
+                        );
+                    }
+                    if !p.history_note.is_empty() {
+                        println!("  {}", p.history_note);
+                    }
                 }
             }
         }
