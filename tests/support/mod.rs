@@ -1,6 +1,8 @@
 //! Harness for end-to-end tests: real `verbund` processes, real certificates, loopback.
 #![allow(dead_code)]
 
+pub mod federation;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -38,6 +40,8 @@ pub struct TestNode {
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
     pub endpoint: String,
+    /// Extra environment for the node process (e.g. `VERBUND_CLOCK_OFFSET_MS`).
+    pub env: Vec<(String, String)>,
 }
 
 impl TestNode {
@@ -59,6 +63,7 @@ impl TestNode {
             dir,
             child: None,
             endpoint: String::new(),
+            env: Vec::new(),
         };
         node.run();
         node
@@ -125,6 +130,7 @@ impl TestNode {
             dir,
             child: None,
             endpoint: String::new(),
+            env: Vec::new(),
         }
     }
 
@@ -141,6 +147,7 @@ impl TestNode {
         let mut child = Command::new(bin())
             .args(["run", "--config", self.config().to_str().unwrap()])
             .env("VERBUND_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -184,6 +191,56 @@ impl TestNode {
     pub fn restart(&mut self) {
         self.kill();
         self.run();
+    }
+
+    /// Like `run`, but a node that exits before it serves (e.g. its fixed port is briefly
+    /// taken by another socket after a kill) is reported as an error instead of a panic, so
+    /// the caller can retry.
+    pub fn try_run(&mut self) -> Result<(), String> {
+        let mut child = Command::new(bin())
+            .args(["run", "--config", self.config().to_str().unwrap()])
+            .env("VERBUND_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("starting verbund run: {e}"))?;
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split(" serving on ").nth(1) {
+                    let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => {
+                self.endpoint = format!("https://{addr}");
+                self.child = Some(child);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = child.kill();
+                let status = child.wait();
+                Err(format!(
+                    "{} did not report its address ({e}); exit: {status:?}",
+                    self.org
+                ))
+            }
+        }
+    }
+
+    /// Sends a signal with kill(1), e.g. "-STOP" or "-CONT"; false if it could not be sent.
+    pub fn signal(&self, sig: &str) -> bool {
+        let Some(child) = self.child.as_ref() else {
+            return false;
+        };
+        Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success())
     }
 
     fn read(&self, rel: &str) -> String {

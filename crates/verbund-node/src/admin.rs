@@ -1,7 +1,5 @@
 //! The admin API: partner registry. Own organization only.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use tonic::{Request, Response, Status};
 use verbund_proto::v1 as pb;
 use verbund_store::Partner;
@@ -9,15 +7,8 @@ use verbund_store::Partner;
 use crate::auth;
 use crate::convert::{invalid, ms_to_timestamp};
 use crate::pki;
-use crate::service::{Api, NodeState, store_status};
+use crate::service::{Api, NodeState, now_ms, store_status};
 use crate::tls::single_ca;
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 /// `https://host:port` with a host and a port.
 fn check_endpoint(endpoint: &str) -> Result<(), Status> {

@@ -62,11 +62,22 @@ pub struct NodeState {
     pub links: Arc<crate::links::Links>,
 }
 
+/// The node's wall clock in milliseconds. `VERBUND_CLOCK_OFFSET_MS` (signed) shifts it: a
+/// fault-injection knob for tests of clock skew (a node whose clock runs ahead or behind)
+/// with real processes; never set it in production.
 pub(crate) fn now_ms() -> i64 {
+    static OFFSET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    let offset = *OFFSET.get_or_init(|| {
+        std::env::var("VERBUND_CLOCK_OFFSET_MS")
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .unwrap_or(0)
+    });
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+        .saturating_add(offset)
 }
 
 pub fn store_status(e: StoreError) -> Status {

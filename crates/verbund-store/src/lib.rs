@@ -2577,7 +2577,13 @@ macro_rules! backend {
             }
 
             pub async fn last_hlc(pool: &$pool) -> Result<Option<Hlc>> {
-                let v: Option<String> = sqlx::query_scalar("SELECT hlc FROM changes ORDER BY seq DESC LIMIT 1").fetch_optional(pool).await?;
+                // The newest version among the recent changes (a merged partner edit may carry
+                // an older version than ours before it). The text form orders like the clock.
+                let v: Option<String> = sqlx::query_scalar(
+                    "SELECT MAX(hlc) FROM changes WHERE seq > (SELECT COALESCE(MAX(seq), 0) FROM changes) - 10000",
+                )
+                .fetch_one(pool)
+                .await?;
                 v.map(|s| s.parse::<Hlc>().map_err(|e| StoreError::Corrupt(e.to_string()))).transpose()
             }
 
