@@ -655,6 +655,7 @@ async fn the_federation_api_serves_partner_nodes_only_their_share() {
         v.reason.contains("not shared") && v.record.is_none(),
         "{v:?}"
     );
+    assert!(v.revoked, "a partner's copy of an unshared record goes: {v:?}");
     let v = verdict(
         fed.push(push(&shared, "name", "globex/node1", "k2"))
             .await
@@ -663,6 +664,7 @@ async fn the_federation_api_serves_partner_nodes_only_their_share() {
     );
     assert_eq!(v.outcome, pb::VerdictOutcome::Rejected as i32);
     assert!(v.reason.contains("name: globex may not write"), "{v:?}");
+    assert!(!v.revoked && v.record.is_some(), "still shared: {v:?}");
     let v = verdict(
         fed.push(push(&shared, "name", "acme/node1", "k3"))
             .await
