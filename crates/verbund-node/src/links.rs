@@ -289,6 +289,25 @@ async fn session(state: &Arc<NodeState>, org: &str) -> Result<()> {
     if let Err(e) = retry_quarantine(state, org).await {
         tracing::warn!(partner = %org, error = %format!("{e:#}"), "retrying quarantined items failed");
     }
+    // An owner whose latest change is older than a state we hold of it (e.g. the state a
+    // verdict brought) went back in its history (restored from a backup), even if the change
+    // at our cursor still matches: start over, as the owner itself would tell us otherwise.
+    let held = state.store.max_replica_seq(org).await?;
+    if held > hello.last_seq {
+        tracing::warn!(partner = %org, held, owner_last_seq = hello.last_seq, "the owner is behind a state we hold of it (restored from a backup?): starting over");
+        state
+            .store
+            .apply_replica_batch(ReplicaBatch {
+                owner_org: org.to_string(),
+                owner_last_seq: hello.last_seq,
+                at_ms: now_ms(),
+                from_stream: true,
+                reset_for_org: Some(state.org.clone()),
+                ..Default::default()
+            })
+            .await
+            .context("starting over")?;
+    }
     let (cursor, cursor_mark) = state
         .store
         .subscription(org)

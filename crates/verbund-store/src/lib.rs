@@ -2259,6 +2259,15 @@ macro_rules! backend {
                     .collect()
             }
 
+            /// The newest owner sequence number among our replicas of `owner` (0: none).
+            pub async fn max_replica_seq(pool: &$pool, owner: &str) -> Result<i64> {
+                let n: Option<i64> = sqlx::query_scalar("SELECT MAX(owner_seq) FROM replicas WHERE owner_org = $1")
+                    .bind(owner)
+                    .fetch_one(pool)
+                    .await?;
+                Ok(n.unwrap_or(0))
+            }
+
             pub async fn quarantine_counts(pool: &$pool) -> Result<Vec<(String, i64)>> {
                 sqlx::query("SELECT owner_org, COUNT(*) AS n FROM quarantine GROUP BY owner_org")
                     .fetch_all(pool)
@@ -3202,6 +3211,11 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<QuarantineItem>> {
         dispatch!(self, list_quarantine(owner, limit))
+    }
+
+    /// Partner side: the newest owner sequence number among our replicas of `owner`.
+    pub async fn max_replica_seq(&self, owner: &str) -> Result<i64> {
+        dispatch!(self, max_replica_seq(owner))
     }
 
     /// Partner side: how many items of each owner are in quarantine.
