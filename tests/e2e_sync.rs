@@ -655,7 +655,10 @@ async fn the_federation_api_serves_partner_nodes_only_their_share() {
         v.reason.contains("not shared") && v.record.is_none(),
         "{v:?}"
     );
-    assert!(v.revoked, "a partner's copy of an unshared record goes: {v:?}");
+    assert!(
+        v.revoked,
+        "a partner's copy of an unshared record goes: {v:?}"
+    );
     let v = verdict(
         fed.push(push(&shared, "name", "globex/node1", "k2"))
             .await
@@ -680,6 +683,23 @@ async fn the_federation_api_serves_partner_nodes_only_their_share() {
     assert_eq!(
         field(&acme, "account", &shared, "name").as_deref(),
         Some("Offen AG")
+    );
+    // Every refused push is audited as a denial with the reason, never as allowed.
+    let audit: Vec<Value> = serde_json::from_str(&stdout(
+        &acme.cli(&["audit", "list", "--org", "globex", "--json"]),
+    ))
+    .unwrap();
+    let pushes: Vec<&Value> = audit.iter().filter(|e| e["action"] == "push").collect();
+    assert!(
+        pushes.len() >= 3 && pushes.iter().all(|e| e["decision"] == "deny"),
+        "{pushes:#?}"
+    );
+    assert!(
+        pushes.iter().any(|e| e["record_id"] == shared.as_str()
+            && e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("push rejected: name"))),
+        "{pushes:#?}"
     );
 
     // Subscribe: only the shared record, only readable fields.

@@ -684,6 +684,20 @@ impl NodeState {
                         | tonic::Code::FailedPrecondition
                 ) =>
             {
+                if status.code() != tonic::Code::NotFound {
+                    // Refused before any record was looked at (malformed, forged): a denial.
+                    // NOT_FOUND was audited where it was decided.
+                    let draft = Self::audit_draft(
+                        p,
+                        "push",
+                        convert::kind_from_pb("kind", change.kind).ok(),
+                        Some(convert::clip(&change.record_id, 40)),
+                        Vec::new(),
+                        "deny",
+                        format!("push rejected: {}", convert::clip(status.message(), 120)),
+                    );
+                    self.audit(vec![draft]).await?;
+                }
                 Ok(pb::Verdict {
                     key: change.key.clone(),
                     outcome: pb::VerdictOutcome::Rejected as i32,
@@ -738,6 +752,16 @@ impl NodeState {
             ) {
                 // Not decided (and not stored): the clocks may agree again, and the partner
                 // re-stamps the edit once its clock is right. Only this change waits.
+                let draft = Self::audit_draft(
+                    p,
+                    "push",
+                    Some(kind),
+                    Some(id.to_string()),
+                    vec![e.field.clone()],
+                    "deny",
+                    "push deferred: the version is beyond the clock-skew bound",
+                );
+                self.audit(vec![draft]).await?;
                 return Ok(pb::Verdict {
                     key: change.key.clone(),
                     outcome: pb::VerdictOutcome::Deferred as i32,

@@ -152,6 +152,9 @@ struct OpOutput {
     reply: Option<Record>,
     written: Vec<Record>,
     changes: Vec<Change>,
+    /// The op refused what was asked on its merits (a rejected push): the job's audit
+    /// entries record a denial with this (value-free) reason.
+    denied: Option<String>,
 }
 
 impl OpOutput {
@@ -160,6 +163,7 @@ impl OpOutput {
             reply: Some(plan.record.clone()),
             written: vec![plan.record],
             changes: vec![plan.change],
+            denied: None,
         }
     }
     fn unchanged(current: Record) -> OpOutput {
@@ -846,6 +850,12 @@ macro_rules! backend {
                                 for d in drafts.iter_mut().filter(|d| d.record_id.is_none()) {
                                     d.record_id = out.reply.as_ref().map(|r| r.id.to_string());
                                 }
+                                if let Some(reason) = &out.denied {
+                                    for d in &mut drafts {
+                                        d.decision = "deny".into();
+                                        d.reason = reason.clone();
+                                    }
+                                }
                             }
                             Err(StoreError::Domain(_)) => {
                                 for d in &mut drafts {
@@ -1137,6 +1147,12 @@ macro_rules! backend {
                 let current = load(tx, kind, id).await?;
                 let plan = plan_fn(&current)?;
                 let mut out = OpOutput::unchanged(current);
+                if plan.outcome == VerdictOutcome::Rejected {
+                    // Audited as a denial, naming what was refused (a field, "not shared"),
+                    // never a value.
+                    let what = plan.reason.split(':').next().unwrap_or_default();
+                    out.denied = Some(format!("push rejected: {what}"));
+                }
                 if let Some(mut write) = plan.write {
                     let activity_account = resolve_refs(tx, &write).await?;
                     write_record(tx, &mut write, *seq + 1, false, activity_account).await?;
