@@ -494,6 +494,16 @@ pub fn parse_text(spec: &FieldSpec, text: &str) -> Result<Value, String> {
                 .map(Value::Int)
                 .ok_or_else(|| "must be an RFC 3339 time such as 2026-11-23T10:00:00Z".into())
         }
+        FieldType::Enum(allowed) => {
+            // Named here: a value the wire enum does not know would arrive as "unset".
+            let v = text.trim().to_ascii_lowercase();
+            if allowed.contains(&v.as_str()) {
+                Ok(Value::Text(v))
+            } else {
+                let shown: String = text.chars().take(40).collect();
+                Err(format!("{shown:?} is not one of {}", allowed.join(", ")))
+            }
+        }
         FieldType::Tags => Ok(Value::List(
             text.split(',')
                 .map(|t| t.trim().to_string())
@@ -575,6 +585,25 @@ mod tests {
 
     fn spec(kind: RecordKind, name: &str) -> &'static FieldSpec {
         field(kind, name).unwrap()
+    }
+
+    #[test]
+    fn a_choice_field_names_a_wrong_value_and_the_allowed_ones() {
+        let stage = spec(RecordKind::Opportunity, "stage");
+        assert_eq!(
+            parse_text(stage, "Proposal").unwrap(),
+            Value::Text("proposal".into())
+        );
+        let why = parse_text(stage, "won").unwrap_err();
+        assert!(
+            why.starts_with("\"won\" is not one of ") && why.contains("closed_won"),
+            "{why}"
+        );
+        let long = "x".repeat(10_000);
+        assert!(
+            parse_text(stage, &long).unwrap_err().len() < 400,
+            "no echo of a long input"
+        );
     }
 
     #[test]

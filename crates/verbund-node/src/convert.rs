@@ -17,9 +17,17 @@ pub trait RecordMessage: prost::Message + Default + Clone + Send + Sync + 'stati
     fn clear_meta(&mut self);
 }
 
+/// INVALID_ARGUMENT naming the field. The message is clipped: it may quote input, and a
+/// stock client cannot read a status whose message exceeds its metadata limit.
 pub fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(format!("{field}: {message}"))
+    Status::invalid_argument(clip(
+        &format!("{}: {message}", clip(field, 80)),
+        MAX_MESSAGE,
+    ))
 }
+
+/// The longest status message this node sends (characters).
+pub const MAX_MESSAGE: usize = 400;
 
 pub fn ms_to_timestamp(ms: i64) -> Timestamp {
     Timestamp {

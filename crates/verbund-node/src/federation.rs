@@ -262,7 +262,8 @@ fn plan_merge(
         write: None,
         conflicts: Vec::new(),
         outcome: VerdictOutcome::Rejected,
-        reason,
+        // Sent to the partner and kept: a reason may quote the rejected input, never whole.
+        reason: convert::clip(&reason, convert::MAX_MESSAGE),
         at_ms: now,
     };
     if cur.is_deleted() || !access.visible() {

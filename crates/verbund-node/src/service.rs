@@ -103,11 +103,13 @@ pub fn store_status(e: StoreError) -> Status {
 }
 
 pub fn domain_status(e: DomainError) -> Status {
+    // Clipped: a message may quote input (a mask path, an id), never at full length.
+    let msg = crate::convert::clip(&e.to_string(), crate::convert::MAX_MESSAGE);
     match e {
-        DomainError::Invalid { .. } => Status::invalid_argument(e.to_string()),
-        DomainError::FailedPrecondition { .. } => Status::failed_precondition(e.to_string()),
-        DomainError::NotFound { .. } | DomainError::Absent(_) => Status::not_found(e.to_string()),
-        DomainError::AlreadyExists(_) => Status::already_exists(e.to_string()),
+        DomainError::Invalid { .. } => Status::invalid_argument(msg),
+        DomainError::FailedPrecondition { .. } => Status::failed_precondition(msg),
+        DomainError::NotFound { .. } | DomainError::Absent(_) => Status::not_found(msg),
+        DomainError::AlreadyExists(_) => Status::already_exists(msg),
     }
 }
 
