@@ -4,7 +4,9 @@
 
 mod support;
 
+use bytes::{Buf, BufMut};
 use support::*;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use verbund_node::pb;
 
 /// Well under any client's metadata limit.
@@ -84,4 +86,82 @@ fn a_wrong_choice_is_named_with_the_allowed_values() {
             "{err}"
         );
     }
+}
+
+/// Sends bytes as they are, to play a broken or hostile client.
+#[derive(Clone, Default)]
+struct RawCodec;
+struct Raw;
+
+impl Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        buf.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let v = buf.chunk().to_vec();
+        buf.advance(v.len());
+        Ok(Some(v))
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_or_oversized_message_is_the_clients_fault() {
+    let node = TestNode::start("acme");
+    let mut grpc = tonic::client::Grpc::new(node.admin().await);
+    let path = "/verbund.v1.AccountService/GetAccount";
+    let mut call = async |bytes: Vec<u8>| {
+        grpc.ready().await.unwrap();
+        grpc.unary(
+            tonic::Request::new(bytes),
+            tonic::codegen::http::uri::PathAndQuery::from_static(path),
+            RawCodec,
+        )
+        .await
+        .unwrap_err()
+    };
+    // Field 1 (id) as a string that is not UTF-8; a length beyond the end; a wrong wire type;
+    // a varint that never ends.
+    for bad in [
+        vec![0x0a, 0x02, 0xff, 0xfe],
+        vec![0x0a, 0x05, b'a'],
+        vec![0x0d, 0x01],
+        vec![
+            0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        ],
+    ] {
+        let e = call(bad.clone()).await;
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad:?}: {e:?}");
+    }
+    let e = call(vec![0u8; verbund_node::server::MAX_MESSAGE_BYTES + 1]).await;
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    // The node still serves.
+    let mut accounts = pb::account_service_client::AccountServiceClient::new(node.admin().await);
+    let e = accounts
+        .get_account(pb::GetRecordRequest {
+            id: uuid::Uuid::now_v7().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
 }

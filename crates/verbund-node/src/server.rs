@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
+use tonic::codegen::http;
 use verbund_proto::v1 as pb;
 use verbund_store::Store;
 
@@ -164,6 +165,7 @@ impl Node {
             let _ = stopped_tx.send(());
         };
         let server = tonic::transport::Server::builder()
+            .layer(tower::util::MapResponseLayer::new(client_fault_codes))
             .max_concurrent_streams(Some(256))
             .max_connection_age(self.max_connection_age)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -215,6 +217,34 @@ impl Node {
         self.state.store.close().await;
         Ok(())
     }
+}
+
+/// A request that does not decode (invalid UTF-8, a truncated message, a wrong wire type) is
+/// the client's fault: INVALID_ARGUMENT, not tonic's INTERNAL; one over the size limit is
+/// RESOURCE_EXHAUSTED (gRPC's convention), not OUT_OF_RANGE. These statuses travel in the
+/// headers of a trailers-only response, where this rewrites them; our own INTERNAL answers
+/// (which never start like a decode error) are left alone.
+fn client_fault_codes<B>(mut resp: http::Response<B>) -> http::Response<B> {
+    let headers = resp.headers_mut();
+    let code = headers.get("grpc-status").and_then(|v| v.to_str().ok());
+    let message = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .map(|m| m.replace("%20", " "))
+        .unwrap_or_default();
+    let fixed = match code {
+        Some("13") if message.starts_with("failed to decode Protobuf message") => {
+            Some(tonic::Code::InvalidArgument)
+        }
+        Some("11") if message.contains("decoded message length too large") => {
+            Some(tonic::Code::ResourceExhausted)
+        }
+        _ => None,
+    };
+    if let Some(code) = fixed {
+        headers.insert("grpc-status", http::HeaderValue::from(code as i32));
+    }
+    resp
 }
 
 /// Applies the CRL file named in the config, if it exists.
