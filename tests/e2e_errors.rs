@@ -165,3 +165,60 @@ async fn a_malformed_or_oversized_message_is_the_clients_fault() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
 }
+
+/// A self-signed CA whose subject has only a common name (no O=).
+fn ca_without_org() -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Globex Root");
+    params.self_signed(&key).unwrap().pem()
+}
+
+#[tokio::test]
+async fn partner_add_names_what_is_wrong_and_never_the_right_fingerprint() {
+    let acme = TestNode::start("acme");
+    let globex = TestNode::start("globex");
+    let mut admin = pb::admin_service_client::AdminServiceClient::new(acme.admin().await);
+    let add = |ca_pem: String, fingerprint: String| pb::AddPartnerRequest {
+        org: "globex".into(),
+        ca_pem,
+        endpoint: globex.endpoint.clone(),
+        fingerprint,
+    };
+
+    // A CA that does not name the partner's organization.
+    let pem = ca_without_org();
+    let cert = verbund_node::pki::parse_certs(&pem).unwrap().remove(0);
+    let fp = verbund_node::pki::fingerprint(cert.as_ref());
+    let e = admin.add_partner(add(pem, fp)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message().starts_with("ca_pem: ") && e.message().contains("O=globex"),
+        "{}",
+        e.message()
+    );
+
+    // A wrong fingerprint: the message names the one given, not the right one.
+    let right = {
+        let cert = verbund_node::pki::parse_certs(&globex.ca_pem())
+            .unwrap()
+            .remove(0);
+        verbund_node::pki::fingerprint(cert.as_ref())
+    };
+    let wrong = "ab".repeat(32);
+    let e = admin
+        .add_partner(add(globex.ca_pem(), wrong.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message().contains(&wrong) && !e.message().contains(&right),
+        "{}",
+        e.message()
+    );
+    // Nothing was trusted; the right fingerprint works.
+    assert!(admin.add_partner(add(globex.ca_pem(), right)).await.is_ok());
+}

@@ -85,6 +85,17 @@ impl NodeState {
         }
         check_endpoint(&req.endpoint)?;
         let ca = single_ca(&req.ca_pem).map_err(|e| invalid("ca_pem", format!("{e:#}")))?;
+        // A partner's CA names the partner as its organization (subject O=<org>): only then
+        // can it vouch for that organization's identities, and nobody else's.
+        crate::tls::org_cas(&req.ca_pem, &req.org).map_err(|e| {
+            invalid(
+                "ca_pem",
+                format!(
+                    "must be {}'s CA, whose subject names O={}: {e:#}",
+                    req.org, req.org
+                ),
+            )
+        })?;
         let computed = pki::fingerprint(ca.as_ref());
         let given = normalize_fingerprint(&req.fingerprint);
         if given.is_empty() {
@@ -96,8 +107,12 @@ impl NodeState {
         if given != computed {
             return Err(invalid(
                 "fingerprint",
+                // Only the one given is named: the right one must come from the partner, out
+                // of band, never from this message.
                 format!(
-                    "does not match the CA certificate (its SHA-256 is {computed}); nothing was trusted"
+                    "{} does not match the CA certificate; nothing was trusted. Check the fingerprint with {} out of band",
+                    crate::convert::clip(&given, 100),
+                    req.org
                 ),
             ));
         }
@@ -183,7 +198,9 @@ impl NodeState {
                 return Err(invalid(
                     "fingerprints",
                     format!(
-                        "no fingerprint given for the CA with SHA-256 {fp}; nothing was changed"
+                        "none of the fingerprints given matches CA {} of the file; nothing was changed. Check them with {} out of band",
+                        cas.iter().position(|c| c == ca).unwrap_or(0) + 1,
+                        req.org
                     ),
                 ));
             }
