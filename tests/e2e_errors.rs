@@ -222,3 +222,43 @@ async fn partner_add_names_what_is_wrong_and_never_the_right_fingerprint() {
     // Nothing was trusted; the right fingerprint works.
     assert!(admin.add_partner(add(globex.ca_pem(), right)).await.is_ok());
 }
+
+#[test]
+fn a_partner_that_has_not_pinned_us_back_is_named_as_the_cause() {
+    use support::federation::{pin, status_of, wait_until};
+    let acme = TestNode::start("acme");
+    let globex = TestNode::start("globex");
+    pin(&acme, &globex); // but globex has not added acme
+    let o = acme.cli(&["partner", "ping", "--org", "globex"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("globex refused our certificate: has globex added acme as a partner")
+            || err.contains("most likely it refused our certificate: has globex added acme"),
+        "{err}"
+    );
+    wait_until("the link says the same", || {
+        status_of(&acme, "globex")["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("has globex added acme as a partner"))
+    });
+}
+
+#[test]
+fn a_client_without_a_certificate_is_told_that_the_node_requires_one() {
+    let node = TestNode::start("acme");
+    let ca = node.home().join("ca/ca.crt");
+    let o = verbund(&[
+        "whoami",
+        "--node",
+        &node.endpoint,
+        "--node-ca",
+        ca.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("the node requires a client certificate"),
+        "{}",
+        stderr(&o)
+    );
+}

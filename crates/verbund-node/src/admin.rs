@@ -337,11 +337,9 @@ impl NodeState {
             .who_am_i(pb::WhoAmIRequest {})
             .await
             .map_err(|e| {
-                Status::failed_precondition(format!(
-                    "partner {org} refused the call: {}: {}",
-                    e.code(),
-                    e.message()
-                ))
+                let why = crate::dial::partner_refusal(&e, org, &self.org)
+                    .unwrap_or_else(|| format!("{}: {}", e.code(), e.message()));
+                Status::failed_precondition(format!("partner {org} refused the call: {why}"))
             })?
             .into_inner();
         let _ = self.store.touch_partner(org, now_ms()).await;

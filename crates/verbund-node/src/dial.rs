@@ -156,6 +156,69 @@ pub async fn dial_partner(
     Ok(channel)
 }
 
+/// What a failed TLS handshake means, from the TLS alert the other side sent (found in the
+/// error's source chain): the transport's own text ("transport error") says nothing.
+pub fn tls_refusal(e: &(dyn std::error::Error + 'static)) -> Option<TlsRefusal> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let text = err.to_string();
+        if text.contains("CertificateRequired") {
+            return Some(TlsRefusal::CertificateRequired);
+        }
+        if [
+            "UnknownCA",
+            "BadCertificate",
+            "CertificateUnknown",
+            "AccessDenied",
+        ]
+        .iter()
+        .any(|a| text.contains(&format!("received fatal alert: {a}")))
+        {
+            return Some(TlsRefusal::CertificateRefused);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// Why the other side of a TLS handshake refused us.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsRefusal {
+    /// We sent no client certificate; the node requires one.
+    CertificateRequired,
+    /// It does not trust the certificate we sent (not pinned, revoked, another CA).
+    CertificateRefused,
+}
+
+/// A partner's refusal of our certificate, said as what to do about it. The TLS alert does
+/// not always reach us (the partner may close the connection before we read it), so a call
+/// that failed in the transport right after the handshake asks the same question.
+pub fn partner_refusal(status: &tonic::Status, partner: &str, own: &str) -> Option<String> {
+    let ask = format!(
+        "has {partner} added {own} as a partner (verbund partner add --org {own} …), with our current CA?"
+    );
+    match tls_refusal(status) {
+        Some(TlsRefusal::CertificateRequired) => Some(format!(
+            "{partner} asked for a client certificate we did not send"
+        )),
+        Some(TlsRefusal::CertificateRefused) => {
+            Some(format!("{partner} refused our certificate: {ask}"))
+        }
+        None if std::error::Error::source(status).is_some()
+            && matches!(
+                status.code(),
+                tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::Unavailable
+            ) =>
+        {
+            Some(format!(
+                "{partner} closed the connection after the handshake ({}); most likely it refused our certificate: {ask} Its log names the reason",
+                status.message()
+            ))
+        }
+        None => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -267,7 +267,12 @@ async fn session(state: &Arc<NodeState>, org: &str) -> Result<()> {
                 .collect(),
         })
         .await
-        .map_err(|s| anyhow!("hello refused: {}: {}", s.code(), s.message()))?
+        .map_err(
+            |s| match crate::dial::partner_refusal(&s, org, &state.org) {
+                Some(why) => anyhow!("hello refused: {why}"),
+                None => anyhow!("hello refused: {}: {}", s.code(), s.message()),
+            },
+        )?
         .into_inner();
     if hello.protocol_version != merge::PROTOCOL_VERSION || hello.org != org {
         return Err(anyhow!(

@@ -93,6 +93,12 @@ impl Conn {
         if id.ca_pem.is_empty() {
             anyhow::bail!("no CA certificate: pass --node-ca or --config");
         }
+        if id.cert_and_key.is_none() {
+            // Said here: the node would only drop the connection ("transport error").
+            anyhow::bail!(
+                "the node requires a client certificate: pass --cert and --key, or a --config whose [client] names them (make one with `verbund cert issue`)"
+            );
+        }
         connect(&endpoint, &id).await
     }
 }

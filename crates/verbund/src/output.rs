@@ -253,7 +253,16 @@ fn code_name(code: tonic::Code) -> &'static str {
 /// Errors print the gRPC status and message when there is one.
 pub fn print_error(e: &anyhow::Error) {
     if let Some(status) = e.downcast_ref::<tonic::Status>() {
-        eprintln!("error: {}: {}", code_name(status.code()), status.message());
+        use verbund_node::dial::{TlsRefusal, tls_refusal};
+        match tls_refusal(status) {
+            Some(TlsRefusal::CertificateRequired) => eprintln!(
+                "error: the node requires a client certificate: set [client] cert and key in node.toml (or VERBUND_CONFIG), issued by `verbund cert issue`"
+            ),
+            Some(TlsRefusal::CertificateRefused) => eprintln!(
+                "error: the node refused our client certificate (not issued by a CA it trusts, or revoked)"
+            ),
+            None => eprintln!("error: {}: {}", code_name(status.code()), status.message()),
+        }
     } else {
         eprintln!("error: {e:#}");
     }
