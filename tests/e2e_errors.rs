@@ -262,3 +262,43 @@ fn a_client_without_a_certificate_is_told_that_the_node_requires_one() {
         stderr(&o)
     );
 }
+
+#[test]
+fn a_failed_init_leaves_nothing_behind_and_addresses_become_ip_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("acme");
+    let init = |db: &str| {
+        verbund(&[
+            "init",
+            "--org",
+            "acme",
+            "--dir",
+            home.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--dns",
+            "10.1.2.3",
+            "--dns",
+            "node.acme.example",
+            "--database-url",
+            db,
+        ])
+    };
+    // Nothing listens on port 1: the database is unreachable.
+    let o = init("postgres://verbund@127.0.0.1:1/none");
+    assert!(!o.status.success());
+    assert!(
+        !home.join("node.toml").exists() && !home.join("ca").exists(),
+        "a failed init removes what it made"
+    );
+    let db = format!("sqlite://{}", dir.path().join("acme.db").display());
+    let o = init(&db);
+    assert!(o.status.success(), "a retry works: {}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("IP:10.1.2.3")
+            && out.contains("DNS:node.acme.example")
+            && !out.contains("DNS:10.1.2.3"),
+        "{out}"
+    );
+}

@@ -88,7 +88,56 @@ async fn a_node_on_postgresql_serves_and_keeps_data_across_restarts() {
         "exactly one change: the refused create left nothing"
     );
 
+    // Guards: a second process of the node on the same database, and a second organization
+    // initialized on it, are refused with a clear message (and change nothing).
+    let second = verbund(&["run", "--config", node.config().to_str().unwrap()]);
+    assert!(!second.status.success());
+    assert!(
+        stderr(&second).contains("another verbund process serves this PostgreSQL database"),
+        "{}",
+        stderr(&second)
+    );
+    let other = tempfile::tempdir().unwrap();
+    let o = verbund(&[
+        "init",
+        "--org",
+        "pgorg2",
+        "--dir",
+        other.path().join("pgorg2").to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        &db_url,
+    ]);
+    assert!(
+        !o.status.success(),
+        "a second organization on acme's database"
+    );
     node.kill();
+    let o = verbund(&[
+        "init",
+        "--org",
+        "pgorg2",
+        "--dir",
+        other.path().join("pgorg2").to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        &db_url,
+    ]);
+    assert!(
+        !o.status.success(),
+        "a second organization on acme's database"
+    );
+    assert!(
+        stderr(&o).contains("belongs to organization \"acme\""),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !other.path().join("pgorg2/node.toml").exists(),
+        "a failed init leaves nothing behind"
+    );
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
         .execute(&admin)
         .await

@@ -41,6 +41,10 @@ impl Node {
         let store = Store::open(&url)
             .await
             .with_context(|| format!("opening database {}", redact(&url)))?;
+        store
+            .claim_for(&cfg.node.org)
+            .await
+            .with_context(|| format!("database {}", redact(&url)))?;
         let settings = NodeSettings {
             org: cfg.node.org.clone(),
             node_name: cfg.node.name.clone(),

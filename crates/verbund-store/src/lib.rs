@@ -2651,6 +2651,8 @@ pub struct Store {
     commits: Arc<watch::Sender<i64>>,
     /// SQLite: an exclusive lock on `<db>.lock` held while the store is open (one writer process).
     _lock: Option<Arc<std::fs::File>>,
+    /// PostgreSQL: the connection holding this process's advisory lock.
+    _pg_lock: Option<Arc<tokio::sync::Mutex<sqlx::PgConnection>>>,
     /// Only for SQLite, where this process is the only writer (see `cache`).
     cache: Option<Arc<RecordCache>>,
 }
@@ -2727,13 +2729,77 @@ impl Store {
     }
 
     pub async fn open_postgres(opts: PgConnectOptions) -> Result<Store> {
+        // One process per node, as with SQLite's lock file: a session-level advisory lock on
+        // the database and schema, held by a connection of its own for the process's life
+        // (the pool's connections come and go).
+        let mut holder = {
+            use sqlx::Connection;
+            sqlx::PgConnection::connect_with(&opts).await?
+        };
+        // A process killed a moment ago may still hold it until its session ends: wait a
+        // little before refusing.
+        let mut held = false;
+        for _ in 0..25 {
+            held = sqlx::query_scalar(
+                "SELECT pg_try_advisory_lock(hashtext('verbund:' || current_database() || '/' || current_schema()))",
+            )
+            .fetch_one(&mut holder)
+            .await?;
+            if held {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if !held {
+            return Err(StoreError::Config(
+                "another verbund process serves this PostgreSQL database (and schema); one process per node"
+                    .into(),
+            ));
+        }
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(opts)
             .await?;
         PG_MIGRATIONS.run(&pool).await?;
-        Store::with_backend(Backend::Postgres(pool)).await
+        let mut store = Store::with_backend(Backend::Postgres(pool)).await?;
+        store._pg_lock = Some(Arc::new(tokio::sync::Mutex::new(holder)));
+        Ok(store)
+    }
+
+    /// Binds the database to organization `org` on first use; any other organization is
+    /// refused (two organizations must never share a database).
+    pub async fn claim_for(&self, org: &str) -> Result<()> {
+        let owner: Option<String> = match &self.backend {
+            Backend::Sqlite(p) => {
+                sqlx::query_scalar("SELECT org FROM node_owner")
+                    .fetch_optional(p)
+                    .await?
+            }
+            Backend::Postgres(p) => {
+                sqlx::query_scalar("SELECT org FROM node_owner")
+                    .fetch_optional(p)
+                    .await?
+            }
+        };
+        match owner {
+            Some(o) if o == org => Ok(()),
+            Some(o) => Err(StoreError::Config(format!(
+                "this database belongs to organization {o:?}; {org:?} cannot use it (give each organization its own database)"
+            ))),
+            None => {
+                let sql = "INSERT INTO node_owner (org) VALUES ($1)";
+                match &self.backend {
+                    Backend::Sqlite(p) => {
+                        sqlx::query(sql).bind(org).execute(p).await.map(|_| ())?
+                    }
+                    Backend::Postgres(p) => {
+                        sqlx::query(sql).bind(org).execute(p).await.map(|_| ())?
+                    }
+                }
+                Ok(())
+            }
+        }
     }
 
     async fn with_backend(backend: Backend) -> Result<Store> {
@@ -2773,6 +2839,7 @@ impl Store {
             writes,
             commits,
             _lock: None,
+            _pg_lock: None,
             cache,
         })
     }
@@ -3345,6 +3412,12 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(p) => p.close().await,
             Backend::Postgres(p) => p.close().await,
+        }
+        if let Some(holder) = &self._pg_lock {
+            let mut conn = holder.lock().await;
+            let _ = sqlx::query("SELECT pg_advisory_unlock_all()")
+                .execute(&mut *conn)
+                .await;
         }
     }
 }

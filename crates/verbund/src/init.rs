@@ -35,6 +35,8 @@ pub struct InitArgs {
 pub struct Initialized {
     pub config_path: PathBuf,
     pub ca_fingerprint: String,
+    /// The names the node certificate carries (DNS and IP SANs).
+    pub node_names: String,
 }
 
 fn write_file(path: &Path, contents: &str, secret: bool) -> Result<()> {
@@ -85,8 +87,19 @@ pub async fn init(args: &InitArgs) -> Result<Initialized> {
     }
     let ca = pki::new_ca(&args.org)?;
     let mut dns = vec!["localhost".to_string()];
-    dns.extend(args.dns.iter().cloned());
     let mut ips: Vec<IpAddr> = vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()];
+    // An address given as a name is an IP SAN: a client reaching the node by that address
+    // checks the certificate against IP SANs, never DNS names.
+    for name in &args.dns {
+        match name
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<IpAddr>()
+        {
+            Ok(ip) if !ips.contains(&ip) => ips.push(ip),
+            Ok(_) => {}
+            Err(_) => dns.push(name.clone()),
+        }
+    }
     if !args.listen.ip().is_unspecified() && !ips.contains(&args.listen.ip()) {
         ips.push(args.listen.ip());
     }
@@ -110,9 +123,67 @@ pub async fn init(args: &InitArgs) -> Result<Initialized> {
     )?;
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
-    write_pair(&args.dir.join("ca"), "ca", &ca)?;
-    write_pair(&args.dir.join("tls"), "node", &node)?;
-    write_pair(&args.dir.join("users"), "admin", &admin)?;
+    let made = Made::new(&args.dir);
+    let result = write_organization(args, &config_path, &ca, &node, &admin).await;
+    match result {
+        Ok(()) => made.keep(),
+        Err(e) => {
+            // Nothing half-made stays behind: a retry starts clean.
+            made.remove();
+            return Err(e);
+        }
+    }
+    let ca_der = pki::parse_certs(&ca.cert_pem)?.remove(0);
+    Ok(Initialized {
+        config_path,
+        ca_fingerprint: pki::fingerprint(&ca_der),
+        node_names: dns
+            .iter()
+            .map(|d| format!("DNS:{d}"))
+            .chain(ips.iter().map(|i| format!("IP:{i}")))
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
+/// What `init` creates in an organization's directory, to remove again if it fails.
+struct Made {
+    paths: Vec<std::path::PathBuf>,
+}
+
+impl Made {
+    fn new(dir: &Path) -> Made {
+        let paths = ["node.toml", "ca", "tls", "users", "policy", "data"]
+            .iter()
+            .map(|p| dir.join(p))
+            .filter(|p| !p.exists())
+            .collect();
+        Made { paths }
+    }
+
+    fn keep(self) {}
+
+    fn remove(self) {
+        for p in &self.paths {
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(p)
+            } else {
+                std::fs::remove_file(p)
+            };
+        }
+    }
+}
+
+async fn write_organization(
+    args: &InitArgs,
+    config_path: &Path,
+    ca: &pki::CertPair,
+    node: &pki::CertPair,
+    admin: &pki::CertPair,
+) -> Result<()> {
+    write_pair(&args.dir.join("ca"), "ca", ca)?;
+    write_pair(&args.dir.join("tls"), "node", node)?;
+    write_pair(&args.dir.join("users"), "admin", admin)?;
     std::fs::create_dir_all(args.dir.join("data"))?;
     // The shipped model and example policy; the admin identity gets the admin role. The
     // operator reviews and extends the file (partners' roles, people's roles) in git.
@@ -130,21 +201,20 @@ pub async fn init(args: &InitArgs) -> Result<Initialized> {
         .clone()
         .unwrap_or_else(|| "sqlite://data/verbund.db".to_string());
     write_file(
-        &config_path,
+        config_path,
         &render_node_toml(&args.org, &args.name, args.listen, &db_url),
         false,
     )?;
-    // Create and migrate the database now, so a broken URL shows up at init, not at first start.
-    let cfg = NodeConfig::load(&config_path)?;
+    // Create and migrate the database now, so a broken URL shows up at init, not at first
+    // start; and bind it to this organization (another's database is refused).
+    let cfg = NodeConfig::load(config_path)?;
     let store = Store::open(&cfg.database_url())
         .await
         .context("creating the database")?;
+    let claimed = store.claim_for(&args.org).await;
     store.close().await;
-    let ca_der = pki::parse_certs(&ca.cert_pem)?.remove(0);
-    Ok(Initialized {
-        config_path,
-        ca_fingerprint: pki::fingerprint(&ca_der),
-    })
+    claimed.context("the database")?;
+    Ok(())
 }
 
 pub async fn run(args: InitArgs) -> Result<()> {
@@ -156,6 +226,7 @@ pub async fn run(args: InitArgs) -> Result<()> {
         args.dir.display()
     );
     println!("  config:          {}", done.config_path.display());
+    println!("  node names:      {}", done.node_names);
     println!(
         "  CA certificate:  {}",
         args.dir.join("ca/ca.crt").display()
