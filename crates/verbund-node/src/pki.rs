@@ -173,7 +173,11 @@ pub fn serial_of(cert_pem: &str) -> Result<Vec<u8>> {
 
 /// Parses a serial given as hex (colons allowed).
 pub fn parse_serial_hex(text: &str) -> Result<Vec<u8>> {
-    let clean: String = text.chars().filter(|c| *c != ':').collect();
+    let mut clean: String = text.trim().chars().filter(|c| *c != ':').collect();
+    if clean.len() % 2 == 1 {
+        // Tools print serials without a leading zero (`abc` is 0x0abc).
+        clean.insert(0, '0');
+    }
     let bytes = hex::decode(&clean).context("a serial number is hex, e.g. 1a:2b:3c")?;
     if bytes.is_empty() || bytes.len() > 20 {
         bail!("a serial number has 1 to 20 bytes");
@@ -266,6 +270,14 @@ pub fn revoke(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn serials_with_an_odd_number_of_digits_have_a_leading_zero() {
+        assert_eq!(parse_serial_hex("abc").unwrap(), vec![0x0a, 0xbc]);
+        assert_eq!(parse_serial_hex("1a:2b").unwrap(), vec![0x1a, 0x2b]);
+        assert!(parse_serial_hex("xyz").is_err());
+    }
+
     use super::*;
     use crate::identity::{IdentityError, principal_from_cert};
 
