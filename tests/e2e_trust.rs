@@ -1341,3 +1341,65 @@ async fn partners_pin_both_cas_during_a_partners_ca_rollover() {
     );
     assert!(!call_fails(&acme, &partner_client(&acme, &new_bob)).await);
 }
+
+/// A client that completes the handshake and then sends nothing loses its connection after
+/// the idle timeout (here 2 s), not after the maximum connection age; a live client does not.
+#[tokio::test]
+async fn a_silent_connection_is_closed_after_the_idle_timeout() {
+    use std::sync::Arc;
+    use tokio::io::AsyncReadExt;
+    let mut node = TestNode::init("acme");
+    let config = std::fs::read_to_string(node.config()).unwrap();
+    let config = config.replace("idle_timeout_secs = 90", "idle_timeout_secs = 2");
+    assert!(config.contains("idle_timeout_secs = 2"));
+    std::fs::write(node.config(), config).unwrap();
+    node.run();
+
+    let id = node.admin_identity();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(pki::parse_certs(&id.ca_pem).unwrap().remove(0))
+        .unwrap();
+    let (cert, key) = id.cert_and_key.clone().unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(verbund_node::tls::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            pki::parse_certs(&cert).unwrap(),
+            pki::parse_key(&key).unwrap(),
+        )
+        .unwrap();
+    let addr = node.endpoint.trim_start_matches("https://").to_string();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut silent = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    // Read whatever the node sends (its HTTP/2 settings) until it closes the connection.
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match silent.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a silent connection stayed open for a minute"
+    );
+
+    // A client that talks keeps its connection across the idle timeout.
+    let channel = node.admin().await;
+    for _ in 0..3 {
+        pb::node_service_client::NodeServiceClient::new(channel.clone())
+            .who_am_i(pb::WhoAmIRequest {})
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}

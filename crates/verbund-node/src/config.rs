@@ -34,10 +34,18 @@ pub struct NodeSection {
     /// latest after this time.
     #[serde(default = "default_max_connection_age")]
     pub max_connection_age_secs: u64,
+    /// A connection on which nothing arrives for this many seconds is closed (live clients
+    /// answer the node's HTTP/2 keepalive pings every 30 s).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
 }
 
 fn default_max_connection_age() -> u64 {
     600
+}
+
+fn default_idle_timeout() -> u64 {
+    90
 }
 
 fn default_skew() -> u64 {
@@ -182,6 +190,9 @@ max_clock_skew_ms = 60000
 # Open connections are closed after this many seconds and must pass the handshake again:
 # the longest a removed partner or a revoked certificate keeps an open connection.
 max_connection_age_secs = 600
+# A connection on which nothing arrives for this long is closed (live clients answer the
+# node's keepalive pings every 30 s, so only silent ones are).
+idle_timeout_secs = 90
 
 [database]
 # Embedded SQLite (a file below this directory) by default; for production use PostgreSQL:

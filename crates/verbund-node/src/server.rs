@@ -24,6 +24,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct Node {
     pub state: Arc<NodeState>,
     max_connection_age: Duration,
+    idle_timeout: Duration,
     pub local_addr: SocketAddr,
     listener: TcpListener,
     tls: ServerTls,
@@ -75,6 +76,7 @@ impl Node {
         let local_addr = listener.local_addr()?;
         Ok(Node {
             max_connection_age: Duration::from_secs(cfg.node.max_connection_age_secs.max(1)),
+            idle_timeout: Duration::from_secs(cfg.node.idle_timeout_secs.max(1)),
             state,
             local_addr,
             listener,
@@ -141,24 +143,27 @@ impl Node {
         let incoming = {
             // Note when a partner's principal connects ("last contact" in `partner list`).
             let state = self.state.clone();
-            tokio_stream::StreamExt::map(tls::incoming(self.listener, self.tls), move |conn| {
-                if let Ok(c) = &conn {
-                    let org = c.principal().org.clone();
-                    if org != state.org {
-                        let state = state.clone();
-                        tokio::spawn(async move {
-                            if let Err(e) = state
-                                .store
-                                .touch_partner(&org, crate::service::now_ms())
-                                .await
-                            {
-                                tracing::warn!(partner = %org, error = %e, "could not record partner contact");
-                            }
-                        });
+            tokio_stream::StreamExt::map(
+                tls::incoming(self.listener, self.tls, self.idle_timeout),
+                move |conn| {
+                    if let Ok(c) = &conn {
+                        let org = c.principal().org.clone();
+                        if org != state.org {
+                            let state = state.clone();
+                            tokio::spawn(async move {
+                                if let Err(e) = state
+                                    .store
+                                    .touch_partner(&org, crate::service::now_ms())
+                                    .await
+                                {
+                                    tracing::warn!(partner = %org, error = %e, "could not record partner contact");
+                                }
+                            });
+                        }
                     }
-                }
-                conn
-            })
+                    conn
+                },
+            )
         };
         let state = self.state.clone();
         let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();

@@ -2,6 +2,7 @@
 //! has no per-anchor binding, CRLs or reload), a concurrent accept loop with handshake
 //! timeouts, and the principal derived once per connection.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -407,6 +408,11 @@ pub struct ConnInfo {
 pub struct AuthenticatedStream {
     inner: TlsStream<TcpStream>,
     info: ConnInfo,
+    /// Closed when nothing arrives for this long (HTTP/2 keepalive pings are answered by
+    /// every live client well within it): a client that completes the handshake and then
+    /// sends nothing does not hold a connection until its maximum age.
+    idle: Duration,
+    idle_deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl AuthenticatedStream {
@@ -428,7 +434,23 @@ impl AsyncRead for AuthenticatedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    let next = tokio::time::Instant::now() + self.idle;
+                    self.idle_deadline.as_mut().reset(next);
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => match self.idle_deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "connection idle: nothing received within the idle timeout",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
     }
 }
 
@@ -483,6 +505,7 @@ fn principal_of(
 pub fn incoming(
     listener: TcpListener,
     tls: ServerTls,
+    idle: Duration,
 ) -> ReceiverStream<Result<AuthenticatedStream, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(tls.config.clone());
@@ -535,6 +558,8 @@ pub fn incoming(
                                     principal,
                                     remote_addr,
                                 },
+                                idle,
+                                idle_deadline: Box::pin(tokio::time::sleep(idle)),
                             }))
                             .await;
                     }
