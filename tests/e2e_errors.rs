@@ -287,6 +287,12 @@ fn a_failed_init_leaves_nothing_behind_and_addresses_become_ip_names() {
     // Nothing listens on port 1: the database is unreachable.
     let o = init("postgres://verbund@127.0.0.1:1/none");
     assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("cannot connect to PostgreSQL at 127.0.0.1:1: ")
+            && err.matches("refused").count() == 1,
+        "names the host and the cause, once: {err}"
+    );
     assert!(
         !home.join("node.toml").exists() && !home.join("ca").exists(),
         "a failed init removes what it made"

@@ -37,10 +37,12 @@ use verbund_core::{Change, ChangeOp, DomainError, FieldMap, Hlc, Record, RecordK
 pub enum StoreError {
     #[error(transparent)]
     Domain(#[from] DomainError),
+    // The cause is in the message and deliberately not a `source`: an error chain printed
+    // with its causes would say it twice.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
     /// Stored data that cannot be decoded; never caused by client input.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
@@ -59,6 +61,18 @@ pub enum StoreError {
     AlreadyExists(String),
     #[error("{0} not found")]
     NotFound(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Database(e)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migrate(e)
+    }
 }
 
 /// A partner organization and its pinned trust anchor.
@@ -2732,9 +2746,22 @@ impl Store {
         // One process per node, as with SQLite's lock file: a session-level advisory lock on
         // the database and schema, held by a connection of its own for the process's life
         // (the pool's connections come and go).
+        let (host, port) = (opts.get_host().to_string(), opts.get_port());
+        let unreachable = |why: String| {
+            StoreError::Config(format!("cannot connect to PostgreSQL at {host}:{port}: {why}"))
+        };
         let mut holder = {
             use sqlx::Connection;
-            sqlx::PgConnection::connect_with(&opts).await?
+            match tokio::time::timeout(
+                Duration::from_secs(10),
+                sqlx::PgConnection::connect_with(&opts),
+            )
+            .await
+            {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return Err(unreachable(e.to_string())),
+                Err(_) => return Err(unreachable("no answer within 10 s".into())),
+            }
         };
         // A process killed a moment ago may still hold it until its session ends: wait a
         // little before refusing.
