@@ -2748,7 +2748,9 @@ impl Store {
         // (the pool's connections come and go).
         let (host, port) = (opts.get_host().to_string(), opts.get_port());
         let unreachable = |why: String| {
-            StoreError::Config(format!("cannot connect to PostgreSQL at {host}:{port}: {why}"))
+            StoreError::Config(format!(
+                "cannot connect to PostgreSQL at {host}:{port}: {why}"
+            ))
         };
         let mut holder = {
             use sqlx::Connection;
