@@ -1332,8 +1332,10 @@ async fn policy_check_explains_with_policy_lines_and_shares() {
         out.contains("share ") && out.contains("(profile joint-deal)"),
         "{out}"
     );
-    let out = stdout(&check("description"));
+    let denied = check("description");
+    let out = stdout(&denied);
     assert!(out.starts_with("deny: "), "{out}");
+    assert!(!denied.status.success(), "a deny fails the command");
     // Unshared record: deny, and why.
     let o = acme.cli(&[
         "policy",

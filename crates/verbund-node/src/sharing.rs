@@ -537,7 +537,8 @@ fn decide(
                 set.contains(field)
             };
             let what = if field.is_empty() {
-                format!("any field of this {kind}")
+                // At least one field, not every field: the lists below say which.
+                format!("fields of this {kind} (those listed below)")
             } else {
                 format!("{kind}.{field}")
             };

@@ -293,6 +293,25 @@ pub fn parse_policy(path: &str, text: &str) -> Result<Vec<PolicyLine>, PolicyErr
             values,
         });
     }
+    // A role given to someone must exist: a typo would otherwise grant nothing, silently.
+    let defined: std::collections::BTreeSet<&str> = lines
+        .iter()
+        .filter(|l| l.ptype == "p")
+        .map(|l| l.values[0].as_str())
+        .collect();
+    if let Some(l) = lines
+        .iter()
+        .find(|l| (l.ptype == "g" || l.ptype == "g2") && !defined.contains(l.values[1].as_str()))
+    {
+        return Err(PolicyError::Line {
+            path: path.to_string(),
+            line: l.line_no,
+            message: format!(
+                "role {:?} is not defined by any p line (a typo?)",
+                l.values[1]
+            ),
+        });
+    }
     Ok(lines)
 }
 

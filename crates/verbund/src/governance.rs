@@ -287,7 +287,9 @@ fn rule_json(r: &pb::ShareRule) -> serde_json::Value {
            "created": ts(&r.create_time), "created_by": r.created_by})
 }
 
-pub async fn policy(cmd: PolicyCommand) -> Result<()> {
+/// Runs a policy command; false when `policy check` answered deny (the command then fails,
+/// so a script can branch on it).
+pub async fn policy(cmd: PolicyCommand) -> Result<bool> {
     match cmd {
         PolicyCommand::Check {
             principal,
@@ -329,6 +331,7 @@ pub async fn policy(cmd: PolicyCommand) -> Result<()> {
                 println!("readable: {}", r.readable_fields.join(", "));
                 println!("writable: {}", r.writable_fields.join(", "));
             }
+            return Ok(r.allowed);
         }
         PolicyCommand::Reload { conn } => {
             let mut admin = AdminServiceClient::new(conn.channel().await?);
@@ -344,7 +347,7 @@ pub async fn policy(cmd: PolicyCommand) -> Result<()> {
             );
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 pub async fn audit(cmd: AuditCommand) -> Result<bool> {

@@ -317,7 +317,13 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Erase { id, conn } => sync_cli::erase(&id, &conn).await,
         Command::Erasure(e) => sync_cli::erasure(e).await,
         Command::Share(s) => governance::share(s).await,
-        Command::Policy(p) => governance::policy(p).await,
+        Command::Policy(p) => {
+            if governance::policy(p).await? {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("the answer is deny"))
+            }
+        }
         Command::Audit(a) => {
             if governance::audit(a).await? {
                 Ok(())
