@@ -195,6 +195,26 @@ fn type_error(ty: FieldType) -> &'static str {
     }
 }
 
+/// The officially assigned ISO 3166-1 alpha-2 codes (249), and XK (Kosovo), which is
+/// user-assigned but used by the EU and most registries.
+const COUNTRY_CODES: &str = "AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ \
+    BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR BS BT BV BW BY BZ \
+    CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM DO DZ \
+    EC EE EG EH ER ES ET FI FJ FK FM FO FR \
+    GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW GY HK HM HN HR HT HU \
+    ID IE IL IM IN IO IQ IR IS IT JE JM JO JP KE KG KH KI KM KN KP KR KW KY KZ \
+    LA LB LC LI LK LR LS LT LU LV LY \
+    MA MC MD ME MF MG MH MK ML MM MN MO MP MQ MR MS MT MU MV MW MX MY MZ \
+    NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM PN PR PS PT PW PY \
+    QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ \
+    TC TD TF TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ \
+    VA VC VE VG VI VN VU WF WS XK YE YT ZA ZM ZW";
+
+/// Whether `code` (upper case) is an ISO 3166-1 alpha-2 country code.
+pub fn is_country_code(code: &str) -> bool {
+    code.len() == 2 && COUNTRY_CODES.split_whitespace().any(|c| c == code)
+}
+
 fn char_len(s: &str) -> usize {
     s.chars().count()
 }
@@ -366,8 +386,11 @@ pub fn normalize(spec: &FieldSpec, value: Value) -> Result<Option<Value>, String
             if t.is_empty() {
                 return Ok(None);
             }
-            if t.len() != 2 || !t.bytes().all(|b| b.is_ascii_uppercase()) {
-                return Err(format!("{t:?} is not an ISO 3166-1 alpha-2 country code"));
+            if t.len() != 2 || !is_country_code(&t) {
+                let shown: String = t.chars().take(10).collect();
+                return Err(format!(
+                    "{shown:?} is not an ISO 3166-1 alpha-2 country code"
+                ));
             }
             Ok(Some(Value::Text(t)))
         }
@@ -604,6 +627,17 @@ mod tests {
             parse_text(stage, &long).unwrap_err().len() < 400,
             "no echo of a long input"
         );
+    }
+
+    #[test]
+    fn country_codes_are_the_assigned_ones() {
+        assert_eq!(COUNTRY_CODES.split_whitespace().count(), 250);
+        for ok in ["DE", "AT", "CH", "US", "GB", "XK"] {
+            assert!(is_country_code(ok), "{ok}");
+        }
+        for bad in ["XX", "UK", "EU", "D", "DEU"] {
+            assert!(!is_country_code(bad), "{bad}");
+        }
     }
 
     #[test]

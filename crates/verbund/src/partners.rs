@@ -233,7 +233,8 @@ pub async fn run(cmd: PartnerCommand) -> Result<()> {
                         p.fingerprint
                     );
                 }
-                println!("({} partners)", list.partners.len());
+                let n = list.partners.len();
+                println!("({n} partner{})", if n == 1 { "" } else { "s" });
             }
         }
         PartnerCommand::Ping { org, conn } => {

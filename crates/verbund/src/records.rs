@@ -495,6 +495,12 @@ pub async fn watch(conn: &Conn, after_seq: i64, limit: Option<usize>) -> Result<
         })
         .await?
         .into_inner();
+    if !conn.json {
+        // On stderr, so piped output stays events only.
+        eprintln!(
+            "changes after sequence number {after_seq}: the history first, then each new change as it is committed (Ctrl-C to stop)"
+        );
+    }
     let mut n = 0;
     while let Some(ev) = stream.next().await {
         let ev = ev?;

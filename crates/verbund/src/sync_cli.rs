@@ -184,7 +184,11 @@ fn print_erasure(conn: &Conn, s: &pb::ErasureStatusResponse) {
         );
         return;
     }
-    println!("record {} erased at {} ms", s.record_id, s.erased_ms);
+    println!(
+        "record {} erased at {}",
+        s.record_id,
+        verbund_core::civil::format_rfc3339_ms(s.erased_ms)
+    );
     if s.receivers.is_empty() {
         println!("no partner ever received it");
     }
