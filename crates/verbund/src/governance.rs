@@ -28,8 +28,10 @@ pub enum ShareCommand {
     },
     /// Show shares, optionally of one partner or one record.
     List {
+        /// Only the shares with this partner organization.
         #[arg(long)]
         org: Option<String>,
+        /// Only the shares of this record (id).
         #[arg(long)]
         record: Option<String>,
         #[command(flatten)]
@@ -37,8 +39,10 @@ pub enum ShareCommand {
     },
     /// End a share: the partner's next call no longer sees the record.
     Revoke {
+        /// The record's id.
         #[arg(long)]
         record: String,
+        /// The partner organization.
         #[arg(long)]
         org: String,
         #[command(flatten)]
@@ -54,21 +58,27 @@ pub enum RuleCommand {
     /// Add a rule: `case-assigned` (every case whose assigned_org is --org) or
     /// `account-tag:<tag>` (every account with the tag).
     Add {
+        /// The registered partner organization the rule shares with.
         #[arg(long)]
         org: String,
+        /// `case-assigned` or `account-tag:<tag>`.
         #[arg(long)]
         rule: String,
+        /// A share profile of the policy (e.g. supplier-case, group).
         #[arg(long)]
         profile: String,
         #[command(flatten)]
         conn: Conn,
     },
+    /// Show share rules, optionally of one partner.
     List {
+        /// Only the rules of this partner organization.
         #[arg(long)]
         org: Option<String>,
         #[command(flatten)]
         conn: Conn,
     },
+    /// End a share rule: the records it matched are no longer shared through it.
     Remove {
         /// The rule's id (from `share rule list`).
         #[arg(long)]
@@ -88,8 +98,10 @@ pub enum PolicyCommand {
         /// read, write, create (an activity on the record) or delete.
         #[arg(long)]
         action: String,
+        /// The record's id.
         #[arg(long)]
         record: String,
+        /// One field (its proto name); without it: any field the action allows.
         #[arg(long)]
         field: Option<String>,
         #[command(flatten)]
@@ -106,8 +118,10 @@ pub enum PolicyCommand {
 pub enum AuditCommand {
     /// Show audit entries (oldest first).
     List {
+        /// Only entries of principals of this organization.
         #[arg(long)]
         org: Option<String>,
+        /// Only entries about this record (id).
         #[arg(long)]
         record: Option<String>,
         /// From this time on (YYYY-MM-DD or RFC 3339).

@@ -163,6 +163,7 @@ enum Command {
     Activity(records::RecordArgs),
     /// Search names, e-mail addresses, domains and phone numbers.
     Search {
+        /// Text to find (case-insensitive; phone numbers also as bare digits).
         query: String,
         /// Restrict to kinds (account, contact, lead, opportunity, service_case, activity).
         #[arg(long = "kind")]

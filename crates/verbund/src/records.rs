@@ -24,13 +24,32 @@ pub struct RecordArgs {
 #[derive(Subcommand)]
 enum Action {
     /// Create a record from field=value pairs.
-    Create { fields: Vec<String> },
+    Create {
+        /// field=value pairs, e.g. name="Acme GmbH" amount="1200.50 EUR" (see `fields`).
+        #[arg(value_name = "FIELD=VALUE")]
+        fields: Vec<String>,
+        /// Print only the new record's id (for scripts).
+        #[arg(long)]
+        id_only: bool,
+    },
     /// Show a record.
-    Get { id: String },
+    Get {
+        /// The record's id.
+        id: String,
+    },
     /// Change the named fields (field=value; field= clears it).
-    Update { id: String, fields: Vec<String> },
+    Update {
+        /// The record's id.
+        id: String,
+        /// field=value pairs; the named fields are the update mask, `field=` clears one.
+        #[arg(value_name = "FIELD=VALUE")]
+        fields: Vec<String>,
+    },
     /// Delete a record (leaves a tombstone for sync).
-    Delete { id: String },
+    Delete {
+        /// The record's id.
+        id: String,
+    },
     /// List records, newest last.
     List(ListArgs),
     /// List the fields of this record type.
@@ -391,9 +410,16 @@ pub async fn run(kind: RecordKind, args: RecordArgs) -> Result<()> {
     let channel = args.conn.channel().await?;
     match args.action {
         Action::Fields => Ok(()),
-        Action::Create { fields } => {
+        Action::Create { fields, id_only } => {
             let (fields, _) = parse_pairs(kind, &fields)?;
-            show(call(kind, channel, Op::Create(fields)).await?, json, false)
+            let created = call(kind, channel, Op::Create(fields)).await?;
+            if id_only && let Outcome::Records(shown, _) = &created {
+                for r in shown {
+                    println!("{}", r.meta.id);
+                }
+                return Ok(());
+            }
+            show(created, json, false)
         }
         Action::Get { id } => show(call(kind, channel, Op::Get(id)).await?, json, false),
         Action::Update { id, fields } => {
