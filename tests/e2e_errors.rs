@@ -308,3 +308,17 @@ fn a_failed_init_leaves_nothing_behind_and_addresses_become_ip_names() {
         "{out}"
     );
 }
+
+#[test]
+fn a_list_offers_only_the_filters_of_its_kind() {
+    let help = |kind: &str| stdout(&verbund(&[kind, "list", "--help"]));
+    let account = help("account");
+    for foreign in ["--stage", "--priority", "--channel", "--status"] {
+        assert!(!account.contains(foreign), "account list offers {foreign}");
+    }
+    let case = help("case");
+    assert!(
+        case.contains("--priority") && !case.contains("--stage"),
+        "{case}"
+    );
+}

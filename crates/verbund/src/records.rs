@@ -85,8 +85,10 @@ pub struct ListArgs {
     /// Include deleted records (tombstones).
     #[arg(long)]
     show_deleted: bool,
+    /// Records per page (at most 500).
     #[arg(long, default_value_t = 50)]
     page_size: i32,
+    /// Continue after a previous page (its next-page token).
     #[arg(long, default_value = "")]
     page_token: String,
     /// Follow next-page tokens and print every page.
@@ -156,16 +158,59 @@ fn list_options(a: &ListArgs, token: &str) -> Result<pb::ListOptions> {
     })
 }
 
-/// Refuses filters that do not apply to the kind, instead of silently ignoring them.
-fn check_filters(kind: RecordKind, a: &ListArgs) -> Result<()> {
-    let allowed: &[&str] = match kind {
+/// The list filters of each kind (the others do not apply).
+fn filters_of(kind: RecordKind) -> &'static [&'static str] {
+    match kind {
         RecordKind::Account => &[],
         RecordKind::Contact => &["account"],
         RecordKind::Lead => &["status"],
         RecordKind::Opportunity => &["account", "stage"],
         RecordKind::ServiceCase => &["account", "status", "priority", "assigned-org"],
         RecordKind::Activity => &["account", "related", "channel"],
-    };
+    }
+}
+
+/// Every kind-specific list filter.
+const ALL_FILTERS: [&str; 6] = [
+    "account",
+    "stage",
+    "status",
+    "priority",
+    "assigned-org",
+    "related",
+];
+
+/// `<kind> list --help` offers only the filters of that kind (one argument struct serves
+/// every kind; the others are hidden, and refused if given).
+pub fn hide_foreign_filters(cmd: clap::Command) -> clap::Command {
+    let kinds = [
+        ("account", RecordKind::Account),
+        ("contact", RecordKind::Contact),
+        ("lead", RecordKind::Lead),
+        ("opportunity", RecordKind::Opportunity),
+        ("case", RecordKind::ServiceCase),
+        ("activity", RecordKind::Activity),
+    ];
+    let mut cmd = cmd;
+    for (name, kind) in kinds {
+        cmd = cmd.mut_subcommand(name, |sub| {
+            sub.mut_subcommand("list", |mut list| {
+                for filter in ALL_FILTERS.iter().chain(["channel"].iter()) {
+                    if !filters_of(kind).contains(filter) {
+                        let id = filter.replace('-', "_");
+                        list = list.mut_arg(id, |a| a.hide(true));
+                    }
+                }
+                list
+            })
+        });
+    }
+    cmd
+}
+
+/// Refuses filters that do not apply to the kind, instead of silently ignoring them.
+fn check_filters(kind: RecordKind, a: &ListArgs) -> Result<()> {
+    let allowed = filters_of(kind);
     let given = [
         ("account", a.account.is_some()),
         ("stage", a.stage.is_some()),
