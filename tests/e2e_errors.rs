@@ -18,6 +18,13 @@ async fn a_long_input_is_never_echoed_whole() {
     let mut accounts = pb::account_service_client::AccountServiceClient::new(node.admin().await);
     let huge = "x".repeat(100_000);
 
+    let mut admin = pb::admin_service_client::AdminServiceClient::new(node.admin().await);
+    let e = admin
+        .ping_partner(pb::PingPartnerRequest { org: huge.clone() })
+        .await
+        .unwrap_err();
+    assert!(e.message().len() < 1100, "{} bytes", e.message().len());
+
     let e = accounts
         .get_account(pb::GetRecordRequest { id: huge.clone() })
         .await

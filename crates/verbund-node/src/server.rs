@@ -253,7 +253,47 @@ fn client_fault_codes<B>(mut resp: http::Response<B>) -> http::Response<B> {
     if let Some(code) = fixed {
         headers.insert("grpc-status", http::HeaderValue::from(code as i32));
     }
+    // The last guard against echoing a long input: whatever built the message, a status
+    // message stays short enough for any client's metadata limit.
+    if let Some(clipped) = headers
+        .get("grpc-message")
+        .and_then(|v| clip_grpc_message(v.as_bytes(), MAX_STATUS_MESSAGE_BYTES))
+        .and_then(|m| http::HeaderValue::from_bytes(&m).ok())
+    {
+        headers.insert("grpc-message", clipped);
+    }
     resp
+}
+
+/// Bytes of a (percent-encoded) status message sent at most.
+const MAX_STATUS_MESSAGE_BYTES: usize = 1024;
+
+/// `message` cut to at most `max` bytes plus an ellipsis, never inside a `%XX` escape or a
+/// multi-byte character's escapes; None if it is short enough.
+fn clip_grpc_message(message: &[u8], max: usize) -> Option<Vec<u8>> {
+    if message.len() <= max {
+        return None;
+    }
+    let mut cut = max;
+    // Not inside "%XX".
+    for back in 1..=2 {
+        if cut >= back && message[cut - back] == b'%' {
+            cut -= back;
+            break;
+        }
+    }
+    // Not inside the escapes of one UTF-8 character: drop continuation bytes (%80-%BF) and
+    // the lead byte before them.
+    while cut >= 3 && message[cut - 3] == b'%' {
+        let hex = std::str::from_utf8(&message[cut - 2..cut]).ok();
+        match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            Some(b) if b >= 0x80 => cut -= 3,
+            _ => break,
+        }
+    }
+    let mut out = message[..cut].to_vec();
+    out.extend_from_slice(b"%E2%80%A6");
+    Some(out)
 }
 
 /// Applies the CRL file named in the config, if it exists.
@@ -318,6 +358,28 @@ pub fn redact(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::clip_grpc_message;
+
+    #[test]
+    fn status_messages_are_clipped_between_escapes() {
+        assert_eq!(clip_grpc_message(b"short", 10), None);
+        let long = "a".repeat(2000);
+        let clipped = clip_grpc_message(long.as_bytes(), 1024).unwrap();
+        assert_eq!(clipped.len(), 1024 + 9);
+        // "ü" is %C3%BC: never cut between or inside its escapes.
+        let umlauts = "%C3%BC".repeat(400);
+        for max in 1000..1010 {
+            let c = clip_grpc_message(umlauts.as_bytes(), max).unwrap();
+            let body = &c[..c.len() - 9];
+            assert_eq!(
+                body.len() % 6,
+                0,
+                "cut at {max}: {}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
     #[test]
     fn redacts_passwords() {
         assert_eq!(
