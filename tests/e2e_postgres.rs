@@ -98,33 +98,26 @@ async fn a_node_on_postgresql_serves_and_keeps_data_across_restarts() {
         stderr(&second)
     );
     let other = tempfile::tempdir().unwrap();
-    let o = verbund(&[
-        "init",
-        "--org",
-        "pgorg2",
-        "--dir",
-        other.path().join("pgorg2").to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--database-url",
-        &db_url,
-    ]);
+    let init_second = || {
+        verbund(&[
+            "init",
+            "--org",
+            "pgorg2",
+            "--dir",
+            other.path().join("pgorg2").to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &db_url,
+        ])
+    };
+    let o = init_second();
     assert!(
         !o.status.success(),
         "a second organization on acme's database"
     );
     node.kill();
-    let o = verbund(&[
-        "init",
-        "--org",
-        "pgorg2",
-        "--dir",
-        other.path().join("pgorg2").to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--database-url",
-        &db_url,
-    ]);
+    let o = init_second();
     assert!(
         !o.status.success(),
         "a second organization on acme's database"

@@ -6,103 +6,11 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::federation::*;
 use support::*;
-
-const WAIT: Duration = Duration::from_secs(90);
-
-fn json(o: &Output) -> Value {
-    assert!(o.status.success(), "command failed: {}", stderr(o));
-    serde_json::from_str(stdout(o).trim()).unwrap_or_else(|e| panic!("{e}: {}", stdout(o)))
-}
-
-fn export_ca(node: &TestNode) -> (std::path::PathBuf, String) {
-    let o = verbund(&["ca", "export", "--config", node.config().to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let fingerprint = stderr(&o).rsplit(": ").next().unwrap().trim().to_string();
-    let path = node.home().join(format!("exported-{}.crt", node.org));
-    std::fs::write(&path, stdout(&o)).unwrap();
-    (path, fingerprint)
-}
-
-/// `host` pins `partner` (CA, endpoint).
-fn pin(host: &TestNode, partner: &TestNode) {
-    let (ca, fingerprint) = export_ca(partner);
-    let o = host.cli(&[
-        "partner",
-        "add",
-        "--org",
-        &partner.org,
-        "--ca",
-        ca.to_str().unwrap(),
-        "--endpoint",
-        &partner.endpoint,
-        "--fingerprint",
-        &fingerprint,
-    ]);
-    assert!(o.status.success(), "partner add: {}", stderr(&o));
-}
-
-fn create(node: &TestNode, kind: &str, fields: &[&str]) -> String {
-    let mut args = vec![kind, "create"];
-    args.extend(fields);
-    args.push("--json");
-    json(&node.cli(&args))["id"].as_str().unwrap().to_string()
-}
-
-/// The record as `node` shows it to its admin (None: not there).
-fn get(node: &TestNode, kind: &str, id: &str) -> Option<Value> {
-    let o = node.cli(&[kind, "get", id, "--json"]);
-    if !o.status.success() {
-        assert!(
-            stderr(&o).contains("NOT_FOUND"),
-            "{kind} get: {}",
-            stderr(&o)
-        );
-        return None;
-    }
-    Some(json(&o))
-}
-
-fn field(node: &TestNode, kind: &str, id: &str, name: &str) -> Option<String> {
-    get(node, kind, id).and_then(|r| {
-        r["fields"][name]
-            .as_str()
-            .map(str::to_string)
-            .or_else(|| r["fields"].get(name).map(|v| v.to_string()))
-    })
-}
-
-fn update(node: &TestNode, kind: &str, id: &str, fields: &[&str]) {
-    let mut args = vec![kind, "update", id];
-    args.extend(fields);
-    let o = node.cli(&args);
-    assert!(o.status.success(), "{kind} update: {}", stderr(&o));
-}
-
-fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < WAIT {
-        if ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("timed out waiting until {what}");
-}
-
-fn status_of(node: &TestNode, partner: &str) -> Value {
-    let rows = json(&node.cli(&["partner", "status", "--json"]));
-    rows.as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["org"] == partner)
-        .cloned()
-        .unwrap_or(Value::Null)
-}
 
 struct Federation {
     acme: TestNode,
@@ -134,20 +42,6 @@ fn federation() -> Federation {
         fixit,
         repairco,
     }
-}
-
-fn share(acme: &TestNode, id: &str, org: &str, profile: &str) {
-    let o = acme.cli(&[
-        "share",
-        "add",
-        "--record",
-        id,
-        "--org",
-        org,
-        "--profile",
-        profile,
-    ]);
-    assert!(o.status.success(), "share add: {}", stderr(&o));
 }
 
 #[test]

@@ -1037,7 +1037,8 @@ async fn a_partners_revocation_list_refuses_its_revoked_certificates() {
 }
 
 /// The certificate the node presents to a new TLS handshake (raw rustls, admin identity).
-async fn served_certificate(node: &TestNode) -> Vec<u8> {
+/// A raw TLS connection to `node` as its admin (no HTTP/2 on top).
+async fn admin_tls(node: &TestNode) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     use std::sync::Arc;
     let id = node.admin_identity();
     let mut roots = rustls::RootCertStore::empty();
@@ -1057,10 +1058,14 @@ async fn served_certificate(node: &TestNode) -> Vec<u8> {
     let addr = node.endpoint.trim_start_matches("https://").to_string();
     let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn served_certificate(node: &TestNode) -> Vec<u8> {
+    let tls = admin_tls(node).await;
     tls.get_ref().1.peer_certificates().unwrap()[0]
         .as_ref()
         .to_vec()
@@ -1346,7 +1351,6 @@ async fn partners_pin_both_cas_during_a_partners_ca_rollover() {
 /// the idle timeout (here 2 s), not after the maximum connection age; a live client does not.
 #[tokio::test]
 async fn a_silent_connection_is_closed_after_the_idle_timeout() {
-    use std::sync::Arc;
     use tokio::io::AsyncReadExt;
     let mut node = TestNode::init("acme");
     let config = std::fs::read_to_string(node.config()).unwrap();
@@ -1355,28 +1359,7 @@ async fn a_silent_connection_is_closed_after_the_idle_timeout() {
     std::fs::write(node.config(), config).unwrap();
     node.run();
 
-    let id = node.admin_identity();
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(pki::parse_certs(&id.ca_pem).unwrap().remove(0))
-        .unwrap();
-    let (cert, key) = id.cert_and_key.clone().unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(verbund_node::tls::crypto_provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(
-            pki::parse_certs(&cert).unwrap(),
-            pki::parse_key(&key).unwrap(),
-        )
-        .unwrap();
-    let addr = node.endpoint.trim_start_matches("https://").to_string();
-    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let mut silent = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let mut silent = admin_tls(&node).await;
     // Read whatever the node sends (its HTTP/2 settings) until it closes the connection.
     let closed = tokio::time::timeout(std::time::Duration::from_secs(60), async {
         let mut buf = [0u8; 1024];

@@ -144,29 +144,9 @@ impl TestNode {
 
     /// Starts the node process and waits until it serves.
     pub fn run(&mut self) {
-        let mut child = Command::new(bin())
-            .args(["run", "--config", self.config().to_str().unwrap()])
-            .env("VERBUND_LOG", "warn")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting verbund run");
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split(" serving on ").nth(1) {
-                    let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("node did not report its address");
-        self.endpoint = format!("https://{addr}");
-        self.child = Some(child);
+        if let Err(e) = self.try_run() {
+            panic!("{e}");
+        }
     }
 
     /// SIGHUP: the node re-reads its revocation list and partner anchors.
