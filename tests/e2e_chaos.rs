@@ -38,7 +38,7 @@ use std::process::Output;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value as Json;
-use support::federation::pin;
+use support::federation::{pin, share_rule};
 use support::*;
 use tonic::transport::Channel;
 use verbund_core::{FieldMap, Hlc, Value};
@@ -580,18 +580,7 @@ impl Chaos {
             pin(&nodes[a], &nodes[b]);
             pin(&nodes[b], &nodes[a]);
         }
-        let o = nodes[ACME].cli(&[
-            "share",
-            "rule",
-            "add",
-            "--org",
-            "fixit",
-            "--rule",
-            "case-assigned",
-            "--profile",
-            "supplier-case",
-        ]);
-        assert!(o.status.success(), "rule add: {}", stderr(&o));
+        share_rule(&nodes[ACME], "fixit", "case-assigned", "supplier-case");
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

@@ -94,18 +94,7 @@ fn replicas_follow_the_owner_through_edits_conflicts_outages_revokes_and_erasure
     share(&acme, &deal, "globex", "joint-deal");
     share(&acme, &deal, "repairco", "joint-deal");
     for org in ["fixit", "repairco"] {
-        let o = acme.cli(&[
-            "share",
-            "rule",
-            "add",
-            "--org",
-            org,
-            "--rule",
-            "case-assigned",
-            "--profile",
-            "supplier-case",
-        ]);
-        assert!(o.status.success(), "rule add: {}", stderr(&o));
+        share_rule(&acme, org, "case-assigned", "supplier-case");
     }
     wait_until("globex holds the deal", || {
         get(&globex, "opportunity", &deal).is_some()

@@ -71,18 +71,7 @@ fn a_deleted_shared_record_leaves_every_holder_and_the_links_stay_healthy() {
             "assigned_org=fixit",
         ],
     );
-    let o = acme.cli(&[
-        "share",
-        "rule",
-        "add",
-        "--org",
-        "fixit",
-        "--rule",
-        "case-assigned",
-        "--profile",
-        "supplier-case",
-    ]);
-    assert!(o.status.success(), "rule add: {}", stderr(&o));
+    share_rule(&acme, "fixit", "case-assigned", "supplier-case");
     wait_until("fixit holds the case", || {
         get(&fixit, "case", &case).is_some()
     });

@@ -129,3 +129,19 @@ pub fn link_healthy(node: &TestNode, owner: &str) -> bool {
     let s = status_of(node, owner);
     s["state"] == "connected" && s["last_error"] == ""
 }
+
+/// `owner` shares every record matching `rule` with `org` under `profile`.
+pub fn share_rule(owner: &TestNode, org: &str, rule: &str, profile: &str) {
+    let o = owner.cli(&[
+        "share",
+        "rule",
+        "add",
+        "--org",
+        org,
+        "--rule",
+        rule,
+        "--profile",
+        profile,
+    ]);
+    assert!(o.status.success(), "rule add: {}", stderr(&o));
+}
