@@ -489,6 +489,9 @@ struct ConflictRow {
     winner: Option<Value>,
     loser: Option<Value>,
     loser_origin: String,
+    /// When the losing edit was stamped (the physical part of its version), to tell apart
+    /// two edits that set the same value.
+    loser_ms: Option<i64>,
 }
 
 struct OutboxRow {
@@ -1471,6 +1474,10 @@ impl Chaos {
                 winner: value_of(&c["winner"]["value"]),
                 loser: value_of(&c["loser"]["value"]),
                 loser_origin: c["loser"]["origin"].as_str().unwrap_or("").into(),
+                loser_ms: c["loser"]["version"]
+                    .as_str()
+                    .and_then(|v| v.get(..16))
+                    .and_then(|h| i64::from_str_radix(h, 16).ok()),
             })
             .collect())
     }
@@ -1590,12 +1597,16 @@ impl Chaos {
                     && (e.start_ms - 2..=e.end_ms + 2).contains(&r.created_ms)
             })
         };
+        // The conflict's loser is this edit: same value and origin, and stamped while the
+        // edit was being made (another edit may have set the same value at another time).
         let lost = |e: &Edit| {
             conflicts.iter().any(|c| {
                 c.record == e.record
                     && c.field == e.field
                     && c.loser == e.value
                     && c.loser_origin == ORGS[e.org]
+                    && c.loser_ms
+                        .is_none_or(|ms| (e.start_ms - 5..=e.end_ms + 5).contains(&ms))
             })
         };
         let current = |e: &Edit| {
