@@ -236,6 +236,8 @@ fn a_partner_that_has_not_pinned_us_back_is_named_as_the_cause() {
     let acme = TestNode::start("acme");
     let globex = TestNode::start("globex");
     pin(&acme, &globex); // but globex has not added acme
+    let list = stdout(&acme.cli(&["partner", "list"]));
+    assert!(list.contains("(1 partner)"), "{list}");
     let o = acme.cli(&["partner", "ping", "--org", "globex"]);
     assert!(!o.status.success());
     let err = stderr(&o);
@@ -328,4 +330,30 @@ fn a_list_offers_only_the_filters_of_its_kind() {
         case.contains("--priority") && !case.contains("--stage"),
         "{case}"
     );
+}
+
+#[test]
+fn watch_says_that_it_follows_and_policy_check_claims_only_what_it_lists() {
+    let node = TestNode::start("acme");
+    let id = support::federation::create(&node, "account", &["name=Watch AG"]);
+    let o = node.cli(&["watch", "--after-seq", "0", "--limit", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("then each new change as it is committed"),
+        "{}",
+        stderr(&o)
+    );
+    // The explanation never claims more than the fields it lists.
+    let o = node.cli(&[
+        "policy",
+        "check",
+        "--as",
+        "verbund://acme/user/nobody",
+        "--action",
+        "read",
+        "--record",
+        &id,
+    ]);
+    let out = stdout(&o);
+    assert!(!out.contains("any field"), "{out}");
 }

@@ -358,6 +358,11 @@ fn erased_personal_data_is_gone_from_the_database_files_of_every_node() {
     }
     let o = acme.cli(&["erase", &contact]);
     assert!(o.status.success(), "erase: {}", stderr(&o));
+    let said = stdout(&o);
+    assert!(
+        said.contains(" erased at 20") && !said.contains(" ms"),
+        "a time a person can read: {said}"
+    );
     wait_until("globex acknowledged the erasure", || {
         let s = json(&acme.cli(&["erasure", "status", &contact, "--json"]));
         s["receivers"]
