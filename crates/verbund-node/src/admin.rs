@@ -6,8 +6,10 @@ use verbund_store::Partner;
 
 use crate::auth;
 use crate::convert::{invalid, ms_to_timestamp};
+use crate::error::store_status;
 use crate::pki;
-use crate::service::{Api, NodeState, now_ms, store_status};
+use crate::service::Api;
+use crate::state::{NodeState, now_ms};
 use crate::tls::single_ca;
 
 /// `https://host:port` with a host and a port.

@@ -22,8 +22,9 @@ use verbund_core::audit::AuditDraft;
 use verbund_core::{Record, RecordKind};
 use verbund_policy::{Act, Policy, Subject};
 
+use crate::error::store_status;
 use crate::identity::Principal;
-use crate::service::{NodeState, now_ms, store_status};
+use crate::state::{NodeState, now_ms};
 use crate::tls::ConnInfo;
 
 /// The principal of a request, established at the TLS handshake.

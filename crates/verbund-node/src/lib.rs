@@ -6,14 +6,18 @@ pub mod client;
 pub mod config;
 pub mod convert;
 pub mod dial;
+pub mod error;
 pub mod federation;
 pub mod identity;
+pub mod link_state;
 pub mod links;
 pub mod pki;
 pub mod server;
 pub mod service;
 pub mod sharing;
+pub mod state;
 pub mod sync_admin;
 pub mod tls;
+pub mod wire;
 
 pub use verbund_proto::v1 as pb;

@@ -12,7 +12,8 @@ use verbund_proto::v1 as pb;
 use verbund_store::Store;
 
 use crate::config::NodeConfig;
-use crate::service::{Api, NodeSettings, NodeState};
+use crate::service::Api;
+use crate::state::{NodeSettings, NodeState};
 use crate::tls::{self, ServerTls};
 
 /// Largest gRPC message a node accepts or sends.
@@ -153,7 +154,7 @@ impl Node {
                             tokio::spawn(async move {
                                 if let Err(e) = state
                                     .store
-                                    .touch_partner(&org, crate::service::now_ms())
+                                    .touch_partner(&org, crate::state::now_ms())
                                     .await
                                 {
                                     tracing::warn!(partner = %org, error = %e, "could not record partner contact");

@@ -13,8 +13,9 @@ use verbund_store::{AuditQuery, ShareOp};
 
 use crate::auth::{self, RecordAccess};
 use crate::convert::{self, invalid, ms_to_timestamp};
+use crate::error::{domain_status, store_status};
 use crate::identity::{Principal, parse_principal_uri};
-use crate::service::{NodeState, domain_status, now_ms, store_status};
+use crate::state::{NodeState, now_ms};
 
 fn share_to_pb(s: &Share) -> pb::Share {
     pb::Share {

@@ -13,10 +13,11 @@ use verbund_store::{ConflictRecord, StoreError};
 
 use crate::auth;
 use crate::convert;
-use crate::federation::hlc_to_pb;
+use crate::error::{domain_status, store_status};
 use crate::identity::Principal;
 use crate::pb;
-use crate::service::{NodeState, domain_status, now_ms, store_status};
+use crate::state::{NodeState, now_ms};
+use crate::wire::hlc_to_pb;
 
 fn parse_uuid(field: &str, v: &str) -> Result<Uuid, Status> {
     Uuid::parse_str(v).map_err(|_| convert::invalid(field, "not a UUID"))

@@ -14,7 +14,8 @@ use verbund_core::{FieldMap, RecordKind, Value};
 use verbund_node::convert::{RecordMessage, message_from_fields};
 use verbund_node::identity::{Principal, PrincipalKind};
 use verbund_node::pb;
-use verbund_node::service::{ListFilter, NodeSettings, NodeState};
+use verbund_node::service::ListFilter;
+use verbund_node::state::{NodeSettings, NodeState};
 use verbund_store::{ShareOp, Store};
 
 const MODEL: &str = include_str!("../../../policies/model.conf");

@@ -1,0 +1,107 @@
+//! The node's modules form layers, and this test fails when a forbidden dependency appears:
+//! no import cycle between modules, and the lower layers (state, errors, wire conversions,
+//! the enforcement point) never reach up into the services that use them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// `crate::<module>` references of every module (comments skipped; `pb` is the generated
+/// code, not a module of ours).
+fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
+    let mut graph = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut deps = BTreeSet::new();
+        for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
+            let mut rest = line;
+            while let Some(i) = rest.find("crate::") {
+                rest = &rest[i + "crate::".len()..];
+                let module: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                if !module.is_empty() && module != name && module != "pb" {
+                    deps.insert(module);
+                }
+            }
+        }
+        graph.insert(name, deps);
+    }
+    graph
+}
+
+/// A cycle through `start`, if there is one.
+fn cycle_from(graph: &BTreeMap<String, BTreeSet<String>>, start: &str) -> Option<Vec<String>> {
+    fn walk(
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        start: &str,
+        at: &str,
+        path: &mut Vec<String>,
+        seen: &mut BTreeSet<String>,
+    ) -> bool {
+        for next in graph.get(at).into_iter().flatten() {
+            if next == start {
+                path.push(next.clone());
+                return true;
+            }
+            if seen.insert(next.clone()) {
+                path.push(next.clone());
+                if walk(graph, start, next, path, seen) {
+                    return true;
+                }
+                path.pop();
+            }
+        }
+        false
+    }
+    let mut path = vec![start.to_string()];
+    walk(graph, start, start, &mut path, &mut BTreeSet::new()).then_some(path)
+}
+
+#[test]
+fn the_node_modules_have_no_import_cycle() {
+    let graph = module_graph();
+    assert!(graph.contains_key("service") && graph.contains_key("state"));
+    for module in graph.keys() {
+        if let Some(cycle) = cycle_from(&graph, module) {
+            panic!("import cycle: {}", cycle.join(" -> "));
+        }
+    }
+}
+
+#[test]
+fn lower_layers_never_reach_into_the_services() {
+    let graph = module_graph();
+    let services = [
+        "service",
+        "admin",
+        "sharing",
+        "sync_admin",
+        "federation",
+        "links",
+        "server",
+    ];
+    for lower in [
+        "state",
+        "error",
+        "wire",
+        "convert",
+        "identity",
+        "link_state",
+        "pki",
+        "auth",
+    ] {
+        let deps = &graph[lower];
+        for service in services {
+            assert!(
+                !deps.contains(service),
+                "{lower} imports {service}: the enforcement point, state and conversions must not depend on the services"
+            );
+        }
+    }
+}
