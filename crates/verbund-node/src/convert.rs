@@ -46,7 +46,8 @@ pub fn timestamp_to_ms(field: &str, ts: &Timestamp) -> Result<i64, Status> {
         .ok_or_else(|| invalid(field, "is out of range"))
 }
 
-fn hlc_to_pb(h: &Hlc) -> pb::Hlc {
+/// A version on the wire.
+pub fn hlc_to_pb(h: &Hlc) -> pb::Hlc {
     pb::Hlc {
         physical_ms: h.physical_ms,
         counter: h.counter,
@@ -549,6 +550,15 @@ pub fn message_from_fields<M: RecordMessage>(fields: &FieldMap) -> M {
     let mut m = M::from_record(&r);
     m.clear_meta();
     m
+}
+
+/// A record id from a request: required, a UUID; the field is named when it is not.
+pub fn parse_id(field: &str, id: &str) -> Result<uuid::Uuid, Status> {
+    if id.trim().is_empty() {
+        return Err(invalid(field, "is required"));
+    }
+    uuid::Uuid::parse_str(id.trim())
+        .map_err(|_| invalid(field, format!("{id:?} is not a record id (UUID)")))
 }
 
 /// At most `max` characters of an input, for messages: an error never echoes a long input

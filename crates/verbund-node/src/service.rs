@@ -24,6 +24,7 @@ use verbund_core::access::project;
 use verbund_policy::Act;
 
 use crate::auth;
+use crate::convert::parse_id;
 use crate::convert::{self, RecordMessage, invalid};
 use crate::error::{domain_status, store_status};
 use crate::identity::Principal;
@@ -34,14 +35,6 @@ pub const MAX_PAGE_SIZE: i64 = 500;
 const WATCH_BATCH: i64 = 256;
 /// Fallback poll for changes committed by another process sharing the database.
 const WATCH_POLL: Duration = Duration::from_secs(1);
-
-fn parse_id(field: &str, id: &str) -> Result<Uuid, Status> {
-    if id.trim().is_empty() {
-        return Err(invalid(field, "is required"));
-    }
-    Uuid::parse_str(id.trim())
-        .map_err(|_| invalid(field, format!("{id:?} is not a record id (UUID)")))
-}
 
 fn not_found(kind: RecordKind, id: &str) -> Status {
     Status::not_found(format!("{kind} {id} not found"))
@@ -848,11 +841,7 @@ impl NodeState {
                     }
                 } as i32,
                 changed_fields: changed,
-                version: Some(pb::Hlc {
-                    physical_ms: c.hlc.physical_ms,
-                    counter: c.hlc.counter,
-                    node_id: c.hlc.node.clone(),
-                }),
+                version: Some(convert::hlc_to_pb(&c.hlc)),
                 change_time: Some(convert::ms_to_timestamp(c.at_ms)),
                 record: Some(convert::any_record(&projected)),
             });

@@ -12,6 +12,7 @@ use verbund_proto::v1 as pb;
 use verbund_store::{AuditQuery, ShareOp};
 
 use crate::auth::{self, RecordAccess};
+use crate::convert::parse_id as parse_uuid;
 use crate::convert::{self, invalid, ms_to_timestamp};
 use crate::error::{domain_status, store_status};
 use crate::identity::{Principal, parse_principal_uri};
@@ -38,13 +39,6 @@ fn rule_to_pb(r: &ShareRule) -> pb::ShareRule {
         create_time: Some(ms_to_timestamp(r.created_at_ms)),
         created_by: r.created_by.clone(),
     }
-}
-
-fn parse_uuid(field: &str, v: &str) -> Result<Uuid, Status> {
-    if v.trim().is_empty() {
-        return Err(invalid(field, "is required"));
-    }
-    Uuid::parse_str(v.trim()).map_err(|_| invalid(field, format!("{v:?} is not an id (UUID)")))
 }
 
 fn store_err(e: verbund_store::StoreError) -> Status {

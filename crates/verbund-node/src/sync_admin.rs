@@ -13,15 +13,12 @@ use verbund_store::{ConflictRecord, StoreError};
 
 use crate::auth;
 use crate::convert;
+use crate::convert::parse_id as parse_uuid;
 use crate::error::{domain_status, store_status};
 use crate::identity::Principal;
 use crate::pb;
 use crate::state::{NodeState, now_ms};
 use crate::wire::hlc_to_pb;
-
-fn parse_uuid(field: &str, v: &str) -> Result<Uuid, Status> {
-    Uuid::parse_str(v).map_err(|_| convert::invalid(field, "not a UUID"))
-}
 
 /// The organization of the node that stamped a version (`<org>/<node>`).
 fn origin(h: &Hlc) -> String {

@@ -14,13 +14,7 @@ use crate::convert;
 use crate::error::domain_status;
 use crate::pb;
 
-pub fn hlc_to_pb(h: &Hlc) -> pb::Hlc {
-    pb::Hlc {
-        physical_ms: h.physical_ms,
-        counter: h.counter,
-        node_id: h.node.clone(),
-    }
-}
+pub use crate::convert::hlc_to_pb;
 
 pub fn hlc_from_pb(field: &str, h: Option<&pb::Hlc>) -> Result<Hlc, Status> {
     let h = h.ok_or_else(|| convert::invalid(field, "is required"))?;
