@@ -9,14 +9,17 @@
 //! the field since the version the proposer based its edit on) loses or wins by version, and
 //! the loser is returned as a [`Conflict`] for the store to keep: nothing is dropped silently.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::hlc::Hlc;
-use crate::model::{FieldMap, Value, VersionMap};
+
+use crate::model::{
+    Change, ChangeOp, DomainError, FieldMap, Record, RecordKind, Value, VersionMap,
+};
 
 /// The version of the federation protocol this code speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -261,6 +264,186 @@ pub fn bucket_digests<'a>(entries: impl IntoIterator<Item = (&'a Uuid, u64)>) ->
         buckets[bucket_of(id)] ^= entry_digest(id, digest);
     }
     buckets
+}
+
+/// The owner's decision on one proposed change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerdictOutcome {
+    Applied,
+    AppliedWithConflict,
+    Rejected,
+}
+
+impl VerdictOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerdictOutcome::Applied => "applied",
+            VerdictOutcome::AppliedWithConflict => "applied_with_conflict",
+            VerdictOutcome::Rejected => "rejected",
+        }
+    }
+    pub fn parse(s: &str) -> Option<VerdictOutcome> {
+        [
+            VerdictOutcome::Applied,
+            VerdictOutcome::AppliedWithConflict,
+            VerdictOutcome::Rejected,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+    }
+}
+
+/// What the owner's writer decided for a proposed change, planned from the current record.
+pub struct MergePlan {
+    pub write: Option<crate::write::WritePlan>,
+    pub conflicts: Vec<Conflict>,
+    pub outcome: VerdictOutcome,
+    /// Value-free: field names and rules only.
+    pub reason: String,
+    pub at_ms: i64,
+}
+
+/// Longest rejection reason kept and sent (characters): it may quote the rejected input.
+pub const MAX_REASON: usize = 400;
+
+fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_string(),
+        Some((cut, _)) => format!("{}…", &s[..cut]),
+    }
+}
+
+/// The owner's merge of a proposed change, planned on the current record inside the writer:
+/// the proposing organization must see the record (`visible`) and may write only
+/// `writable` fields; values obey the same normalization and rules as a local write; the
+/// case lifecycle holds; then each field is merged by version (`merge_edit`) and every
+/// concurrent loser becomes a conflict. Rejections carry a reason without values.
+pub fn plan_merge(
+    cur: &Record,
+    visible: bool,
+    writable: &BTreeSet<String>,
+    org: &str,
+    edits: &[FieldEdit],
+    now: i64,
+) -> Result<MergePlan, DomainError> {
+    let reject = |reason: String| MergePlan {
+        write: None,
+        conflicts: Vec::new(),
+        outcome: VerdictOutcome::Rejected,
+        // Sent to the partner and kept: a reason may quote the rejected input, never whole.
+        reason: clip(&reason, MAX_REASON),
+        at_ms: now,
+    };
+    if cur.is_deleted() || !visible {
+        return Ok(reject(format!("the record is not shared with {org}")));
+    }
+    if let Some(e) = edits.iter().find(|e| !writable.contains(&e.field)) {
+        return Ok(reject(format!(
+            "{}: {org} may not write this field of {}",
+            e.field, cur.kind
+        )));
+    }
+    // Values obey the same rules as a local write (types, limits, enums, normalization).
+    let values: FieldMap = edits
+        .iter()
+        .filter_map(|e| e.value.clone().map(|v| (e.field.clone(), v)))
+        .collect();
+    let normalized = match crate::write::normalize_fields(cur.kind, values) {
+        Ok(n) => n,
+        Err(e) => return Ok(reject(e.to_string())),
+    };
+    let mut fields = cur.fields.clone();
+    let mut versions = cur.versions.clone();
+    let mut conflicts = Vec::new();
+    let mut changed = BTreeMap::new();
+    for e in edits {
+        let e = FieldEdit {
+            value: e.value.as_ref().and(normalized.get(&e.field).cloned()),
+            ..e.clone()
+        };
+        match merge_edit(&mut fields, &mut versions, &e) {
+            EditOutcome::Duplicate => {}
+            EditOutcome::Applied => {
+                changed.insert(e.field.clone(), e.value.clone());
+            }
+            EditOutcome::Conflict {
+                incoming_won,
+                conflict,
+            } => {
+                if incoming_won {
+                    changed.insert(e.field.clone(), e.value.clone());
+                }
+                conflicts.push(conflict);
+            }
+        }
+    }
+    let outcome = if conflicts.is_empty() {
+        VerdictOutcome::Applied
+    } else {
+        VerdictOutcome::AppliedWithConflict
+    };
+    let reason = conflicts
+        .iter()
+        .map(|c| {
+            format!(
+                "{}: concurrent edits; {} kept, {} kept as a conflict",
+                c.field, c.winner.version, c.loser.version
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    if changed.is_empty() {
+        return Ok(MergePlan {
+            write: None,
+            conflicts,
+            outcome,
+            reason,
+            at_ms: now,
+        });
+    }
+    if let (RecordKind::ServiceCase, Some(Some(Value::Text(to))), Some(from)) =
+        (cur.kind, changed.get("status"), cur.text("status"))
+        && from != to
+        && !crate::write::case_transition_allowed(from, to)
+    {
+        return Ok(reject(format!(
+            "status: a case cannot go from {from} to {to}"
+        )));
+    }
+    let next = Record {
+        fields,
+        versions,
+        updated_at_ms: now,
+        ..cur.clone()
+    };
+    if let Err(e) = crate::write::check_required(cur.kind, &next.fields) {
+        return Ok(reject(e.to_string()));
+    }
+    let hlc = changed
+        .keys()
+        .filter_map(|f| next.versions.get(f))
+        .max()
+        .cloned()
+        .unwrap_or_else(|| Hlc::new(now.max(0) as u64, 0, org.to_string()));
+    Ok(MergePlan {
+        write: Some(crate::write::WritePlan {
+            change: Change {
+                seq: 0,
+                record_id: cur.id,
+                kind: cur.kind,
+                op: ChangeOp::Update,
+                hlc,
+                fields: changed,
+                at_ms: now,
+            },
+            record: next,
+            refs: Vec::new(),
+        }),
+        conflicts,
+        outcome,
+        reason,
+        at_ms: now,
+    })
 }
 
 /// Whether a remote version lies too far in the future of the node `here` (an organization

@@ -4,7 +4,7 @@
 //! edit it proposes goes through the enforcement point (`auth.rs`), exactly like the client
 //! API; the owner is the merge point for its records.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,11 +13,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 use verbund_core::access::{controls_access, project};
-use verbund_core::sync::{self as merge, EditOutcome, FieldEdit};
-use verbund_core::{Change, ChangeOp, DomainError, Hlc, Record, RecordKind, Value};
-use verbund_store::{MergePlan, VerdictOutcome};
+use verbund_core::sync::{self as merge, FieldEdit};
+use verbund_core::{Change, ChangeOp, Record, RecordKind};
+use verbund_store::VerdictOutcome;
 
-use crate::auth::{self, RecordAccess};
+use crate::auth::{self};
 use crate::convert;
 use crate::error::{domain_status, store_status};
 use crate::identity::{Principal, PrincipalKind};
@@ -118,136 +118,6 @@ fn edits_from_pb(
             })
         })
         .collect()
-}
-
-/// The owner's merge of a proposed change, planned on the current record inside the writer.
-/// Checks the partner's access on the record as it is now, the clock skew bound, and the
-/// values (the same normalization and rules as a local write).
-fn plan_merge(
-    cur: &Record,
-    access: &RecordAccess,
-    org: &str,
-    edits: &[FieldEdit],
-    now: i64,
-) -> Result<MergePlan, DomainError> {
-    let reject = |reason: String| MergePlan {
-        write: None,
-        conflicts: Vec::new(),
-        outcome: VerdictOutcome::Rejected,
-        // Sent to the partner and kept: a reason may quote the rejected input, never whole.
-        reason: convert::clip(&reason, convert::MAX_MESSAGE),
-        at_ms: now,
-    };
-    if cur.is_deleted() || !access.visible() {
-        return Ok(reject(format!("the record is not shared with {org}")));
-    }
-    if let Some(e) = edits.iter().find(|e| !access.writable.contains(&e.field)) {
-        return Ok(reject(format!(
-            "{}: {org} may not write this field of {}",
-            e.field, cur.kind
-        )));
-    }
-    // Values obey the same rules as a local write (types, limits, enums, normalization).
-    let values: verbund_core::FieldMap = edits
-        .iter()
-        .filter_map(|e| e.value.clone().map(|v| (e.field.clone(), v)))
-        .collect();
-    let normalized = match verbund_core::write::normalize_fields(cur.kind, values) {
-        Ok(n) => n,
-        Err(e) => return Ok(reject(e.to_string())),
-    };
-    let mut fields = cur.fields.clone();
-    let mut versions = cur.versions.clone();
-    let mut conflicts = Vec::new();
-    let mut changed = BTreeMap::new();
-    for e in edits {
-        let e = FieldEdit {
-            value: e.value.as_ref().and(normalized.get(&e.field).cloned()),
-            ..e.clone()
-        };
-        match merge::merge_edit(&mut fields, &mut versions, &e) {
-            EditOutcome::Duplicate => {}
-            EditOutcome::Applied => {
-                changed.insert(e.field.clone(), e.value.clone());
-            }
-            EditOutcome::Conflict {
-                incoming_won,
-                conflict,
-            } => {
-                if incoming_won {
-                    changed.insert(e.field.clone(), e.value.clone());
-                }
-                conflicts.push(conflict);
-            }
-        }
-    }
-    let outcome = if conflicts.is_empty() {
-        VerdictOutcome::Applied
-    } else {
-        VerdictOutcome::AppliedWithConflict
-    };
-    let reason = conflicts
-        .iter()
-        .map(|c| {
-            format!(
-                "{}: concurrent edits; {} kept, {} kept as a conflict",
-                c.field, c.winner.version, c.loser.version
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("; ");
-    if changed.is_empty() {
-        return Ok(MergePlan {
-            write: None,
-            conflicts,
-            outcome,
-            reason,
-            at_ms: now,
-        });
-    }
-    if let (RecordKind::ServiceCase, Some(Some(Value::Text(to))), Some(from)) =
-        (cur.kind, changed.get("status"), cur.text("status"))
-        && from != to
-        && !verbund_core::write::case_transition_allowed(from, to)
-    {
-        return Ok(reject(format!(
-            "status: a case cannot go from {from} to {to}"
-        )));
-    }
-    let next = Record {
-        fields,
-        versions,
-        updated_at_ms: now,
-        ..cur.clone()
-    };
-    if let Err(e) = verbund_core::write::check_required(cur.kind, &next.fields) {
-        return Ok(reject(e.to_string()));
-    }
-    let hlc = changed
-        .keys()
-        .filter_map(|f| next.versions.get(f))
-        .max()
-        .cloned()
-        .unwrap_or_else(|| Hlc::new(now.max(0) as u64, 0, org.to_string()));
-    Ok(MergePlan {
-        write: Some(verbund_core::write::WritePlan {
-            change: Change {
-                seq: 0,
-                record_id: cur.id,
-                kind: cur.kind,
-                op: ChangeOp::Update,
-                hlc,
-                fields: changed,
-                at_ms: now,
-            },
-            record: next,
-            refs: Vec::new(),
-        }),
-        conflicts,
-        outcome,
-        reason,
-        at_ms: now,
-    })
 }
 
 impl NodeState {
@@ -691,7 +561,7 @@ impl NodeState {
                 id,
                 move |cur| {
                     let now_access = auth::record_access(&policy, &node_org, &who, cur, &grants);
-                    plan_merge(cur, &now_access, &org, &edits, now)
+                    merge::plan_merge(cur, now_access.visible(), &now_access.writable, &org, &edits, now)
                 },
                 audit,
             )

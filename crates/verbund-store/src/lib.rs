@@ -188,42 +188,7 @@ impl OpOutput {
     }
 }
 
-/// The owner's decision on one proposed change.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VerdictOutcome {
-    Applied,
-    AppliedWithConflict,
-    Rejected,
-}
-
-impl VerdictOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VerdictOutcome::Applied => "applied",
-            VerdictOutcome::AppliedWithConflict => "applied_with_conflict",
-            VerdictOutcome::Rejected => "rejected",
-        }
-    }
-    pub fn parse(s: &str) -> Option<VerdictOutcome> {
-        [
-            VerdictOutcome::Applied,
-            VerdictOutcome::AppliedWithConflict,
-            VerdictOutcome::Rejected,
-        ]
-        .into_iter()
-        .find(|v| v.as_str() == s)
-    }
-}
-
-/// What the owner's writer decided for a proposed change, planned from the current record.
-pub struct MergePlan {
-    pub write: Option<WritePlan>,
-    pub conflicts: Vec<verbund_core::sync::Conflict>,
-    pub outcome: VerdictOutcome,
-    /// Value-free: field names and rules only.
-    pub reason: String,
-    pub at_ms: i64,
-}
+pub use verbund_core::sync::{MergePlan, VerdictOutcome};
 
 pub type MergeFn = Box<dyn FnOnce(&Record) -> Result<MergePlan, DomainError> + Send>;
 
