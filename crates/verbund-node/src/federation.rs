@@ -561,7 +561,14 @@ impl NodeState {
                 id,
                 move |cur| {
                     let now_access = auth::record_access(&policy, &node_org, &who, cur, &grants);
-                    merge::plan_merge(cur, now_access.visible(), &now_access.writable, &org, &edits, now)
+                    merge::plan_merge(
+                        cur,
+                        now_access.visible(),
+                        &now_access.writable,
+                        &org,
+                        &edits,
+                        now,
+                    )
                 },
                 audit,
             )
