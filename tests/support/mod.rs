@@ -2,6 +2,9 @@
 #![allow(dead_code)]
 
 pub mod federation;
+pub mod node_api;
+pub mod sharing_world;
+pub mod trust;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
