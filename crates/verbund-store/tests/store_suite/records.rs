@@ -1,0 +1,644 @@
+//! Records in the store: create and get, references, updates and the change log, deletes and
+//! tombstones, lists and keyset pages, search, sequences under concurrent writers, activity
+//! roll-up to the account, and a batch whose failed writes fail alone.
+
+use std::collections::HashSet;
+
+use uuid::Uuid;
+use verbund_core::write::plan_create;
+use verbund_core::{DomainError, HlcClock, RecordKind, Value};
+use verbund_store::{ListQuery, SearchQuery, StoreError};
+
+use super::{Fixture, fm, t};
+
+/// Many concurrent writes land in shared group commits; the ones that break a rule fail
+/// alone, the others commit, and sequence numbers stay contiguous.
+pub(super) async fn failed_writes_in_a_batch_fail_alone(f: &Fixture) {
+    let acc = f
+        .create(RecordKind::Account, &[("name", t("Acme"))])
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let store = f.store.clone();
+        let target = if i % 2 == 0 {
+            acc.id.to_string()
+        } else {
+            Uuid::now_v7().to_string()
+        };
+        let hlc = f.hlc();
+        tasks.push(tokio::spawn(async move {
+            let plan = plan_create(
+                RecordKind::Contact,
+                Uuid::now_v7(),
+                "acme",
+                fm(&[
+                    ("last_name", t(&format!("P{i}"))),
+                    ("account_id", t(&target)),
+                ]),
+                hlc,
+                1,
+            )
+            .unwrap();
+            (i, store.create(plan).await)
+        }));
+    }
+    for task in tasks {
+        let (i, result) = task.await.unwrap();
+        match result {
+            Ok(_) => assert_eq!(i % 2, 0, "write {i} with a dangling reference was stored"),
+            Err(StoreError::Domain(DomainError::Invalid { field, .. })) => {
+                assert_eq!(i % 2, 1, "valid write {i} failed");
+                assert_eq!(field, "account_id");
+            }
+            Err(e) => panic!("write {i}: unexpected error {e}"),
+        }
+    }
+    assert_eq!(f.store.count(RecordKind::Contact).await.unwrap(), 30);
+    let log = f.store.changes_after(0, &[], 1_000).await.unwrap();
+    assert_eq!(
+        log.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        (1..=31).collect::<Vec<i64>>()
+    );
+    assert_eq!(f.store.last_seq().await.unwrap(), 31);
+}
+
+pub(super) async fn create_and_get_round_trip(f: &Fixture) {
+    let acc = f
+        .create(
+            RecordKind::Account,
+            &[
+                ("name", t("Müller Maschinenbau GmbH")),
+                ("domain", t("Mueller.Example")),
+                ("tags", Value::List(vec!["key".into(), "group".into()])),
+                (
+                    "annual_revenue",
+                    Value::Money(verbund_core::Money {
+                        currency: "EUR".into(),
+                        minor_units: 123_456_789,
+                    }),
+                ),
+            ],
+        )
+        .await
+        .unwrap();
+    let got = f.store.get(acc.id).await.unwrap().unwrap();
+    assert_eq!(got, acc);
+    assert_eq!(got.text("domain"), Some("mueller.example"));
+    assert_eq!(got.seq, 1);
+    assert_eq!(got.versions.len(), got.fields.len());
+    assert!(f.store.get(Uuid::now_v7()).await.unwrap().is_none());
+    let many = f.store.get_many(&[acc.id, Uuid::now_v7()]).await.unwrap();
+    assert_eq!(many, vec![acc]);
+}
+
+pub(super) async fn references_must_exist_and_failed_writes_change_nothing(f: &Fixture) {
+    let acc = f
+        .create(RecordKind::Account, &[("name", t("Acme"))])
+        .await
+        .unwrap();
+    let before = f.store.last_seq().await.unwrap();
+    let missing = Uuid::now_v7().to_string();
+    let err = f
+        .create(
+            RecordKind::Contact,
+            &[("last_name", t("Weber")), ("account_id", t(&missing))],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Domain(DomainError::Invalid { ref field, .. }) if field == "account_id"),
+        "{err}"
+    );
+    // A reference of the wrong kind is refused too.
+    let contact = f
+        .create(
+            RecordKind::Contact,
+            &[
+                ("last_name", t("Weber")),
+                ("account_id", t(&acc.id.to_string())),
+            ],
+        )
+        .await
+        .unwrap();
+    let err = f
+        .create(
+            RecordKind::Opportunity,
+            &[
+                ("name", t("Deal")),
+                ("stage", t("proposal")),
+                ("account_id", t(&contact.id.to_string())),
+            ],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("is a contact, not a account"),
+        "{err}"
+    );
+    assert_eq!(f.store.last_seq().await.unwrap(), before + 1);
+    assert_eq!(f.store.count(RecordKind::Contact).await.unwrap(), 1);
+    assert_eq!(f.store.count(RecordKind::Opportunity).await.unwrap(), 0);
+    // A failing update leaves the record as it was.
+    let err = f
+        .update(
+            RecordKind::Contact,
+            contact.id,
+            &["account_id"],
+            fm(&[("account_id", t(&missing))]),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::Domain(DomainError::Invalid { .. })
+    ));
+    assert_eq!(f.store.get(contact.id).await.unwrap().unwrap(), contact);
+}
+
+pub(super) async fn update_writes_change_log(f: &Fixture) {
+    let acc = f
+        .create(RecordKind::Account, &[("name", t("Acme"))])
+        .await
+        .unwrap();
+    let opp = f
+        .create(
+            RecordKind::Opportunity,
+            &[
+                ("name", t("Deal")),
+                ("stage", t("proposal")),
+                ("account_id", t(&acc.id.to_string())),
+            ],
+        )
+        .await
+        .unwrap();
+    let updated = f
+        .update(
+            RecordKind::Opportunity,
+            opp.id,
+            &["stage"],
+            fm(&[("stage", t("negotiation"))]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.text("stage"), Some("negotiation"));
+    assert!(updated.versions["stage"] > opp.versions["stage"]);
+    assert_eq!(updated.versions["name"], opp.versions["name"]);
+    // A no-op update consumes no sequence number.
+    let same = f
+        .update(
+            RecordKind::Opportunity,
+            opp.id,
+            &["stage"],
+            fm(&[("stage", t("negotiation"))]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(same.seq, updated.seq);
+    // Wrong kind is not found.
+    let err = f
+        .store
+        .update(RecordKind::ServiceCase, opp.id, |_| Ok(None))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::Domain(DomainError::NotFound { .. })
+    ));
+    let log = f.store.changes_after(0, &[], 100).await.unwrap();
+    assert_eq!(log.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(log[2].fields.keys().collect::<Vec<_>>(), vec!["stage"]);
+    assert_eq!(log[2].fields["stage"], Some(t("negotiation")));
+    let only_opps = f
+        .store
+        .changes_after(0, &[RecordKind::Opportunity], 100)
+        .await
+        .unwrap();
+    assert_eq!(only_opps.len(), 2);
+    assert_eq!(f.store.last_hlc().await.unwrap(), Some(log[2].hlc.clone()));
+}
+
+pub(super) async fn delete_leaves_tombstone_and_protects_dependents(f: &Fixture) {
+    let acc = f
+        .create(RecordKind::Account, &[("name", t("Acme"))])
+        .await
+        .unwrap();
+    let contact = f
+        .create(
+            RecordKind::Contact,
+            &[
+                ("last_name", t("Weber")),
+                ("account_id", t(&acc.id.to_string())),
+            ],
+        )
+        .await
+        .unwrap();
+    let err = f.delete(RecordKind::Account, acc.id).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Domain(DomainError::FailedPrecondition { .. })
+        ),
+        "{err}"
+    );
+    let tomb = f.delete(RecordKind::Contact, contact.id).await.unwrap();
+    assert!(tomb.is_deleted());
+    let acc_tomb = f.delete(RecordKind::Account, acc.id).await.unwrap();
+    assert!(acc_tomb.is_deleted());
+    assert_eq!(
+        acc_tomb.fields, acc.fields,
+        "a delete keeps values until erasure"
+    );
+    let err = f.delete(RecordKind::Account, acc.id).await.unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::Domain(DomainError::NotFound { .. })
+    ));
+    let q = ListQuery {
+        kind: Some(RecordKind::Account),
+        limit: 10,
+        ..Default::default()
+    };
+    assert!(f.store.list(&q).await.unwrap().is_empty());
+    let q = ListQuery {
+        show_deleted: true,
+        ..q
+    };
+    assert_eq!(f.store.list(&q).await.unwrap().len(), 1);
+    let log = f.store.changes_after(0, &[], 100).await.unwrap();
+    assert_eq!(log.last().unwrap().op, verbund_core::ChangeOp::Delete);
+}
+
+pub(super) async fn list_filters_and_keyset_pages(f: &Fixture) {
+    let a1 = f
+        .create(RecordKind::Account, &[("name", t("A1"))])
+        .await
+        .unwrap();
+    let a2 = f
+        .create(RecordKind::Account, &[("name", t("A2"))])
+        .await
+        .unwrap();
+    let mut expected = Vec::new();
+    for i in 0..23 {
+        let (acc, stage) = if i % 3 == 0 {
+            (&a1, "proposal")
+        } else {
+            (&a2, "qualification")
+        };
+        let o = f
+            .create(
+                RecordKind::Opportunity,
+                &[
+                    ("name", t(&format!("Deal {i}"))),
+                    ("stage", t(stage)),
+                    ("account_id", t(&acc.id.to_string())),
+                ],
+            )
+            .await
+            .unwrap();
+        expected.push(o.id);
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let q = ListQuery {
+            kind: Some(RecordKind::Opportunity),
+            after_id: after.clone(),
+            limit: 5,
+            ..Default::default()
+        };
+        let page = f.store.list(&q).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = Some(page.last().unwrap().id.to_string());
+        seen.extend(page.into_iter().map(|r| r.id));
+    }
+    assert_eq!(seen, expected, "every record exactly once, in id order");
+    let q = ListQuery {
+        kind: Some(RecordKind::Opportunity),
+        account_id: Some(a1.id.to_string()),
+        limit: 100,
+        ..Default::default()
+    };
+    assert_eq!(f.store.list(&q).await.unwrap().len(), 8);
+    let q = ListQuery {
+        kind: Some(RecordKind::Opportunity),
+        stage: Some("qualification".into()),
+        limit: 100,
+        ..Default::default()
+    };
+    assert_eq!(f.store.list(&q).await.unwrap().len(), 15);
+    let q = ListQuery {
+        kind: Some(RecordKind::Opportunity),
+        updated_since_ms: Some(i64::MAX),
+        limit: 100,
+        ..Default::default()
+    };
+    assert!(f.store.list(&q).await.unwrap().is_empty());
+}
+
+pub(super) async fn search_is_case_insensitive(f: &Fixture) {
+    let acc = f
+        .create(
+            RecordKind::Account,
+            &[
+                ("name", t("Müller Maschinenbau")),
+                ("domain", t("mueller.example")),
+            ],
+        )
+        .await
+        .unwrap();
+    let c = f
+        .create(
+            RecordKind::Contact,
+            &[
+                ("last_name", t("Weber")),
+                ("email", t("Anna.Weber@Mueller.example")),
+                ("phone", t("+49 (30) 1234-567")),
+                ("account_id", t(&acc.id.to_string())),
+            ],
+        )
+        .await
+        .unwrap();
+    f.create(RecordKind::Account, &[("name", t("100% Wild_card"))])
+        .await
+        .unwrap();
+    let search = |needles: Vec<&str>, kinds: Vec<RecordKind>| SearchQuery {
+        needles: needles.into_iter().map(String::from).collect(),
+        kinds,
+        after_id: None,
+        limit: 50,
+    };
+    let ids = |v: Vec<verbund_core::Record>| v.into_iter().map(|r| r.id).collect::<HashSet<_>>();
+    assert_eq!(
+        ids(f
+            .store
+            .search(&search(vec!["müller"], vec![]))
+            .await
+            .unwrap()),
+        HashSet::from([acc.id])
+    );
+    assert_eq!(
+        ids(f
+            .store
+            .search(&search(vec!["anna.weber"], vec![]))
+            .await
+            .unwrap()),
+        HashSet::from([c.id])
+    );
+    assert_eq!(
+        ids(f
+            .store
+            .search(&search(vec!["mueller.example"], vec![]))
+            .await
+            .unwrap()),
+        HashSet::from([acc.id, c.id])
+    );
+    assert_eq!(
+        ids(f
+            .store
+            .search(&search(vec!["mueller.example"], vec![RecordKind::Contact]))
+            .await
+            .unwrap()),
+        HashSet::from([c.id])
+    );
+    assert_eq!(
+        ids(f
+            .store
+            .search(&search(vec!["1234567"], vec![]))
+            .await
+            .unwrap()),
+        HashSet::from([c.id])
+    );
+    // LIKE wildcards in the query match literally.
+    assert_eq!(
+        f.store
+            .search(&search(vec!["0% w"], vec![]))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        f.store
+            .search(&search(vec!["wil__card"], vec![]))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        f.store
+            .search(&search(vec!["m%ller"], vec![]))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub(super) async fn concurrent_writers_get_gap_free_sequences(f: &Fixture) {
+    let acc = f
+        .create(RecordKind::Account, &[("name", t("Acme"))])
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for w in 0..6 {
+        let store = f.store.clone();
+        let acc_id = acc.id.to_string();
+        let node = format!("acme/w{w}");
+        tasks.push(tokio::spawn(async move {
+            let mut clock = HlcClock::new(node, 60_000);
+            for i in 0..20 {
+                let plan = plan_create(
+                    RecordKind::Contact,
+                    Uuid::now_v7(),
+                    "acme",
+                    fm(&[
+                        ("last_name", t(&format!("W{w}-{i}"))),
+                        ("account_id", t(&acc_id)),
+                    ]),
+                    clock.tick(i),
+                    1,
+                )
+                .unwrap();
+                store.create(plan).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let log = f.store.changes_after(0, &[], 1_000).await.unwrap();
+    assert_eq!(log.len(), 121);
+    assert!(
+        log.iter().enumerate().all(|(i, c)| c.seq == i as i64 + 1),
+        "sequence numbers are gap-free and ordered"
+    );
+    assert_eq!(f.store.count(RecordKind::Contact).await.unwrap(), 120);
+}
+
+pub(super) async fn activity_rolls_up_to_account(f: &Fixture) {
+    let acc = f
+        .create(RecordKind::Account, &[("name", t("Acme"))])
+        .await
+        .unwrap();
+    let other = f
+        .create(RecordKind::Account, &[("name", t("Other"))])
+        .await
+        .unwrap();
+    let case = f
+        .create(
+            RecordKind::ServiceCase,
+            &[
+                ("subject", t("Broken pump")),
+                ("account_id", t(&acc.id.to_string())),
+            ],
+        )
+        .await
+        .unwrap();
+    let on_case = f
+        .create(
+            RecordKind::Activity,
+            &[
+                ("related_id", t(&case.id.to_string())),
+                ("channel", t("call")),
+            ],
+        )
+        .await
+        .unwrap();
+    let on_acc = f
+        .create(
+            RecordKind::Activity,
+            &[
+                ("related_id", t(&acc.id.to_string())),
+                ("channel", t("note")),
+            ],
+        )
+        .await
+        .unwrap();
+    f.create(
+        RecordKind::Activity,
+        &[
+            ("related_id", t(&other.id.to_string())),
+            ("channel", t("email")),
+        ],
+    )
+    .await
+    .unwrap();
+    let q = ListQuery {
+        kind: Some(RecordKind::Activity),
+        account_id: Some(acc.id.to_string()),
+        limit: 10,
+        ..Default::default()
+    };
+    let got: Vec<_> = f
+        .store
+        .list(&q)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(got, vec![on_case.id, on_acc.id]);
+    let q = ListQuery {
+        kind: Some(RecordKind::Activity),
+        channel: Some("call".into()),
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(f.store.list(&q).await.unwrap().len(), 1);
+    // Updating an activity's subject keeps its account roll-up.
+    f.update(
+        RecordKind::Activity,
+        on_case.id,
+        &["subject"],
+        fm(&[("subject", t("Called back"))]),
+    )
+    .await
+    .unwrap();
+    let q = ListQuery {
+        kind: Some(RecordKind::Activity),
+        account_id: Some(acc.id.to_string()),
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(f.store.list(&q).await.unwrap().len(), 2);
+    // When the record an activity belongs to moves to another account, the activity follows.
+    let contact = f
+        .create(
+            RecordKind::Contact,
+            &[
+                ("last_name", t("Weber")),
+                ("account_id", t(&acc.id.to_string())),
+            ],
+        )
+        .await
+        .unwrap();
+    let on_contact = f
+        .create(
+            RecordKind::Activity,
+            &[
+                ("related_id", t(&contact.id.to_string())),
+                ("channel", t("email")),
+            ],
+        )
+        .await
+        .unwrap();
+    f.update(
+        RecordKind::Contact,
+        contact.id,
+        &["account_id"],
+        fm(&[("account_id", t(&other.id.to_string()))]),
+    )
+    .await
+    .unwrap();
+    let q_other = ListQuery {
+        kind: Some(RecordKind::Activity),
+        account_id: Some(other.id.to_string()),
+        limit: 10,
+        ..Default::default()
+    };
+    assert!(
+        f.store
+            .list(&q_other)
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| r.id == on_contact.id)
+    );
+    assert!(
+        !f.store
+            .list(&q)
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| r.id == on_contact.id)
+    );
+    f.update(
+        RecordKind::Contact,
+        contact.id,
+        &["account_id"],
+        fm(&[("account_id", t(&acc.id.to_string()))]),
+    )
+    .await
+    .unwrap();
+    // Moving it to another account's record moves the roll-up.
+    f.update(
+        RecordKind::Activity,
+        on_case.id,
+        &["related_id"],
+        fm(&[("related_id", t(&other.id.to_string()))]),
+    )
+    .await
+    .unwrap();
+    // Left on the account: the activity on the account itself and the one on the contact.
+    let left: Vec<_> = f
+        .store
+        .list(&q)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(left, vec![on_acc.id, on_contact.id]);
+}

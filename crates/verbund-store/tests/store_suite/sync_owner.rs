@@ -1,0 +1,159 @@
+//! Sync, the owner's side: a partner's edits are merged once, conflicts are kept, and
+//! erasure removes what was merged.
+
+use verbund_core::{Hlc, RecordKind};
+
+use super::{Fixture, text};
+
+pub(super) async fn sync_owner_merges_once_keeps_conflicts_and_erases(f: &Fixture) {
+    use verbund_core::sync::{Conflict, FieldState};
+    use verbund_store::{MergePlan, VerdictOutcome};
+    let a = f
+        .create(RecordKind::Account, &[("name", text("Kunde"))])
+        .await
+        .unwrap();
+    let partner_version = Hlc::new(u64::MAX / 4, 0, "globex/n1");
+    let plan = |name: &'static str, v: Hlc| {
+        move |cur: &verbund_core::Record| {
+            let mut next = cur.clone();
+            next.fields.insert("name".into(), text(name));
+            next.versions.insert("name".into(), v.clone());
+            Ok(MergePlan {
+                write: Some(verbund_core::write::WritePlan {
+                    change: verbund_core::Change {
+                        seq: 0,
+                        record_id: cur.id,
+                        kind: cur.kind,
+                        op: verbund_core::ChangeOp::Update,
+                        hlc: v.clone(),
+                        fields: [("name".to_string(), Some(text(name)))].into(),
+                        at_ms: 9,
+                    },
+                    record: next,
+                    refs: vec![],
+                }),
+                conflicts: vec![Conflict {
+                    field: "name".into(),
+                    winner: FieldState {
+                        value: Some(text(name)),
+                        version: v.clone(),
+                    },
+                    loser: FieldState {
+                        value: cur.fields.get("name").cloned(),
+                        version: cur.versions["name"].clone(),
+                    },
+                }],
+                outcome: VerdictOutcome::AppliedWithConflict,
+                reason: "name: concurrent".into(),
+                at_ms: 9,
+            })
+        }
+    };
+    let (rec, verdict) = f
+        .store
+        .merge_push(
+            "globex",
+            "k1",
+            RecordKind::Account,
+            a.id,
+            plan("Kunde AG", partner_version.clone()),
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(verdict.outcome, VerdictOutcome::AppliedWithConflict);
+    assert_eq!(rec.fields["name"], text("Kunde AG"));
+    // The same key again: the stored verdict, nothing applied twice.
+    let later = Hlc::new(u64::MAX / 4 + 1, 0, "globex/n1");
+    let (rec2, again) = f
+        .store
+        .merge_push(
+            "globex",
+            "k1",
+            RecordKind::Account,
+            a.id,
+            plan("Anders", later),
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, verdict);
+    assert_eq!(rec2.fields["name"], text("Kunde AG"));
+    let conflicts = f.store.list_conflicts(Some(a.id), false).await.unwrap();
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!(conflicts[0].conflict.loser.value, Some(text("Kunde")));
+    assert!(
+        f.store
+            .mark_conflict_resolved(conflicts[0].id, "verbund://acme/user/admin", "winner", 10)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !f.store
+            .mark_conflict_resolved(conflicts[0].id, "x", "winner", 11)
+            .await
+            .unwrap()
+    );
+    assert!(
+        f.store
+            .list_conflicts(Some(a.id), false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Erasure: every organization in the ledger owes an acknowledgement; values are gone.
+    let c = f
+        .create(
+            RecordKind::Contact,
+            &[
+                ("account_id", text(&a.id.to_string())),
+                ("last_name", text("Muster")),
+                ("email", text("erika@kunde.example")),
+            ],
+        )
+        .await
+        .unwrap();
+    for org in ["globex", "fixit"] {
+        f.store
+            .record_deliveries(org, &[(c.id, RecordKind::Contact, "live")], 20)
+            .await
+            .unwrap();
+    }
+    let hlc = f.hlc();
+    let erased = f
+        .store
+        .erase(
+            RecordKind::Contact,
+            c.id,
+            "verbund://acme/user/admin",
+            move |cur| verbund_core::write::plan_erase(cur, hlc, 30),
+        )
+        .await
+        .unwrap();
+    assert!(erased.is_deleted());
+    assert_eq!(erased.fields.keys().collect::<Vec<_>>(), ["account_id"]);
+    assert!(f.store.erasure(c.id).await.unwrap().is_some());
+    let owed: Vec<String> = f
+        .store
+        .deliveries_of_record(c.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.state)
+        .collect();
+    assert_eq!(owed, ["erased", "erased"]);
+    f.store.ack_erasures("globex", &[c.id], 40).await.unwrap();
+    assert!(f.store.pending_erasures("globex").await.unwrap().is_empty());
+    assert_eq!(f.store.pending_erasures("fixit").await.unwrap().len(), 1);
+    // A delivery racing the erasure is still owed the erasure.
+    f.store
+        .record_deliveries("umbrella", &[(c.id, RecordKind::Contact, "live")], 50)
+        .await
+        .unwrap();
+    assert_eq!(f.store.pending_erasures("umbrella").await.unwrap().len(), 1);
+    let log = f.store.changes_after(0, &[], 1000).await.unwrap();
+    for ch in log.iter().filter(|ch| ch.record_id == c.id) {
+        assert!(ch.fields.values().all(Option::is_none), "{ch:?}");
+    }
+}
