@@ -268,32 +268,6 @@ impl NodeState {
         Ok(to_pb(&updated))
     }
 
-    /// A channel to a partner's node: our node certificate, its pinned CA(s).
-    pub(crate) async fn partner_channel(
-        &self,
-        partner: &Partner,
-    ) -> Result<tonic::transport::Channel, Status> {
-        let (cert, key) = self
-            .node_identity
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        crate::dial::dial_partner(
-            &partner.endpoint,
-            &partner.org,
-            &partner.ca_pem,
-            &cert,
-            &key,
-        )
-        .await
-        .map_err(|e| {
-            Status::failed_precondition(format!(
-                "cannot reach partner {} at {}: {e:#}",
-                partner.org, partner.endpoint
-            ))
-        })
-    }
-
     /// Fetches a partner's revocation list from its node (mutual TLS, pinned CA).
     async fn fetch_partner_crl(&self, partner: &Partner) -> Result<String, Status> {
         let channel = self.partner_channel(partner).await?;

@@ -156,6 +156,34 @@ pub async fn dial_partner(
     Ok(channel)
 }
 
+impl crate::state::NodeState {
+    /// A channel to a partner's node: our node certificate, its pinned CA(s).
+    pub(crate) async fn partner_channel(
+        &self,
+        partner: &verbund_store::Partner,
+    ) -> Result<tonic::transport::Channel, tonic::Status> {
+        let (cert, key) = self
+            .node_identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        dial_partner(
+            &partner.endpoint,
+            &partner.org,
+            &partner.ca_pem,
+            &cert,
+            &key,
+        )
+        .await
+        .map_err(|e| {
+            tonic::Status::failed_precondition(format!(
+                "cannot reach partner {} at {}: {e:#}",
+                partner.org, partner.endpoint
+            ))
+        })
+    }
+}
+
 /// What a failed TLS handshake means, from the TLS alert the other side sent (found in the
 /// error's source chain): the transport's own text ("transport error") says nothing.
 pub fn tls_refusal(e: &(dyn std::error::Error + 'static)) -> Option<TlsRefusal> {

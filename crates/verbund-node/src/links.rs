@@ -82,6 +82,19 @@ pub fn spawn(state: Arc<NodeState>) -> JoinHandle<()> {
     })
 }
 
+/// The partner speaks another protocol version (or is another organization): retrying does
+/// not help until one side changes; the link says `incompatible`.
+#[derive(Debug)]
+struct Incompatible(String);
+
+impl std::fmt::Display for Incompatible {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Incompatible {}
+
 async fn run_link(state: Arc<NodeState>, org: String) {
     let mut backoff = BACKOFF_FIRST;
     let mut last_error = String::new();
@@ -94,7 +107,7 @@ async fn run_link(state: Arc<NodeState>, org: String) {
         }
         if let Err(e) = outcome {
             let msg = format!("{e:#}");
-            let incompatible = msg.contains("protocol version");
+            let incompatible = e.downcast_ref::<Incompatible>().is_some();
             // Said once per distinct error; the retries of an unreachable partner stay quiet.
             if msg != last_error {
                 tracing::info!(partner = %org, error = %msg, "sync link down; retrying with backoff");
@@ -147,20 +160,25 @@ async fn session(state: &Arc<NodeState>, org: &str) -> Result<()> {
                 .collect(),
         })
         .await
-        .map_err(
-            |s| match crate::dial::partner_refusal(&s, org, &state.org) {
+        .map_err(|s| {
+            if s.code() == tonic::Code::FailedPrecondition {
+                // Hello refuses only an unsupported protocol version this way.
+                return Incompatible(format!("hello refused: {}", s.message())).into();
+            }
+            match crate::dial::partner_refusal(&s, org, &state.org) {
                 Some(why) => anyhow!("hello refused: {why}"),
                 None => anyhow!("hello refused: {}: {}", s.code(), s.message()),
-            },
-        )?
+            }
+        })?
         .into_inner();
     if hello.protocol_version != merge::PROTOCOL_VERSION || hello.org != org {
-        return Err(anyhow!(
+        return Err(Incompatible(format!(
             "partner answered protocol version {} as {}; expected version {} as {org}",
             hello.protocol_version,
             hello.org,
             merge::PROTOCOL_VERSION
-        ));
+        ))
+        .into());
     }
     state.links.set(org, |s| {
         s.state = "connected".into();
