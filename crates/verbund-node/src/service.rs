@@ -71,15 +71,41 @@ fn decode_token(token: &str, filter_fingerprint: u64) -> Result<Option<String>, 
 
 /// Queries fetch `limit + 1` rows: an extra row means there is a next page, which starts after
 /// the last row returned.
-fn next_page(records: &mut Vec<Record>, limit: i64, filter_fingerprint: u64) -> String {
-    if records.len() as i64 <= limit {
+/// Cuts a page fetched with one item more than `limit` and gives the next page's token
+/// (empty on the last page).
+fn next_page<T>(
+    items: &mut Vec<T>,
+    limit: i64,
+    filter_fingerprint: u64,
+    record: impl Fn(&T) -> &Record,
+) -> String {
+    if items.len() as i64 <= limit {
         return String::new();
     }
-    records.truncate(limit as usize);
-    records
+    items.truncate(limit as usize);
+    items
         .last()
-        .map(|r| encode_token(&r.id.to_string(), filter_fingerprint))
+        .map(|t| encode_token(&record(t).id.to_string(), filter_fingerprint))
         .unwrap_or_default()
+}
+
+/// One page of what a foreign caller reaches: in id order after `after_id`, the records
+/// `keep` accepts, at most `limit`, and the next page's token.
+fn foreign_page(
+    reached: Vec<(Record, auth::RecordAccess)>,
+    after_id: Option<&str>,
+    limit: i64,
+    filter_fingerprint: u64,
+    keep: impl Fn(&Record) -> bool,
+) -> (Vec<(Record, auth::RecordAccess)>, String) {
+    let mut page: Vec<(Record, auth::RecordAccess)> = reached
+        .into_iter()
+        .filter(|(r, _)| after_id.is_none_or(|a| r.id.to_string().as_str() > a))
+        .filter(|(r, _)| keep(r))
+        .take(limit as usize + 1)
+        .collect();
+    let next = next_page(&mut page, limit, filter_fingerprint, |(r, _)| r);
+    (page, next)
 }
 
 /// FNV-1a: stable across processes and releases (unlike std's hasher).
@@ -692,31 +718,16 @@ impl NodeState {
                 limit: limit + 1,
             };
             let mut records = self.store.list(&q).await.map_err(store_status)?;
-            let next = next_page(&mut records, limit, fp);
+            let next = next_page(&mut records, limit, fp, |r| r);
             let shown = self.own_visible(p, records);
             return Ok((shown.iter().map(|(r, _)| M::from_record(r)).collect(), next));
         }
         let (all, _) = self.foreign_visible(p).await?;
-        let mut page: Vec<(Record, auth::RecordAccess)> = all
-            .into_iter()
-            .filter(|(r, _)| r.kind == kind)
-            .filter(|(r, _)| {
-                after_id
-                    .as_deref()
-                    .is_none_or(|a| r.id.to_string().as_str() > a)
-            })
-            .filter(|(r, _)| updated_since_ms.is_none_or(|t| r.updated_at_ms >= t))
-            .filter(|(r, _)| filter.matches(r))
-            .take(limit as usize + 1)
-            .collect();
-        let next = if page.len() as i64 > limit {
-            page.truncate(limit as usize);
-            page.last()
-                .map(|(r, _)| encode_token(&r.id.to_string(), fp))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let (page, next) = foreign_page(all, after_id.as_deref(), limit, fp, |r| {
+            r.kind == kind
+                && updated_since_ms.is_none_or(|t| r.updated_at_ms >= t)
+                && filter.matches(r)
+        });
         self.audit_shown(p, "list", &page).await?;
         Ok((page.iter().map(|(r, _)| M::from_record(r)).collect(), next))
     }
@@ -750,7 +761,7 @@ impl NodeState {
                 limit: limit + 1,
             };
             let mut records = self.store.search(&q).await.map_err(store_status)?;
-            let next_page_token = next_page(&mut records, limit, fp);
+            let next_page_token = next_page(&mut records, limit, fp, |r| r);
             let shown = self.own_visible(p, records);
             return Ok(pb::SearchResponse {
                 results: shown
@@ -762,25 +773,9 @@ impl NodeState {
             });
         }
         let (all, _) = self.foreign_visible(p).await?;
-        let mut page: Vec<(Record, auth::RecordAccess)> = all
-            .into_iter()
-            .filter(|(r, _)| kinds.is_empty() || kinds.contains(&r.kind))
-            .filter(|(r, _)| {
-                after_id
-                    .as_deref()
-                    .is_none_or(|a| r.id.to_string().as_str() > a)
-            })
-            .filter(|(r, _)| hit(r))
-            .take(limit as usize + 1)
-            .collect();
-        let next_page_token = if page.len() as i64 > limit {
-            page.truncate(limit as usize);
-            page.last()
-                .map(|(r, _)| encode_token(&r.id.to_string(), fp))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let (page, next_page_token) = foreign_page(all, after_id.as_deref(), limit, fp, |r| {
+            (kinds.is_empty() || kinds.contains(&r.kind)) && hit(r)
+        });
         self.audit_shown(p, "search", &page).await?;
         Ok(pb::SearchResponse {
             results: page.iter().map(|(r, _)| convert::any_record(r)).collect(),
