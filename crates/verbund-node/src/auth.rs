@@ -309,17 +309,23 @@ impl NodeState {
             .collect();
         let referenced = store.get_many(&targets).await.map_err(store_status)?;
         let grants = access::reach(org, &shares, &rules, &direct, &children, &referenced);
-        // Only our own records are ever shared: replicas of other owners never pass on.
-        let records: HashMap<Uuid, Record> = direct
+        Ok(self.own_reached(grants, direct.into_iter().chain(children).chain(referenced)))
+    }
+
+    /// The reached records among `candidates` with their grants. Only our own records are
+    /// ever shared: replicas of other owners never pass on.
+    fn own_reached(
+        &self,
+        mut grants: Reach,
+        candidates: impl IntoIterator<Item = Record>,
+    ) -> Reached {
+        let records: HashMap<Uuid, Record> = candidates
             .into_iter()
-            .chain(children)
-            .chain(referenced)
             .filter(|r| grants.contains_key(&r.id) && r.owner_org == self.org)
             .map(|r| (r.id, r))
             .collect();
-        let mut grants = grants;
         grants.retain(|id, _| records.contains_key(id));
-        Ok(Reached { grants, records })
+        Reached { grants, records }
     }
 
     /// What `org` reaches among the records `ids`: the same grants `reach_of` finds for them,
@@ -374,14 +380,7 @@ impl NodeState {
             .map_err(store_status)?;
         let children: Vec<Record> = targets.iter().chain(&related).cloned().collect();
         let grants = access::reach(org, &shares, &rules, &direct, &children, targets);
-        let records: HashMap<Uuid, Record> = direct
-            .into_iter()
-            .filter(|r| grants.contains_key(&r.id) && r.owner_org == self.org)
-            .map(|r| (r.id, r))
-            .collect();
-        let mut grants = grants;
-        grants.retain(|id, _| records.contains_key(id));
-        Ok(Reached { grants, records })
+        Ok(self.own_reached(grants, direct))
     }
 
     /// The access of `p` to a stored record (reading the reach for a foreign caller).
