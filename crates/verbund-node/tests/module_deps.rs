@@ -5,32 +5,48 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 /// `crate::<module>` references of every module (comments skipped; `pb` is the generated
-/// code, not a module of ours).
+/// code, not a module of ours). A module in a directory (`service/mod.rs` and its files)
+/// counts as one.
 fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
-    let mut graph = BTreeMap::new();
+    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src"));
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
-        if path.extension().is_none_or(|e| e != "rs") {
+        let (name, files) = if path.is_dir() {
+            let files: Vec<_> = std::fs::read_dir(&path)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+                .collect();
+            (
+                path.file_name().unwrap().to_string_lossy().to_string(),
+                files,
+            )
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            (
+                path.file_stem().unwrap().to_string_lossy().to_string(),
+                vec![path.clone()],
+            )
+        } else {
             continue;
-        }
-        let name = path.file_stem().unwrap().to_string_lossy().to_string();
-        let text = std::fs::read_to_string(&path).unwrap();
-        let mut deps = BTreeSet::new();
-        for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
-            let mut rest = line;
-            while let Some(i) = rest.find("crate::") {
-                rest = &rest[i + "crate::".len()..];
-                let module: String = rest
-                    .chars()
-                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
-                    .collect();
-                if !module.is_empty() && module != name && module != "pb" {
-                    deps.insert(module);
+        };
+        let deps = graph.entry(name.clone()).or_default();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
+                let mut rest = line;
+                while let Some(i) = rest.find("crate::") {
+                    rest = &rest[i + "crate::".len()..];
+                    let module: String = rest
+                        .chars()
+                        .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                        .collect();
+                    if !module.is_empty() && module != name && module != "pb" {
+                        deps.insert(module);
+                    }
                 }
             }
         }
-        graph.insert(name, deps);
     }
     graph
 }
