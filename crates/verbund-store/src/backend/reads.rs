@@ -1,0 +1,270 @@
+//! Part of the `backend!` instantiation (see `lib.rs`): reads of records, the change log, the audit log and partners.
+//! A macro so that the SQL is written once for SQLite and PostgreSQL.
+
+macro_rules! backend_reads {
+    ($db:ty, $pool:ty, $begin:expr, $savepoints:expr) => {
+        pub async fn list_audit(pool: &$pool, q: &AuditQuery) -> Result<Vec<AuditEntry>> {
+            let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                "SELECT seq, at_ms, principal, org, action, kind, record_id, fields, decision, reason, prev_hash, hash FROM audit_log WHERE seq > ",
+            );
+            qb.push_bind(q.after_seq);
+            if let Some(org) = &q.org {
+                qb.push(" AND org = ").push_bind(org.clone());
+            }
+            if let Some(id) = &q.record_id {
+                qb.push(" AND record_id = ").push_bind(id.clone());
+            }
+            if let Some(t) = q.since_ms {
+                qb.push(" AND at_ms >= ").push_bind(t);
+            }
+            if let Some(t) = q.until_ms {
+                qb.push(" AND at_ms < ").push_bind(t);
+            }
+            qb.push(" ORDER BY seq LIMIT ").push_bind(q.limit);
+            let rows = qb.build().fetch_all(pool).await?;
+            rows.iter()
+                .map(|r| {
+                    let fields: String = r.try_get("fields")?;
+                    Ok(AuditEntry {
+                        seq: r.try_get("seq")?,
+                        draft: AuditDraft {
+                            at_ms: r.try_get("at_ms")?,
+                            principal: r.try_get("principal")?,
+                            org: r.try_get("org")?,
+                            action: r.try_get("action")?,
+                            kind: r.try_get("kind")?,
+                            record_id: r.try_get("record_id")?,
+                            // A mangled list stays visible to verification as a mismatch.
+                            fields: serde_json::from_str(&fields).unwrap_or_else(|_| vec![fields.clone()]),
+                            decision: r.try_get("decision")?,
+                            reason: r.try_get("reason")?,
+                        },
+                        prev_hash: r.try_get("prev_hash")?,
+                        hash: r.try_get("hash")?,
+                    })
+                })
+                .collect()
+        }
+
+        pub async fn audit_head(pool: &$pool) -> Result<(i64, String)> {
+            let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1").fetch_one(pool).await?;
+            Ok((row.try_get("seq")?, row.try_get("hash")?))
+        }
+
+        pub async fn get(pool: &$pool, id: Uuid) -> Result<Option<Record>> {
+            let row = sqlx::query("SELECT id, kind, owner_org, created_at_ms, updated_at_ms, deleted_version, seq, fields, versions FROM records WHERE id = $1")
+                .bind(id.to_string())
+                .fetch_optional(pool)
+                .await?;
+            row.map(|r| record_row(&r)?.into_record()).transpose()
+        }
+
+        pub async fn get_many(pool: &$pool, ids: &[Uuid]) -> Result<Vec<Record>> {
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut out = Vec::with_capacity(ids.len());
+            // Bounded statements: SQLite limits the number of bound parameters.
+            for chunk in ids.chunks(500) {
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT ");
+                qb.push(RECORD_COLUMNS).push(" FROM records WHERE id IN (");
+                let mut sep = qb.separated(", ");
+                for id in chunk {
+                    sep.push_bind(id.to_string());
+                }
+                qb.push(")");
+                for r in qb.build().fetch_all(pool).await? {
+                    out.push(record_row(&r)?.into_record()?);
+                }
+            }
+            Ok(out)
+        }
+
+        pub async fn list(pool: &$pool, q: &ListQuery) -> Result<Vec<Record>> {
+            let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT ");
+            qb.push(RECORD_COLUMNS).push(" FROM records WHERE 1 = 1");
+            if let Some(kind) = q.kind {
+                qb.push(" AND kind = ").push_bind(kind.as_str());
+            }
+            for (column, value) in [
+                (" AND account_id = ", &q.account_id),
+                (" AND related_id = ", &q.related_id),
+                (" AND stage = ", &q.stage),
+                (" AND status = ", &q.status),
+                (" AND priority = ", &q.priority),
+                (" AND assigned_org = ", &q.assigned_org),
+                (" AND channel = ", &q.channel),
+            ] {
+                if let Some(v) = value {
+                    qb.push(column).push_bind(v.clone());
+                }
+            }
+            if let Some(since) = q.updated_since_ms {
+                qb.push(" AND updated_at_ms >= ").push_bind(since);
+            }
+            if !q.show_deleted {
+                qb.push(" AND deleted_version IS NULL");
+            }
+            if let Some(after) = &q.after_id {
+                qb.push(" AND id > ").push_bind(after.clone());
+            }
+            qb.push(" ORDER BY id LIMIT ").push_bind(q.limit);
+            let rows = qb.build().fetch_all(pool).await?;
+            rows.iter().map(|r| record_row(r)?.into_record()).collect()
+        }
+
+        pub async fn search(pool: &$pool, q: &SearchQuery) -> Result<Vec<Record>> {
+            let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT ");
+            qb.push(RECORD_COLUMNS).push(" FROM records WHERE deleted_version IS NULL AND (1 = 0");
+            for n in &q.needles {
+                qb.push(" OR search_text LIKE ").push_bind(like_pattern(n)).push(" ESCAPE '\\'");
+            }
+            qb.push(")");
+            if !q.kinds.is_empty() {
+                qb.push(" AND kind IN (");
+                let mut sep = qb.separated(", ");
+                for k in &q.kinds {
+                    sep.push_bind(k.as_str());
+                }
+                qb.push(")");
+            }
+            if let Some(after) = &q.after_id {
+                qb.push(" AND id > ").push_bind(after.clone());
+            }
+            qb.push(" ORDER BY id LIMIT ").push_bind(q.limit);
+            let rows = qb.build().fetch_all(pool).await?;
+            rows.iter().map(|r| record_row(r)?.into_record()).collect()
+        }
+
+        pub async fn changes_after(pool: &$pool, after_seq: i64, kinds: &[RecordKind], limit: i64) -> Result<Vec<Change>> {
+            let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT seq, record_id, kind, op, hlc, fields, at_ms FROM changes WHERE seq > ");
+            qb.push_bind(after_seq);
+            if !kinds.is_empty() {
+                qb.push(" AND kind IN (");
+                let mut sep = qb.separated(", ");
+                for k in kinds {
+                    sep.push_bind(k.as_str());
+                }
+                qb.push(")");
+            }
+            qb.push(" ORDER BY seq LIMIT ").push_bind(limit);
+            let rows = qb.build().fetch_all(pool).await?;
+            rows.iter()
+                .map(|r| {
+                    ChangeRow {
+                        seq: r.try_get("seq")?,
+                        record_id: r.try_get("record_id")?,
+                        kind: r.try_get("kind")?,
+                        op: r.try_get("op")?,
+                        hlc: r.try_get("hlc")?,
+                        fields: r.try_get("fields")?,
+                        at_ms: r.try_get("at_ms")?,
+                    }
+                    .into_change()
+                })
+                .collect()
+        }
+
+        pub async fn add_partner(pool: &$pool, p: &Partner) -> Result<()> {
+            let r = sqlx::query(
+                "INSERT INTO partners (org, ca_pem, fingerprint, endpoint, status, added_at_ms, last_contact_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(&p.org)
+            .bind(&p.ca_pem)
+            .bind(&p.fingerprint)
+            .bind(&p.endpoint)
+            .bind(&p.status)
+            .bind(p.added_at_ms)
+            .bind(p.last_contact_ms)
+            .execute(pool)
+            .await;
+            match r {
+                Ok(_) => Ok(()),
+                Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
+                    Err(StoreError::AlreadyExists(format!("partner {}", p.org)))
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+
+        pub async fn list_partners(pool: &$pool) -> Result<Vec<Partner>> {
+            let rows = sqlx::query(
+                "SELECT org, ca_pem, fingerprint, endpoint, status, added_at_ms, last_contact_ms, crl_pem FROM partners ORDER BY org",
+            )
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(Partner {
+                        org: r.try_get("org")?,
+                        ca_pem: r.try_get("ca_pem")?,
+                        fingerprint: r.try_get("fingerprint")?,
+                        endpoint: r.try_get("endpoint")?,
+                        status: r.try_get("status")?,
+                        added_at_ms: r.try_get("added_at_ms")?,
+                        last_contact_ms: r.try_get("last_contact_ms")?,
+                        crl_pem: r.try_get("crl_pem")?,
+                    })
+                })
+                .collect()
+        }
+
+        pub async fn remove_partner(pool: &$pool, org: &str) -> Result<()> {
+            let r = sqlx::query("DELETE FROM partners WHERE org = $1").bind(org).execute(pool).await?;
+            if r.rows_affected() == 0 {
+                return Err(StoreError::NotFound(format!("partner {org}")));
+            }
+            Ok(())
+        }
+
+        pub async fn set_partner_anchor(pool: &$pool, p: &Partner) -> Result<()> {
+            let r = sqlx::query("UPDATE partners SET ca_pem = $1, fingerprint = $2, crl_pem = $3 WHERE org = $4")
+                .bind(&p.ca_pem)
+                .bind(&p.fingerprint)
+                .bind(&p.crl_pem)
+                .bind(&p.org)
+                .execute(pool)
+                .await?;
+            if r.rows_affected() == 0 {
+                return Err(StoreError::NotFound(format!("partner {}", p.org)));
+            }
+            Ok(())
+        }
+
+        pub async fn set_partner_crl(pool: &$pool, org: &str, crl_pem: Option<&str>) -> Result<()> {
+            let r = sqlx::query("UPDATE partners SET crl_pem = $1 WHERE org = $2").bind(crl_pem).bind(org).execute(pool).await?;
+            if r.rows_affected() == 0 {
+                return Err(StoreError::NotFound(format!("partner {org}")));
+            }
+            Ok(())
+        }
+
+        pub async fn touch_partner(pool: &$pool, org: &str, at_ms: i64) -> Result<()> {
+            sqlx::query("UPDATE partners SET last_contact_ms = $1 WHERE org = $2").bind(at_ms).bind(org).execute(pool).await?;
+            Ok(())
+        }
+
+        pub async fn last_seq(pool: &$pool) -> Result<i64> {
+            Ok(sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM changes").fetch_one(pool).await?)
+        }
+
+        pub async fn last_hlc(pool: &$pool) -> Result<Option<Hlc>> {
+            // The newest version among the recent changes (a merged partner edit may carry
+            // an older version than ours before it). The text form orders like the clock.
+            let v: Option<String> = sqlx::query_scalar(
+                "SELECT MAX(hlc) FROM changes WHERE seq > (SELECT COALESCE(MAX(seq), 0) FROM changes) - 10000",
+            )
+            .fetch_one(pool)
+            .await?;
+            v.map(|s| s.parse::<Hlc>().map_err(|e| StoreError::Corrupt(e.to_string()))).transpose()
+        }
+
+        pub async fn count(pool: &$pool, kind: RecordKind) -> Result<i64> {
+            Ok(sqlx::query_scalar("SELECT COUNT(*) FROM records WHERE kind = $1 AND deleted_version IS NULL")
+                .bind(kind.as_str())
+                .fetch_one(pool)
+                .await?)
+        }
+    };
+}

@@ -1,0 +1,113 @@
+//! Part of the `backend!` instantiation (see `lib.rs`): the owner's side of sync in the writer: partner pushes merged once per key, conflicts, erasure.
+//! A macro so that the SQL is written once for SQLite and PostgreSQL.
+
+macro_rules! backend_sync_owner_writes {
+    ($db:ty, $pool:ty, $begin:expr, $savepoints:expr) => {
+        // ---- Federation sync: owner side ----
+
+        async fn stored_verdict(tx: &mut Tx, org: &str, key: &str) -> Result<Option<StoredVerdict>> {
+            let row = sqlx::query("SELECT record_id, outcome, reason FROM push_receipts WHERE org = $1 AND push_key = $2")
+                .bind(org)
+                .bind(key)
+                .fetch_optional(&mut **tx)
+                .await?;
+            row.map(|r| verdict_row(&r)).transpose()
+        }
+
+        fn verdict_row(r: &<$db as sqlx::Database>::Row) -> Result<StoredVerdict> {
+            let id: String = r.try_get("record_id")?;
+            let outcome: String = r.try_get("outcome")?;
+            Ok(StoredVerdict {
+                record_id: Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                outcome: VerdictOutcome::parse(&outcome).ok_or_else(|| StoreError::Corrupt(format!("verdict {outcome:?}")))?,
+                reason: r.try_get("reason")?,
+            })
+        }
+
+        fn value_json(v: &Option<Value>) -> Result<Option<String>> {
+            v.as_ref().map(fields_to_json).transpose()
+        }
+
+        async fn merge_op(tx: &mut Tx, org: &str, key: &str, kind: RecordKind, id: Uuid, plan_fn: MergeFn, seq: &mut i64) -> Result<OpOutput> {
+            if stored_verdict(tx, org, key).await?.is_some() {
+                // Decided before: the caller reads the stored verdict; nothing is applied twice.
+                return Ok(OpOutput::unchanged(load(tx, kind, id).await?));
+            }
+            let current = load(tx, kind, id).await?;
+            let plan = plan_fn(&current)?;
+            let mut out = OpOutput::unchanged(current);
+            if plan.outcome == VerdictOutcome::Rejected {
+                // Audited as a denial, naming what was refused (a field, "not shared"),
+                // never a value.
+                let what = plan.reason.split(':').next().unwrap_or_default();
+                out.denied = Some(format!("push rejected: {what}"));
+            }
+            if let Some(mut write) = plan.write {
+                let activity_account = resolve_refs(tx, &write).await?;
+                write_record(tx, &mut write, *seq + 1, false, activity_account).await?;
+                *seq += 1;
+                out = OpOutput::one(write);
+            }
+            let now = plan.at_ms;
+            for c in &plan.conflicts {
+                sqlx::query(
+                    "INSERT INTO conflicts (id, record_id, kind, field, winner_value, winner_version, loser_value, loser_version, created_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(Uuid::now_v7().to_string())
+                .bind(id.to_string())
+                .bind(kind.as_str())
+                .bind(&c.field)
+                .bind(value_json(&c.winner.value)?)
+                .bind(c.winner.version.to_string())
+                .bind(value_json(&c.loser.value)?)
+                .bind(c.loser.version.to_string())
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+            }
+            sqlx::query("INSERT INTO push_receipts (org, push_key, record_id, outcome, reason, at_ms) VALUES ($1, $2, $3, $4, $5, $6)")
+                .bind(org)
+                .bind(key)
+                .bind(id.to_string())
+                .bind(plan.outcome.as_str())
+                .bind(&plan.reason)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+            Ok(out)
+        }
+
+        async fn erase_op(tx: &mut Tx, kind: RecordKind, id: Uuid, by: &str, plan_fn: PlanFn, seq: &mut i64) -> Result<OpOutput> {
+            let current = load(tx, kind, id).await?;
+            let Some(mut plan) = plan_fn(&current)? else {
+                return Ok(OpOutput::unchanged(current));
+            };
+            write_record(tx, &mut plan, *seq + 1, false, None).await?;
+            *seq += 1;
+            // The old values must not survive anywhere on this node: the change log and the
+            // conflict records held them.
+            sqlx::query("UPDATE changes SET fields = '{}' WHERE record_id = $1")
+                .bind(id.to_string())
+                .execute(&mut **tx)
+                .await?;
+            sqlx::query("UPDATE conflicts SET winner_value = NULL, loser_value = NULL WHERE record_id = $1")
+                .bind(id.to_string())
+                .execute(&mut **tx)
+                .await?;
+            // Every organization that ever received the record now owes an acknowledgement.
+            sqlx::query("UPDATE deliveries SET state = 'erased', erasure_acked_ms = NULL WHERE record_id = $1 AND state <> 'erased'")
+                .bind(id.to_string())
+                .execute(&mut **tx)
+                .await?;
+            sqlx::query("INSERT INTO erasures (record_id, kind, erased_ms, erased_by) VALUES ($1, $2, $3, $4) ON CONFLICT (record_id) DO NOTHING")
+                .bind(id.to_string())
+                .bind(kind.as_str())
+                .bind(plan.record.updated_at_ms)
+                .bind(by)
+                .execute(&mut **tx)
+                .await?;
+            Ok(OpOutput::one(plan))
+        }
+    };
+}

@@ -1,0 +1,399 @@
+//! Part of the `backend!` instantiation (see `lib.rs`): sync reads and bookkeeping outside the writer: verdicts, deliveries, erasures, conflicts, subscriptions, outbox, quarantine, digests.
+//! A macro so that the SQL is written once for SQLite and PostgreSQL.
+
+macro_rules! backend_sync_reads {
+    ($db:ty, $pool:ty, $begin:expr, $savepoints:expr) => {
+        // ---- Federation sync: reads and bookkeeping outside the writer ----
+
+        pub async fn push_verdict(pool: &$pool, org: &str, key: &str) -> Result<Option<StoredVerdict>> {
+            let row = sqlx::query("SELECT record_id, outcome, reason FROM push_receipts WHERE org = $1 AND push_key = $2")
+                .bind(org)
+                .bind(key)
+                .fetch_optional(pool)
+                .await?;
+            row.map(|r| verdict_row(&r)).transpose()
+        }
+
+        fn delivery_row(r: &<$db as sqlx::Database>::Row) -> Result<Delivery> {
+            let id: String = r.try_get("record_id")?;
+            let kind: String = r.try_get("kind")?;
+            Ok(Delivery {
+                org: r.try_get("org")?,
+                record_id: Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                kind: kind_from_db(&kind)?,
+                state: r.try_get("state")?,
+                first_sent_ms: r.try_get("first_sent_ms")?,
+                last_sent_ms: r.try_get("last_sent_ms")?,
+                erasure_acked_ms: r.try_get("erasure_acked_ms")?,
+            })
+        }
+
+        const DELIVERY_COLUMNS: &str = "org, record_id, kind, state, first_sent_ms, last_sent_ms, erasure_acked_ms";
+
+        pub async fn deliveries_of(pool: &$pool, org: &str, ids: &[Uuid]) -> Result<Vec<Delivery>> {
+            let mut out = Vec::new();
+            for chunk in ids.chunks(500) {
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT ");
+                qb.push(DELIVERY_COLUMNS).push(" FROM deliveries WHERE org = ").push_bind(org.to_string()).push(" AND record_id IN (");
+                let mut sep = qb.separated(", ");
+                for id in chunk {
+                    sep.push_bind(id.to_string());
+                }
+                qb.push(")");
+                for r in qb.build().fetch_all(pool).await? {
+                    out.push(delivery_row(&r)?);
+                }
+            }
+            Ok(out)
+        }
+
+        pub async fn deliveries_of_record(pool: &$pool, id: Uuid) -> Result<Vec<Delivery>> {
+            let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT ");
+            qb.push(DELIVERY_COLUMNS).push(" FROM deliveries WHERE record_id = ").push_bind(id.to_string()).push(" ORDER BY org");
+            qb.build().fetch_all(pool).await?.iter().map(|r| delivery_row(r)).collect()
+        }
+
+        pub async fn live_deliveries(pool: &$pool, org: &str) -> Result<Vec<Delivery>> {
+            let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT ");
+            qb.push(DELIVERY_COLUMNS).push(" FROM deliveries WHERE org = ").push_bind(org.to_string()).push(" AND state = 'live' ORDER BY record_id");
+            qb.build().fetch_all(pool).await?.iter().map(|r| delivery_row(r)).collect()
+        }
+
+        pub async fn pending_erasures(pool: &$pool, org: &str) -> Result<Vec<Delivery>> {
+            let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT ");
+            qb.push(DELIVERY_COLUMNS).push(" FROM deliveries WHERE org = ").push_bind(org.to_string())
+                .push(" AND state = 'erased' AND erasure_acked_ms IS NULL ORDER BY record_id");
+            qb.build().fetch_all(pool).await?.iter().map(|r| delivery_row(r)).collect()
+        }
+
+        /// Records, before sending, what each partner is about to hold: a record reaches the
+        /// ledger before it leaves the node, so erasure can find every copy.
+        pub async fn record_deliveries(pool: &$pool, org: &str, rows: &[(Uuid, RecordKind, &'static str)], at_ms: i64) -> Result<()> {
+            let mut tx = pool.begin().await?;
+            for chunk in rows.chunks(200) {
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO deliveries (org, record_id, kind, state, first_sent_ms, last_sent_ms) ");
+                qb.push_values(chunk, |mut b, (id, kind, state)| {
+                    b.push_bind(org.to_string())
+                        .push_bind(id.to_string())
+                        .push_bind(kind.as_str())
+                        .push_bind(*state)
+                        .push_bind(at_ms)
+                        .push_bind(at_ms);
+                });
+                qb.push(" ON CONFLICT (org, record_id) DO UPDATE SET state = CASE WHEN deliveries.state = 'erased' THEN deliveries.state ELSE excluded.state END, last_sent_ms = excluded.last_sent_ms");
+                qb.build().execute(&mut *tx).await?;
+            }
+            // A record erased meanwhile stays owed an erasure by whoever gets it now.
+            sqlx::query("UPDATE deliveries SET state = 'erased' WHERE org = $1 AND state <> 'erased' AND record_id IN (SELECT record_id FROM erasures)")
+                .bind(org)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        }
+
+        pub async fn ack_erasures(pool: &$pool, org: &str, ids: &[Uuid], at_ms: i64) -> Result<()> {
+            for id in ids {
+                sqlx::query("UPDATE deliveries SET erasure_acked_ms = $3 WHERE org = $1 AND record_id = $2 AND state = 'erased' AND erasure_acked_ms IS NULL")
+                    .bind(org)
+                    .bind(id.to_string())
+                    .bind(at_ms)
+                    .execute(pool)
+                    .await?;
+            }
+            Ok(())
+        }
+
+        pub async fn record_peer_ack(pool: &$pool, org: &str, cursor: i64, at_ms: i64) -> Result<()> {
+            sqlx::query(
+                "INSERT INTO sync_peers (org, acked_cursor, acked_ms) VALUES ($1, $2, $3) \
+                 ON CONFLICT (org) DO UPDATE SET acked_cursor = excluded.acked_cursor, acked_ms = excluded.acked_ms",
+            )
+            .bind(org)
+            .bind(cursor)
+            .bind(at_ms)
+            .execute(pool)
+            .await?;
+            Ok(())
+        }
+
+        pub async fn peer_acks(pool: &$pool) -> Result<Vec<(String, i64, i64)>> {
+            let rows = sqlx::query("SELECT org, acked_cursor, acked_ms FROM sync_peers ORDER BY org").fetch_all(pool).await?;
+            rows.iter().map(|r| Ok((r.try_get("org")?, r.try_get("acked_cursor")?, r.try_get("acked_ms")?))).collect()
+        }
+
+        pub async fn erasure(pool: &$pool, id: Uuid) -> Result<Option<Erasure>> {
+            let row = sqlx::query("SELECT record_id, kind, erased_ms, erased_by FROM erasures WHERE record_id = $1")
+                .bind(id.to_string())
+                .fetch_optional(pool)
+                .await?;
+            row.map(|r| {
+                let kind: String = r.try_get("kind")?;
+                Ok(Erasure { record_id: id, kind: kind_from_db(&kind)?, erased_ms: r.try_get("erased_ms")?, erased_by: r.try_get("erased_by")? })
+            })
+            .transpose()
+        }
+
+        fn conflict_row(r: &<$db as sqlx::Database>::Row) -> Result<ConflictRecord> {
+            let corrupt = |e: String| StoreError::Corrupt(e);
+            let id: String = r.try_get("id")?;
+            let record_id: String = r.try_get("record_id")?;
+            let kind: String = r.try_get("kind")?;
+            let value = |col: &str| -> Result<Option<Value>> {
+                let text: Option<String> = r.try_get(col)?;
+                text.map(|t| serde_json::from_str(&t).map_err(|e| corrupt(format!("conflict value: {e}")))).transpose()
+            };
+            let version = |col: &str| -> Result<Hlc> {
+                let text: String = r.try_get(col)?;
+                text.parse().map_err(|e: verbund_core::hlc::ParseHlcError| corrupt(e.to_string()))
+            };
+            Ok(ConflictRecord {
+                id: Uuid::parse_str(&id).map_err(|e| corrupt(e.to_string()))?,
+                record_id: Uuid::parse_str(&record_id).map_err(|e| corrupt(e.to_string()))?,
+                kind: kind_from_db(&kind)?,
+                conflict: verbund_core::sync::Conflict {
+                    field: r.try_get("field")?,
+                    winner: verbund_core::sync::FieldState { value: value("winner_value")?, version: version("winner_version")? },
+                    loser: verbund_core::sync::FieldState { value: value("loser_value")?, version: version("loser_version")? },
+                },
+                created_ms: r.try_get("created_ms")?,
+                resolved_by: r.try_get("resolved_by")?,
+                resolved_ms: r.try_get("resolved_ms")?,
+                resolution: r.try_get("resolution")?,
+            })
+        }
+
+        const CONFLICT_COLUMNS: &str = "id, record_id, kind, field, winner_value, winner_version, loser_value, loser_version, created_ms, resolved_by, resolved_ms, resolution";
+
+        pub async fn list_conflicts(pool: &$pool, record_id: Option<Uuid>, include_resolved: bool) -> Result<Vec<ConflictRecord>> {
+            let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT ");
+            qb.push(CONFLICT_COLUMNS).push(" FROM conflicts WHERE 1 = 1");
+            if let Some(id) = record_id {
+                qb.push(" AND record_id = ").push_bind(id.to_string());
+            }
+            if !include_resolved {
+                qb.push(" AND resolved_ms IS NULL");
+            }
+            qb.push(" ORDER BY created_ms, id LIMIT 1000");
+            qb.build().fetch_all(pool).await?.iter().map(|r| conflict_row(r)).collect()
+        }
+
+        pub async fn get_conflict(pool: &$pool, id: Uuid) -> Result<Option<ConflictRecord>> {
+            let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT ");
+            qb.push(CONFLICT_COLUMNS).push(" FROM conflicts WHERE id = ").push_bind(id.to_string());
+            qb.build().fetch_optional(pool).await?.map(|r| conflict_row(&r)).transpose()
+        }
+
+        pub async fn mark_conflict_resolved(pool: &$pool, id: Uuid, by: &str, resolution: &str, at_ms: i64) -> Result<bool> {
+            let r = sqlx::query("UPDATE conflicts SET resolved_by = $2, resolution = $3, resolved_ms = $4 WHERE id = $1 AND resolved_ms IS NULL")
+                .bind(id.to_string())
+                .bind(by)
+                .bind(resolution)
+                .bind(at_ms)
+                .execute(pool)
+                .await?;
+            Ok(r.rows_affected() > 0)
+        }
+
+        fn subscription_row(r: &<$db as sqlx::Database>::Row) -> Result<Subscription> {
+            Ok(Subscription {
+                owner_org: r.try_get("owner_org")?,
+                cursor: r.try_get("cursor")?,
+                owner_last_seq: r.try_get("owner_last_seq")?,
+                last_batch_ms: r.try_get("last_batch_ms")?,
+                last_error: r.try_get("last_error")?,
+                last_error_ms: r.try_get("last_error_ms")?,
+                cursor_mark: r.try_get("cursor_mark")?,
+                history_note: r.try_get("history_note")?,
+            })
+        }
+
+        pub async fn subscription(pool: &$pool, owner: &str) -> Result<Option<Subscription>> {
+            sqlx::query("SELECT owner_org, cursor, owner_last_seq, last_batch_ms, last_error, last_error_ms, cursor_mark, history_note FROM subscriptions WHERE owner_org = $1")
+                .bind(owner)
+                .fetch_optional(pool)
+                .await?
+                .map(|r| subscription_row(&r))
+                .transpose()
+        }
+
+        pub async fn list_subscriptions(pool: &$pool) -> Result<Vec<Subscription>> {
+            sqlx::query("SELECT owner_org, cursor, owner_last_seq, last_batch_ms, last_error, last_error_ms, cursor_mark, history_note FROM subscriptions ORDER BY owner_org")
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| subscription_row(r))
+                .collect()
+        }
+
+        pub async fn set_sync_error(pool: &$pool, owner: &str, error: Option<&str>, at_ms: i64) -> Result<()> {
+            sqlx::query(
+                "INSERT INTO subscriptions (owner_org, cursor, owner_last_seq, last_error, last_error_ms) VALUES ($1, 0, 0, $2, $3) \
+                 ON CONFLICT (owner_org) DO UPDATE SET last_error = excluded.last_error, last_error_ms = excluded.last_error_ms",
+            )
+            .bind(owner)
+            .bind(error)
+            .bind(at_ms)
+            .execute(pool)
+            .await?;
+            Ok(())
+        }
+
+        fn outbox_row(r: &<$db as sqlx::Database>::Row) -> Result<OutboxEntry> {
+            let id: String = r.try_get("record_id")?;
+            let kind: String = r.try_get("kind")?;
+            let edits: String = r.try_get("edits")?;
+            Ok(OutboxEntry {
+                seq: r.try_get("seq")?,
+                key: r.try_get("push_key")?,
+                owner_org: r.try_get("owner_org")?,
+                record_id: Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                kind: kind_from_db(&kind)?,
+                edits: serde_json::from_str(&edits).map_err(|e| StoreError::Corrupt(format!("outbox edits: {e}")))?,
+                state: r.try_get("state")?,
+                attempts: r.try_get("attempts")?,
+                last_error: r.try_get("last_error")?,
+                created_ms: r.try_get("created_ms")?,
+            })
+        }
+
+        const OUTBOX_COLUMNS: &str = "seq, push_key, owner_org, record_id, kind, edits, state, attempts, last_error, created_ms";
+
+        pub async fn list_outbox(pool: &$pool, owner: Option<&str>, state: Option<&str>, limit: i64) -> Result<Vec<OutboxEntry>> {
+            let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT ");
+            qb.push(OUTBOX_COLUMNS).push(" FROM outbox WHERE 1 = 1");
+            if let Some(o) = owner {
+                qb.push(" AND owner_org = ").push_bind(o.to_string());
+            }
+            if let Some(st) = state {
+                qb.push(" AND state = ").push_bind(st.to_string());
+            }
+            qb.push(" ORDER BY seq LIMIT ").push_bind(limit);
+            qb.build().fetch_all(pool).await?.iter().map(|r| outbox_row(r)).collect()
+        }
+
+        pub async fn outbox_attempt(pool: &$pool, key: &str, error: &str) -> Result<()> {
+            sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE push_key = $1")
+                .bind(key)
+                .bind(error)
+                .execute(pool)
+                .await?;
+            Ok(())
+        }
+
+        pub async fn count_by_owner(pool: &$pool, table_outbox: bool) -> Result<Vec<(String, i64)>> {
+            let sql = if table_outbox {
+                "SELECT owner_org, COUNT(*) AS n FROM outbox WHERE state = 'pending' GROUP BY owner_org"
+            } else {
+                "SELECT owner_org, COUNT(*) AS n FROM replicas WHERE state = 'live' GROUP BY owner_org"
+            };
+            sqlx::query(sql).fetch_all(pool).await?.iter().map(|r| Ok((r.try_get("owner_org")?, r.try_get("n")?))).collect()
+        }
+
+        /// Items of owners' streams we could not take (all owners for None), oldest first.
+        pub async fn list_quarantine(pool: &$pool, owner: Option<&str>, limit: i64) -> Result<Vec<QuarantineItem>> {
+            let mut qb: QueryBuilder<$db> =
+                QueryBuilder::new("SELECT owner_org, record_id, item, reason, first_ms, last_ms, attempts FROM quarantine WHERE 1 = 1");
+            if let Some(o) = owner {
+                qb.push(" AND owner_org = ").push_bind(o.to_string());
+            }
+            qb.push(" ORDER BY first_ms, record_id LIMIT ").push_bind(limit);
+            qb.build()
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok(QuarantineItem {
+                        owner_org: r.try_get("owner_org")?,
+                        record_id: r.try_get("record_id")?,
+                        item: r.try_get("item")?,
+                        reason: r.try_get("reason")?,
+                        first_ms: r.try_get("first_ms")?,
+                        last_ms: r.try_get("last_ms")?,
+                        attempts: r.try_get("attempts")?,
+                    })
+                })
+                .collect()
+        }
+
+        /// The newest owner sequence number among our replicas of `owner` (0: none).
+        pub async fn max_replica_seq(pool: &$pool, owner: &str) -> Result<i64> {
+            let n: Option<i64> = sqlx::query_scalar("SELECT MAX(owner_seq) FROM replicas WHERE owner_org = $1")
+                .bind(owner)
+                .fetch_one(pool)
+                .await?;
+            Ok(n.unwrap_or(0))
+        }
+
+        pub async fn quarantine_counts(pool: &$pool) -> Result<Vec<(String, i64)>> {
+            sqlx::query("SELECT owner_org, COUNT(*) AS n FROM quarantine GROUP BY owner_org")
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get("owner_org")?, r.try_get("n")?)))
+                .collect()
+        }
+
+        /// (record id, digest of the owner's versions) of every replica of `owner` we hold.
+        pub async fn replica_digests(pool: &$pool, owner: &str) -> Result<Vec<(Uuid, u64)>> {
+            let rows = sqlx::query("SELECT record_id, state, shadow_versions FROM replicas WHERE owner_org = $1 AND state = 'live'")
+                .bind(owner)
+                .fetch_all(pool)
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    let id: String = r.try_get("record_id")?;
+                    let state: String = r.try_get("state")?;
+                    let versions: String = r.try_get("shadow_versions")?;
+                    Ok((
+                        Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                        verbund_core::sync::record_digest(&versions_from_json(&versions)?, state == "deleted"),
+                    ))
+                })
+                .collect()
+        }
+
+        pub async fn unacked_erasures(pool: &$pool, owner: &str) -> Result<Vec<Uuid>> {
+            let ids: Vec<String> = sqlx::query_scalar("SELECT record_id FROM replicas WHERE owner_org = $1 AND state = 'erased-unacked'")
+                .bind(owner)
+                .fetch_all(pool)
+                .await?;
+            ids.iter().map(|i| Uuid::parse_str(i).map_err(|e| StoreError::Corrupt(e.to_string()))).collect()
+        }
+
+        pub async fn mark_erasures_acked(pool: &$pool, ids: &[Uuid]) -> Result<()> {
+            for id in ids {
+                sqlx::query("UPDATE replicas SET state = 'erased' WHERE record_id = $1 AND state = 'erased-unacked'")
+                    .bind(id.to_string())
+                    .execute(pool)
+                    .await?;
+            }
+            Ok(())
+        }
+
+        /// Our replica's owner and writable fields (None: not a replica).
+        pub async fn replica_info(pool: &$pool, id: Uuid) -> Result<Option<(String, String, Vec<String>)>> {
+            let row = sqlx::query("SELECT owner_org, state, writable FROM replicas WHERE record_id = $1")
+                .bind(id.to_string())
+                .fetch_optional(pool)
+                .await?;
+            row.map(|r| {
+                let writable: String = r.try_get("writable")?;
+                Ok((
+                    r.try_get("owner_org")?,
+                    r.try_get("state")?,
+                    serde_json::from_str(&writable).map_err(|e| StoreError::Corrupt(format!("writable: {e}")))?,
+                ))
+            })
+            .transpose()
+        }
+
+        /// Live records that refer to one of `ids` as account, contact or related record.
+        pub async fn dependents_of(pool: &$pool, ids: &[String]) -> Result<Vec<Record>> {
+            let mut out = live_by_column(pool, RefColumn::AccountId, ids, None, None).await?;
+            out.extend(live_by_column(pool, RefColumn::ContactId, ids, None, None).await?);
+            out.extend(live_by_column(pool, RefColumn::RelatedId, ids, None, None).await?);
+            Ok(out)
+        }
+    };
+}

@@ -1,0 +1,372 @@
+//! Part of the `backend!` instantiation (see `lib.rs`): the group-commit writer: the sequence counter, the change log, references, record rows, the jobs of a batch and the audit chain.
+//! A macro so that the SQL is written once for SQLite and PostgreSQL.
+
+macro_rules! backend_writer {
+    ($db:ty, $pool:ty, $begin:expr, $savepoints:expr) => {
+        fn record_row(row: &<$db as sqlx::Database>::Row) -> Result<RecordRow> {
+            Ok(RecordRow {
+                id: row.try_get("id")?,
+                kind: row.try_get("kind")?,
+                owner_org: row.try_get("owner_org")?,
+                created_at_ms: row.try_get("created_at_ms")?,
+                updated_at_ms: row.try_get("updated_at_ms")?,
+                deleted_version: row.try_get("deleted_version")?,
+                seq: row.try_get("seq")?,
+                fields: row.try_get("fields")?,
+                versions: row.try_get("versions")?,
+            })
+        }
+
+        const RECORD_COLUMNS: &str = "id, kind, owner_org, created_at_ms, updated_at_ms, deleted_version, seq, fields, versions";
+
+        /// Locks the node's sequence counter for this transaction and reads it. Every write
+        /// transaction does this first, which serializes writers across processes (the row
+        /// lock on PostgreSQL; SQLite's write lock), so sequence numbers commit in order.
+        async fn lock_seq(tx: &mut Tx) -> Result<i64> {
+            Ok(sqlx::query_scalar("UPDATE node_state SET last_seq = last_seq WHERE id = 1 RETURNING last_seq")
+                .fetch_one(&mut **tx)
+                .await?)
+        }
+
+        /// Appends the batch's change-log rows (multi-row inserts) and stores the new counter.
+        async fn append_changes(tx: &mut Tx, changes: &[Change]) -> Result<()> {
+            for chunk in changes.chunks(500) {
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO changes (seq, record_id, kind, op, hlc, fields, at_ms) ");
+                let mut rows = Vec::with_capacity(chunk.len());
+                for c in chunk {
+                    rows.push((c, fields_to_json(&c.fields)?));
+                }
+                qb.push_values(rows, |mut b, (c, fields)| {
+                    b.push_bind(c.seq)
+                        .push_bind(c.record_id.to_string())
+                        .push_bind(c.kind.as_str())
+                        .push_bind(c.op.as_str())
+                        .push_bind(c.hlc.to_string())
+                        .push_bind(fields)
+                        .push_bind(c.at_ms);
+                });
+                qb.build().execute(&mut **tx).await?;
+            }
+            if let Some(last) = changes.last() {
+                sqlx::query("UPDATE node_state SET last_seq = $1 WHERE id = 1").bind(last.seq).execute(&mut **tx).await?;
+            }
+            Ok(())
+        }
+
+        async fn resolve_ref(tx: &mut Tx, r: &RefCheck) -> Result<RefTarget> {
+            let row = sqlx::query("SELECT kind, account_id FROM records WHERE id = $1 AND deleted_version IS NULL")
+                .bind(r.id.to_string())
+                .fetch_optional(&mut **tx)
+                .await?;
+            let Some(row) = row else { return Err(ref_error(r, None).into()) };
+            let kind: String = row.try_get("kind")?;
+            let target = RefTarget { kind: kind_from_db(&kind)?, account_id: row.try_get("account_id")? };
+            if !r.kinds.contains(&target.kind) {
+                return Err(ref_error(r, Some(&target)).into());
+            }
+            Ok(target)
+        }
+
+        /// Resolves references; for an activity, also finds the account it rolls up to.
+        async fn resolve_refs(tx: &mut Tx, plan: &WritePlan) -> Result<Option<Option<String>>> {
+            let mut activity_account = None;
+            for r in &plan.refs {
+                let target = resolve_ref(tx, r).await?;
+                if plan.record.kind == RecordKind::Activity && r.field == "related_id" {
+                    activity_account = Some(if target.kind == RecordKind::Account { Some(r.id.to_string()) } else { target.account_id });
+                }
+            }
+            Ok(activity_account)
+        }
+
+        /// Writes the record row: one statement, so on SQLite a failure leaves nothing behind.
+        async fn write_record(tx: &mut Tx, plan: &mut WritePlan, seq: i64, insert: bool, activity_account: Option<Option<String>>) -> Result<()> {
+            plan.record.seq = seq;
+            plan.change.seq = seq;
+            let rec = &plan.record;
+            let mut idx = write::index_columns(rec);
+            if rec.kind == RecordKind::Activity {
+                idx.account_id = match activity_account {
+                    Some(a) => a,
+                    None => {
+                        // related_id unchanged: keep the derived account.
+                        sqlx::query_scalar("SELECT account_id FROM records WHERE id = $1")
+                            .bind(rec.id.to_string())
+                            .fetch_optional(&mut **tx)
+                            .await?
+                            .flatten()
+                    }
+                };
+            }
+            let sql = if insert {
+                "INSERT INTO records (id, kind, owner_org, created_at_ms, updated_at_ms, deleted_version, seq, fields, versions, \
+                 account_id, contact_id, related_id, stage, status, priority, assigned_org, channel, search_text) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+            } else {
+                "UPDATE records SET kind = $2, owner_org = $3, created_at_ms = $4, updated_at_ms = $5, deleted_version = $6, \
+                 seq = $7, fields = $8, versions = $9, account_id = $10, contact_id = $11, related_id = $12, stage = $13, \
+                 status = $14, priority = $15, assigned_org = $16, channel = $17, search_text = $18 WHERE id = $1"
+            };
+            sqlx::query(sql)
+                .bind(rec.id.to_string())
+                .bind(rec.kind.as_str())
+                .bind(&rec.owner_org)
+                .bind(rec.created_at_ms)
+                .bind(rec.updated_at_ms)
+                .bind(rec.deleted.as_ref().map(|h| h.to_string()))
+                .bind(seq)
+                .bind(fields_to_json(&rec.fields)?)
+                .bind(versions_to_json(&rec.versions))
+                .bind(idx.account_id)
+                .bind(idx.contact_id)
+                .bind(idx.related_id)
+                .bind(idx.stage)
+                .bind(idx.status)
+                .bind(idx.priority)
+                .bind(idx.assigned_org)
+                .bind(idx.channel)
+                .bind(idx.search_text)
+                .execute(&mut **tx)
+                .await?;
+            Ok(())
+        }
+
+        async fn create(tx: &mut Tx, mut plan: WritePlan, seq: i64) -> Result<WritePlan> {
+            let activity_account = resolve_refs(tx, &plan).await?;
+            match write_record(tx, &mut plan, seq, true, activity_account).await {
+                Err(StoreError::Database(e)) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
+                    Err(DomainError::invalid("id", format!("a record with id {} exists already", plan.record.id)).into())
+                }
+                other => other.map(|()| plan),
+            }
+        }
+
+        async fn load(tx: &mut Tx, kind: RecordKind, id: Uuid) -> Result<Record> {
+            let row = sqlx::query("SELECT id, kind, owner_org, created_at_ms, updated_at_ms, deleted_version, seq, fields, versions FROM records WHERE id = $1 AND kind = $2")
+                .bind(id.to_string())
+                .bind(kind.as_str())
+                .fetch_optional(&mut **tx)
+                .await?;
+            match row {
+                Some(row) => record_row(&row)?.into_record(),
+                None => Err(DomainError::NotFound { kind, id: id.to_string() }.into()),
+            }
+        }
+
+        /// Live records that reference `id` (other than itself).
+        async fn dependents(tx: &mut Tx, id: Uuid) -> Result<i64> {
+            let id = id.to_string();
+            Ok(sqlx::query_scalar(
+                "SELECT COUNT(*) FROM records WHERE deleted_version IS NULL AND id <> $1 \
+                 AND (account_id = $1 OR contact_id = $1 OR related_id = $1)",
+            )
+            .bind(id)
+            .fetch_one(&mut **tx)
+            .await?)
+        }
+
+        /// Ok(None): the plan changed nothing; the caller gets `current` back unchanged.
+        async fn modify(tx: &mut Tx, kind: RecordKind, id: Uuid, is_delete: bool, plan_fn: PlanFn, seq: i64) -> Result<(Record, Option<WritePlan>)> {
+            let current = load(tx, kind, id).await?;
+            let Some(mut plan) = plan_fn(&current)? else {
+                return Ok((current, None));
+            };
+            if is_delete {
+                let n = dependents(tx, id).await?;
+                if n > 0 {
+                    return Err(DomainError::precondition(
+                        "id",
+                        format!("{kind} {id} still has {n} live related record(s) (contacts, opportunities, cases or activities); delete or move them first"),
+                    )
+                    .into());
+                }
+            }
+            let activity_account = resolve_refs(tx, &plan).await?;
+            write_record(tx, &mut plan, seq, false, activity_account).await?;
+            if kind != RecordKind::Activity && kind != RecordKind::Account && plan.change.fields.contains_key("account_id") {
+                // Activities roll up to the account of the record they belong to: follow a move.
+                sqlx::query("UPDATE records SET account_id = $1 WHERE related_id = $2 AND kind = 'activity'")
+                    .bind(plan.record.fields.get("account_id").and_then(Value::as_text).map(str::to_string))
+                    .bind(id.to_string())
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Ok((current, Some(plan)))
+        }
+
+        /// Runs one write; every change it makes takes the next sequence number after `seq`
+        /// (which it advances).
+        async fn run_op(tx: &mut Tx, op: WriteOp, seq: &mut i64) -> Result<OpOutput> {
+            match op {
+                WriteOp::Create(plan_fn) => {
+                    let plan = create(tx, plan_fn()?, *seq + 1).await?;
+                    *seq += 1;
+                    Ok(OpOutput::one(plan))
+                }
+                WriteOp::Modify { kind, id, is_delete, plan_fn } => match modify(tx, kind, id, is_delete, plan_fn, *seq + 1).await? {
+                    (_, Some(plan)) => {
+                        *seq += 1;
+                        Ok(OpOutput::one(plan))
+                    }
+                    (current, None) => Ok(OpOutput::unchanged(current)),
+                },
+                WriteOp::AuditOnly => Ok(OpOutput::default()),
+                WriteOp::Share(op, hlc) => share_op(tx, op, hlc, seq).await,
+                WriteOp::Merge { org, key, kind, id, plan_fn } => merge_op(tx, &org, &key, kind, id, plan_fn, seq).await,
+                WriteOp::ReplicaBatch(batch) => replica_batch(tx, batch, seq).await,
+                WriteOp::ReplicaEdit { kind, id, key, plan_fn } => replica_edit(tx, kind, id, &key, plan_fn, seq).await,
+                WriteOp::Verdict(v) => apply_verdict(tx, v, seq).await,
+                WriteOp::Erase { kind, id, by, plan_fn } => erase_op(tx, kind, id, &by, plan_fn, seq).await,
+                WriteOp::Restamp { limit_ms, now_ms, mut stamp, report } => restamp(tx, limit_ms, now_ms, &mut stamp, &report, seq).await,
+            }
+        }
+
+        /// Group commit: all jobs in one transaction and one commit (one fsync). A job that
+        /// fails a domain rule fails alone: on SQLite its single failed statement wrote
+        /// nothing; on PostgreSQL, where an error aborts the transaction, each job runs in a
+        /// savepoint. Any database error fails the whole batch (nothing is committed).
+        /// Replies go out only after the commit.
+        pub async fn write_batch(pool: &$pool, jobs: Vec<WriteJob>, cache: Option<&RecordCache>, commits: &watch::Sender<i64>) {
+            let mut ops = Vec::with_capacity(jobs.len());
+            let mut replies = Vec::with_capacity(jobs.len());
+            for j in jobs {
+                ops.push((j.op, j.audit));
+                replies.push(j.reply);
+            }
+            let outcome: Result<(Vec<Result<Option<Record>>>, Vec<Record>, i64)> = async {
+                let mut tx = pool.begin_with($begin).await?;
+                let mut seq = lock_seq(&mut tx).await?;
+                let mut results = Vec::with_capacity(ops.len());
+                let mut changes = Vec::new();
+                let mut written = Vec::new();
+                let mut audit_drafts = Vec::new();
+                for (op, mut drafts) in ops {
+                    if $savepoints {
+                        sqlx::query("SAVEPOINT verbund_write").execute(&mut *tx).await?;
+                    }
+                    let before = seq;
+                    let outcome = run_op(&mut tx, op, &mut seq).await;
+                    match &outcome {
+                        Ok(out) => {
+                            for d in drafts.iter_mut().filter(|d| d.record_id.is_none()) {
+                                d.record_id = out.reply.as_ref().map(|r| r.id.to_string());
+                            }
+                            if let Some(reason) = &out.denied {
+                                for d in &mut drafts {
+                                    d.decision = "deny".into();
+                                    d.reason = reason.clone();
+                                }
+                            }
+                        }
+                        Err(StoreError::Domain(_)) => {
+                            for d in &mut drafts {
+                                d.decision = "failed".into();
+                            }
+                        }
+                        Err(_) => {}
+                    }
+                    audit_drafts.append(&mut drafts);
+                    match outcome {
+                        Ok(out) => {
+                            changes.extend(out.changes);
+                            written.extend(out.written);
+                            if $savepoints {
+                                sqlx::query("RELEASE SAVEPOINT verbund_write").execute(&mut *tx).await?;
+                            }
+                            results.push(Ok(out.reply));
+                        }
+                        Err(StoreError::Domain(e)) => {
+                            seq = before;
+                            if $savepoints {
+                                sqlx::query("ROLLBACK TO SAVEPOINT verbund_write").execute(&mut *tx).await?;
+                                sqlx::query("RELEASE SAVEPOINT verbund_write").execute(&mut *tx).await?;
+                            }
+                            results.push(Err(StoreError::Domain(e)));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                append_changes(&mut tx, &changes).await?;
+                append_audit(&mut tx, audit_drafts).await?;
+                if let Err(e) = tx.commit().await {
+                    return Err(StoreError::OutcomeUnknown(e.to_string()));
+                }
+                Ok((results, written, seq))
+            }
+            .await;
+            match outcome {
+                Ok((results, written, last_seq)) => {
+                    if let Some(cache) = cache {
+                        cache.committed(written.iter());
+                    }
+                    // Wake change streams whether or not the writers' callers still wait.
+                    commits.send_if_modified(|seq| {
+                        let newer = last_seq > *seq;
+                        if newer {
+                            *seq = last_seq;
+                        }
+                        newer
+                    });
+                    for (reply, result) in replies.into_iter().zip(results) {
+                        let _ = reply.send(result);
+                    }
+                }
+                Err(StoreError::OutcomeUnknown(msg)) => {
+                    tracing::error!(error = %msg, "commit of a write batch failed; its outcome is unknown");
+                    for reply in replies {
+                        let _ = reply.send(Err(StoreError::OutcomeUnknown(msg.clone())));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "write batch failed; nothing of it was committed");
+                    let msg = e.to_string();
+                    for reply in replies {
+                        let _ = reply.send(Err(StoreError::CommitFailed(msg.clone())));
+                    }
+                }
+            }
+        }
+
+        /// Chains the batch's audit drafts after the recorded head and moves the head.
+        async fn append_audit(tx: &mut Tx, drafts: Vec<AuditDraft>) -> Result<()> {
+            if drafts.is_empty() {
+                return Ok(());
+            }
+            let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1").fetch_one(&mut **tx).await?;
+            let (head_seq, head_hash): (i64, String) = (row.try_get("seq")?, row.try_get("hash")?);
+            let entries = audit::chain(head_seq, &head_hash, drafts);
+            for chunk in entries.chunks(400) {
+                let mut rows = Vec::with_capacity(chunk.len());
+                for e in chunk {
+                    rows.push((e, fields_to_json(&e.draft.fields)?));
+                }
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                    "INSERT INTO audit_log (seq, at_ms, principal, org, action, kind, record_id, fields, decision, reason, prev_hash, hash) ",
+                );
+                qb.push_values(rows, |mut b, (e, fields)| {
+                    b.push_bind(e.seq)
+                        .push_bind(e.draft.at_ms)
+                        .push_bind(e.draft.principal.clone())
+                        .push_bind(e.draft.org.clone())
+                        .push_bind(e.draft.action.clone())
+                        .push_bind(e.draft.kind.clone())
+                        .push_bind(e.draft.record_id.clone())
+                        .push_bind(fields)
+                        .push_bind(e.draft.decision.clone())
+                        .push_bind(e.draft.reason.clone())
+                        .push_bind(e.prev_hash.clone())
+                        .push_bind(e.hash.clone());
+                });
+                qb.build().execute(&mut **tx).await?;
+            }
+            if let Some(last) = entries.last() {
+                sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+                    .bind(last.seq)
+                    .bind(&last.hash)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Ok(())
+        }
+    };
+}
