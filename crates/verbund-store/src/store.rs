@@ -1,0 +1,772 @@
+//! The `Store` API: opening and locking a database, the writer's jobs, and every read, each
+//! dispatched to the SQLite or PostgreSQL instantiation of the SQL.
+
+use super::*;
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database named by `url`:
+    /// `postgres://…`/`postgresql://…`, `sqlite://path`, or a plain file path for SQLite.
+    pub async fn open(url: &str) -> Result<Store> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let opts =
+                PgConnectOptions::from_str(url).map_err(|e| StoreError::Config(e.to_string()))?;
+            return Store::open_postgres(opts).await;
+        }
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
+        if path.is_empty() || path.contains(":memory:") {
+            return Err(StoreError::Config(
+                "an in-memory SQLite database would lose all data; give a file path".into(),
+            ));
+        }
+        Store::open_sqlite(std::path::Path::new(path)).await
+    }
+
+    pub async fn open_sqlite(path: &std::path::Path) -> Result<Store> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a confirmed write survives a power loss, not only a crash. Group commit
+            // keeps the cost of that fsync shared between many writes.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            // Erasure (GDPR Art. 17) must not leave the person in free pages: deleted and
+            // overwritten content is zeroed on disk, not only unlinked.
+            .pragma("secure_delete", "ON")
+            .busy_timeout(Duration::from_secs(10));
+        // The cache and the single writer assume this process alone writes the file.
+        let lock_path = path.with_extension("lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::Config(format!("cannot open {}: {e}", lock_path.display())))?;
+        lock.try_lock().map_err(|_| {
+            StoreError::Config(format!(
+                "{} is in use by another verbund process (lock {} is held)",
+                path.display(),
+                lock_path.display()
+            ))
+        })?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts)
+            .await?;
+        SQLITE_MIGRATIONS.run(&pool).await?;
+        let mut store = Store::with_backend(Backend::Sqlite(pool)).await?;
+        store._lock = Some(Arc::new(lock));
+        Ok(store)
+    }
+
+    pub async fn open_postgres(opts: PgConnectOptions) -> Result<Store> {
+        // One process per node, as with SQLite's lock file: a session-level advisory lock on
+        // the database and schema, held by a connection of its own for the process's life
+        // (the pool's connections come and go).
+        let (host, port) = (opts.get_host().to_string(), opts.get_port());
+        let unreachable = |why: String| {
+            StoreError::Config(format!(
+                "cannot connect to PostgreSQL at {host}:{port}: {why}"
+            ))
+        };
+        let mut holder = {
+            use sqlx::Connection;
+            match tokio::time::timeout(
+                Duration::from_secs(10),
+                sqlx::PgConnection::connect_with(&opts),
+            )
+            .await
+            {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return Err(unreachable(e.to_string())),
+                Err(_) => return Err(unreachable("no answer within 10 s".into())),
+            }
+        };
+        // A process killed a moment ago may still hold it until its session ends: wait a
+        // little before refusing.
+        let mut held = false;
+        for _ in 0..25 {
+            held = sqlx::query_scalar(
+                "SELECT pg_try_advisory_lock(hashtext('verbund:' || current_database() || '/' || current_schema()))",
+            )
+            .fetch_one(&mut holder)
+            .await?;
+            if held {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if !held {
+            return Err(StoreError::Config(
+                "another verbund process serves this PostgreSQL database (and schema); one process per node"
+                    .into(),
+            ));
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await?;
+        PG_MIGRATIONS.run(&pool).await?;
+        let mut store = Store::with_backend(Backend::Postgres(pool)).await?;
+        store._pg_lock = Some(Arc::new(tokio::sync::Mutex::new(holder)));
+        Ok(store)
+    }
+
+    /// Binds the database to organization `org` on first use; any other organization is
+    /// refused (two organizations must never share a database).
+    pub async fn claim_for(&self, org: &str) -> Result<()> {
+        let owner: Option<String> = match &self.backend {
+            Backend::Sqlite(p) => {
+                sqlx::query_scalar("SELECT org FROM node_owner")
+                    .fetch_optional(p)
+                    .await?
+            }
+            Backend::Postgres(p) => {
+                sqlx::query_scalar("SELECT org FROM node_owner")
+                    .fetch_optional(p)
+                    .await?
+            }
+        };
+        match owner {
+            Some(o) if o == org => Ok(()),
+            Some(o) => Err(StoreError::Config(format!(
+                "this database belongs to organization {o:?}; {org:?} cannot use it (give each organization its own database)"
+            ))),
+            None => {
+                let sql = "INSERT INTO node_owner (org) VALUES ($1)";
+                match &self.backend {
+                    Backend::Sqlite(p) => {
+                        sqlx::query(sql).bind(org).execute(p).await.map(|_| ())?
+                    }
+                    Backend::Postgres(p) => {
+                        sqlx::query(sql).bind(org).execute(p).await.map(|_| ())?
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn with_backend(backend: Backend) -> Result<Store> {
+        let last_seq = match &backend {
+            Backend::Sqlite(p) => sqlite_impl::last_seq(p).await?,
+            Backend::Postgres(p) => pg_impl::last_seq(p).await?,
+        };
+        let commits = Arc::new(watch::channel(last_seq).0);
+        let writer_commits = commits.clone();
+        let (writes, mut rx) = mpsc::channel::<WriteJob>(4 * MAX_BATCH);
+        let writer = backend.clone();
+        let cache = matches!(backend, Backend::Sqlite(_))
+            .then(|| Arc::new(RecordCache::new(CACHE_CAPACITY)));
+        let writer_cache = cache.clone();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+                match &writer {
+                    Backend::Sqlite(p) => {
+                        let cache = writer_cache.as_deref();
+                        sqlite_impl::write_batch(p, batch, cache, &writer_commits).await
+                    }
+                    Backend::Postgres(p) => {
+                        pg_impl::write_batch(p, batch, None, &writer_commits).await
+                    }
+                }
+            }
+        });
+        Ok(Store {
+            backend,
+            writes,
+            commits,
+            _lock: None,
+            _pg_lock: None,
+            cache,
+        })
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    async fn submit_with_audit(
+        &self,
+        op: WriteOp,
+        audit: Vec<AuditDraft>,
+    ) -> Result<Option<Record>> {
+        let (reply, rx) = oneshot::channel();
+        self.writes
+            .send(WriteJob { op, audit, reply })
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        rx.await.map_err(|_| StoreError::WriterStopped)?
+    }
+
+    async fn submit(&self, op: WriteOp, audit: Vec<AuditDraft>) -> Result<Record> {
+        self.submit_with_audit(op, audit)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("a record write returned no record".into()))
+    }
+
+    /// Appends audit entries (reads, denials); returns once they are committed.
+    pub async fn audit(&self, drafts: Vec<AuditDraft>) -> Result<()> {
+        if drafts.is_empty() {
+            return Ok(());
+        }
+        self.submit_with_audit(WriteOp::AuditOnly, drafts)
+            .await
+            .map(|_| ())
+    }
+
+    /// Changes the sharing tables, with its audit entry in the same transaction.
+    pub async fn share(&self, op: ShareOp, hlc: Hlc, audit: AuditDraft) -> Result<()> {
+        self.submit_with_audit(WriteOp::Share(op, hlc), vec![audit])
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn list_shares(
+        &self,
+        org: Option<&str>,
+        record_id: Option<Uuid>,
+    ) -> Result<Vec<Share>> {
+        dispatch!(self, list_shares(org, record_id))
+    }
+
+    /// The shares of these records with `org`.
+    pub async fn shares_of_records(&self, org: &str, ids: &[Uuid]) -> Result<Vec<Share>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        dispatch!(self, shares_of_records(org, ids))
+    }
+
+    pub async fn list_share_rules(&self, org: Option<&str>) -> Result<Vec<ShareRule>> {
+        dispatch!(self, list_share_rules(org))
+    }
+
+    /// Live records (other than accounts) whose account is one of `account_ids`.
+    pub async fn records_of_accounts(&self, account_ids: &[String]) -> Result<Vec<Record>> {
+        dispatch!(self, records_of_accounts(account_ids))
+    }
+
+    /// Live activities related to one of `ids`.
+    pub async fn activities_related_to(&self, ids: &[String]) -> Result<Vec<Record>> {
+        dispatch!(self, activities_related_to(ids))
+    }
+
+    /// Live service cases assigned to `org`.
+    pub async fn cases_assigned_to(&self, org: &str) -> Result<Vec<Record>> {
+        dispatch!(self, cases_assigned_to(org))
+    }
+
+    /// Live accounts that may carry `tag` (a superset; check the tags themselves).
+    pub async fn accounts_mentioning(&self, tag: &str) -> Result<Vec<Record>> {
+        dispatch!(self, accounts_mentioning(tag))
+    }
+
+    pub async fn list_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>> {
+        dispatch!(self, list_audit(q))
+    }
+
+    /// Walks the whole audit chain and compares its end with the recorded head.
+    pub async fn verify_audit(&self) -> Result<AuditReport> {
+        let mut verifier = audit::ChainVerifier::default();
+        let mut after_seq = 0;
+        // Read the head first: entries appended while we walk only extend the chain.
+        let (head_seq, head_hash) = self.audit_head().await?;
+        loop {
+            let page = self
+                .list_audit(&AuditQuery {
+                    after_seq,
+                    limit: 1000,
+                    ..Default::default()
+                })
+                .await?;
+            let Some(last) = page.last() else { break };
+            after_seq = last.seq;
+            for e in page.iter().take_while(|e| e.seq <= head_seq) {
+                if let Err(b) = verifier.check(e) {
+                    return Ok(AuditReport {
+                        checked: verifier.checked(),
+                        head_seq,
+                        head_hash,
+                        broken: Some(b),
+                    });
+                }
+            }
+            if after_seq >= head_seq {
+                break;
+            }
+        }
+        let broken = verifier.finish(head_seq, &head_hash).err();
+        Ok(AuditReport {
+            checked: verifier.checked(),
+            head_seq,
+            head_hash,
+            broken,
+        })
+    }
+
+    /// The newest audit entry's sequence number and hash (0 and the genesis hash if none).
+    pub async fn audit_head(&self) -> Result<(i64, String)> {
+        dispatch!(self, audit_head())
+    }
+
+    /// Stores a new record planned by [`verbund_core::write::plan_create`].
+    pub async fn create(&self, plan: WritePlan) -> Result<Record> {
+        self.create_with(move || Ok(plan)).await
+    }
+
+    /// Stores a new record planned by `plan_fn`, which runs in the writer: a version taken
+    /// there is ordered like the commits.
+    pub async fn create_with<F>(&self, plan_fn: F) -> Result<Record>
+    where
+        F: FnOnce() -> Result<WritePlan, DomainError> + Send + 'static,
+    {
+        self.create_audited(plan_fn, Vec::new()).await
+    }
+
+    /// `create_with`, committing `audit` with the record (the record id is filled in).
+    pub async fn create_audited<F>(&self, plan_fn: F, audit: Vec<AuditDraft>) -> Result<Record>
+    where
+        F: FnOnce() -> Result<WritePlan, DomainError> + Send + 'static,
+    {
+        self.submit(WriteOp::Create(Box::new(plan_fn)), audit).await
+    }
+
+    /// Follows the latest committed change sequence.
+    pub fn subscribe_commits(&self) -> watch::Receiver<i64> {
+        self.commits.subscribe()
+    }
+
+    /// Updates a record inside one transaction: loads it, lets `plan_fn` plan the change from
+    /// the current state (None = nothing to do, the current record is returned), resolves
+    /// references and writes.
+    pub async fn update<F>(&self, kind: RecordKind, id: Uuid, plan_fn: F) -> Result<Record>
+    where
+        F: FnOnce(&Record) -> Result<Option<WritePlan>, DomainError> + Send + 'static,
+    {
+        self.update_audited(kind, id, plan_fn, Vec::new()).await
+    }
+
+    /// `update`, committing `audit` with the change.
+    pub async fn update_audited<F>(
+        &self,
+        kind: RecordKind,
+        id: Uuid,
+        plan_fn: F,
+        audit: Vec<AuditDraft>,
+    ) -> Result<Record>
+    where
+        F: FnOnce(&Record) -> Result<Option<WritePlan>, DomainError> + Send + 'static,
+    {
+        self.submit(
+            WriteOp::Modify {
+                kind,
+                id,
+                is_delete: false,
+                plan_fn: Box::new(plan_fn),
+            },
+            audit,
+        )
+        .await
+    }
+
+    /// Turns a record into a tombstone; refused while live records still reference it.
+    pub async fn delete<F>(&self, kind: RecordKind, id: Uuid, plan_fn: F) -> Result<Record>
+    where
+        F: FnOnce(&Record) -> Result<WritePlan, DomainError> + Send + 'static,
+    {
+        self.submit(
+            WriteOp::Modify {
+                kind,
+                id,
+                is_delete: true,
+                plan_fn: Box::new(move |r: &Record| plan_fn(r).map(Some)),
+            },
+            Vec::new(),
+        )
+        .await
+    }
+
+    // ---- Federation sync ----
+
+    /// Owner side: decides a partner's proposed change once per idempotency key (`plan_fn`
+    /// runs in the writer on the current record) and returns the stored verdict.
+    pub async fn merge_push<F>(
+        &self,
+        org: &str,
+        key: &str,
+        kind: RecordKind,
+        id: Uuid,
+        plan_fn: F,
+        audit: Vec<AuditDraft>,
+    ) -> Result<(Record, StoredVerdict)>
+    where
+        F: FnOnce(&Record) -> Result<MergePlan, DomainError> + Send + 'static,
+    {
+        let rec = self
+            .submit(
+                WriteOp::Merge {
+                    org: org.to_string(),
+                    key: key.to_string(),
+                    kind,
+                    id,
+                    plan_fn: Box::new(plan_fn),
+                },
+                audit,
+            )
+            .await?;
+        let verdict = self
+            .push_verdict(org, key)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("no verdict stored for push {key}")))?;
+        Ok((rec, verdict))
+    }
+
+    pub async fn push_verdict(&self, org: &str, key: &str) -> Result<Option<StoredVerdict>> {
+        dispatch!(self, push_verdict(org, key))
+    }
+
+    /// Owner side: erases a record (the plan removes its personal fields); the change log
+    /// and conflict records of the record lose their values in the same transaction.
+    pub async fn erase<F>(&self, kind: RecordKind, id: Uuid, by: &str, plan_fn: F) -> Result<Record>
+    where
+        F: FnOnce(&Record) -> Result<Option<WritePlan>, DomainError> + Send + 'static,
+    {
+        self.submit(
+            WriteOp::Erase {
+                kind,
+                id,
+                by: by.to_string(),
+                plan_fn: Box::new(plan_fn),
+            },
+            Vec::new(),
+        )
+        .await
+    }
+
+    /// Partner side: applies a batch of an owner's stream and moves the cursor with it.
+    pub async fn apply_replica_batch(&self, batch: ReplicaBatch) -> Result<()> {
+        self.submit_with_audit(WriteOp::ReplicaBatch(batch), Vec::new())
+            .await
+            .map(|_| ())
+    }
+
+    /// Partner side: a local edit of a replica; shown at once, queued in the outbox.
+    pub async fn edit_replica<F>(
+        &self,
+        kind: RecordKind,
+        id: Uuid,
+        key: &str,
+        plan_fn: F,
+    ) -> Result<Record>
+    where
+        F: FnOnce(&Record) -> Result<Option<WritePlan>, DomainError> + Send + 'static,
+    {
+        self.submit(
+            WriteOp::ReplicaEdit {
+                kind,
+                id,
+                key: key.to_string(),
+                plan_fn: Box::new(plan_fn),
+            },
+            Vec::new(),
+        )
+        .await
+    }
+
+    /// Partner side: the owner's verdict on an outbox entry.
+    pub async fn apply_verdict(&self, v: VerdictApply) -> Result<()> {
+        self.submit_with_audit(WriteOp::Verdict(v), Vec::new())
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn deliveries_of(&self, org: &str, ids: &[Uuid]) -> Result<Vec<Delivery>> {
+        dispatch!(self, deliveries_of(org, ids))
+    }
+
+    pub async fn deliveries_of_record(&self, id: Uuid) -> Result<Vec<Delivery>> {
+        dispatch!(self, deliveries_of_record(id))
+    }
+
+    pub async fn live_deliveries(&self, org: &str) -> Result<Vec<Delivery>> {
+        dispatch!(self, live_deliveries(org))
+    }
+
+    pub async fn pending_erasures(&self, org: &str) -> Result<Vec<Delivery>> {
+        dispatch!(self, pending_erasures(org))
+    }
+
+    pub async fn record_deliveries(
+        &self,
+        org: &str,
+        rows: &[(Uuid, RecordKind, &'static str)],
+        at_ms: i64,
+    ) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        dispatch!(self, record_deliveries(org, rows, at_ms))
+    }
+
+    pub async fn ack_erasures(&self, org: &str, ids: &[Uuid], at_ms: i64) -> Result<()> {
+        dispatch!(self, ack_erasures(org, ids, at_ms))
+    }
+
+    pub async fn record_peer_ack(&self, org: &str, cursor: i64, at_ms: i64) -> Result<()> {
+        dispatch!(self, record_peer_ack(org, cursor, at_ms))
+    }
+
+    pub async fn peer_acks(&self) -> Result<Vec<(String, i64, i64)>> {
+        dispatch!(self, peer_acks())
+    }
+
+    pub async fn erasure(&self, id: Uuid) -> Result<Option<Erasure>> {
+        dispatch!(self, erasure(id))
+    }
+
+    pub async fn list_conflicts(
+        &self,
+        record_id: Option<Uuid>,
+        include_resolved: bool,
+    ) -> Result<Vec<ConflictRecord>> {
+        dispatch!(self, list_conflicts(record_id, include_resolved))
+    }
+
+    pub async fn get_conflict(&self, id: Uuid) -> Result<Option<ConflictRecord>> {
+        dispatch!(self, get_conflict(id))
+    }
+
+    pub async fn mark_conflict_resolved(
+        &self,
+        id: Uuid,
+        by: &str,
+        resolution: &str,
+        at_ms: i64,
+    ) -> Result<bool> {
+        dispatch!(self, mark_conflict_resolved(id, by, resolution, at_ms))
+    }
+
+    pub async fn subscription(&self, owner: &str) -> Result<Option<Subscription>> {
+        dispatch!(self, subscription(owner))
+    }
+
+    pub async fn list_subscriptions(&self) -> Result<Vec<Subscription>> {
+        dispatch!(self, list_subscriptions())
+    }
+
+    pub async fn set_sync_error(&self, owner: &str, error: Option<&str>, at_ms: i64) -> Result<()> {
+        dispatch!(self, set_sync_error(owner, error, at_ms))
+    }
+
+    pub async fn list_outbox(
+        &self,
+        owner: Option<&str>,
+        state: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<OutboxEntry>> {
+        dispatch!(self, list_outbox(owner, state, limit))
+    }
+
+    pub async fn outbox_attempt(&self, key: &str, error: &str) -> Result<()> {
+        dispatch!(self, outbox_attempt(key, error))
+    }
+
+    /// Pending outbox entries per owner.
+    pub async fn outbox_depths(&self) -> Result<Vec<(String, i64)>> {
+        dispatch!(self, count_by_owner(true))
+    }
+
+    /// Live replicas per owner.
+    pub async fn replica_counts(&self) -> Result<Vec<(String, i64)>> {
+        dispatch!(self, count_by_owner(false))
+    }
+
+    /// After an erasure: moves everything in SQLite's write-ahead log into the database file
+    /// (where `secure_delete` has zeroed the erased content) and truncates the log, whose old
+    /// page images may still hold it. True if the log was emptied; false if readers kept it
+    /// (call again later). PostgreSQL: nothing to do here; VACUUM (see the README).
+    pub async fn scrub_erased(&self) -> Result<bool> {
+        match &self.backend {
+            Backend::Sqlite(p) => {
+                let row = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .fetch_one(p)
+                    .await?;
+                let busy: i64 = sqlx::Row::try_get(&row, 0)?;
+                Ok(busy == 0)
+            }
+            Backend::Postgres(_) => Ok(true),
+        }
+    }
+
+    /// Clock recovery: gives every version beyond `limit_ms` in our pending outbox edits and
+    /// our own records a fresh one from `stamp` (see `WriteOp::Restamp`).
+    pub async fn restamp_ahead(
+        &self,
+        limit_ms: u64,
+        now_ms: i64,
+        stamp: RestampFn,
+    ) -> Result<RestampReport> {
+        let report = Arc::new(std::sync::Mutex::new(RestampReport::default()));
+        self.submit_with_audit(
+            WriteOp::Restamp {
+                limit_ms,
+                now_ms,
+                stamp,
+                report: report.clone(),
+            },
+            Vec::new(),
+        )
+        .await?;
+        let counts = report.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Ok(counts)
+    }
+
+    /// Partner side: items of owners' streams we could not take (oldest first).
+    pub async fn list_quarantine(
+        &self,
+        owner: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<QuarantineItem>> {
+        dispatch!(self, list_quarantine(owner, limit))
+    }
+
+    /// Partner side: the newest owner sequence number among our replicas of `owner`.
+    pub async fn max_replica_seq(&self, owner: &str) -> Result<i64> {
+        dispatch!(self, max_replica_seq(owner))
+    }
+
+    /// Partner side: how many items of each owner are in quarantine.
+    pub async fn quarantine_counts(&self) -> Result<Vec<(String, i64)>> {
+        dispatch!(self, quarantine_counts())
+    }
+
+    pub async fn replica_digests(&self, owner: &str) -> Result<Vec<(Uuid, u64)>> {
+        dispatch!(self, replica_digests(owner))
+    }
+
+    pub async fn unacked_erasures(&self, owner: &str) -> Result<Vec<Uuid>> {
+        dispatch!(self, unacked_erasures(owner))
+    }
+
+    pub async fn mark_erasures_acked(&self, ids: &[Uuid]) -> Result<()> {
+        dispatch!(self, mark_erasures_acked(ids))
+    }
+
+    pub async fn replica_info(&self, id: Uuid) -> Result<Option<(String, String, Vec<String>)>> {
+        dispatch!(self, replica_info(id))
+    }
+
+    /// Live records whose account, contact or related record is one of `ids`.
+    pub async fn dependents_of(&self, ids: &[String]) -> Result<Vec<Record>> {
+        dispatch!(self, dependents_of(ids))
+    }
+
+    /// A record by id, tombstones included.
+    pub async fn get(&self, id: Uuid) -> Result<Option<Record>> {
+        let Some(cache) = &self.cache else {
+            return dispatch!(self, get(id));
+        };
+        if let Some(r) = cache.get(&id) {
+            return Ok(Some(r));
+        }
+        let generation = cache.generation();
+        let found = dispatch!(self, get(id))?;
+        if let Some(r) = &found {
+            cache.fill(r, generation);
+        }
+        Ok(found)
+    }
+
+    /// Records by id (tombstones included), in no particular order; unknown ids are skipped.
+    pub async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<Record>> {
+        dispatch!(self, get_many(ids))
+    }
+
+    pub async fn list(&self, q: &ListQuery) -> Result<Vec<Record>> {
+        dispatch!(self, list(q))
+    }
+
+    pub async fn search(&self, q: &SearchQuery) -> Result<Vec<Record>> {
+        dispatch!(self, search(q))
+    }
+
+    /// Change-log entries with seq > `after_seq`, in order.
+    pub async fn changes_after(
+        &self,
+        after_seq: i64,
+        kinds: &[RecordKind],
+        limit: i64,
+    ) -> Result<Vec<Change>> {
+        dispatch!(self, changes_after(after_seq, kinds, limit))
+    }
+
+    pub async fn last_seq(&self) -> Result<i64> {
+        dispatch!(self, last_seq())
+    }
+
+    /// The newest version this node ever wrote, to restore its clock after a restart.
+    pub async fn last_hlc(&self) -> Result<Option<Hlc>> {
+        dispatch!(self, last_hlc())
+    }
+
+    /// Live records of a kind.
+    pub async fn count(&self, kind: RecordKind) -> Result<i64> {
+        dispatch!(self, count(kind))
+    }
+
+    /// Registers a partner; ALREADY_EXISTS if its organization is registered.
+    pub async fn add_partner(&self, p: &Partner) -> Result<()> {
+        dispatch!(self, add_partner(p))
+    }
+
+    pub async fn list_partners(&self) -> Result<Vec<Partner>> {
+        dispatch!(self, list_partners())
+    }
+
+    pub async fn remove_partner(&self, org: &str) -> Result<()> {
+        dispatch!(self, remove_partner(org))
+    }
+
+    /// Replaces a partner's pinned CA(s), fingerprint(s) and revocation list in one statement.
+    pub async fn set_partner_anchor(&self, p: &Partner) -> Result<()> {
+        dispatch!(self, set_partner_anchor(p))
+    }
+
+    /// Stores (or clears) a partner's revocation list.
+    pub async fn set_partner_crl(&self, org: &str, crl_pem: Option<&str>) -> Result<()> {
+        dispatch!(self, set_partner_crl(org, crl_pem))
+    }
+
+    /// Notes that a partner's node or user was just seen.
+    pub async fn touch_partner(&self, org: &str, at_ms: i64) -> Result<()> {
+        dispatch!(self, touch_partner(org, at_ms))
+    }
+
+    pub async fn close(&self) {
+        match &self.backend {
+            Backend::Sqlite(p) => p.close().await,
+            Backend::Postgres(p) => p.close().await,
+        }
+        if let Some(holder) = &self._pg_lock {
+            let mut conn = holder.lock().await;
+            let _ = sqlx::query("SELECT pg_advisory_unlock_all()")
+                .execute(&mut *conn)
+                .await;
+        }
+    }
+}
