@@ -110,16 +110,8 @@ impl NodeState {
             )));
         }
         // A share the policy turns into nothing is a mistake worth saying so.
-        let policy = self.policy();
-        let org_subject = Subject::principal(format!("verbund://{org}/node/-"), org.clone());
-        let role = policy.fields(&org_subject, rec.kind, Act::Read, true);
-        let profile = policy.fields(&Subject::profile(&req.profile), rec.kind, Act::Read, false);
-        if role.intersection(&profile).next().is_none() {
-            return Err(Status::failed_precondition(format!(
-                "the policy lets {org} read no field of a {} under profile {}; the share would show nothing",
-                rec.kind, req.profile
-            )));
-        }
+        auth::may_share(&self.policy(), &org, rec.kind, &req.profile)
+            .map_err(|why| Status::failed_precondition(why.0))?;
         let share = Share {
             id: Uuid::now_v7(),
             record_id,
@@ -362,11 +354,11 @@ impl NodeState {
         let fields_of = |set: &BTreeSet<String>| set.iter().cloned().collect::<Vec<_>>();
         let policy = self.policy();
         let subject = auth::subject(&who);
-        let may_delete = !foreign
-            && !policy
-                .fields(&subject, rec.kind, Act::Delete, false)
-                .is_empty();
-        let (allowed, reason) = decide(&who, foreign, act, field, &access, &rec, may_delete);
+        let decision = auth::decide(&policy, &self.org, &who, &rec, &access, act, field);
+        let allowed = decision.is_ok();
+        let reason = match decision {
+            Ok(r) | Err(r) => r.0,
+        };
         let assigned = rec.text("assigned_org") == Some(who.org.as_str());
         let object = if act == Act::Create {
             RecordKind::Activity
@@ -492,94 +484,5 @@ impl NodeState {
             head_hash: report.head_hash,
             problem: report.broken.map(|b| b.to_string()).unwrap_or_default(),
         })
-    }
-}
-
-/// The decision of `check_access`, in words.
-fn decide(
-    who: &Principal,
-    foreign: bool,
-    act: Act,
-    field: &str,
-    access: &RecordAccess,
-    rec: &verbund_core::Record,
-    may_delete: bool,
-) -> (bool, String) {
-    let kind = rec.kind;
-    if foreign && rec.is_deleted() {
-        return (false, "the record is deleted".into());
-    }
-    if foreign && access.grants.is_empty() {
-        return (
-            false,
-            format!(
-                "no share or share rule reaches this {kind} for {}: it does not exist for them",
-                who.org
-            ),
-        );
-    }
-    match act {
-        Act::Read | Act::Write => {
-            let set = if act == Act::Read {
-                &access.readable
-            } else {
-                &access.writable
-            };
-            let verb = act.as_str();
-            let ok = if field.is_empty() {
-                !set.is_empty()
-            } else {
-                set.contains(field)
-            };
-            let what = if field.is_empty() {
-                // At least one field, not every field: the lists below say which.
-                format!("fields of this {kind} (those listed below)")
-            } else {
-                format!("{kind}.{field}")
-            };
-            if ok {
-                (true, format!("{who} may {verb} {what}"))
-            } else if foreign && act == Act::Write && verbund_core::access::controls_access(field) {
-                (
-                    false,
-                    format!("{field} decides who sees the record; only its owner writes it"),
-                )
-            } else if foreign {
-                (
-                    false,
-                    format!(
-                        "neither combination of {}'s role and the share profiles lets it {verb} {what}",
-                        who.org
-                    ),
-                )
-            } else {
-                (false, format!("no policy line lets {who} {verb} {what}"))
-            }
-        }
-        Act::Create => {
-            if access.may_add_activity {
-                (true, format!("{who} may add activities to this {kind}"))
-            } else {
-                (
-                    false,
-                    format!("{who} may not add activities to this {kind}"),
-                )
-            }
-        }
-        Act::Delete | Act::Administer => {
-            if foreign {
-                (
-                    false,
-                    "records are deleted only by their owner's organization".into(),
-                )
-            } else if may_delete {
-                (true, format!("{who} may delete {kind} records"))
-            } else {
-                (
-                    false,
-                    format!("no policy line lets {who} delete {kind} records"),
-                )
-            }
-        }
     }
 }

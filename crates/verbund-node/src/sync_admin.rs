@@ -8,7 +8,6 @@ use tonic::Status;
 use uuid::Uuid;
 use verbund_core::write::{plan_erase, plan_update};
 use verbund_core::{DomainError, Hlc, Value};
-use verbund_policy::Act;
 use verbund_store::{ConflictRecord, StoreError};
 
 use crate::auth;
@@ -254,14 +253,8 @@ impl NodeState {
                         Status::not_found(format!("record {} not found", c.record_id))
                     })?;
                 let field = c.conflict.field.clone();
-                let writable = self
-                    .policy()
-                    .fields(&auth::subject(p), rec.kind, Act::Write, false);
-                if !writable.contains(&field) {
-                    return Err(Status::permission_denied(format!(
-                        "{field}: {p} may not write this field of {}",
-                        rec.kind
-                    )));
+                if let Err(why) = auth::may_resolve(&self.policy(), p, rec.kind, &field) {
+                    return Err(Status::permission_denied(why.0));
                 }
                 let mut patch = verbund_core::FieldMap::new();
                 if let Some(v) = c.conflict.loser.value.clone() {

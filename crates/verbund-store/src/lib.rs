@@ -30,6 +30,7 @@ use sqlx::{PgPool, SqlitePool};
 use uuid::Uuid;
 use verbund_core::access::{RuleMatch, Share, ShareRule};
 use verbund_core::audit::{self, AuditDraft, AuditEntry};
+pub use verbund_core::write::FilterColumns;
 use verbund_core::write::{self, RefCheck, WritePlan};
 use verbund_core::{Change, ChangeOp, DomainError, FieldMap, Hlc, Record, RecordKind, Value};
 
@@ -403,13 +404,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ListQuery {
     pub kind: Option<RecordKind>,
-    pub account_id: Option<String>,
-    pub related_id: Option<String>,
-    pub stage: Option<String>,
-    pub status: Option<String>,
-    pub priority: Option<String>,
-    pub assigned_org: Option<String>,
-    pub channel: Option<String>,
+    pub filter: FilterColumns,
     pub updated_since_ms: Option<i64>,
     pub show_deleted: bool,
     pub after_id: Option<String>,

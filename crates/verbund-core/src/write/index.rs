@@ -3,17 +3,61 @@
 
 use super::*;
 
-/// Columns the store keeps beside the JSON fields for filtering and search.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct IndexColumns {
+/// The seven indexed columns a List call filters on, declared once: the filter a client
+/// sends, the store's list query and a record's index columns all carry this struct.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FilterColumns {
     pub account_id: Option<String>,
-    pub contact_id: Option<String>,
     pub related_id: Option<String>,
     pub stage: Option<String>,
     pub status: Option<String>,
     pub priority: Option<String>,
     pub assigned_org: Option<String>,
     pub channel: Option<String>,
+}
+
+impl FilterColumns {
+    /// Column (and record field) names with their values, in a fixed order.
+    pub fn columns(&self) -> [(&'static str, Option<&str>); 7] {
+        [
+            ("account_id", self.account_id.as_deref()),
+            ("related_id", self.related_id.as_deref()),
+            ("stage", self.stage.as_deref()),
+            ("status", self.status.as_deref()),
+            ("priority", self.priority.as_deref()),
+            ("assigned_org", self.assigned_org.as_deref()),
+            ("channel", self.channel.as_deref()),
+        ]
+    }
+
+    /// The names of the columns that are set.
+    pub fn set_fields(&self) -> Vec<&'static str> {
+        self.columns()
+            .into_iter()
+            .filter_map(|(f, v)| v.map(|_| f))
+            .collect()
+    }
+
+    /// Whether a (projected) record passes these filters. A field the caller may not read is
+    /// absent from a projection, so filtering on it matches nothing and reveals nothing. An
+    /// activity's account filter matches activities directly on that account.
+    pub fn matches(&self, rec: &Record) -> bool {
+        self.columns().into_iter().all(|(field, wanted)| {
+            let field = if field == "account_id" && rec.kind == RecordKind::Activity {
+                "related_id"
+            } else {
+                field
+            };
+            wanted.is_none_or(|w| rec.text(field) == Some(w))
+        })
+    }
+}
+
+/// Columns the store keeps beside the JSON fields for filtering and search.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IndexColumns {
+    pub filter: FilterColumns,
+    pub contact_id: Option<String>,
     pub search_text: String,
 }
 
@@ -33,18 +77,20 @@ pub fn index_columns(record: &Record) -> IndexColumns {
         _ => None,
     };
     IndexColumns {
-        account_id: if record.kind == RecordKind::Account {
-            Some(record.id.to_string())
-        } else {
-            text("account_id")
+        filter: FilterColumns {
+            account_id: if record.kind == RecordKind::Account {
+                Some(record.id.to_string())
+            } else {
+                text("account_id")
+            },
+            related_id: text("related_id"),
+            stage: text("stage"),
+            status: status_field,
+            priority: text("priority"),
+            assigned_org: text("assigned_org"),
+            channel: text("channel"),
         },
         contact_id: text("contact_id"),
-        related_id: text("related_id"),
-        stage: text("stage"),
-        status: status_field,
-        priority: text("priority"),
-        assigned_org: text("assigned_org"),
-        channel: text("channel"),
         search_text: search_text(record.kind, &record.fields),
     }
 }

@@ -18,10 +18,7 @@ use verbund_core::{DomainError, Record, RecordKind};
 use verbund_proto::v1 as pb;
 use verbund_store::{ListQuery, SearchQuery, StoreError};
 
-use std::collections::BTreeSet;
-
 use verbund_core::access::project;
-use verbund_policy::Act;
 
 use crate::auth;
 use crate::convert::parse_id;
@@ -60,15 +57,6 @@ impl NodeState {
         self.deny(draft, Status::permission_denied(message)).await
     }
 
-    /// The first name in `fields` that is not in `allowed` (unknown names are never allowed:
-    /// callers pass canonical field names, see `check_mask`).
-    fn first_forbidden<'a>(
-        fields: impl IntoIterator<Item = &'a String>,
-        allowed: &BTreeSet<String>,
-    ) -> Option<String> {
-        fields.into_iter().find(|f| !allowed.contains(*f)).cloned()
-    }
-
     pub async fn create<M: RecordMessage>(
         &self,
         p: &Principal,
@@ -79,38 +67,14 @@ impl NodeState {
         let fields = msg.to_fields()?;
         let given: Vec<String> = fields.keys().cloned().collect();
         let policy = self.policy();
-        let s = auth::subject(p);
         let mut audit = Vec::new();
-        if self.is_own(p) {
-            if policy.fields(&s, kind, Act::Create, false).is_empty() {
-                let msg = format!("{p} may not create {kind} records");
-                return Err(self.forbid(p, "create", kind, None, given, msg).await);
-            }
-            let assigned = fields.get("assigned_org").and_then(|v| v.as_text()) == Some(&p.org);
-            let writable = policy.fields(&s, kind, Act::Write, assigned);
-            if let Some(f) = Self::first_forbidden(&given, &writable) {
-                let msg = format!("{f}: {p} may not write this field of {kind}");
-                return Err(self.forbid(p, "create", kind, None, given, msg).await);
-            }
-        } else {
+        let assigned = fields.get("assigned_org").and_then(|v| v.as_text()) == Some(&p.org);
+        if let Err(why) = auth::may_create(&policy, &self.org, p, kind, &given, assigned) {
+            return Err(self.forbid(p, "create", kind, None, given, why.0).await);
+        }
+        if !self.is_own(p) {
             // A partner adds activities to records shared with it; nothing else is created
             // on another organization's node.
-            if kind != RecordKind::Activity
-                || policy.fields(&s, kind, Act::Create, false).is_empty()
-            {
-                let msg = format!("{p} may not create {kind} records on this node");
-                return Err(self.forbid(p, "create", kind, None, given, msg).await);
-            }
-            let writable = policy.fields(&s, kind, Act::Write, false);
-            if let Some(f) = given.iter().find(|f| {
-                f.as_str() != "related_id"
-                    && (!writable.contains(*f) || verbund_core::access::controls_access(f))
-            }) {
-                let msg = format!("{f}: {p} may not write this field of {kind}");
-                return Err(self
-                    .forbid(p, "create", kind, None, given.clone(), msg)
-                    .await);
-            }
             let related = fields
                 .get("related_id")
                 .and_then(|v| v.as_text())
@@ -122,6 +86,7 @@ impl NodeState {
                 Some(rec) => auth::reached_access(&policy, &self.org, p, rec, &reached),
                 None => auth::RecordAccess::default(),
             };
+            let target_kind = target.map_or(RecordKind::Activity, |r| r.kind);
             if !access.visible() {
                 // Exactly what a missing record produces.
                 let draft = Self::audit_draft(
@@ -137,10 +102,16 @@ impl NodeState {
                     .deny(draft, invalid("related_id", format!("no account or contact or lead or opportunity or service_case with id {related_id}")))
                     .await);
             }
-            if !access.may_add_activity {
-                let msg = format!("{p} may not add activities to this record");
+            if let Err(why) = auth::may_add_activity(p, target_kind, &access) {
                 return Err(self
-                    .forbid(p, "create", kind, Some(related_id.to_string()), given, msg)
+                    .forbid(
+                        p,
+                        "create",
+                        kind,
+                        Some(related_id.to_string()),
+                        given,
+                        why.0,
+                    )
                     .await);
             }
             audit.push(Self::audit_draft(
@@ -189,10 +160,9 @@ impl NodeState {
         if self.is_own(p) {
             let rec = found.ok_or_else(|| not_found(kind, id))?;
             let access = self.access_to(p, &rec).await?;
-            if !access.visible() {
-                let msg = format!("{p} may not read {kind} records");
+            if let Err(why) = auth::may_read(p, &self.org, &rec, &access) {
                 return Err(self
-                    .forbid(p, action, kind, Some(uuid.to_string()), Vec::new(), msg)
+                    .forbid(p, action, kind, Some(uuid.to_string()), Vec::new(), why.0)
                     .await);
             }
             return Ok((rec, access));
@@ -268,8 +238,7 @@ impl NodeState {
         };
         let patch = msg.to_fields()?;
         let (found, access) = self.read_visible(p, kind, id, "update").await?;
-        if let Some(f) = Self::first_forbidden(&mask.paths, &access.writable) {
-            let msg = format!("{f}: {p} may not write this field of {kind}");
+        if let Err(why) = auth::may_write(p, &self.org, &found, &access, &mask.paths) {
             return Err(self
                 .forbid(
                     p,
@@ -277,7 +246,7 @@ impl NodeState {
                     kind,
                     Some(uuid.to_string()),
                     mask.paths.clone(),
-                    msg,
+                    why.0,
                 )
                 .await);
         }
@@ -314,7 +283,8 @@ impl NodeState {
                 uuid,
                 move |cur| {
                     let now = auth::record_access(&policy, &node_org, &who, cur, &grants);
-                    if !now.visible() || Self::first_forbidden(&mask.paths, &now.writable).is_some()
+                    if !now.visible()
+                        || auth::may_write(&who, &node_org, cur, &now, &mask.paths).is_err()
                     {
                         return Err(DomainError::NotFound {
                             kind,
@@ -418,15 +388,9 @@ impl NodeState {
                 )));
             }
         }
-        let policy = self.policy();
-        if !self.is_own(p)
-            || policy
-                .fields(&auth::subject(p), kind, Act::Delete, false)
-                .is_empty()
-        {
-            let msg = format!("{p} may not delete {kind} records on this node");
+        if let Err(why) = auth::may_delete(&self.policy(), &self.org, p, kind) {
             return Err(self
-                .forbid(p, "delete", kind, Some(uuid.to_string()), Vec::new(), msg)
+                .forbid(p, "delete", kind, Some(uuid.to_string()), Vec::new(), why.0)
                 .await);
         }
         let clock = self.clock.clone();

@@ -90,57 +90,8 @@ pub fn page_size(requested: i32) -> Result<i64, Status> {
     }
 }
 
-/// The filters of a List call apart from paging.
-#[derive(Default, Debug)]
-pub struct ListFilter {
-    pub account_id: Option<String>,
-    pub related_id: Option<String>,
-    pub stage: Option<String>,
-    pub status: Option<String>,
-    pub priority: Option<String>,
-    pub assigned_org: Option<String>,
-    pub channel: Option<String>,
-}
-
-impl ListFilter {
-    /// The record fields the set filters look at.
-    pub fn fields(&self) -> Vec<&'static str> {
-        [
-            ("account_id", self.account_id.is_some()),
-            ("related_id", self.related_id.is_some()),
-            ("stage", self.stage.is_some()),
-            ("status", self.status.is_some()),
-            ("priority", self.priority.is_some()),
-            ("assigned_org", self.assigned_org.is_some()),
-            ("channel", self.channel.is_some()),
-        ]
-        .into_iter()
-        .filter_map(|(f, set)| set.then_some(f))
-        .collect()
-    }
-
-    /// Whether a projected record passes the filters. A field the caller may not read is
-    /// absent from the projection, so filtering on it matches nothing and reveals nothing.
-    /// An activity's account filter matches activities directly on that account.
-    pub fn matches(&self, rec: &Record) -> bool {
-        let account_field = if rec.kind == RecordKind::Activity {
-            "related_id"
-        } else {
-            "account_id"
-        };
-        [
-            (account_field, &self.account_id),
-            ("related_id", &self.related_id),
-            ("stage", &self.stage),
-            ("status", &self.status),
-            ("priority", &self.priority),
-            ("assigned_org", &self.assigned_org),
-            ("channel", &self.channel),
-        ]
-        .into_iter()
-        .all(|(field, wanted)| wanted.as_deref().is_none_or(|w| rec.text(field) == Some(w)))
-    }
-}
+/// The filters of a List call apart from paging (declared once, in core).
+pub use verbund_core::write::FilterColumns as ListFilter;
 
 pub(crate) fn opt_id(field: &str, v: &str) -> Result<Option<String>, Status> {
     if v.is_empty() {
@@ -246,31 +197,14 @@ impl NodeState {
         ));
         let after_id = decode_token(&options.page_token, fp)?;
         if self.is_own(p) {
-            let policy = self.policy();
-            let s = auth::subject(p);
-            let readable = policy.fields(&s, kind, Act::Read, false);
-            if readable.is_empty() && policy.fields(&s, kind, Act::Read, true).is_empty() {
-                let msg = format!("{p} may not read {kind} records");
-                return Err(self.forbid(p, "list", kind, None, Vec::new(), msg).await);
-            }
-            // Filtering on a field one may not read would reveal its values.
-            if let Some(f) = filter.fields().into_iter().find(|f| {
-                !(readable.contains(*f) || kind == RecordKind::Activity && *f == "account_id")
-            }) {
-                let msg = format!("{f}: {p} may not filter on this field of {kind}");
-                return Err(self
-                    .forbid(p, "list", kind, None, vec![f.to_string()], msg)
-                    .await);
+            let filtered = filter.set_fields();
+            if let Err(why) = auth::may_list(&self.policy(), &self.org, p, kind, &filtered) {
+                let fields = filtered.iter().map(|f| f.to_string()).collect();
+                return Err(self.forbid(p, "list", kind, None, fields, why.0).await);
             }
             let q = ListQuery {
                 kind: Some(kind),
-                account_id: filter.account_id,
-                related_id: filter.related_id,
-                stage: filter.stage,
-                status: filter.status,
-                priority: filter.priority,
-                assigned_org: filter.assigned_org,
-                channel: filter.channel,
+                filter: filter.clone(),
                 updated_since_ms,
                 show_deleted: options.show_deleted,
                 after_id,

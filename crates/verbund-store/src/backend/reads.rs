@@ -86,17 +86,10 @@ macro_rules! backend_reads {
             if let Some(kind) = q.kind {
                 qb.push(" AND kind = ").push_bind(kind.as_str());
             }
-            for (column, value) in [
-                (" AND account_id = ", &q.account_id),
-                (" AND related_id = ", &q.related_id),
-                (" AND stage = ", &q.stage),
-                (" AND status = ", &q.status),
-                (" AND priority = ", &q.priority),
-                (" AND assigned_org = ", &q.assigned_org),
-                (" AND channel = ", &q.channel),
-            ] {
+            // Column names are the static names of `FilterColumns`, never input.
+            for (column, value) in q.filter.columns() {
                 if let Some(v) = value {
-                    qb.push(column).push_bind(v.clone());
+                    qb.push(" AND ").push(column).push(" = ").push_bind(v.to_string());
                 }
             }
             if let Some(since) = q.updated_since_ms {

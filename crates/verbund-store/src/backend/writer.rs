@@ -86,7 +86,7 @@ macro_rules! backend_writer {
             let rec = &plan.record;
             let mut idx = write::index_columns(rec);
             if rec.kind == RecordKind::Activity {
-                idx.account_id = match activity_account {
+                idx.filter.account_id = match activity_account {
                     Some(a) => a,
                     None => {
                         // related_id unchanged: keep the derived account.
@@ -117,14 +117,14 @@ macro_rules! backend_writer {
                 .bind(seq)
                 .bind(fields_to_json(&rec.fields)?)
                 .bind(versions_to_json(&rec.versions))
-                .bind(idx.account_id)
+                .bind(idx.filter.account_id)
                 .bind(idx.contact_id)
-                .bind(idx.related_id)
-                .bind(idx.stage)
-                .bind(idx.status)
-                .bind(idx.priority)
-                .bind(idx.assigned_org)
-                .bind(idx.channel)
+                .bind(idx.filter.related_id)
+                .bind(idx.filter.stage)
+                .bind(idx.filter.status)
+                .bind(idx.filter.priority)
+                .bind(idx.filter.assigned_org)
+                .bind(idx.filter.channel)
                 .bind(idx.search_text)
                 .execute(&mut **tx)
                 .await?;

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use uuid::Uuid;
 use verbund_core::write::plan_create;
 use verbund_core::{DomainError, HlcClock, RecordKind, Value};
-use verbund_store::{ListQuery, SearchQuery, StoreError};
+use verbund_store::{FilterColumns, ListQuery, SearchQuery, StoreError};
 
 use super::{Fixture, fm, t};
 
@@ -317,14 +317,20 @@ pub(super) async fn list_filters_and_keyset_pages(f: &Fixture) {
     assert_eq!(seen, expected, "every record exactly once, in id order");
     let q = ListQuery {
         kind: Some(RecordKind::Opportunity),
-        account_id: Some(a1.id.to_string()),
+        filter: FilterColumns {
+            account_id: Some(a1.id.to_string()),
+            ..Default::default()
+        },
         limit: 100,
         ..Default::default()
     };
     assert_eq!(f.store.list(&q).await.unwrap().len(), 8);
     let q = ListQuery {
         kind: Some(RecordKind::Opportunity),
-        stage: Some("qualification".into()),
+        filter: FilterColumns {
+            stage: Some("qualification".into()),
+            ..Default::default()
+        },
         limit: 100,
         ..Default::default()
     };
@@ -527,7 +533,10 @@ pub(super) async fn activity_rolls_up_to_account(f: &Fixture) {
     .unwrap();
     let q = ListQuery {
         kind: Some(RecordKind::Activity),
-        account_id: Some(acc.id.to_string()),
+        filter: FilterColumns {
+            account_id: Some(acc.id.to_string()),
+            ..Default::default()
+        },
         limit: 10,
         ..Default::default()
     };
@@ -542,7 +551,10 @@ pub(super) async fn activity_rolls_up_to_account(f: &Fixture) {
     assert_eq!(got, vec![on_case.id, on_acc.id]);
     let q = ListQuery {
         kind: Some(RecordKind::Activity),
-        channel: Some("call".into()),
+        filter: FilterColumns {
+            channel: Some("call".into()),
+            ..Default::default()
+        },
         limit: 10,
         ..Default::default()
     };
@@ -558,7 +570,10 @@ pub(super) async fn activity_rolls_up_to_account(f: &Fixture) {
     .unwrap();
     let q = ListQuery {
         kind: Some(RecordKind::Activity),
-        account_id: Some(acc.id.to_string()),
+        filter: FilterColumns {
+            account_id: Some(acc.id.to_string()),
+            ..Default::default()
+        },
         limit: 10,
         ..Default::default()
     };
@@ -594,7 +609,10 @@ pub(super) async fn activity_rolls_up_to_account(f: &Fixture) {
     .unwrap();
     let q_other = ListQuery {
         kind: Some(RecordKind::Activity),
-        account_id: Some(other.id.to_string()),
+        filter: FilterColumns {
+            account_id: Some(other.id.to_string()),
+            ..Default::default()
+        },
         limit: 10,
         ..Default::default()
     };

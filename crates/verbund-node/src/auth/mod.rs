@@ -22,10 +22,13 @@ use verbund_core::audit::AuditDraft;
 use verbund_core::{Record, RecordKind};
 use verbund_policy::{Act, Policy, Subject};
 
-use crate::error::store_status;
 use crate::identity::Principal;
 use crate::state::{NodeState, now_ms};
 use crate::tls::ConnInfo;
+
+mod decide;
+mod reach;
+pub use decide::*;
 
 /// The principal of a request, established at the TLS handshake.
 pub fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {
@@ -258,143 +261,6 @@ impl NodeState {
             )
             .await)
     }
-
-    /// Every record `org` reaches through shares and share rules, read fresh from the store.
-    pub async fn reach_of(&self, org: &str) -> Result<Reached, Status> {
-        let store = &self.store;
-        let shares = store
-            .list_shares(Some(org), None)
-            .await
-            .map_err(store_status)?;
-        let rules = store
-            .list_share_rules(Some(org))
-            .await
-            .map_err(store_status)?;
-        let ids: Vec<Uuid> = shares.iter().map(|s| s.record_id).collect();
-        let mut direct = store.get_many(&ids).await.map_err(store_status)?;
-        for rule in &rules {
-            let found = match &rule.rule {
-                access::RuleMatch::CaseAssigned => store.cases_assigned_to(org).await,
-                access::RuleMatch::AccountTag(tag) => store.accounts_mentioning(tag).await,
-            };
-            direct.extend(found.map_err(store_status)?);
-        }
-        let directly_shared: Vec<&Record> = direct
-            .iter()
-            .filter(|r| !access::direct_grants(r, org, &shares, &rules).is_empty())
-            .collect();
-        let accounts: Vec<String> = directly_shared
-            .iter()
-            .filter(|r| r.kind == RecordKind::Account)
-            .map(|r| r.id.to_string())
-            .collect();
-        let mut children = store
-            .records_of_accounts(&accounts)
-            .await
-            .map_err(store_status)?;
-        let parents: Vec<String> = directly_shared
-            .iter()
-            .map(|r| r.id.to_string())
-            .chain(children.iter().map(|r| r.id.to_string()))
-            .collect();
-        children.extend(
-            store
-                .activities_related_to(&parents)
-                .await
-                .map_err(store_status)?,
-        );
-        let targets: Vec<Uuid> = directly_shared
-            .iter()
-            .flat_map(|r| access::reference_targets(r))
-            .collect();
-        let referenced = store.get_many(&targets).await.map_err(store_status)?;
-        let grants = access::reach(org, &shares, &rules, &direct, &children, &referenced);
-        Ok(self.own_reached(grants, direct.into_iter().chain(children).chain(referenced)))
-    }
-
-    /// The reached records among `candidates` with their grants. Only our own records are
-    /// ever shared: replicas of other owners never pass on.
-    fn own_reached(
-        &self,
-        mut grants: Reach,
-        candidates: impl IntoIterator<Item = Record>,
-    ) -> Reached {
-        let records: HashMap<Uuid, Record> = candidates
-            .into_iter()
-            .filter(|r| grants.contains_key(&r.id) && r.owner_org == self.org)
-            .map(|r| (r.id, r))
-            .collect();
-        grants.retain(|id, _| records.contains_key(id));
-        Reached { grants, records }
-    }
-
-    /// What `org` reaches among the records `ids`: the same grants `reach_of` finds for them,
-    /// computed from the records around them only (their parents, the records they belong
-    /// to, the records that refer to them, and those records' shares), so the cost follows
-    /// the number of records asked about, not the number shared with `org`.
-    pub async fn reach_for(&self, org: &str, ids: &[Uuid]) -> Result<Reached, Status> {
-        let targets = self.store.get_many(ids).await.map_err(store_status)?;
-        self.reach_around(org, &targets).await
-    }
-
-    /// `reach_for` of records the caller has loaded already.
-    pub async fn reach_around(&self, org: &str, targets: &[Record]) -> Result<Reached, Status> {
-        let store = &self.store;
-        let ids: Vec<Uuid> = targets.iter().map(|r| r.id).collect();
-        let id_of = |r: &Record, f: &str| r.text(f).and_then(|t| Uuid::parse_str(t).ok());
-        // The records an activity belongs to, and the accounts of both.
-        let related_ids: Vec<Uuid> = targets
-            .iter()
-            .filter_map(|r| id_of(r, "related_id"))
-            .collect();
-        let related = store.get_many(&related_ids).await.map_err(store_status)?;
-        let account_ids: Vec<Uuid> = targets
-            .iter()
-            .chain(&related)
-            .filter_map(|r| id_of(r, "account_id"))
-            .collect();
-        let accounts = store.get_many(&account_ids).await.map_err(store_status)?;
-        // Records that may refer to a target (making it visible as a reference).
-        let id_texts: Vec<String> = ids.iter().map(Uuid::to_string).collect();
-        let referrers = store.dependents_of(&id_texts).await.map_err(store_status)?;
-        let mut direct: Vec<Record> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for r in targets
-            .iter()
-            .chain(&related)
-            .chain(&accounts)
-            .chain(&referrers)
-        {
-            if seen.insert(r.id) {
-                direct.push(r.clone());
-            }
-        }
-        let all: Vec<Uuid> = direct.iter().map(|r| r.id).collect();
-        let shares = store
-            .shares_of_records(org, &all)
-            .await
-            .map_err(store_status)?;
-        let rules = store
-            .list_share_rules(Some(org))
-            .await
-            .map_err(store_status)?;
-        let children: Vec<Record> = targets.iter().chain(&related).cloned().collect();
-        let grants = access::reach(org, &shares, &rules, &direct, &children, targets);
-        Ok(self.own_reached(grants, direct))
-    }
-
-    /// The access of `p` to a stored record (reading the reach for a foreign caller).
-    pub async fn access_to(&self, p: &Principal, rec: &Record) -> Result<RecordAccess, Status> {
-        let policy = self.policy();
-        if self.is_own(p) {
-            return Ok(record_access(&policy, &self.org, p, rec, &[]));
-        }
-        if rec.owner_org != self.org {
-            return Ok(RecordAccess::default());
-        }
-        let reached = self.reach_for(&p.org, &[rec.id]).await?;
-        Ok(reached_access(&policy, &self.org, p, rec, &reached))
-    }
 }
 
 #[cfg(test)]
@@ -403,8 +269,8 @@ mod tests {
     use crate::identity::PrincipalKind;
     use verbund_core::{Hlc, Value};
 
-    const MODEL: &str = include_str!("../../../policies/model.conf");
-    const POLICY: &str = include_str!("../../../policies/policy.csv");
+    const MODEL: &str = include_str!("../../../../policies/model.conf");
+    const POLICY: &str = include_str!("../../../../policies/policy.csv");
 
     fn policy() -> Policy {
         let text = format!("{POLICY}\ng2, globex, partner\ng2, fixit, supplier\n");
@@ -493,5 +359,46 @@ mod tests {
             own.visible() && own.writable.is_empty(),
             "readonly by default"
         );
+    }
+
+    #[test]
+    fn decisions_name_the_field_and_the_reason() {
+        let pol = policy();
+        let own = p("acme", "x");
+        let bob = p("globex", "bob");
+        // The example policy gives the own organization `readonly`: no create, no delete.
+        let why = may_create(&pol, "acme", &own, RecordKind::Account, &[], false).unwrap_err();
+        assert!(why.0.contains("may not create account"), "{why}");
+        let why = may_delete(&pol, "acme", &bob, RecordKind::Account).unwrap_err();
+        assert!(why.0.contains("only by their owner"), "{why}");
+        // A partner creates activities only, and never writes a field deciding visibility.
+        let why = may_create(&pol, "acme", &bob, RecordKind::Account, &[], false).unwrap_err();
+        assert!(why.0.contains("may not create account"), "{why}");
+        let given = vec!["related_id".to_string(), "assigned_org".to_string()];
+        let why = may_create(&pol, "acme", &bob, RecordKind::Activity, &given, false);
+        assert!(why.unwrap_err().0.starts_with("assigned_org: "));
+        // Foreign lists are decided by reach, not here.
+        assert!(may_list(&pol, "acme", &bob, RecordKind::Lead, &["stage"]).is_ok());
+        // A supplier reads cases' status but the example policy shows it no case as `group`.
+        let sue = p("fixit", "sue");
+        let rec = case("fixit");
+        let access = record_access(&pol, "acme", &sue, &rec, &[grant("supplier-case")]);
+        assert!(may_write(&sue, "acme", &rec, &access, &["status".into()]).is_ok());
+        let why = may_write(&sue, "acme", &rec, &access, &["subject".into()]).unwrap_err();
+        assert!(why.0.starts_with("subject: "), "{why}");
+        let why = may_write(&sue, "acme", &rec, &access, &["assigned_org".into()]).unwrap_err();
+        assert!(why.0.contains("only its owner writes it"), "{why}");
+        // The explanation of `policy check` is the handler's decision.
+        assert_eq!(
+            decide(&pol, "acme", &sue, &rec, &access, Act::Write, "subject").unwrap_err(),
+            may_write(&sue, "acme", &rec, &access, &["subject".into()]).unwrap_err(),
+        );
+        let unshared = record_access(&pol, "acme", &sue, &rec, &[]);
+        let why = decide(&pol, "acme", &sue, &rec, &unshared, Act::Delete, "").unwrap_err();
+        assert!(why.0.contains("no share or share rule reaches"), "{why}");
+        // A share that shows nothing is refused with the reason.
+        let why = may_share(&pol, "globex", RecordKind::ServiceCase, "group").unwrap_err();
+        assert!(why.0.contains("would show nothing"), "{why}");
+        assert!(may_share(&pol, "fixit", RecordKind::ServiceCase, "supplier-case").is_ok());
     }
 }
