@@ -1,6 +1,6 @@
 //! A Verbund node: the gRPC services over mutual TLS, identities and certificates.
 
-pub mod admin;
+pub mod api;
 pub mod auth;
 pub mod client;
 pub mod config;
@@ -13,10 +13,7 @@ pub mod link_state;
 pub mod links;
 pub mod pki;
 pub mod server;
-pub mod service;
-pub mod sharing;
 pub mod state;
-pub mod sync_admin;
 pub mod tls;
 pub mod wire;
 

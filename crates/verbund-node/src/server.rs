@@ -11,8 +11,8 @@ use tonic::codegen::http;
 use verbund_proto::v1 as pb;
 use verbund_store::Store;
 
+use crate::api::Api;
 use crate::config::NodeConfig;
-use crate::service::Api;
 use crate::state::{NodeSettings, NodeState};
 use crate::tls::{self, ServerTls};
 

@@ -11,10 +11,10 @@ use uuid::Uuid;
 use verbund_core::access::{RuleMatch, Share, ShareRule};
 use verbund_core::audit::AuditDraft;
 use verbund_core::{FieldMap, RecordKind, Value};
+use verbund_node::api::ListFilter;
 use verbund_node::convert::{RecordMessage, message_from_fields};
 use verbund_node::identity::{Principal, PrincipalKind};
 use verbund_node::pb;
-use verbund_node::service::ListFilter;
 use verbund_node::state::{NodeSettings, NodeState};
 use verbund_store::{ShareOp, Store};
 

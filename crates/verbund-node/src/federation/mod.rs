@@ -17,12 +17,12 @@ use verbund_core::sync::{self as merge, FieldEdit};
 use verbund_core::{Change, ChangeOp, Record, RecordKind};
 use verbund_store::VerdictOutcome;
 
+use crate::api::Api;
 use crate::auth::{self};
 use crate::convert;
 use crate::error::{domain_status, store_status};
 use crate::identity::{Principal, PrincipalKind};
 use crate::pb;
-use crate::service::Api;
 use crate::state::{NodeState, now_ms};
 use crate::wire::{hlc_from_pb, state_to_pb, value_from_pb};
 

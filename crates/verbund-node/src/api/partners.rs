@@ -4,11 +4,11 @@ use tonic::{Request, Response, Status};
 use verbund_proto::v1 as pb;
 use verbund_store::Partner;
 
+use crate::api::Api;
 use crate::auth;
 use crate::convert::{invalid, ms_to_timestamp};
 use crate::error::store_status;
 use crate::pki;
-use crate::service::Api;
 use crate::state::{NodeState, now_ms};
 use crate::tls::single_ca;
 

@@ -20,6 +20,7 @@ use verbund_store::{ListQuery, SearchQuery, StoreError};
 
 use verbund_core::access::project;
 
+use crate::api::Api;
 use crate::auth;
 use crate::convert::parse_id;
 use crate::convert::{self, RecordMessage, invalid};
@@ -413,5 +414,4 @@ impl NodeState {
 
 mod grpc;
 mod reads;
-pub use grpc::*;
 pub use reads::{ListFilter, page_size};

@@ -4,12 +4,6 @@
 use super::reads::*;
 use super::*;
 
-/// The gRPC services, all backed by one `NodeState`.
-#[derive(Clone)]
-pub struct Api {
-    pub state: Arc<NodeState>,
-}
-
 macro_rules! record_service {
     ($trait:path, $msg:ty, $create:ident, $create_req:ty, $create_field:ident, $get:ident, $update:ident, $update_req:ty, $update_field:ident, $delete:ident,
      $list:ident, $list_req:ty, $list_resp:ty, $items:ident, |$lr:ident| $filter:expr) => {
