@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub mod backup;
 mod cache;
 use cache::RecordCache;
 

@@ -1,5 +1,6 @@
 //! `verbund`: the node and its command-line client.
 
+mod backup;
 mod bench;
 mod bench_sync;
 mod demo;
@@ -107,6 +108,10 @@ impl Conn {
 enum Command {
     /// Create an organization's CA, a node certificate, an admin certificate, node.toml and the database.
     Init(init::InitArgs),
+    /// Write a consistent copy of the node's database (SQLite; the node may keep running).
+    Backup(backup::BackupArgs),
+    /// Put a backup in place of the node's database (the node must be stopped).
+    Restore(backup::RestoreArgs),
     /// Run a node (mutual TLS only).
     Run {
         #[arg(long, short = 'c', env = "VERBUND_CONFIG")]
@@ -304,6 +309,8 @@ async fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Init(args) => init::run(args).await,
         Command::Run { config } => run_node(config).await,
+        Command::Backup(args) => backup::backup(args).await,
+        Command::Restore(args) => backup::restore(args).await,
         Command::Cert(CertCommand::Issue {
             config,
             user,
