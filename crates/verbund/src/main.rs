@@ -199,6 +199,10 @@ enum Command {
         /// Keep the demo's directory instead of deleting it.
         #[arg(long)]
         keep: bool,
+        /// Leave the federation (four nodes) running after the demo, until Ctrl-C, and print
+        /// how to reach each node.
+        #[arg(long)]
+        keep_running: bool,
     },
     /// Benchmarks against a real node over mutual TLS.
     #[command(subcommand)]
@@ -365,7 +369,7 @@ async fn dispatch(command: Command) -> Result<()> {
             conn,
         } => records::watch(&conn, after_seq, limit).await,
         Command::Whoami { conn } => records::whoami(&conn).await,
-        Command::Demo { keep } => demo::run(keep).await,
+        Command::Demo { keep, keep_running } => demo::run(keep, keep_running).await,
         Command::Bench(b) => bench::run(b).await,
     }
 }

@@ -46,36 +46,28 @@ fn step(title: &str) {
     println!("\n== {title}");
 }
 
-pub async fn run(keep: bool) -> Result<()> {
+/// A CLI command that does the same by hand.
+fn hint(command: &str) {
+    println!("   $ {command}");
+}
+
+pub async fn run(keep: bool, keep_running: bool) -> Result<()> {
     let dir = tempfile::Builder::new().prefix("verbund-demo-").tempdir()?;
-    let org_dir = dir.path().join("acme");
     step(
         "1. verbund init --org acme: CA, node certificate, admin certificate, node.toml, database",
     );
-    let done = init(&InitArgs {
-        org: "acme".into(),
-        dir: org_dir.clone(),
-        name: "node1".into(),
-        listen: "127.0.0.1:0".parse()?,
-        dns: vec![],
-        database_url: None,
-    })
-    .await?;
-    println!("organization acme in {}", org_dir.display());
-    println!("CA fingerprint {}", done.ca_fingerprint);
-
     step("2. start the node (mutual TLS only, embedded SQLite)");
-    let cfg = NodeConfig::load(&done.config_path)?;
-    let node = Node::start(&cfg).await?;
-    let endpoint = format!("https://{}", node.local_addr);
+    let mut acme = DemoNode::start(dir.path(), "acme").await?;
+    let cfg = acme.cfg.clone();
+    let endpoint = acme.endpoint.clone();
+    println!("organization acme in {}", dir.path().join("acme").display());
+    hint(&format!(
+        "verbund init --org acme --dir {0}/acme && verbund run --config {0}/acme/node.toml",
+        dir.path().display()
+    ));
     println!("node acme/node1 serving on {endpoint}");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(node.serve(async {
-        let _ = stop_rx.await;
-    }));
-
     let admin = ClientIdentity::from_config(&cfg)?;
-    let channel = connect(&endpoint, &admin).await?;
+    let channel = acme.admin.clone();
     let mut nodes = pb::node_service_client::NodeServiceClient::new(channel.clone());
     let me = nodes.who_am_i(pb::WhoAmIRequest {}).await?.into_inner();
     println!("connected as verbund://{}/{}/{}", me.org, me.kind, me.name);
@@ -344,23 +336,39 @@ pub async fn run(keep: bool) -> Result<()> {
     }
     println!("{last} changes; an app resumes with after_seq={last}");
 
-    federation(
+    let mut others = federation(
         dir.path(),
-        &cfg,
-        &endpoint,
-        &channel,
+        &acme,
         &id_of(&mueller),
         &id_of(&deal),
         &id_of(&anna),
     )
     .await?;
 
-    let _ = stop_tx.send(());
-    server.await.context("node task")??;
-    if keep {
+    if keep_running {
+        println!("\nThe federation keeps running (Ctrl-C stops it). Reach each node with the CLI:");
+        for n in std::iter::once(&acme).chain(others.iter()) {
+            println!(
+                "  {:<15} {}   verbund account list --config {}",
+                n.org,
+                n.endpoint,
+                n.config_path().display()
+            );
+        }
+        println!(
+            "and with Python (examples/python/README.md): the endpoint above, the CA {}, and an admin certificate and key from the same directory",
+            acme.cfg.path(&acme.cfg.tls.ca_cert).display()
+        );
+        tokio::signal::ctrl_c().await?;
+    }
+    for n in others.iter_mut() {
+        n.stop().await?;
+    }
+    acme.stop().await?;
+    if keep || keep_running {
         let kept = dir.keep();
         println!(
-            "\nDemo directory kept at {}; run the node again with:\n  verbund run --config {}",
+            "\nDemo directory kept at {}; run a node again with:\n  verbund run --config {}",
             kept.display(),
             kept.join("acme/node.toml").display()
         );

@@ -19,56 +19,15 @@ where
     bail!("{what} did not happen within 30 s")
 }
 
-async fn pin(admin: &Channel, org: &str, ca_pem: String, endpoint: &str) -> Result<()> {
-    let der = verbund_node::pki::parse_certs(&ca_pem)?.remove(0);
-    pb::admin_service_client::AdminServiceClient::new(admin.clone())
-        .add_partner(pb::AddPartnerRequest {
-            org: org.into(),
-            ca_pem,
-            endpoint: endpoint.into(),
-            fingerprint: verbund_node::pki::fingerprint(der.as_ref()),
-        })
-        .await?;
-    Ok(())
-}
-
 pub(super) async fn sync_demo(
-    acme_cfg: &NodeConfig,
-    acme_endpoint: &str,
-    acme: &Channel,
-    globex_cfg: &NodeConfig,
+    acme_node: &DemoNode,
+    globex_node: &DemoNode,
     deal: &str,
 ) -> Result<()> {
-    step("17. globex runs its own node: acme's shared deal is replicated there and kept in step");
-    let node = Node::start(globex_cfg).await?;
-    let globex_endpoint = format!("https://{}", node.local_addr);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(node.serve(async {
-        let _ = stop_rx.await;
-    }));
-    let globex = connect(&globex_endpoint, &ClientIdentity::from_config(globex_cfg)?).await?;
-    println!("node globex/node1 serving on {globex_endpoint}");
-    // acme pinned globex without an endpoint so far; now each node knows where the other is.
+    step("17. globex's own node: acme's shared deal is replicated there and kept in step");
+    let acme = &acme_node.admin;
+    let globex = &globex_node.admin;
     let mut acme_admin = pb::admin_service_client::AdminServiceClient::new(acme.clone());
-    acme_admin
-        .remove_partner(pb::RemovePartnerRequest {
-            org: "globex".into(),
-        })
-        .await?;
-    pin(
-        acme,
-        "globex",
-        globex_cfg.read(&globex_cfg.tls.ca_cert)?,
-        &globex_endpoint,
-    )
-    .await?;
-    pin(
-        &globex,
-        "acme",
-        acme_cfg.read(&acme_cfg.tls.ca_cert)?,
-        acme_endpoint,
-    )
-    .await?;
     acme_admin
         .add_share(pb::AddShareRequest {
             record_id: deal.into(),
@@ -77,6 +36,9 @@ pub(super) async fn sync_demo(
         })
         .await?;
     println!("acme shares the deal with globex again (joint-deal)");
+    hint(&format!(
+        "verbund opportunity get {deal} --config globex/node.toml   (the replica, on globex's node)"
+    ));
     let mut globex_opps =
         pb::opportunity_service_client::OpportunityServiceClient::new(globex.clone());
     let mut acme_opps = pb::opportunity_service_client::OpportunityServiceClient::new(acme.clone());
@@ -175,8 +137,6 @@ pub(super) async fn sync_demo(
         "acme revoked the share; globex's copy is gone after {} ms",
         took.as_millis()
     );
-    let _ = globex_opps;
-    let _ = stop_tx.send(());
-    server.await.context("globex node task")??;
+    hint("verbund partner status --config globex/node.toml");
     Ok(())
 }
