@@ -1,6 +1,7 @@
 //! `verbund`: the node and its command-line client.
 
 mod bench;
+mod bench_match;
 mod bench_sync;
 mod demo;
 mod governance;
