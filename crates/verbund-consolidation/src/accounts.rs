@@ -1,21 +1,20 @@
 //! The account matcher: companies across subsidiaries.
 //!
 //! Evidence in points (threshold 8): an equal valid VAT ID is decisive (+15); the name says
-//! most of the rest (exact +6 … clearly different −6, by a soft Dice over name tokens weighted
-//! by rarity, so a shared brand weighs more than "Logistik"); a shared company domain and an
+//! most of the rest (exact +6 … clearly different −6, comparing tokens with typo tolerance,
+//! weighted by rarity, so a shared brand weighs more than "Logistik"); a shared company domain and an
 //! equal phone number add +3 each but cannot match alone — group companies share both; city
 //! and legal form add a little. Constraints (see [`AccountMatcher::conflict`]) keep apart what
 //! no score may join.
-
-use strsim::jaro_winkler;
 
 use crate::constraints::Conflict;
 use crate::engine::Matcher;
 use crate::keys::{KeyKind, key};
 use crate::normalize::{
-    LegalForm, domain_of_website, fold, normalize_company, normalize_email, normalize_phone, normalize_vat,
+    LegalForm, domain_of_website, fold, normalize_company, normalize_email, normalize_phone,
+    normalize_vat,
 };
-use crate::score::{Evidence, Rarity, Tally, Token, soft_dice, tokens_of};
+use crate::score::{Evidence, Rarity, Tally, Token, compare_names, tokens_of};
 
 /// An account as a subsidiary holds it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -57,31 +56,42 @@ fn compact(name: &str) -> String {
 }
 
 impl AccountMatcher {
-    fn name_points(&self, a: &AccountFeatures, b: &AccountFeatures, rarity: &dyn Fn(u64) -> Rarity, t: &mut Tally) {
+    /// Name evidence: equal (+6; +8, a match on its own, when a token is very rare), equal but
+    /// for typos (+5), one name the other with a word left out (+2: "Moorvera" for "Moorvera
+    /// Druck"), otherwise
+    /// each has words the other lacks: −3 when most weight agrees (group companies "Nordwind
+    /// Logistik" and "Nordwind Software"), −6 when little does.
+    fn name_points(
+        &self,
+        a: &AccountFeatures,
+        b: &AccountFeatures,
+        rarity: &dyn Fn(u64) -> Rarity,
+        t: &mut Tally,
+    ) {
         if a.name.is_empty() || b.name.is_empty() {
             return;
         }
         if compact(&a.name) == compact(&b.name) {
-            t.add("name", 6.0, || "equal".into());
+            let very_rare = a.tokens.iter().any(|k| rarity(k.key) == Rarity::VeryRare);
+            if very_rare {
+                t.add("name", 8.0, || "equal, with a very rare token".into());
+            } else {
+                t.add("name", 6.0, || "equal".into());
+            }
             return;
         }
-        let dice = soft_dice(&a.name, &a.tokens, &b.name, &b.tokens, &|k| rarity(k).token_weight());
-        // A single-token name with a typo scores on the whole string.
-        let sim = dice.max(if a.tokens.len() == 1 && b.tokens.len() == 1 {
-            jaro_winkler(&a.name, &b.name) as f32
-        } else {
-            0.0
+        let c = compare_names(&a.name, &a.tokens, &b.name, &b.tokens, &|k| {
+            rarity(k).token_weight()
         });
-        let points = if sim >= 0.95 {
-            5.0
-        } else if sim >= 0.88 {
-            3.0
-        } else if sim >= 0.75 {
-            -3.0
-        } else {
-            -6.0
+        let (points, what) = match (c.a_covered, c.b_covered) {
+            (true, true) => (5.0, "equal but for typos or word order"),
+            (true, false) | (false, true) => (2.0, "one name is the other with a word left out"),
+            _ if c.dice >= 0.6 => (-3.0, "different words beside common ones"),
+            _ => (-6.0, "different"),
         };
-        t.add("name", points, || format!("similarity {sim:.2} (rarity-weighted tokens)"));
+        t.add("name", points, || {
+            format!("{what} (weighted token agreement {:.2})", c.dice)
+        });
     }
 }
 
@@ -107,10 +117,23 @@ impl Matcher for AccountMatcher {
         domains.dedup();
         AccountFeatures {
             legal_form: company.legal_form,
-            vat: input.vat_id.as_deref().and_then(|v| normalize_vat(v, country)).map(|v| key(KeyKind::Vat, &v.id)),
+            vat: input
+                .vat_id
+                .as_deref()
+                .and_then(|v| normalize_vat(v, country))
+                .map(|v| key(KeyKind::Vat, &v.id)),
             domains: domains.into_boxed_slice(),
-            phone: input.phone.as_deref().and_then(|p| normalize_phone(p, country)).map(|p| key(KeyKind::Phone, &p)),
-            city: input.city.as_deref().map(fold).filter(|c| !c.is_empty()).map(|c| key(KeyKind::City, &c)),
+            phone: input
+                .phone
+                .as_deref()
+                .and_then(|p| normalize_phone(p, country))
+                .map(|p| key(KeyKind::Phone, &p)),
+            city: input
+                .city
+                .as_deref()
+                .map(fold)
+                .filter(|c| !c.is_empty())
+                .map(|c| key(KeyKind::City, &c)),
             tokens,
             name: name.into_boxed_str(),
         }

@@ -30,7 +30,9 @@ impl<M: Matcher> Engine<M> {
         let cap = self.opts.block_cap;
         let mut touched = Vec::new();
         for &k in keys {
-            let Some(members) = self.blocks.get_mut(&k) else { continue };
+            let Some(members) = self.blocks.get_mut(&k) else {
+                continue;
+            };
             let before = members.len();
             if let Some(pos) = members.iter().position(|&m| m == slot) {
                 members.swap_remove(pos);
@@ -51,7 +53,9 @@ impl<M: Matcher> Engine<M> {
         seen.clear();
         out.clear();
         for k in self.rec_blocks[slot as usize].iter() {
-            let Some(members) = self.blocks.get(k) else { continue };
+            let Some(members) = self.blocks.get(k) else {
+                continue;
+            };
             if members.len() > self.opts.block_cap {
                 continue;
             }
@@ -67,7 +71,11 @@ impl<M: Matcher> Engine<M> {
     pub(crate) fn share_live_block(&self, a: u32, b: u32) -> bool {
         let kb: HashSet<u64> = self.rec_blocks[b as usize].iter().copied().collect();
         self.rec_blocks[a as usize].iter().any(|k| {
-            kb.contains(k) && self.blocks.get(k).is_some_and(|m| m.len() <= self.opts.block_cap)
+            kb.contains(k)
+                && self
+                    .blocks
+                    .get(k)
+                    .is_some_and(|m| m.len() <= self.opts.block_cap)
         })
     }
 
@@ -129,7 +137,9 @@ impl<M: Matcher> Engine<M> {
                             }
                             let s32 = s as u32;
                             for k in this.rec_blocks[s].iter() {
-                                let Some(members) = this.blocks.get(k) else { continue };
+                                let Some(members) = this.blocks.get(k) else {
+                                    continue;
+                                };
                                 if members.len() > this.opts.block_cap {
                                     continue;
                                 }

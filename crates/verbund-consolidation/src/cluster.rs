@@ -15,7 +15,10 @@ struct Groups {
 
 impl Groups {
     fn new(n: usize) -> Self {
-        Groups { root: (0..n as u32).collect(), members: (0..n as u32).map(|i| vec![i]).collect() }
+        Groups {
+            root: (0..n as u32).collect(),
+            members: (0..n as u32).map(|i| vec![i]).collect(),
+        }
     }
 
     fn find(&self, i: u32) -> u32 {
@@ -52,8 +55,11 @@ impl<M: Matcher> Engine<M> {
             while i < comp.len() {
                 let s = comp[i];
                 i += 1;
-                let next: Vec<u32> =
-                    self.adj[s as usize].iter().map(|&(n, _)| n).chain(self.linked_slots(s)).collect();
+                let next: Vec<u32> = self.adj[s as usize]
+                    .iter()
+                    .map(|&(n, _)| n)
+                    .chain(self.linked_slots(s))
+                    .collect();
                 for n in next {
                     if let Some(&j) = index.get(&n)
                         && !done[j]
@@ -92,13 +98,19 @@ impl<M: Matcher> Engine<M> {
         }
         links.sort_unstable_by(|a, b| (key(a.0), key(a.1)).cmp(&(key(b.0), key(b.1))));
         edges.sort_unstable_by(|a, b| {
-            b.0.total_cmp(&a.0).then_with(|| (key(a.1), key(a.2)).cmp(&(key(b.1), key(b.2))))
+            b.0.total_cmp(&a.0)
+                .then_with(|| (key(a.1), key(a.2)).cmp(&(key(b.1), key(b.2))))
         });
         let mut groups = Groups::new(comp.len());
         let slot_of = |l: u32| comp[l as usize];
-        let steps = links.iter().map(|&(a, b)| (a, b, true)).chain(edges.iter().map(|&(_, a, b)| (a, b, false)));
+        let steps = links
+            .iter()
+            .map(|&(a, b)| (a, b, true))
+            .chain(edges.iter().map(|&(_, a, b)| (a, b, false)));
         for (a, b, by_steward) in steps {
-            let (Some(la), Some(lb)) = (local(a), local(b)) else { continue };
+            let (Some(la), Some(lb)) = (local(a), local(b)) else {
+                continue;
+            };
             let (ra, rb) = (groups.find(la), groups.find(lb));
             if ra == rb {
                 continue;
@@ -107,7 +119,11 @@ impl<M: Matcher> Engine<M> {
             let blocked = groups.members[ra as usize].iter().any(|&x| {
                 groups.members[rb as usize].iter().any(|&y| {
                     let (sx, sy) = (slot_of(x), slot_of(y));
-                    if by_steward { self.is_unlinked(sx, sy) } else { self.pair_conflict(sx, sy).is_some() }
+                    if by_steward {
+                        self.is_unlinked(sx, sy)
+                    } else {
+                        self.pair_conflict(sx, sy).is_some()
+                    }
                 })
             });
             if !blocked {
@@ -159,7 +175,9 @@ impl<M: Matcher> Engine<M> {
     }
 
     fn assign(&mut self, cluster: Vec<u32>) {
-        let Some(&rep) = cluster.iter().min_by(|a, b| self.keys[**a as usize].cmp(&self.keys[**b as usize]))
+        let Some(&rep) = cluster
+            .iter()
+            .min_by(|a, b| self.keys[**a as usize].cmp(&self.keys[**b as usize]))
         else {
             return;
         };
@@ -185,15 +203,9 @@ impl<M: Matcher> Engine<M> {
         I: std::borrow::Borrow<M::Input>,
     {
         let mut engine = Engine::new(matcher, opts);
+        // As `decide` does: a later decision on a pair replaces an earlier one.
         for d in decisions {
-            let (map, a, b) = match d {
-                crate::engine::StewardDecision::Link(a, b) => (&mut engine.links, a, b),
-                crate::engine::StewardDecision::Unlink(a, b) => (&mut engine.unlinks, a, b),
-            };
-            if a != b && !map.get(a.as_str()).is_some_and(|v| v.iter().any(|x| **x == **b)) {
-                map.entry(a.as_str().into()).or_default().push(b.as_str().into());
-                map.entry(b.as_str().into()).or_default().push(a.as_str().into());
-            }
+            engine.record_decision(d);
         }
         let mut keys = Vec::new();
         for (record, input) in records {
@@ -224,7 +236,9 @@ impl<M: Matcher> Engine<M> {
         }
         engine.blocks.retain(|_, m| !m.is_empty());
         engine.score_all();
-        let region: Vec<u32> = (0..engine.keys.len() as u32).filter(|&s| engine.feats[s as usize].is_some()).collect();
+        let region: Vec<u32> = (0..engine.keys.len() as u32)
+            .filter(|&s| engine.feats[s as usize].is_some())
+            .collect();
         engine.cluster_region(&region, false);
         engine
     }

@@ -78,7 +78,13 @@ impl Consolidation {
                 employer_of.insert(k.as_str().into(), e.into());
             }
             let employer_cluster = employer_cluster(accounts, &c);
-            (k, ContactRecord { employer_cluster, contact: c })
+            (
+                k,
+                ContactRecord {
+                    employer_cluster,
+                    contact: c,
+                },
+            )
         });
         let opts = self.contacts.opts;
         self.contacts = Engine::build(ContactMatcher, opts, records, decisions);
@@ -127,8 +133,14 @@ impl Consolidation {
             self.staff.entry(e.into()).or_default().push(record.into());
             self.employer_of.insert(record.into(), e.into());
         }
-        let r = ContactRecord { employer_cluster: employer_cluster(&self.accounts, input), contact: input.clone() };
-        Changes { accounts: Vec::new(), contacts: self.contacts.upsert(record, &r) }
+        let r = ContactRecord {
+            employer_cluster: employer_cluster(&self.accounts, input),
+            contact: input.clone(),
+        };
+        Changes {
+            accounts: Vec::new(),
+            contacts: self.contacts.upsert(record, &r),
+        }
     }
 
     pub fn remove_contact(&mut self, record: &str) -> Changes {
@@ -140,22 +152,36 @@ impl Consolidation {
                 self.staff.remove(&old);
             }
         }
-        Changes { accounts: Vec::new(), contacts: self.contacts.remove(record) }
+        Changes {
+            accounts: Vec::new(),
+            contacts: self.contacts.remove(record),
+        }
     }
 
     pub fn decide_contacts(&mut self, decision: StewardDecision) -> Changes {
-        Changes { accounts: Vec::new(), contacts: self.contacts.decide(decision) }
+        Changes {
+            accounts: Vec::new(),
+            contacts: self.contacts.decide(decision),
+        }
     }
 
     /// Contacts of accounts whose cluster changed get their new employer cluster.
     fn after_accounts(&mut self, accounts: Vec<ClusterChange>) -> Changes {
         let mut contacts = Vec::new();
         for change in &accounts {
-            let Some(staff) = self.staff.get(change.record.as_str()) else { continue };
-            let employer = change.after.clone().unwrap_or_else(|| change.record.clone());
+            let Some(staff) = self.staff.get(change.record.as_str()) else {
+                continue;
+            };
+            let employer = change
+                .after
+                .clone()
+                .unwrap_or_else(|| change.record.clone());
             let employer_key = key(KeyKind::Employer, &employer);
             for c in staff.clone() {
-                contacts.extend(self.contacts.modify(&c, |f| f.employer = Some(employer_key)));
+                contacts.extend(
+                    self.contacts
+                        .modify(&c, |f| f.employer = Some(employer_key)),
+                );
             }
         }
         Changes { accounts, contacts }

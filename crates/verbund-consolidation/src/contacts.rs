@@ -73,14 +73,25 @@ impl Matcher for ContactMatcher {
     fn features(&self, input: &ContactRecord) -> ContactFeatures {
         let c = &input.contact;
         let name = normalize_person(&c.first_name, &c.last_name);
-        let email = c.email.as_deref().and_then(normalize_email).filter(|e| !e.role);
+        let email = c
+            .email
+            .as_deref()
+            .and_then(normalize_email)
+            .filter(|e| !e.role);
         ContactFeatures {
             first: name.first.map(String::into_boxed_str),
             last: name.last.map(String::into_boxed_str),
             email_at_company: email.as_ref().is_some_and(|e| !e.free_mail),
             email: email.map(|e| key(KeyKind::Email, &e.address)),
-            phone: c.phone.as_deref().and_then(|p| normalize_phone(p, c.country.as_deref())).map(|p| key(KeyKind::Phone, &p)),
-            employer: input.employer_cluster.as_deref().map(|e| key(KeyKind::Employer, e)),
+            phone: c
+                .phone
+                .as_deref()
+                .and_then(|p| normalize_phone(p, c.country.as_deref()))
+                .map(|p| key(KeyKind::Phone, &p)),
+            employer: input
+                .employer_cluster
+                .as_deref()
+                .map(|e| key(KeyKind::Employer, e)),
         }
     }
 
@@ -88,7 +99,12 @@ impl Matcher for ContactMatcher {
         out.extend(f.email);
         out.extend(f.phone);
         if let Some(last) = f.last.as_deref() {
-            let initial: String = f.first.as_deref().and_then(|s| s.chars().next()).into_iter().collect();
+            let initial: String = f
+                .first
+                .as_deref()
+                .and_then(|s| s.chars().next())
+                .into_iter()
+                .collect();
             out.push(key(KeyKind::LastFirstInitial, &format!("{last} {initial}")));
             if let Some(e) = f.employer {
                 out.push(key(KeyKind::EmployerLast, &format!("{e:x} {last}")));

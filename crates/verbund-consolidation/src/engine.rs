@@ -49,7 +49,10 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { block_cap: 100, threads: 2 }
+        EngineOptions {
+            block_cap: 100,
+            threads: 2,
+        }
     }
 }
 
@@ -94,7 +97,11 @@ pub struct Engine<M: Matcher> {
 }
 
 fn ordered(a: &str, b: &str) -> (String, String) {
-    if a <= b { (a.to_owned(), b.to_owned()) } else { (b.to_owned(), a.to_owned()) }
+    if a <= b {
+        (a.to_owned(), b.to_owned())
+    } else {
+        (b.to_owned(), a.to_owned())
+    }
 }
 
 impl<M: Matcher> Engine<M> {
@@ -135,7 +142,9 @@ impl<M: Matcher> Engine<M> {
 
     /// The features of a record (for callers that match on clusters of another engine).
     pub fn features_of(&self, record: &str) -> Option<&M::Features> {
-        self.ids.get(record).and_then(|&i| self.feats[i as usize].as_ref())
+        self.ids
+            .get(record)
+            .and_then(|&i| self.feats[i as usize].as_ref())
     }
 
     /// The cluster key (smallest record key of its cluster) of a record.
@@ -147,9 +156,14 @@ impl<M: Matcher> Engine<M> {
 
     /// The records of the cluster `record` belongs to, sorted.
     pub fn cluster_members(&self, record: &str) -> Vec<&str> {
-        let Some(&i) = self.ids.get(record) else { return Vec::new() };
-        let mut out: Vec<&str> =
-            self.members_of(i).iter().map(|&m| &*self.keys[m as usize]).collect();
+        let Some(&i) = self.ids.get(record) else {
+            return Vec::new();
+        };
+        let mut out: Vec<&str> = self
+            .members_of(i)
+            .iter()
+            .map(|&m| &*self.keys[m as usize])
+            .collect();
         out.sort_unstable();
         out
     }
@@ -170,8 +184,11 @@ impl<M: Matcher> Engine<M> {
             if rep == NONE || rep as usize != slot {
                 continue;
             }
-            let mut c: Vec<String> =
-                self.members_of(slot as u32).iter().map(|&m| self.keys[m as usize].to_string()).collect();
+            let mut c: Vec<String> = self
+                .members_of(slot as u32)
+                .iter()
+                .map(|&m| self.keys[m as usize].to_string())
+                .collect();
             c.sort_unstable();
             out.push(c);
         }
@@ -210,7 +227,9 @@ impl<M: Matcher> Engine<M> {
 
     pub(crate) fn is_unlinked(&self, a: u32, b: u32) -> bool {
         let (ka, kb) = (&self.keys[a as usize], &self.keys[b as usize]);
-        self.unlinks.get(ka).is_some_and(|v| v.iter().any(|x| x == kb))
+        self.unlinks
+            .get(ka)
+            .is_some_and(|v| v.iter().any(|x| x == kb))
     }
 
     pub(crate) fn linked_slots(&self, slot: u32) -> impl Iterator<Item = u32> + '_ {
@@ -222,13 +241,20 @@ impl<M: Matcher> Engine<M> {
     }
 
     pub(crate) fn rarity(&self, key: u64) -> Rarity {
-        Rarity::of(self.blocks.get(&key).map_or(0, Vec::len), self.opts.block_cap)
+        Rarity::of(
+            self.blocks.get(&key).map_or(0, Vec::len),
+            self.opts.block_cap,
+        )
     }
 
     /// The score of a pair, always computed with the smaller record key first so that the
     /// floating-point result does not depend on which side asked.
     pub(crate) fn pair_score(&self, a: u32, b: u32, explain: Option<&mut Vec<Evidence>>) -> f32 {
-        let (lo, hi) = if self.keys[a as usize] <= self.keys[b as usize] { (a, b) } else { (b, a) };
+        let (lo, hi) = if self.keys[a as usize] <= self.keys[b as usize] {
+            (a, b)
+        } else {
+            (b, a)
+        };
         match (&self.feats[lo as usize], &self.feats[hi as usize]) {
             (Some(fa), Some(fb)) => self.matcher.score(fa, fb, &|k| self.rarity(k), explain),
             _ => f32::NEG_INFINITY,
@@ -272,25 +298,31 @@ impl<M: Matcher> Engine<M> {
 
     /// Records a steward decision (replacing an opposite one on the same pair) and reclusters.
     pub fn decide(&mut self, decision: StewardDecision) -> Vec<ClusterChange> {
-        let (a, b, link) = match &decision {
+        let (StewardDecision::Link(a, b) | StewardDecision::Unlink(a, b)) = &decision;
+        if !self.record_decision(&decision) {
+            return Vec::new();
+        }
+        self.recluster_around_keys(&[a, b])
+    }
+
+    /// Stores a decision, replacing an opposite one on the same pair; false when it was
+    /// already in force.
+    pub(crate) fn record_decision(&mut self, decision: &StewardDecision) -> bool {
+        let (a, b, link) = match decision {
             StewardDecision::Link(a, b) => (a.as_str(), b.as_str(), true),
             StewardDecision::Unlink(a, b) => (a.as_str(), b.as_str(), false),
         };
         if a == b {
-            return Vec::new();
+            return false;
         }
         let (a, b) = ordered(a, b);
-        let changed = if link {
+        if link {
             Self::drop_decision(&mut self.unlinks, &a, &b);
             Self::add_decision(&mut self.links, &a, &b)
         } else {
             Self::drop_decision(&mut self.links, &a, &b);
             Self::add_decision(&mut self.unlinks, &a, &b)
-        };
-        if !changed {
-            return Vec::new();
         }
-        self.recluster_around_keys(&[&a, &b])
     }
 
     /// Withdraws a steward decision on a pair; the matcher decides again.
@@ -305,8 +337,12 @@ impl<M: Matcher> Engine<M> {
 
     /// A steward takes a record out of its cluster: an unlink against every other member.
     pub fn unlink_from_cluster(&mut self, record: &str) -> Vec<ClusterChange> {
-        let mates: Vec<String> =
-            self.cluster_members(record).into_iter().filter(|m| *m != record).map(str::to_owned).collect();
+        let mates: Vec<String> = self
+            .cluster_members(record)
+            .into_iter()
+            .filter(|m| *m != record)
+            .map(str::to_owned)
+            .collect();
         for m in &mates {
             let (a, b) = ordered(record, m);
             Self::drop_decision(&mut self.links, &a, &b);
@@ -319,7 +355,10 @@ impl<M: Matcher> Engine<M> {
     }
 
     fn recluster_around_keys(&mut self, keys: &[&str]) -> Vec<ClusterChange> {
-        let seeds: Vec<u32> = keys.iter().filter_map(|k| self.ids.get(*k).copied()).collect();
+        let seeds: Vec<u32> = keys
+            .iter()
+            .filter_map(|k| self.ids.get(*k).copied())
+            .collect();
         self.recluster(seeds, Vec::new())
     }
 }

@@ -17,11 +17,17 @@ impl<M: Matcher> Engine<M> {
 
     /// Changes a present record's features in place (for a caller that derives part of them
     /// from elsewhere, such as a contact's employer cluster) and reclusters around it.
-    pub fn modify(&mut self, record: &str, change: impl FnOnce(&mut M::Features)) -> Vec<ClusterChange>
+    pub fn modify(
+        &mut self,
+        record: &str,
+        change: impl FnOnce(&mut M::Features),
+    ) -> Vec<ClusterChange>
     where
         M::Features: Clone,
     {
-        let Some(mut feats) = self.features_of(record).cloned() else { return Vec::new() };
+        let Some(mut feats) = self.features_of(record).cloned() else {
+            return Vec::new();
+        };
         change(&mut feats);
         self.upsert_features(record, feats)
     }
@@ -62,9 +68,15 @@ impl<M: Matcher> Engine<M> {
 
     /// Removes a record (revoked, erased, unshared); its steward decisions stay, as data.
     pub fn remove(&mut self, record: &str) -> Vec<ClusterChange> {
-        let Some(&slot) = self.ids.get(record) else { return Vec::new() };
+        let Some(&slot) = self.ids.get(record) else {
+            return Vec::new();
+        };
         let before = self.cluster_of(record).map(str::to_owned);
-        let mates: Vec<u32> = self.members_of(slot).into_iter().filter(|&m| m != slot).collect();
+        let mates: Vec<u32> = self
+            .members_of(slot)
+            .into_iter()
+            .filter(|&m| m != slot)
+            .collect();
         let old_keys = std::mem::take(&mut self.rec_blocks[slot as usize]);
         let mut touched = self.leave_blocks(slot, &old_keys);
         self.feats[slot as usize] = None;
@@ -75,7 +87,11 @@ impl<M: Matcher> Engine<M> {
         self.cluster_of[slot as usize] = NONE;
         self.free.push(slot);
         changes.retain(|c| c.record != record);
-        changes.push(ClusterChange { record: record.to_owned(), before, after: None });
+        changes.push(ClusterChange {
+            record: record.to_owned(),
+            before,
+            after: None,
+        });
         changes
     }
 
@@ -98,7 +114,11 @@ impl<M: Matcher> Engine<M> {
         slot
     }
 
-    fn rescore_and_recluster(&mut self, mut touched: Vec<u32>, extra: Vec<u32>) -> Vec<ClusterChange> {
+    fn rescore_and_recluster(
+        &mut self,
+        mut touched: Vec<u32>,
+        extra: Vec<u32>,
+    ) -> Vec<ClusterChange> {
         touched.sort_unstable();
         touched.dedup();
         let former = self.rescore(&touched);

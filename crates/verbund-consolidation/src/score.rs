@@ -1,8 +1,6 @@
 //! Scoring helpers shared by the account and contact matchers: per-attribute evidence in
 //! log-odds-like points, and the similarity of two multi-token names.
 
-use strsim::jaro_winkler;
-
 /// How often a block key occurs among the records, in classes. Weights depend on the class,
 /// not on the exact count, so that a new record changes the weights of others only when a
 /// class boundary is crossed (the engine then rescores that block's members; see
@@ -20,20 +18,21 @@ pub enum Rarity {
 }
 
 /// Upper bound of [`Rarity::VeryRare`].
-pub const VERY_RARE: usize = 4;
+pub const VERY_RARE: usize = 8;
 /// Upper bound of [`Rarity::Rare`].
-pub const RARE: usize = 32;
+pub const RARE: usize = 40;
 
 impl Rarity {
     pub fn of(count: usize, cap: usize) -> Rarity {
-        if count <= VERY_RARE {
+        // The cap first: whether a block is live must be part of its class.
+        if count > cap {
+            Rarity::Common
+        } else if count <= VERY_RARE {
             Rarity::VeryRare
         } else if count <= RARE {
             Rarity::Rare
-        } else if count <= cap {
-            Rarity::Usual
         } else {
-            Rarity::Common
+            Rarity::Usual
         }
     }
 
@@ -67,14 +66,21 @@ pub struct Tally<'a> {
 
 impl<'a> Tally<'a> {
     pub fn new(explain: Option<&'a mut Vec<Evidence>>) -> Self {
-        Tally { score: 0.0, explain }
+        Tally {
+            score: 0.0,
+            explain,
+        }
     }
 
     /// Adds points; the finding is only formatted when explaining.
     pub fn add(&mut self, attribute: &'static str, points: f32, finding: impl FnOnce() -> String) {
         self.score += points;
         if let Some(e) = self.explain.as_deref_mut() {
-            e.push(Evidence { attribute, finding: finding(), points });
+            e.push(Evidence {
+                attribute,
+                finding: finding(),
+                points,
+            });
         }
     }
 }
@@ -100,44 +106,82 @@ pub fn tokens_of(name: &str, kind: crate::keys::KeyKind) -> Box<[Token]> {
     let mut start = 0usize;
     for t in name.split(' ') {
         if !t.is_empty() && start <= usize::from(u16::MAX) && t.len() <= usize::from(u16::MAX) {
-            out.push(Token { key: crate::keys::key(kind, t), start: start as u16, len: t.len() as u16 });
+            out.push(Token {
+                key: crate::keys::key(kind, t),
+                start: start as u16,
+                len: t.len() as u16,
+            });
         }
         start += t.len() + 1;
     }
     out.into_boxed_slice()
 }
 
-/// Two tokens agree when equal, or, from five characters on, when Jaro-Winkler ≥ 0.9 (a typo).
-fn tokens_agree(a: &str, b: &str, ka: u64, kb: u64) -> bool {
-    ka == kb || (a.len() >= 5 && b.len() >= 5 && jaro_winkler(a, b) >= 0.9)
+/// Two tokens agree when equal, or when one edit (substitution, deletion, insertion,
+/// transposition) apart from four characters on, two edits from nine on: typos, not other
+/// words.
+pub fn tokens_agree(a: &str, b: &str, ka: u64, kb: u64) -> bool {
+    if ka == kb {
+        return true;
+    }
+    let shorter = a.len().min(b.len());
+    if shorter < 4 || a.len().abs_diff(b.len()) > 2 {
+        return false;
+    }
+    let allowed = if shorter >= 9 { 2 } else { 1 };
+    strsim::osa_distance(a, b) <= allowed
 }
 
-/// Weighted soft Dice coefficient of two token lists: the share of token weight, on both
-/// sides, that finds an agreeing token on the other side. Symmetric by construction.
-/// `weight(key)` gives a token's weight (by its rarity).
-pub fn soft_dice(
+/// How two multi-token names relate.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NameComparison {
+    /// Weighted soft Dice: the share of token weight, on both sides, that finds an agreeing
+    /// token on the other side. Symmetric by construction.
+    pub dice: f32,
+    /// Every token of the first name agrees with one of the second.
+    pub a_covered: bool,
+    /// Every token of the second name agrees with one of the first.
+    pub b_covered: bool,
+}
+
+/// Compares two token lists; `weight(key)` gives a token's weight (by its rarity).
+pub fn compare_names(
     name_a: &str,
     a: &[Token],
     name_b: &str,
     b: &[Token],
     weight: &dyn Fn(u64) -> f32,
-) -> f32 {
-    let side = |x_name: &str, x: &[Token], y_name: &str, y: &[Token]| -> (f32, f32) {
+) -> NameComparison {
+    let side = |x_name: &str, x: &[Token], y_name: &str, y: &[Token]| -> (f32, f32, bool) {
         let mut matched = 0.0;
         let mut total = 0.0;
+        let mut all = true;
         for t in x {
             let w = weight(t.key);
             total += w;
             let tx = t.text(x_name);
-            if y.iter().any(|u| tokens_agree(tx, u.text(y_name), t.key, u.key)) {
+            if y.iter()
+                .any(|u| tokens_agree(tx, u.text(y_name), t.key, u.key))
+            {
                 matched += w;
+            } else {
+                all = false;
             }
         }
-        (matched, total)
+        (matched, total, all)
     };
-    let (ma, ta) = side(name_a, a, name_b, b);
-    let (mb, tb) = side(name_b, b, name_a, a);
-    if ta + tb <= 0.0 { 0.0 } else { (ma + mb) / (ta + tb) }
+    let (ma, ta, a_covered) = side(name_a, a, name_b, b);
+    let (mb, tb, b_covered) = side(name_b, b, name_a, a);
+    let dice = if ta + tb <= 0.0 {
+        0.0
+    } else {
+        (ma + mb) / (ta + tb)
+    };
+    NameComparison {
+        dice,
+        a_covered: a_covered && !a.is_empty(),
+        b_covered: b_covered && !b.is_empty(),
+    }
 }
 
 #[cfg(test)]
@@ -148,7 +192,7 @@ mod tests {
     fn dice(a: &str, b: &str) -> f32 {
         let ta = tokens_of(a, KeyKind::NameToken);
         let tb = tokens_of(b, KeyKind::NameToken);
-        soft_dice(a, &ta, b, &tb, &|_| 1.0)
+        compare_names(a, &ta, b, &tb, &|_| 1.0).dice
     }
 
     #[test]

@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use clap::Args;
-use verbund_consolidation::quality::{GeneratorParams, Generator, Quality, quality};
-use verbund_consolidation::{AccountInput, Consolidation, EngineOptions, Engine, Matcher};
+use verbund_consolidation::quality::{Generator, GeneratorParams, Quality, quality};
+use verbund_consolidation::{AccountInput, Consolidation, Engine, EngineOptions, Matcher};
 
 use crate::bench::percentile;
 
@@ -50,7 +50,11 @@ fn measure<M: Matcher>(engine: &Engine<M>, truth: &[u32]) -> Result<Quality> {
     engine.for_each_record(|record, cluster| {
         let next = cluster_ids.len() as u32;
         let c = *cluster_ids.entry(cluster.to_owned()).or_insert(next);
-        match record.get(1..).and_then(|n| n.parse::<usize>().ok()).and_then(|i| truth.get(i)) {
+        match record
+            .get(1..)
+            .and_then(|n| n.parse::<usize>().ok())
+            .and_then(|i| truth.get(i))
+        {
             Some(&t) => labels.push((c, t)),
             None => bad = Some(record.to_owned()),
         }
@@ -82,8 +86,15 @@ fn changed(input: &AccountInput) -> AccountInput {
 }
 
 pub fn run(args: MatchArgs) -> Result<()> {
-    let params = GeneratorParams { accounts: args.records, subsidiaries: args.subsidiaries, seed: args.seed };
-    let opts = EngineOptions { threads: args.threads.max(1), ..EngineOptions::default() };
+    let params = GeneratorParams {
+        accounts: args.records,
+        subsidiaries: args.subsidiaries,
+        seed: args.seed,
+    };
+    let opts = EngineOptions {
+        threads: args.threads.max(1),
+        ..EngineOptions::default()
+    };
     let step = (args.records / args.changes.max(1)).max(1);
     let mut account_truth = Vec::with_capacity(args.records + 16);
     let mut samples: Vec<(String, AccountInput)> = Vec::new();
@@ -115,11 +126,17 @@ pub fn run(args: MatchArgs) -> Result<()> {
     let rss_built = own_rss();
 
     let account_quality = measure(consolidation.accounts(), &account_truth)?;
-    let contact_quality =
-        if args.no_contacts { None } else { Some(measure(consolidation.contacts(), &contact_truth)?) };
+    let contact_quality = if args.no_contacts {
+        None
+    } else {
+        Some(measure(consolidation.contacts(), &contact_truth)?)
+    };
 
     // Incremental: change a record, then restore it; every fourth is removed and re-added.
-    let before = (fingerprint(consolidation.accounts()), fingerprint(consolidation.contacts()));
+    let before = (
+        fingerprint(consolidation.accounts()),
+        fingerprint(consolidation.contacts()),
+    );
     let mut micros: Vec<u64> = Vec::with_capacity(samples.len() * 2);
     for (i, (key, input)) in samples.iter().enumerate() {
         let t = Instant::now();
@@ -133,7 +150,10 @@ pub fn run(args: MatchArgs) -> Result<()> {
         consolidation.upsert_account(key, input);
         micros.push(t.elapsed().as_micros() as u64);
     }
-    let after = (fingerprint(consolidation.accounts()), fingerprint(consolidation.contacts()));
+    let after = (
+        fingerprint(consolidation.accounts()),
+        fingerprint(consolidation.contacts()),
+    );
     micros.sort_unstable();
     let rss_end = own_rss();
     let restored = before == after;
@@ -171,17 +191,30 @@ pub fn run(args: MatchArgs) -> Result<()> {
     let line = |name: &str, q: &Quality| {
         println!(
             "{name}: {} records, {} entities, {} clusters; pairwise P {:.4} R {:.4} F1 {:.4}; B-cubed P {:.4} R {:.4} F1 {:.4}",
-            q.records, q.true_entities, q.predicted_clusters, q.pairwise.precision, q.pairwise.recall,
-            q.pairwise.f1, q.bcubed.precision, q.bcubed.recall, q.bcubed.f1
+            q.records,
+            q.true_entities,
+            q.predicted_clusters,
+            q.pairwise.precision,
+            q.pairwise.recall,
+            q.pairwise.f1,
+            q.bcubed.precision,
+            q.bcubed.recall,
+            q.bcubed.f1
         )
     };
     line("accounts", &account_quality);
     if let Some(q) = &contact_quality {
         line("contacts", q);
     }
-    println!("build: accounts {accounts_secs:.2} s, contacts {contacts_secs:.2} s ({} threads)", opts.threads);
+    println!(
+        "build: accounts {accounts_secs:.2} s, contacts {contacts_secs:.2} s ({} threads)",
+        opts.threads
+    );
     if let Some((_, peak)) = rss_end {
-        println!("peak RSS {:.1} MiB (generator included)", peak as f64 / 1024.0);
+        println!(
+            "peak RSS {:.1} MiB (generator included)",
+            peak as f64 / 1024.0
+        );
     }
     println!(
         "incremental: {} operations, p50 {} µs, p99 {} µs, max {} µs; restored to the batch partition: {restored}",

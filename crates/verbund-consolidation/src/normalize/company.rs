@@ -150,7 +150,9 @@ const SPELLINGS: &[(&str, LegalForm)] = &[
 const MAX_FORM_TOKENS: usize = 5;
 
 /// Words that carry no identity of their own.
-const STOP_TOKENS: &[&str] = &["&", "und", "and", "u", "the", "der", "die", "das", "co", "et"];
+const STOP_TOKENS: &[&str] = &[
+    "&", "und", "and", "u", "the", "der", "die", "das", "co", "et",
+];
 
 /// A company name split into its legal form and the rest.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -169,7 +171,10 @@ impl CompanyName {
 }
 
 fn form_of(joined: &str) -> Option<LegalForm> {
-    SPELLINGS.iter().find(|(s, _)| *s == joined).map(|(_, f)| *f)
+    SPELLINGS
+        .iter()
+        .find(|(s, _)| *s == joined)
+        .map(|(_, f)| *f)
 }
 
 /// Splits a company name into legal form and name tokens. The legal form is looked for at the
@@ -209,7 +214,11 @@ mod tests {
             assert_eq!(form(n), Some(LegalForm::Gmbh), "{n}");
             assert_eq!(normalize_company(n).core(), "muller", "{n}");
         }
-        for n in ["Nordwind GmbH & Co. KG", "Nordwind GmbH u. Co. KG", "Nordwind GmbH + Co KG"] {
+        for n in [
+            "Nordwind GmbH & Co. KG",
+            "Nordwind GmbH u. Co. KG",
+            "Nordwind GmbH + Co KG",
+        ] {
             assert_eq!(form(n), Some(LegalForm::GmbhCoKg), "{n}");
             assert_eq!(normalize_company(n).core(), "nordwind", "{n}");
         }
@@ -237,7 +246,13 @@ mod tests {
 
     #[test]
     fn stop_words_go() {
-        assert_eq!(normalize_company("Müller & Söhne KG").core(), "muller sohne");
-        assert_eq!(normalize_company("Müller und Söhne KG").core(), "muller sohne");
+        assert_eq!(
+            normalize_company("Müller & Söhne KG").core(),
+            "muller sohne"
+        );
+        assert_eq!(
+            normalize_company("Müller und Söhne KG").core(),
+            "muller sohne"
+        );
     }
 }

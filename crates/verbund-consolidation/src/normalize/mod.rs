@@ -88,7 +88,11 @@ fn push_folded(out: &mut String, c: char) {
 
 /// The tokens of [`fold`].
 pub fn fold_tokens(input: &str) -> Vec<String> {
-    fold(input).split(' ').filter(|t| !t.is_empty()).map(str::to_owned).collect()
+    fold(input)
+        .split(' ')
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 #[cfg(test)]

@@ -14,30 +14,101 @@ const TITLES: &[&str] = &[
 
 /// (nickname or short form, full name). Cheap on purpose: the forms a CRM actually holds.
 const NICKNAMES: &[(&str, &str)] = &[
-    ("hans", "johannes"), ("jo", "johannes"), ("johann", "johannes"), ("hannes", "johannes"),
-    ("sepp", "josef"), ("joseph", "josef"), ("jupp", "josef"), ("bill", "william"),
-    ("will", "william"), ("bob", "robert"), ("rob", "robert"), ("bert", "robert"),
-    ("jim", "james"), ("jimmy", "james"), ("mike", "michael"), ("micha", "michael"),
-    ("michi", "michael"), ("kathi", "katharina"), ("kati", "katharina"), ("katrin", "katharina"),
-    ("kate", "katherine"), ("katie", "katherine"), ("liz", "elizabeth"), ("beth", "elizabeth"),
-    ("lisa", "elisabeth"), ("liesel", "elisabeth"), ("sabine", "sabine"), ("alex", "alexander"),
-    ("sascha", "alexander"), ("sandra", "alexandra"), ("chris", "christian"),
-    ("christoph", "christopher"), ("uli", "ulrich"), ("steffi", "stefanie"),
-    ("stephanie", "stefanie"), ("tom", "thomas"), ("thomas", "thomas"), ("andi", "andreas"),
-    ("andy", "andreas"), ("basti", "sebastian"), ("flo", "florian"), ("max", "maximilian"),
-    ("matze", "matthias"), ("mathias", "matthias"), ("fritz", "friedrich"), ("franz", "franziskus"),
-    ("heinz", "heinrich"), ("henry", "heinrich"), ("kurt", "konrad"), ("conny", "cornelia"),
-    ("gabi", "gabriele"), ("moni", "monika"), ("babsi", "barbara"), ("susi", "susanne"),
-    ("sanne", "susanne"), ("lena", "magdalena"), ("leni", "helene"), ("tina", "christina"),
-    ("christine", "christina"), ("nico", "nikolaus"), ("klaus", "nikolaus"), ("niklas", "nikolaus"),
-    ("dani", "daniel"), ("danny", "daniel"), ("ben", "benjamin"), ("jens", "johannes"),
-    ("joe", "joseph"), ("dave", "david"), ("dan", "daniel"), ("sam", "samuel"), ("tim", "timotheus"),
-    ("timo", "timotheus"), ("wolfi", "wolfgang"), ("jurgen", "jurgen"), ("georg", "georg"),
-    ("jorg", "georg"), ("peggy", "margarete"), ("grete", "margarete"), ("margit", "margarete"),
-    ("ricarda", "ricarda"), ("rick", "richard"), ("dick", "richard"), ("ted", "edward"),
-    ("ed", "edward"), ("eddie", "edward"), ("toni", "anton"), ("tony", "anthony"),
-    ("pepe", "jose"), ("paco", "francisco"), ("beppe", "giuseppe"), ("gianni", "giovanni"),
-    ("kasia", "katarzyna"), ("gosia", "malgorzata"), ("tomek", "tomasz"), ("kuba", "jakub"),
+    ("hans", "johannes"),
+    ("jo", "johannes"),
+    ("johann", "johannes"),
+    ("hannes", "johannes"),
+    ("sepp", "josef"),
+    ("joseph", "josef"),
+    ("jupp", "josef"),
+    ("bill", "william"),
+    ("will", "william"),
+    ("bob", "robert"),
+    ("rob", "robert"),
+    ("bert", "robert"),
+    ("jim", "james"),
+    ("jimmy", "james"),
+    ("mike", "michael"),
+    ("micha", "michael"),
+    ("michi", "michael"),
+    ("kathi", "katharina"),
+    ("kati", "katharina"),
+    ("katrin", "katharina"),
+    ("kate", "katherine"),
+    ("katie", "katherine"),
+    ("liz", "elizabeth"),
+    ("beth", "elizabeth"),
+    ("lisa", "elisabeth"),
+    ("liesel", "elisabeth"),
+    ("sabine", "sabine"),
+    ("alex", "alexander"),
+    ("sascha", "alexander"),
+    ("sandra", "alexandra"),
+    ("chris", "christian"),
+    ("christoph", "christopher"),
+    ("uli", "ulrich"),
+    ("steffi", "stefanie"),
+    ("stephanie", "stefanie"),
+    ("tom", "thomas"),
+    ("thomas", "thomas"),
+    ("andi", "andreas"),
+    ("andy", "andreas"),
+    ("basti", "sebastian"),
+    ("flo", "florian"),
+    ("max", "maximilian"),
+    ("matze", "matthias"),
+    ("mathias", "matthias"),
+    ("fritz", "friedrich"),
+    ("franz", "franziskus"),
+    ("heinz", "heinrich"),
+    ("henry", "heinrich"),
+    ("kurt", "konrad"),
+    ("conny", "cornelia"),
+    ("gabi", "gabriele"),
+    ("moni", "monika"),
+    ("babsi", "barbara"),
+    ("susi", "susanne"),
+    ("sanne", "susanne"),
+    ("lena", "magdalena"),
+    ("leni", "helene"),
+    ("tina", "christina"),
+    ("christine", "christina"),
+    ("nico", "nikolaus"),
+    ("klaus", "nikolaus"),
+    ("niklas", "nikolaus"),
+    ("dani", "daniel"),
+    ("danny", "daniel"),
+    ("ben", "benjamin"),
+    ("jens", "johannes"),
+    ("joe", "joseph"),
+    ("dave", "david"),
+    ("dan", "daniel"),
+    ("sam", "samuel"),
+    ("tim", "timotheus"),
+    ("timo", "timotheus"),
+    ("wolfi", "wolfgang"),
+    ("jurgen", "jurgen"),
+    ("georg", "georg"),
+    ("jorg", "georg"),
+    ("peggy", "margarete"),
+    ("grete", "margarete"),
+    ("margit", "margarete"),
+    ("ricarda", "ricarda"),
+    ("rick", "richard"),
+    ("dick", "richard"),
+    ("ted", "edward"),
+    ("ed", "edward"),
+    ("eddie", "edward"),
+    ("toni", "anton"),
+    ("tony", "anthony"),
+    ("pepe", "jose"),
+    ("paco", "francisco"),
+    ("beppe", "giuseppe"),
+    ("gianni", "giovanni"),
+    ("kasia", "katarzyna"),
+    ("gosia", "malgorzata"),
+    ("tomek", "tomasz"),
+    ("kuba", "jakub"),
 ];
 
 fn nickname_table() -> &'static HashMap<String, String> {
@@ -61,8 +132,10 @@ pub fn normalize_person(first: &str, last: &str) -> PersonName {
         .into_iter()
         .find(|t| !TITLES.contains(&t.as_str()))
         .map(|t| nickname_table().get(&t).cloned().unwrap_or(t));
-    let last_tokens: Vec<String> =
-        fold_tokens(last).into_iter().filter(|t| !TITLES.contains(&t.as_str())).collect();
+    let last_tokens: Vec<String> = fold_tokens(last)
+        .into_iter()
+        .filter(|t| !TITLES.contains(&t.as_str()))
+        .collect();
     let last = (!last_tokens.is_empty()).then(|| last_tokens.concat());
     PersonName { first, last }
 }
@@ -77,7 +150,10 @@ mod tests {
         let b = normalize_person("Johannes", "Mueller");
         assert_eq!(a, b);
         assert_eq!(a.first.as_deref(), Some("johannes"));
-        assert_eq!(normalize_person("", "von der Heide").last.as_deref(), Some("vonderheide"));
+        assert_eq!(
+            normalize_person("", "von der Heide").last.as_deref(),
+            Some("vonderheide")
+        );
         assert_eq!(normalize_person("", "").last, None);
     }
 }

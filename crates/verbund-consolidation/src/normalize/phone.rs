@@ -68,12 +68,31 @@ mod tests {
 
     #[test]
     fn spellings_meet() {
-        for p in ["+49 30 1234567", "+49 (0)30 1234567", "0049 30 1234567", "030/1234567", "(030) 123 45 67"] {
-            assert_eq!(normalize_phone(p, Some("DE")).as_deref(), Some("+49301234567"), "{p}");
+        for p in [
+            "+49 30 1234567",
+            "+49 (0)30 1234567",
+            "0049 30 1234567",
+            "030/1234567",
+            "(030) 123 45 67",
+        ] {
+            assert_eq!(
+                normalize_phone(p, Some("DE")).as_deref(),
+                Some("+49301234567"),
+                "{p}"
+            );
         }
-        assert_eq!(normalize_phone("06 12 34 56 78", Some("FR")).as_deref(), Some("+33612345678"));
-        assert_eq!(normalize_phone("02 1234567", Some("IT")).as_deref(), Some("+39021234567"));
-        assert_eq!(normalize_phone("+43 1 234567 ext. 12", None).as_deref(), Some("+431234567"));
+        assert_eq!(
+            normalize_phone("06 12 34 56 78", Some("FR")).as_deref(),
+            Some("+33612345678")
+        );
+        assert_eq!(
+            normalize_phone("02 1234567", Some("IT")).as_deref(),
+            Some("+39021234567")
+        );
+        assert_eq!(
+            normalize_phone("+43 1 234567 ext. 12", None).as_deref(),
+            Some("+431234567")
+        );
     }
 
     #[test]

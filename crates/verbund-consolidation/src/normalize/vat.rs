@@ -14,10 +14,15 @@ pub struct Vat {
 /// Normalizes a VAT ID; `None` when it is malformed or its check digit is wrong (a typo must
 /// neither match nor separate anything). `default_country` supplies a missing prefix.
 pub fn normalize_vat(input: &str, default_country: Option<&str>) -> Option<Vat> {
-    let mut s: String =
-        input.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>().to_ascii_uppercase();
+    let mut s: String = input
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect::<String>()
+        .to_ascii_uppercase();
     // Labels people paste along with the number.
-    for label in ["USTIDNR", "USTID", "UIDNR", "UID", "VATNO", "VAT", "TVA", "IVA", "BTW", "NIP"] {
+    for label in [
+        "USTIDNR", "USTID", "UIDNR", "UID", "VATNO", "VAT", "TVA", "IVA", "BTW", "NIP",
+    ] {
         if let Some(rest) = s.strip_prefix(label) {
             s = rest.to_owned();
             break;
@@ -32,24 +37,43 @@ pub fn normalize_vat(input: &str, default_country: Option<&str>) -> Option<Vat> 
     let country = if country == "GR" { "EL" } else { country };
     let checked = match country {
         "DE" => Some(digits(number, 9) && number.as_bytes()[0] != b'0' && de_ok(number)),
-        "AT" => Some(number.len() == 9 && number.starts_with('U') && digits(&number[1..], 8) && at_ok(&number[1..])),
+        "AT" => Some(
+            number.len() == 9
+                && number.starts_with('U')
+                && digits(&number[1..], 8)
+                && at_ok(&number[1..]),
+        ),
         "NL" => Some(nl_ok(number)),
         "FR" => fr_check(number),
         "IT" => Some(digits(number, 11) && luhn_ok(number)),
         "BE" => {
             // Old 9-digit numbers gained a leading 0.
-            let n = if number.len() == 9 { format!("0{number}") } else { number.to_owned() };
-            return (digits(&n, 10) && be_ok(&n)).then(|| Vat { id: format!("BE{n}"), checksum_verified: true });
+            let n = if number.len() == 9 {
+                format!("0{number}")
+            } else {
+                number.to_owned()
+            };
+            return (digits(&n, 10) && be_ok(&n)).then(|| Vat {
+                id: format!("BE{n}"),
+                checksum_verified: true,
+            });
         }
         "PL" => Some(digits(number, 10) && pl_ok(number)),
         _ => None,
     };
     match checked {
-        Some(true) => Some(Vat { id: format!("{country}{number}"), checksum_verified: true }),
+        Some(true) => Some(Vat {
+            id: format!("{country}{number}"),
+            checksum_verified: true,
+        }),
         Some(false) => None,
         None => {
-            let plausible = (2..=12).contains(&number.len()) && number.bytes().any(|b| b.is_ascii_digit());
-            plausible.then(|| Vat { id: format!("{country}{number}"), checksum_verified: false })
+            let plausible =
+                (2..=12).contains(&number.len()) && number.bytes().any(|b| b.is_ascii_digit());
+            plausible.then(|| Vat {
+                id: format!("{country}{number}"),
+                checksum_verified: false,
+            })
         }
     }
 }
@@ -93,7 +117,13 @@ pub fn de_check_digit(first8: &[u8; 8]) -> u8 {
 fn at_ok(n: &str) -> bool {
     let b = n.as_bytes();
     let cross = |x: u32| x / 10 + x % 10;
-    let sum = d(b[0]) + cross(2 * d(b[1])) + d(b[2]) + cross(2 * d(b[3])) + d(b[4]) + cross(2 * d(b[5])) + d(b[6]);
+    let sum = d(b[0])
+        + cross(2 * d(b[1]))
+        + d(b[2])
+        + cross(2 * d(b[3]))
+        + d(b[4])
+        + cross(2 * d(b[5]))
+        + d(b[6]);
     (10 - (sum + 4) % 10) % 10 == d(b[7])
 }
 
@@ -130,7 +160,11 @@ fn fr_check(n: &str) -> Option<bool> {
     }
     let key = &n[..2];
     if !digits(key, 2) {
-        return key.bytes().all(|b| b.is_ascii_alphanumeric()).then_some(true).or(Some(false));
+        return key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric())
+            .then_some(true)
+            .or(Some(false));
     }
     let siren: u64 = n[2..].parse().ok()?;
     let expected = (12 + 3 * (siren % 97)) % 97;
@@ -152,7 +186,7 @@ fn luhn_ok(n: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 fn be_ok(n: &str) -> bool {
@@ -182,13 +216,27 @@ mod tests {
     fn german_numbers() {
         let mut first8 = [1u8, 3, 6, 6, 9, 5, 9, 7];
         let check = de_check_digit(&first8);
-        let number: String = first8.iter().chain([check].iter()).map(|d| char::from(b'0' + d)).collect();
-        assert_eq!(id(&format!("DE {number}"), None), Some(format!("DE{number}")));
-        assert_eq!(id(&format!("USt-IdNr.: de{number}"), None), Some(format!("DE{number}")));
+        let number: String = first8
+            .iter()
+            .chain([check].iter())
+            .map(|d| char::from(b'0' + d))
+            .collect();
+        assert_eq!(
+            id(&format!("DE {number}"), None),
+            Some(format!("DE{number}"))
+        );
+        assert_eq!(
+            id(&format!("USt-IdNr.: de{number}"), None),
+            Some(format!("DE{number}"))
+        );
         assert_eq!(id(&number, Some("DE")), Some(format!("DE{number}")));
         // A typo in one digit fails the check.
         first8[3] = (first8[3] + 1) % 10;
-        let bad: String = first8.iter().chain([check].iter()).map(|d| char::from(b'0' + d)).collect();
+        let bad: String = first8
+            .iter()
+            .chain([check].iter())
+            .map(|d| char::from(b'0' + d))
+            .collect();
         assert_eq!(id(&format!("DE{bad}"), None), None);
     }
 

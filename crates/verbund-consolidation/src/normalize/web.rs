@@ -5,30 +5,111 @@
 /// data holds; an unknown one only makes a domain key one label shorter (`shop.example.xy`
 /// still meets `example.xy`).
 const SECOND_LEVEL: &[&str] = &[
-    "co.uk", "org.uk", "ac.uk", "gov.uk", "com.au", "net.au", "co.at", "or.at", "ac.at",
-    "com.pl", "net.pl", "org.pl", "co.nz", "co.jp", "com.br", "com.tr", "com.cn", "co.za",
-    "com.es", "com.mx", "co.in",
+    "co.uk", "org.uk", "ac.uk", "gov.uk", "com.au", "net.au", "co.at", "or.at", "ac.at", "com.pl",
+    "net.pl", "org.pl", "co.nz", "co.jp", "com.br", "com.tr", "com.cn", "co.za", "com.es",
+    "com.mx", "co.in",
 ];
 
 /// Mail providers whose domain never identifies a company.
 const FREE_MAIL: &[&str] = &[
-    "gmail.com", "googlemail.com", "yahoo.com", "yahoo.de", "yahoo.fr", "yahoo.it", "yahoo.es",
-    "yahoo.co.uk", "hotmail.com", "hotmail.de", "hotmail.fr", "hotmail.it", "outlook.com",
-    "outlook.de", "live.com", "live.de", "msn.com", "gmx.de", "gmx.net", "gmx.at", "gmx.ch",
-    "gmx.com", "web.de", "t-online.de", "freenet.de", "aol.com", "aol.de", "icloud.com",
-    "me.com", "mac.com", "mail.de", "posteo.de", "mailbox.org", "protonmail.com", "proton.me",
-    "yandex.ru", "mail.ru", "wp.pl", "o2.pl", "onet.pl", "interia.pl", "libero.it", "virgilio.it",
-    "orange.fr", "free.fr", "laposte.net", "wanadoo.fr", "sfr.fr", "ziggo.nl", "kpnmail.nl",
-    "telenet.be", "skynet.be", "bluewin.ch", "a1.net", "chello.at", "arcor.de", "online.de",
-    "vodafone.de", "email.de", "tutanota.com", "zoho.com",
+    "gmail.com",
+    "googlemail.com",
+    "yahoo.com",
+    "yahoo.de",
+    "yahoo.fr",
+    "yahoo.it",
+    "yahoo.es",
+    "yahoo.co.uk",
+    "hotmail.com",
+    "hotmail.de",
+    "hotmail.fr",
+    "hotmail.it",
+    "outlook.com",
+    "outlook.de",
+    "live.com",
+    "live.de",
+    "msn.com",
+    "gmx.de",
+    "gmx.net",
+    "gmx.at",
+    "gmx.ch",
+    "gmx.com",
+    "web.de",
+    "t-online.de",
+    "freenet.de",
+    "aol.com",
+    "aol.de",
+    "icloud.com",
+    "me.com",
+    "mac.com",
+    "mail.de",
+    "posteo.de",
+    "mailbox.org",
+    "protonmail.com",
+    "proton.me",
+    "yandex.ru",
+    "mail.ru",
+    "wp.pl",
+    "o2.pl",
+    "onet.pl",
+    "interia.pl",
+    "libero.it",
+    "virgilio.it",
+    "orange.fr",
+    "free.fr",
+    "laposte.net",
+    "wanadoo.fr",
+    "sfr.fr",
+    "ziggo.nl",
+    "kpnmail.nl",
+    "telenet.be",
+    "skynet.be",
+    "bluewin.ch",
+    "a1.net",
+    "chello.at",
+    "arcor.de",
+    "online.de",
+    "vodafone.de",
+    "email.de",
+    "tutanota.com",
+    "zoho.com",
 ];
 
 /// Local parts of shared mailboxes: they name a function, not a person.
 const ROLE_MAILBOXES: &[&str] = &[
-    "info", "office", "kontakt", "contact", "sales", "vertrieb", "service", "support", "mail",
-    "admin", "hello", "hallo", "team", "buchhaltung", "accounting", "invoice", "invoices",
-    "rechnung", "rechnungen", "einkauf", "purchasing", "post", "zentrale", "empfang", "noreply",
-    "no-reply", "billing", "hr", "jobs", "karriere", "marketing", "presse", "press",
+    "info",
+    "office",
+    "kontakt",
+    "contact",
+    "sales",
+    "vertrieb",
+    "service",
+    "support",
+    "mail",
+    "admin",
+    "hello",
+    "hallo",
+    "team",
+    "buchhaltung",
+    "accounting",
+    "invoice",
+    "invoices",
+    "rechnung",
+    "rechnungen",
+    "einkauf",
+    "purchasing",
+    "post",
+    "zentrale",
+    "empfang",
+    "noreply",
+    "no-reply",
+    "billing",
+    "hr",
+    "jobs",
+    "karriere",
+    "marketing",
+    "presse",
+    "press",
 ];
 
 /// True when `domain` (already normalized) belongs to a free-mail provider.
@@ -74,7 +155,11 @@ pub fn domain_of_website(input: &str) -> Option<String> {
     let labels: Vec<&str> = s.split('.').collect();
     let keep = if labels.len() >= 3 {
         let last_two = labels[labels.len() - 2..].join(".");
-        if SECOND_LEVEL.contains(&last_two.as_str()) { 3 } else { 2 }
+        if SECOND_LEVEL.contains(&last_two.as_str()) {
+            3
+        } else {
+            2
+        }
     } else {
         labels.len()
     };
@@ -126,7 +211,10 @@ mod tests {
         ] {
             assert_eq!(domain_of_website(w).as_deref(), Some("nordwind.de"), "{w}");
         }
-        assert_eq!(domain_of_website("www.acme.co.uk").as_deref(), Some("acme.co.uk"));
+        assert_eq!(
+            domain_of_website("www.acme.co.uk").as_deref(),
+            Some("acme.co.uk")
+        );
         assert_eq!(domain_of_website("not a domain"), None);
         assert_eq!(domain_of_website(""), None);
     }

@@ -45,7 +45,7 @@ pub(super) struct Company {
     pub(super) industry: Option<&'static str>,
     pub(super) form: LegalForm,
     pub(super) country: &'static Country,
-    pub(super) city: &'static str,
+    pub(super) city: String,
     pub(super) domain: String,
     pub(super) phone_area: String,
     pub(super) phone_number: String,
@@ -113,7 +113,9 @@ fn capitalize(s: &str) -> String {
 }
 
 pub(super) fn digits(rng: &mut Rng, n: usize) -> String {
-    (0..n).map(|_| char::from(b'0' + rng.below(10) as u8)).collect()
+    (0..n)
+        .map(|_| char::from(b'0' + rng.below(10) as u8))
+        .collect()
 }
 
 /// A valid VAT ID of the country: a random body and the check digits that pass.
@@ -139,7 +141,14 @@ fn vat_for(rng: &mut Rng, country: &str) -> String {
 
 impl Generator {
     pub fn new(params: GeneratorParams) -> Self {
-        Generator { params, rng: Rng::new(params.seed), accounts: 0, contacts: 0, next_company: 0, next_person: 0 }
+        Generator {
+            params,
+            rng: Rng::new(params.seed),
+            accounts: 0,
+            contacts: 0,
+            next_company: 0,
+            next_person: 0,
+        }
     }
 
     /// The accounts of a data set, in generation order.
@@ -167,9 +176,23 @@ impl Generator {
         let id = self.next_company;
         self.next_company += 1;
         let industry = rng.chance(0.85).then(|| *rng.pick(country.industries));
-        let domain_base = match industry {
+        let mut domain_base = match industry {
             Some(i) if rng.chance(0.5) => format!("{}-{}", ascii(brand), ascii(i)),
             _ => ascii(brand),
+        };
+        // Brands repeat across unrelated companies (surnames, short brands); their domains do
+        // not: a company tag keeps domains unique, as registries do.
+        if brand.chars().count() < 12 {
+            domain_base = format!("{domain_base}-{id:x}");
+        }
+        // Half in a big city, half in one of many small towns.
+        let city = if rng.chance(0.5) || country.code != "DE" {
+            (*rng.pick(country.cities)).to_owned()
+        } else {
+            let suffixes = [
+                "dorf", "heim", "hausen", "feld", "stadt", "bach", "berg", "au", "ingen", "rode",
+            ];
+            capitalize(&format!("{}{}", rng.pick(SYLLABLES), rng.pick(&suffixes)))
         };
         let mut people: Vec<Person> = Vec::new();
         for i in 0..1 + rng.below(3) {
@@ -190,7 +213,9 @@ impl Generator {
                 id: pid,
                 first,
                 last,
-                mobile: rng.chance(0.5).then(|| format!("15{}{}", rng.below(10), digits(rng, 7))),
+                mobile: rng
+                    .chance(0.5)
+                    .then(|| format!("15{}{}", rng.below(10), digits(rng, 7))),
                 free_mail: (i == 0 && rng.chance(0.1)).then(|| (*rng.pick(FREE_MAIL)).to_owned()),
             });
         }
@@ -204,7 +229,7 @@ impl Generator {
             industry,
             form: *weighted(rng, country.forms),
             country,
-            city: *rng.pick(country.cities),
+            city,
             domain: format!("{domain_base}.{}", country.tld),
             phone_area,
             phone_number,
@@ -224,17 +249,21 @@ impl Generator {
         let mut companies = vec![self.company(&mut rng, &brand, country)];
         let kind = rng.below(100);
         if kind < 10 {
-            // A group: several companies under one brand and domain.
-            let domain = format!("{}.{}", ascii(&brand), country.tld);
+            // A group: several companies under one brand and domain, each named by its
+            // industry (a brand-only name would be any of them).
+            let domain = format!("{}-{:x}.{}", ascii(&brand), companies[0].id, country.tld);
             companies[0].domain = domain.clone();
+            if companies[0].industry.is_none() {
+                companies[0].industry = Some(*rng.pick(country.industries));
+            }
             for _ in 0..1 + rng.below(3) {
                 let mut c = self.company(&mut rng, &brand, country);
-                while c.industry == companies[0].industry {
+                while c.industry.is_none() || companies.iter().any(|o| o.industry == c.industry) {
                     c.industry = Some(*rng.pick(country.industries));
                 }
                 c.domain = domain.clone();
                 if rng.chance(0.7) {
-                    c.city = companies[0].city;
+                    c.city = companies[0].city.clone();
                 }
                 if rng.chance(0.5) {
                     c.phone_area = companies[0].phone_area.clone();
@@ -249,7 +278,7 @@ impl Generator {
             g.form = LegalForm::Gmbh;
             g.industry = companies[0].industry;
             g.domain = companies[0].domain.clone();
-            g.city = companies[0].city;
+            g.city = companies[0].city.clone();
             g.phone_area = companies[0].phone_area.clone();
             g.phone_number = companies[0].phone_number.clone();
             companies.push(g);
@@ -275,7 +304,11 @@ impl Generator {
             let subsidiary = format!("sub-{}", sub + 1);
             let key = format!("a{}", self.accounts);
             self.accounts += 1;
-            family.accounts.push(Labelled { key: key.clone(), input: self.account_copy(rng, c, &subsidiary), truth: c.id });
+            family.accounts.push(Labelled {
+                key: key.clone(),
+                input: self.account_copy(rng, c, &subsidiary),
+                truth: c.id,
+            });
             for (i, p) in c.people.iter().enumerate() {
                 let last_copy = n + 1 == copies;
                 if rng.chance(0.55) || (last_copy && !people_seen[i]) {
@@ -283,7 +316,11 @@ impl Generator {
                     let ckey = format!("c{}", self.contacts);
                     self.contacts += 1;
                     let input = Self::contact_copy(rng, c, p, &subsidiary, &key);
-                    family.contacts.push(Labelled { key: ckey, input, truth: p.id });
+                    family.contacts.push(Labelled {
+                        key: ckey,
+                        input,
+                        truth: p.id,
+                    });
                 }
             }
         }

@@ -51,18 +51,37 @@ fn typo(rng: &mut Rng, s: &str) -> String {
     chars.into_iter().collect()
 }
 
-fn phone_text(rng: &mut Rng, country: &str, calling: &str, trunk: &str, area: &str, number: &str) -> String {
+fn phone_text(
+    rng: &mut Rng,
+    country: &str,
+    calling: &str,
+    trunk: &str,
+    area: &str,
+    number: &str,
+) -> String {
     match rng.below(5) {
         0 => format!("+{calling} {area} {number}"),
         1 => format!("{trunk}{area} {number}"),
         2 => format!("{trunk}{area}/{number}"),
         3 if !trunk.is_empty() => format!("+{calling} ({trunk}){area} {number}"),
-        _ => format!("00{calling} {area}-{number}{}", if country == "DE" && rng.chance(0.1) { "-0" } else { "" }),
+        _ => format!(
+            "00{calling} {area}-{number}{}",
+            if country == "DE" && rng.chance(0.1) {
+                "-0"
+            } else {
+                ""
+            }
+        ),
     }
 }
 
 impl Generator {
-    pub(super) fn account_copy(&self, rng: &mut Rng, c: &Company, subsidiary: &str) -> AccountInput {
+    pub(super) fn account_copy(
+        &self,
+        rng: &mut Rng,
+        c: &Company,
+        subsidiary: &str,
+    ) -> AccountInput {
         let mut name = umlaut_variant(rng, &c.brand);
         if rng.chance(0.12) {
             name = typo(rng, &name);
@@ -92,7 +111,11 @@ impl Generator {
         let email = if rng.chance(0.35) {
             Some(format!("info@{}", c.domain))
         } else if rng.chance(0.05) {
-            Some(format!("{}@{}", ascii(&c.brand), rng.pick(super::vocabulary::FREE_MAIL)))
+            Some(format!(
+                "{}@{}",
+                ascii(&c.brand),
+                rng.pick(super::vocabulary::FREE_MAIL)
+            ))
         } else {
             None
         };
@@ -100,17 +123,38 @@ impl Generator {
             let (p, n) = c.vat.split_at(2);
             let text = match rng.below(3) {
                 0 => c.vat.clone(),
-                1 => format!("{p} {}", n.as_bytes().chunks(3).map(|x| String::from_utf8_lossy(x).into_owned()).collect::<Vec<_>>().join(" ")),
+                1 => format!(
+                    "{p} {}",
+                    n.as_bytes()
+                        .chunks(3)
+                        .map(|x| String::from_utf8_lossy(x).into_owned())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
                 _ => c.vat.to_lowercase(),
             };
             // Now and then a typo in a digit: the check digit catches it.
-            if rng.chance(0.02) { typo_digit(rng, &text) } else { text }
+            if rng.chance(0.02) {
+                typo_digit(rng, &text)
+            } else {
+                text
+            }
         });
         let country_known = rng.chance(0.9);
         let phone = rng.chance(0.55).then(|| {
-            let text = phone_text(rng, c.country.code, c.country.calling_code, c.country.trunk, &c.phone_area, &c.phone_number);
+            let text = phone_text(
+                rng,
+                c.country.code,
+                c.country.calling_code,
+                c.country.trunk,
+                &c.phone_area,
+                &c.phone_number,
+            );
             if !country_known && !text.starts_with('+') && !text.starts_with("00") {
-                format!("+{} {} {}", c.country.calling_code, c.phone_area, c.phone_number)
+                format!(
+                    "+{} {} {}",
+                    c.country.calling_code, c.phone_area, c.phone_number
+                )
             } else {
                 text
             }
@@ -122,12 +166,18 @@ impl Generator {
             email,
             vat_id,
             phone,
-            city: rng.chance(0.85).then(|| umlaut_variant(rng, c.city)),
+            city: rng.chance(0.85).then(|| umlaut_variant(rng, &c.city)),
             country: country_known.then(|| c.country.code.to_owned()),
         }
     }
 
-    pub(super) fn contact_copy(rng: &mut Rng, c: &Company, p: &Person, subsidiary: &str, employer: &str) -> ContactInput {
+    pub(super) fn contact_copy(
+        rng: &mut Rng,
+        c: &Company,
+        p: &Person,
+        subsidiary: &str,
+        employer: &str,
+    ) -> ContactInput {
         let (full, nick) = p.first;
         let first = if !nick.is_empty() && rng.chance(0.2) {
             nick.to_owned()
@@ -141,15 +191,28 @@ impl Generator {
             last = typo(rng, &last);
         }
         let email = if let Some(fm) = &p.free_mail {
-            rng.chance(0.7).then(|| format!("{}.{}{}@{fm}", ascii(full), ascii(p.last), p.id % 100))
+            rng.chance(0.7)
+                .then(|| format!("{}.{}{}@{fm}", ascii(full), ascii(p.last), p.id % 100))
         } else {
-            rng.chance(0.7).then(|| format!("{}.{}@{}", ascii(full), ascii(p.last), c.domain))
+            rng.chance(0.7)
+                .then(|| format!("{}.{}@{}", ascii(full), ascii(p.last), c.domain))
         };
-        let phone = p.mobile.as_ref().filter(|_| rng.chance(0.6)).map(|m| match rng.below(3) {
-            0 => format!("+{} {m}", c.country.calling_code),
-            1 => format!("{}{m}", if c.country.trunk.is_empty() { "" } else { c.country.trunk }),
-            _ => format!("00{} {} {}", c.country.calling_code, &m[..3], &m[3..]),
-        });
+        let phone = p
+            .mobile
+            .as_ref()
+            .filter(|_| rng.chance(0.6))
+            .map(|m| match rng.below(3) {
+                0 => format!("+{} {m}", c.country.calling_code),
+                1 => format!(
+                    "{}{m}",
+                    if c.country.trunk.is_empty() {
+                        ""
+                    } else {
+                        c.country.trunk
+                    }
+                ),
+                _ => format!("00{} {} {}", c.country.calling_code, &m[..3], &m[3..]),
+            });
         ContactInput {
             subsidiary: subsidiary.to_owned(),
             first_name: first,
@@ -163,7 +226,11 @@ impl Generator {
 }
 
 fn typo_digit(rng: &mut Rng, s: &str) -> String {
-    let positions: Vec<usize> = s.char_indices().filter(|(_, c)| c.is_ascii_digit()).map(|(i, _)| i).collect();
+    let positions: Vec<usize> = s
+        .char_indices()
+        .filter(|(_, c)| c.is_ascii_digit())
+        .map(|(i, _)| i)
+        .collect();
     if positions.is_empty() {
         return s.to_owned();
     }
