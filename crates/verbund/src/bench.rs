@@ -23,6 +23,9 @@ pub enum BenchCommand {
     /// Federation sync between two real node processes: initial share, propagation latency,
     /// partner edit round trip, RSS.
     Sync(crate::bench_sync::SyncArgs),
+    /// The consolidation engine on a seeded labelled data set: match quality (pairwise,
+    /// B-cubed), build time, peak RSS, incremental latency. No node involved.
+    Match(crate::bench_match::MatchArgs),
 }
 
 #[derive(Args)]
@@ -56,6 +59,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Api(a) => api(a).await,
         BenchCommand::Sync(a) => crate::bench_sync::sync(a).await,
+        BenchCommand::Match(a) => crate::bench_match::run(a),
     }
 }
 
