@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "verbund/v1/crm.proto",
         "verbund/v1/admin.proto",
         "verbund/v1/federation.proto",
+        "verbund/v1/consolidation.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());

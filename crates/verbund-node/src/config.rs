@@ -16,6 +16,8 @@ pub struct NodeConfig {
     pub client: Option<ClientSection>,
     #[serde(default)]
     pub policy: PolicySection,
+    #[serde(default)]
+    pub consolidation: ConsolidationSection,
     /// The directory of the config file; relative paths resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -101,6 +103,25 @@ fn default_policy_model() -> PathBuf {
 
 fn default_policy_file() -> PathBuf {
     PathBuf::from("policy/policy.csv")
+}
+
+/// The consolidated customer view of a group holding's node (off by default: it keeps the
+/// matching state of every account and contact in memory).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsolidationSection {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Survivorship rules of the golden record (TOML); default: source priority as listed
+    /// there, then the most recent value.
+    pub survivorship: Option<PathBuf>,
+    /// Exchange rates for converted group figures: units of `fx_base` per unit of each
+    /// currency, from `fx_rate_date` (shown with every converted figure). Without them,
+    /// figures stay per currency.
+    pub fx_base: Option<String>,
+    pub fx_rate_date: Option<String>,
+    #[serde(default)]
+    pub fx_rates: std::collections::BTreeMap<String, f64>,
 }
 
 /// The identity the CLI uses when talking to this node with `--config`.

@@ -4,6 +4,7 @@ pub mod api;
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod consolidation;
 pub mod convert;
 pub mod dial;
 pub mod error;

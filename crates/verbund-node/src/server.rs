@@ -71,6 +71,12 @@ impl Node {
             .await
             .map_err(|s| anyhow::anyhow!("loading partner anchors: {}", s.message()))?;
         load_own_crl(&state, cfg).context("loading this organization's revocation list")?;
+        if cfg.consolidation.enabled {
+            let settings = crate::consolidation::ConsolidationSettings::from_config(cfg)?;
+            let _ = state
+                .consolidation
+                .set(crate::consolidation::ConsolidatedView::new(true, settings));
+        }
         let listener = TcpListener::bind(cfg.node.listen)
             .await
             .with_context(|| format!("binding {}", cfg.node.listen))?;
@@ -208,9 +214,16 @@ impl Node {
             .add_service(limited!(pb::node_service_server::NodeServiceServer<Api>))
             .add_service(limited!(pb::admin_service_server::AdminServiceServer<Api>))
             .add_service(limited!(pb::federation_server::FederationServer<Api>))
+            .add_service(limited!(
+                pb::consolidation_service_server::ConsolidationServiceServer<Api>
+            ))
             .serve_with_incoming_shutdown(incoming, signal);
         // Keep our replicas of every partner's shared records in step.
         let links = crate::links::spawn(self.state.clone());
+        // The consolidated view follows the change log on its own (the read side).
+        let view = self.state.consolidation.get().cloned().map(|view| {
+            tokio::spawn(view.run(self.state.store.clone(), self.state.stopping.subscribe()))
+        });
         // Clients that keep their connections open must not hold the shutdown forever.
         let grace = async {
             if stopped_rx.await.is_ok() {
@@ -224,6 +237,9 @@ impl Node {
             _ = grace => tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; closing them"),
         }
         links.abort();
+        if let Some(view) = view {
+            view.abort();
+        }
         self.state.store.close().await;
         Ok(())
     }

@@ -37,6 +37,8 @@ pub struct NodeState {
     pub max_clock_skew_ms: u64,
     /// Our links to the partners that share with us (sync state, outbox wake-ups).
     pub links: Arc<crate::link_state::Links>,
+    /// The consolidated customer view, when enabled (set once at start).
+    pub consolidation: std::sync::OnceLock<Arc<crate::consolidation::ConsolidatedView>>,
 }
 
 /// The node's wall clock in milliseconds. `VERBUND_CLOCK_OFFSET_MS` (signed) shifts it: a
@@ -117,6 +119,7 @@ impl NodeState {
             policy,
             max_clock_skew_ms,
             links: Arc::new(crate::link_state::Links::default()),
+            consolidation: std::sync::OnceLock::new(),
         });
         if let Some(ahead_ms) = ran_ahead {
             state.recover_clock(limit, ahead_ms).await?;

@@ -112,6 +112,7 @@ fn lower_layers_never_reach_into_the_services() {
         "link_state",
         "pki",
         "auth",
+        "consolidation",
     ] {
         let deps = &graph[lower];
         for service in services {

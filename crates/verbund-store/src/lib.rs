@@ -568,6 +568,41 @@ fn ref_error(r: &RefCheck, found: Option<&RefTarget>) -> DomainError {
     }
 }
 
+/// A data steward's decision about two records of the consolidated view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StewardVerdict {
+    Link,
+    Unlink,
+}
+
+impl StewardVerdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StewardVerdict::Link => "link",
+            StewardVerdict::Unlink => "unlink",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<StewardVerdict> {
+        match s {
+            "link" => Some(StewardVerdict::Link),
+            "unlink" => Some(StewardVerdict::Unlink),
+            _ => None,
+        }
+    }
+}
+
+/// A stored steward decision: `record_a` is the smaller id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StewardDecisionRow {
+    pub kind: RecordKind,
+    pub record_a: Uuid,
+    pub record_b: Uuid,
+    pub decision: StewardVerdict,
+    pub decided_by: String,
+    pub decided_at_ms: i64,
+}
+
 /// Generates the store functions for one sqlx database type. The SQL is identical for both.
 #[macro_use]
 mod backend;
@@ -587,6 +622,7 @@ macro_rules! backend {
             backend_sharing_reads!($db, $pool, $begin, $savepoints);
             backend_sync_reads!($db, $pool, $begin, $savepoints);
             backend_reads!($db, $pool, $begin, $savepoints);
+            backend_consolidation!($db, $pool, $begin, $savepoints);
         }
     };
 }

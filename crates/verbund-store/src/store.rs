@@ -757,6 +757,15 @@ impl Store {
         dispatch!(self, touch_partner(org, at_ms))
     }
 
+    /// Stores a steward decision of the consolidated view (replacing one about the same pair).
+    pub async fn save_steward_decision(&self, d: &StewardDecisionRow) -> Result<()> {
+        dispatch!(self, save_steward_decision(d))
+    }
+
+    pub async fn list_steward_decisions(&self) -> Result<Vec<StewardDecisionRow>> {
+        dispatch!(self, list_steward_decisions())
+    }
+
     pub async fn close(&self) {
         match &self.backend {
             Backend::Sqlite(p) => p.close().await,

@@ -4,6 +4,7 @@ mod backup;
 mod bench;
 mod bench_match;
 mod bench_sync;
+mod customers;
 mod demo;
 mod governance;
 mod init;
@@ -109,6 +110,13 @@ impl Conn {
 enum Command {
     /// Create an organization's CA, a node certificate, an admin certificate, node.toml and the database.
     Init(init::InitArgs),
+    /// The consolidated customer view of a group holding's node: customers across
+    /// subsidiaries, golden records with lineage, steward links and unlinks.
+    #[command(subcommand)]
+    Customer(customers::CustomerCommand),
+    /// Group figures over the consolidated customers.
+    #[command(subcommand)]
+    Group(customers::GroupCommand),
     /// Write a consistent copy of the node's database (SQLite; the node may keep running).
     Backup(backup::BackupArgs),
     /// Put a backup in place of the node's database (the node must be stopped).
@@ -315,6 +323,8 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Init(args) => init::run(args).await,
         Command::Run { config } => run_node(config).await,
         Command::Backup(args) => backup::backup(args).await,
+        Command::Customer(c) => customers::customer(c).await,
+        Command::Group(g) => customers::group(g).await,
         Command::Restore(args) => backup::restore(args).await,
         Command::Cert(CertCommand::Issue {
             config,

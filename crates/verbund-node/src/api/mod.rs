@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::state::NodeState;
 
+pub mod consolidation;
 pub mod partners;
 pub mod records;
 pub mod sharing;

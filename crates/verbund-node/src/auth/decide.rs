@@ -255,3 +255,36 @@ pub fn decide(
         Act::Delete | Act::Administer => may_delete(policy, node_org, p, rec.kind),
     }
 }
+
+/// May `p` read the consolidated customer view? Only the own organization, with a role that
+/// reads accounts (the view shows what the node's accounts show, across subsidiaries).
+pub fn may_view_consolidation(policy: &Policy, node_org: &str, p: &Principal) -> Decision {
+    if p.org != node_org {
+        return refuse(format!(
+            "{p} may not use the consolidated view: it serves only {node_org}'s own roles"
+        ));
+    }
+    let s = subject(p);
+    if policy
+        .fields(&s, RecordKind::Account, Act::Read, false)
+        .is_empty()
+    {
+        return refuse(format!("no policy line lets {p} read account records"));
+    }
+    allow(format!("{p} may read the consolidated view"))
+}
+
+/// May `p` link or unlink records as a data steward? The view's readers who may also write
+/// records of `kind`.
+pub fn may_steward(policy: &Policy, node_org: &str, p: &Principal, kind: RecordKind) -> Decision {
+    may_view_consolidation(policy, node_org, p)?;
+    if policy
+        .fields(&subject(p), kind, Act::Write, false)
+        .is_empty()
+    {
+        return refuse(format!(
+            "{p} may not link or unlink {kind} records: no policy line lets it write them"
+        ));
+    }
+    allow(format!("{p} may link and unlink {kind} records"))
+}

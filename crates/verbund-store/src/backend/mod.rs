@@ -15,3 +15,5 @@ mod sharing_reads;
 mod sync_reads;
 #[macro_use]
 mod reads;
+#[macro_use]
+mod consolidation;

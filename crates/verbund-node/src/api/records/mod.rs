@@ -415,3 +415,4 @@ impl NodeState {
 mod grpc;
 mod reads;
 pub use reads::{ListFilter, page_size};
+pub(crate) use reads::{decode_token, encode_token, fingerprint};
