@@ -22,6 +22,9 @@ fn the_demo_runs_four_nodes_and_logs_no_error() {
         "globex edited next_step on its own node",
         "acme revoked the share; globex's copy is gone",
         "   $ verbund ",
+        "the holding's node sees one customer after",
+        "person        Anna Weber at acme = Anna Weber at acme-logistics",
+        "the golden record has it after",
     ] {
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
     }

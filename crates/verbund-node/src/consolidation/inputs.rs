@@ -50,7 +50,7 @@ fn value_text(v: &Value) -> Option<String> {
     match v {
         Value::Text(t) => Some(t.clone()),
         Value::Int(i) => Some(i.to_string()),
-        Value::Money(m) => Some(format!("{} {}", m.minor_units, m.currency)),
+        Value::Money(m) => Some(verbund_core::schema::format_money(m)),
         Value::List(l) if !l.is_empty() => Some(l.join(", ")),
         Value::List(_) => None,
     }

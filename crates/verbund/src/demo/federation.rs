@@ -34,6 +34,14 @@ impl DemoNode {
             database_url: None,
         })
         .await?;
+        if org == "holding" {
+            // The holding's node keeps the group's consolidated customer view.
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&done.config_path)?;
+            writeln!(f, "\n[consolidation]\nenabled = true")?;
+        }
         let cfg = NodeConfig::load(&done.config_path)?;
         let node = Node::start(&cfg).await?;
         let endpoint = format!("https://{}", node.local_addr);
@@ -456,5 +464,7 @@ pub(super) async fn federation(
         verified.checked, verified.head_hash
     );
     sync_demo(acme, globex, deal).await?;
+    let logistics = group_demo(base, acme, holding, mueller).await?;
+    others.push(logistics);
     Ok(others)
 }

@@ -381,6 +381,8 @@ pub async fn run(keep: bool, keep_running: bool) -> Result<()> {
 }
 
 mod federation;
+mod group;
 mod sync;
 use federation::*;
+use group::*;
 use sync::*;
