@@ -18,6 +18,20 @@ fn owner_and_partner() -> (TestNode, TestNode) {
     (acme, globex)
 }
 
+fn backup(config: &std::path::Path, to: &std::path::Path) -> std::process::Output {
+    verbund(&["backup", "--config", path_str(config), "--to", path_str(to)])
+}
+
+fn restore(config: &std::path::Path, from: &std::path::Path) -> std::process::Output {
+    verbund(&[
+        "restore",
+        "--config",
+        path_str(config),
+        "--from",
+        path_str(from),
+    ])
+}
+
 #[test]
 fn an_online_backup_restored_into_the_owner_brings_its_partner_back_to_that_state() {
     let (mut acme, globex) = owner_and_partner();
@@ -41,23 +55,11 @@ fn an_online_backup_restored_into_the_owner_brings_its_partner_back_to_that_stat
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("acme.backup");
     let config = acme.config();
-    let o = verbund(&[
-        "backup",
-        "--config",
-        path_str(&config),
-        "--to",
-        path_str(&file),
-    ]);
+    let o = backup(&config, &file);
     assert!(o.status.success(), "backup: {}", stderr(&o));
     assert!(stdout(&o).contains("organization acme"), "{}", stdout(&o));
     // A backup never overwrites a file.
-    let again = verbund(&[
-        "backup",
-        "--config",
-        path_str(&config),
-        "--to",
-        path_str(&file),
-    ]);
+    let again = backup(&config, &file);
     assert!(!again.status.success());
     assert!(
         stderr(&again).contains("exists already"),
@@ -83,24 +85,12 @@ fn an_online_backup_restored_into_the_owner_brings_its_partner_back_to_that_stat
     });
 
     // A running node's database is never replaced.
-    let o = verbund(&[
-        "restore",
-        "--config",
-        path_str(&config),
-        "--from",
-        path_str(&file),
-    ]);
+    let o = restore(&config, &file);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("stop it first"), "{}", stderr(&o));
 
     acme.kill();
-    let o = verbund(&[
-        "restore",
-        "--config",
-        path_str(&config),
-        "--from",
-        path_str(&file),
-    ]);
+    let o = restore(&config, &file);
     assert!(o.status.success(), "restore: {}", stderr(&o));
     let out = stdout(&o);
     assert!(out.contains("kept as"), "{out}");
@@ -135,24 +125,12 @@ fn a_restore_refuses_another_organizations_backup_and_a_file_that_is_no_backup()
     let (mut acme, mut globex) = owner_and_partner();
     let dir = tempfile::tempdir().unwrap();
     let globex_backup = dir.path().join("globex.backup");
-    let o = verbund(&[
-        "backup",
-        "--config",
-        path_str(&globex.config()),
-        "--to",
-        path_str(&globex_backup),
-    ]);
+    let o = backup(&globex.config(), &globex_backup);
     assert!(o.status.success(), "backup: {}", stderr(&o));
     acme.kill();
     globex.kill();
     let config = acme.config();
-    let o = verbund(&[
-        "restore",
-        "--config",
-        path_str(&config),
-        "--from",
-        path_str(&globex_backup),
-    ]);
+    let o = restore(&config, &globex_backup);
     assert!(!o.status.success());
     assert!(
         stderr(&o).contains("backup of globex, not of acme"),
@@ -161,13 +139,7 @@ fn a_restore_refuses_another_organizations_backup_and_a_file_that_is_no_backup()
     );
     let junk = dir.path().join("junk.backup");
     std::fs::write(&junk, b"not a database at all, just text").unwrap();
-    let o = verbund(&[
-        "restore",
-        "--config",
-        path_str(&config),
-        "--from",
-        path_str(&junk),
-    ]);
+    let o = restore(&config, &junk);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("junk.backup"), "{}", stderr(&o));
     // Nothing was replaced: acme starts with its own data.

@@ -1,4 +1,4 @@
-//! `verbund demo` end to end, as a newcomer runs it: four organizations, each on its own node,
+//! `verbund demo` end to end, as a newcomer runs it: five organizations (a company, its partner company, its service provider, its group holding and a second subsidiary), each on its own node,
 //! over mutual TLS on loopback. The run must succeed, show what each organization sees, and log
 //! no error or warning of any node (a healthy run).
 
@@ -7,7 +7,7 @@ mod support;
 use support::*;
 
 #[test]
-fn the_demo_runs_four_nodes_and_logs_no_error() {
+fn the_demo_runs_five_nodes_and_logs_no_error() {
     let o = verbund(&["demo"]);
     let (out, err) = (stdout(&o), stderr(&o));
     assert!(o.status.success(), "demo failed:\n{out}\n{err}");
@@ -23,7 +23,7 @@ fn the_demo_runs_four_nodes_and_logs_no_error() {
         "acme revoked the share; globex's copy is gone",
         "   $ verbund ",
         "the holding's node sees one customer after",
-        "person        Anna Weber at acme = Anna Weber at acme-logistics",
+        "person         Anna Weber at acme = Anna Weber at acme-logistics",
         "the golden record has it after",
     ] {
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");

@@ -82,6 +82,9 @@ async fn client(
 }
 
 fn money(list: &[pb::MoneyTotal]) -> String {
+    if list.is_empty() {
+        return "none".into();
+    }
     list.iter()
         .map(|m| format!("{:.2} {}", m.minor_units as f64 / 100.0, m.currency_code))
         .collect::<Vec<_>>()
@@ -142,6 +145,39 @@ pub fn customer_json(c: &pb::Customer) -> Value {
         })).collect::<Vec<_>>(),
         "figures": c.figures.as_ref().map(figures_json),
     })
+}
+
+/// A customer as people read it: each golden value with where it comes from, the sources,
+/// the persons, the figures.
+pub fn print_customer(c: &pb::Customer) {
+    for g in &c.golden {
+        let rule = if g.decided_by.is_empty() {
+            "the only value"
+        } else {
+            g.decided_by.as_str()
+        };
+        println!(
+            "  {:<14} {:<36} <- {} {} ({rule})",
+            g.field, g.value, g.subsidiary, g.record_id
+        );
+    }
+    for s in &c.sources {
+        println!(
+            "  source         {} {} ({})",
+            s.record_id, s.name, s.subsidiary
+        );
+    }
+    for p in &c.persons {
+        let names: Vec<String> = p
+            .sources
+            .iter()
+            .map(|s| format!("{} at {}", s.name, s.subsidiary))
+            .collect();
+        println!("  person         {}", names.join(" = "));
+    }
+    if let Some(f) = &c.figures {
+        print_figures(f);
+    }
 }
 
 fn print_figures(f: &pb::Figures) {
@@ -220,35 +256,7 @@ pub async fn customer(cmd: CustomerCommand) -> Result<()> {
                 return Ok(());
             }
             println!("customer {}", c.id);
-            for g in &c.golden {
-                println!(
-                    "  {:<14} {}   <- {} {} ({})",
-                    g.field,
-                    g.value,
-                    g.subsidiary,
-                    g.record_id,
-                    if g.decided_by.is_empty() {
-                        "only value"
-                    } else {
-                        &g.decided_by
-                    }
-                );
-            }
-            println!("sources:");
-            for s in &c.sources {
-                println!("  {} {} {}", s.subsidiary, s.record_id, s.name);
-            }
-            if !c.persons.is_empty() {
-                println!("persons:");
-                for p in &c.persons {
-                    let names: Vec<&str> = p.sources.iter().map(|s| s.name.as_str()).collect();
-                    println!("  {} ({})", p.id, names.join(" / "));
-                }
-            }
-            if let Some(f) = &c.figures {
-                println!("figures:");
-                print_figures(f);
-            }
+            print_customer(&c);
         }
         CustomerCommand::Link {
             record_a,

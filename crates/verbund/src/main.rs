@@ -208,7 +208,7 @@ enum Command {
         /// Keep the demo's directory instead of deleting it.
         #[arg(long)]
         keep: bool,
-        /// Leave the federation (four nodes) running after the demo, until Ctrl-C, and print
+        /// Leave the federation (five nodes) running after the demo, until Ctrl-C, and print
         /// how to reach each node.
         #[arg(long)]
         keep_running: bool,

@@ -6,48 +6,6 @@
 
 use super::*;
 
-fn print_customer(c: &pb::Customer) {
-    for g in &c.golden {
-        println!(
-            "  {:<13} {:<36} <- {} ({})",
-            g.field,
-            g.value,
-            g.subsidiary,
-            if g.decided_by.is_empty() {
-                "the only value"
-            } else {
-                g.decided_by.as_str()
-            }
-        );
-    }
-    for p in &c.persons {
-        let names: Vec<String> = p
-            .sources
-            .iter()
-            .map(|s| format!("{} at {}", s.name, s.subsidiary))
-            .collect();
-        println!("  person        {}", names.join(" = "));
-    }
-    if let Some(f) = &c.figures {
-        let money = |l: &[pb::MoneyTotal]| {
-            if l.is_empty() {
-                return "none".to_string();
-            }
-            l.iter()
-                .map(|m| format!("{:.2} {}", m.minor_units as f64 / 100.0, m.currency_code))
-                .collect::<Vec<_>>()
-                .join(" + ")
-        };
-        println!(
-            "  figures       open pipeline {}, won in 12 months {}, open cases {}, served by {}",
-            money(&f.open_pipeline),
-            money(&f.won_last_12_months),
-            f.open_cases,
-            f.served_by.join(", ")
-        );
-    }
-}
-
 pub(super) async fn group_demo(
     base: &std::path::Path,
     acme: &DemoNode,
@@ -152,7 +110,7 @@ pub(super) async fn group_demo(
             .collect::<Vec<_>>()
             .join(" and ")
     );
-    print_customer(&c);
+    crate::customers::print_customer(&c);
     hint(&format!(
         "verbund customer get {mueller} --config holding/node.toml"
     ));

@@ -1,9 +1,9 @@
 //! `verbund demo`: an organization, a node and a day of CRM work, then its partner company,
-//! its service provider and its group holding working with it under the example policy
-//! (shares, field projection, revocation, audit), and finally the partner company running its
-//! own node that holds a synced replica of the shared deal (edits both ways, revoke) — all
-//! through the real API over mutual TLS, with real certificates of four organizations, on the
-//! embedded database in a temporary directory.
+//! its service provider and its group holding, each on its own node, working with it under the
+//! example policy (shares, field projection, revocation, audit, replicas synced both ways), and
+//! finally a second subsidiary sharing with the holding, whose consolidated customer view shows
+//! one customer across both subsidiaries — all through the real API over mutual TLS, with real
+//! certificates of five organizations, on the embedded database in a temporary directory.
 
 use std::time::Duration;
 
