@@ -11,6 +11,7 @@ pub mod federation;
 pub mod identity;
 pub mod link_state;
 pub mod links;
+pub mod ops;
 pub mod pki;
 pub mod server;
 pub mod service;

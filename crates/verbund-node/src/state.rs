@@ -37,6 +37,8 @@ pub struct NodeState {
     pub max_clock_skew_ms: u64,
     /// Our links to the partners that share with us (sync state, outbox wake-ups).
     pub links: Arc<crate::link_state::Links>,
+    /// The node's metrics (served by the ops endpoint).
+    pub metrics: Arc<crate::ops::Metrics>,
 }
 
 /// The node's wall clock in milliseconds. `VERBUND_CLOCK_OFFSET_MS` (signed) shifts it: a
@@ -103,6 +105,9 @@ impl NodeState {
             }
         }
         let (stopping, _) = watch::channel(false);
+        let metrics = Arc::new(crate::ops::Metrics::new());
+        let batch_metrics = metrics.clone();
+        store.on_batch(move |report| batch_metrics.writer_batch(report));
         let state = Arc::new(NodeState {
             store,
             org,
@@ -117,6 +122,7 @@ impl NodeState {
             policy,
             max_clock_skew_ms,
             links: Arc::new(crate::link_state::Links::default()),
+            metrics,
         });
         if let Some(ahead_ms) = ran_ahead {
             state.recover_clock(limit, ahead_ms).await?;

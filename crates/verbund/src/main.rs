@@ -366,6 +366,9 @@ async fn dispatch(command: Command) -> Result<()> {
 async fn run_node(config: PathBuf) -> Result<()> {
     let cfg = NodeConfig::load(&config)?;
     let node = Node::start(&cfg).await?;
+    if let Some(ops) = node.ops_addr() {
+        println!("ops endpoint on http://{ops} (/metrics, /healthz, /readyz)");
+    }
     // Tests and scripts wait for this line.
     println!(
         "verbund node {} serving on {} (database: {})",
@@ -392,9 +395,21 @@ async fn run_node(config: PathBuf) -> Result<()> {
             }
         });
     }
-    node.serve(shutdown_signal()).await?;
+    // systemd (Type=notify): listening and the database open; calls are served from here on.
+    notify_systemd("READY=1");
+    let shutdown = async {
+        shutdown_signal().await;
+        notify_systemd("STOPPING=1");
+    };
+    node.serve(shutdown).await?;
     tracing::info!("node stopped");
     Ok(())
+}
+
+fn notify_systemd(state: &str) {
+    if let Err(e) = verbund_node::ops::notify_systemd(state) {
+        tracing::warn!(error = %e, state, "could not notify systemd (NOTIFY_SOCKET)");
+    }
 }
 
 async fn shutdown_signal() {

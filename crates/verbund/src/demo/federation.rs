@@ -56,6 +56,7 @@ pub(super) async fn federation(
         dir: base.join("globex"),
         name: "node1".into(),
         listen: "127.0.0.1:0".parse()?,
+        ops_listen: None,
         dns: vec![],
         database_url: None,
     })

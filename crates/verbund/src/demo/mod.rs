@@ -57,6 +57,7 @@ pub async fn run(keep: bool) -> Result<()> {
         dir: org_dir.clone(),
         name: "node1".into(),
         listen: "127.0.0.1:0".parse()?,
+        ops_listen: None,
         dns: vec![],
         database_url: None,
     })
