@@ -96,6 +96,15 @@ fn metrics_and_health_are_served_without_a_certificate_and_move_after_a_write() 
     }
     let (status, _) = get(&ops, "/nothing-here");
     assert_eq!(status, 404);
+    // The probe a container HEALTHCHECK runs.
+    let o = support::verbund(&["health", "--ops", &ops]);
+    assert!(o.status.success(), "{}", support::stderr(&o));
+    let o = support::verbund(&["health", "--ops", &ops, "--ready"]);
+    assert!(o.status.success(), "{}", support::stderr(&o));
+    assert!(support::stdout(&o).contains("database: ok"));
+    let closed = format!("127.0.0.1:{}", free_port());
+    let o = support::verbund(&["health", "--ops", &closed]);
+    assert!(!o.status.success());
 
     let (status, before) = get(&ops, "/metrics");
     assert_eq!(status, 200);

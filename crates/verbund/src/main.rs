@@ -4,6 +4,7 @@ mod bench;
 mod bench_sync;
 mod demo;
 mod governance;
+mod health;
 mod init;
 mod output;
 mod partners;
@@ -195,6 +196,9 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Ask a node's operations endpoint whether it is alive (or, with --ready, ready); for
+    /// container health checks. Exits non-zero if not.
+    Health(health::HealthArgs),
     /// Benchmarks against a real node over mutual TLS.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -360,6 +364,7 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Whoami { conn } => records::whoami(&conn).await,
         Command::Demo { keep } => demo::run(keep).await,
         Command::Bench(b) => bench::run(b).await,
+        Command::Health(h) => health::run(h),
     }
 }
 
