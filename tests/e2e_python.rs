@@ -15,46 +15,11 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A virtual environment with the example's requirements; installs them on first use.
 fn example_venv() -> PathBuf {
-    let requirements = repo().join("examples/python/requirements.txt");
-    let wanted = std::fs::read_to_string(&requirements).expect("requirements.txt");
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-example-venv");
-    let marker = venv.join("installed-requirements.txt");
-    if std::fs::read_to_string(&marker).ok().as_deref() == Some(wanted.as_str()) {
-        return venv;
-    }
-    let _ = std::fs::remove_dir_all(&venv);
-    let made = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .output()
-        .unwrap_or_else(|e| panic!("python3 is needed for the Python example ({e})"));
-    assert!(
-        made.status.success(),
-        "python3 -m venv failed: {}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    let pip = Command::new(venv.join("bin/python"))
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "-q",
-            "-r",
-        ])
-        .arg(&requirements)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running pip");
-    assert!(
-        pip.status.success(),
-        "pip could not install examples/python/requirements.txt (is PyPI reachable?):\n{}",
-        String::from_utf8_lossy(&pip.stderr)
-    );
-    std::fs::write(&marker, wanted).unwrap();
-    venv
+    support::python::venv(
+        "python-example-venv",
+        &repo().join("examples/python/requirements.txt"),
+    )
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 pub mod federation;
 pub mod node_api;
+pub mod python;
 pub mod sharing_world;
 pub mod trust;
 
