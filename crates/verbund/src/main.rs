@@ -27,8 +27,37 @@ use verbund_node::server::Node;
     about = "Verbund: a federation of CRM nodes over mutual TLS"
 )]
 struct Cli {
+    /// Log lines as text (default) or as JSON objects, one per line (for log shippers).
+    #[arg(long, global = true, value_enum, env = "VERBUND_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs go to stderr, filtered by `VERBUND_LOG` (tracing's env-filter syntax). JSON lines
+/// carry the current span's fields (request id, principal, method) with every event.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VERBUND_LOG")
+        .unwrap_or_else(|_| "warn,verbund=info,verbund_node=info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 /// How a client command reaches a node.
@@ -269,14 +298,6 @@ fn main() -> ExitCode {
     // One crypto provider everywhere (ring); installing it early avoids rustls' runtime panic
     // should another dependency ever compile in a second one.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VERBUND_LOG")
-                .unwrap_or_else(|_| "warn,verbund=info,verbund_node=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = {
         use clap::{CommandFactory, FromArgMatches};
         let matches = records::hide_foreign_filters(Cli::command()).get_matches();
@@ -285,6 +306,7 @@ fn main() -> ExitCode {
             Err(e) => e.exit(),
         }
     };
+    init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -6,6 +6,7 @@
 //! record data, only counts, states and certificate expiry; keep it on loopback or a private
 //! network all the same (`[ops] listen`).
 
+pub mod handshake;
 pub mod http;
 pub mod metrics;
 pub mod rpc;

@@ -3,6 +3,11 @@
 //! trailers (after the body), so the response body is wrapped and the call is recorded when
 //! the trailers pass, or from the headers of a trailers-only answer; an answer dropped before
 //! its end (the client went away) counts as CANCELLED.
+//!
+//! The same layer opens the call's tracing span: a request id (the client's `x-request-id`
+//! if it sent a short, plain one, else a new one; echoed in the answer's headers), the
+//! principal from the client certificate, and the method. Everything the handler logs carries
+//! them. No field value is ever put in a span or a log line.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -14,6 +19,7 @@ use std::time::{Duration, Instant};
 use http_body::{Body, Frame, SizeHint};
 use prost::Message;
 use tonic::codegen::http;
+use tracing::Instrument;
 
 use super::metrics::Metrics;
 
@@ -74,6 +80,25 @@ fn known_methods() -> &'static HashSet<String> {
         }
         known
     })
+}
+
+/// The header that carries a request id, in and out.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The client's request id if it is short and plain (it goes into logs), else a new one.
+pub fn request_id(headers: &http::HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| {
+            !id.is_empty()
+                && id.len() <= 64
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
 }
 
 /// Service and method of a request path, or `unknown` for paths we do not serve.
@@ -138,14 +163,31 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let (service, method) = service_and_method(req.uri().path());
+        let id = request_id(req.headers());
+        let principal = req
+            .extensions()
+            .get::<crate::tls::ConnInfo>()
+            .map(|c| c.principal.uri())
+            .unwrap_or_default();
+        let span = tracing::info_span!(
+            "rpc",
+            request_id = %id,
+            principal = %principal,
+            method = %format!("{service}/{method}"),
+        );
         let call = Call {
             metrics: self.metrics.clone(),
             service,
             method,
             started: Instant::now(),
+            span: span.clone(),
         };
+        let answer_id = http::HeaderValue::from_str(&id).ok();
         Box::pin(async move {
-            let resp = inner.call(req).await?;
+            let mut resp = inner.call(req).instrument(span).await?;
+            if let Some(id) = answer_id {
+                resp.headers_mut().insert(REQUEST_ID_HEADER, id);
+            }
             // A trailers-only answer (most errors) carries its status in the headers.
             let header_code = resp
                 .headers()
@@ -167,13 +209,21 @@ struct Call {
     service: String,
     method: String,
     started: Instant,
+    span: tracing::Span,
 }
 
 impl Call {
     fn finish(self, code: i32) {
         let elapsed: Duration = self.started.elapsed();
+        let code = code_name(code);
+        tracing::debug!(
+            parent: &self.span,
+            code,
+            elapsed_ms = elapsed.as_secs_f64() * 1000.0,
+            "rpc finished"
+        );
         self.metrics
-            .rpc_finished(&self.service, &self.method, code_name(code), elapsed);
+            .rpc_finished(&self.service, &self.method, code, elapsed);
     }
 }
 
@@ -208,6 +258,9 @@ impl<B: Body + Unpin> Body for MeteredBody<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        // Streams (Watch, Subscribe) produce their items here: inside the call's span.
+        let span = self.call.as_ref().map(|c| c.span.clone());
+        let _entered = span.as_ref().map(|s| s.enter());
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -264,5 +317,19 @@ mod tests {
         );
         assert_eq!(code_name(3), "INVALID_ARGUMENT");
         assert_eq!(code_name(99), "UNKNOWN");
+    }
+
+    #[test]
+    fn a_plain_client_request_id_is_kept_and_anything_else_replaced() {
+        let mut headers = http::HeaderMap::new();
+        let fresh = request_id(&headers);
+        assert_eq!(fresh.len(), 32);
+        assert_ne!(fresh, request_id(&headers));
+        headers.insert(REQUEST_ID_HEADER, "abc-123.x".parse().unwrap());
+        assert_eq!(request_id(&headers), "abc-123.x");
+        headers.insert(REQUEST_ID_HEADER, "has space".parse().unwrap());
+        assert_eq!(request_id(&headers).len(), 32);
+        headers.insert(REQUEST_ID_HEADER, "a".repeat(65).parse().unwrap());
+        assert_eq!(request_id(&headers).len(), 32);
     }
 }
