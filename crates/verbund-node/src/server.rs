@@ -188,7 +188,9 @@ impl Node {
         };
         let server = tonic::transport::Server::builder()
             // Outermost: it sees the status codes as the client does (after the fix-up below).
-            .layer(crate::ops::RpcMetricsLayer::new(self.state.metrics.clone()))
+            .layer(crate::metrics::RpcMetricsLayer::new(
+                self.state.metrics.clone(),
+            ))
             .layer(tower::util::MapResponseLayer::new(client_fault_codes))
             .max_concurrent_streams(Some(256))
             .max_connection_age(self.max_connection_age)

@@ -38,7 +38,7 @@ pub struct NodeState {
     /// Our links to the partners that share with us (sync state, outbox wake-ups).
     pub links: Arc<crate::link_state::Links>,
     /// The node's metrics (served by the ops endpoint).
-    pub metrics: Arc<crate::ops::Metrics>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The node's wall clock in milliseconds. `VERBUND_CLOCK_OFFSET_MS` (signed) shifts it: a
@@ -105,7 +105,7 @@ impl NodeState {
             }
         }
         let (stopping, _) = watch::channel(false);
-        let metrics = Arc::new(crate::ops::Metrics::new());
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         let batch_metrics = metrics.clone();
         store.on_batch(move |report| batch_metrics.writer_batch(report));
         let state = Arc::new(NodeState {

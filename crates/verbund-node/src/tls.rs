@@ -541,7 +541,7 @@ pub fn incoming(
                 {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
-                        let reason = crate::ops::handshake::refusal_reason(&e);
+                        let reason = crate::handshake::refusal_reason(&e);
                         tracing::info!(%remote_addr, %reason, error = %e, "TLS handshake refused: {reason}");
                         return;
                     }

@@ -64,7 +64,7 @@ impl OpsEndpoint {
 
 async fn metrics(State(ctx): State<Arc<Ctx>>) -> impl IntoResponse {
     let own_ca = ctx.cfg.read(&ctx.cfg.tls.ca_cert).ok();
-    let body = ctx.state.metrics.scrape(&ctx.state, own_ca).await;
+    let body = super::collect::scrape(&ctx.state.metrics, &ctx.state, own_ca).await;
     (
         [(
             header::CONTENT_TYPE,

@@ -1,19 +1,16 @@
-//! Operations: metrics (`metrics`, `rpc`), the plain-HTTP endpoint that serves them with the
-//! health probes (`http`), and systemd readiness notification.
+//! Operations: the plain-HTTP endpoint (`http`) that serves the metrics (collected at scrape
+//! time by `collect`; the series themselves live in `crate::metrics`) with the health probes,
+//! and systemd readiness notification.
 //!
 //! The endpoint is separate from the mutual-TLS gRPC listener and asks for no certificate:
 //! load balancers, kubelets and Prometheus reach it without a Verbund identity. It shows no
 //! record data, only counts, states and certificate expiry; keep it on loopback or a private
 //! network all the same (`[ops] listen`).
 
-pub mod handshake;
+pub mod collect;
 pub mod http;
-pub mod metrics;
-pub mod rpc;
 
 pub use http::OpsEndpoint;
-pub use metrics::Metrics;
-pub use rpc::RpcMetricsLayer;
 
 /// Serial (hex) and expiry (Unix seconds) of every certificate in `pem`; unreadable ones are
 /// left out (they are refused elsewhere, with a reason).

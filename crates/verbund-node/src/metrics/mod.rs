@@ -1,14 +1,17 @@
 //! The node's metrics, one registry per node (no process-global state). Request and writer
-//! series are recorded as they happen (the RPC layer, the store's batch hook); everything
-//! else — per-partner sync state, conflicts, erasures, pool use, policy, certificates — is
-//! read at scrape time from what the store and `link_state` already keep (`refresh`), so the
-//! sync code carries no instrumentation.
+//! series are recorded as they happen (the RPC layer in `rpc`, the store's batch hook);
+//! everything else — per-partner sync state, conflicts, erasures, pool use, policy,
+//! certificates — is read at scrape time from what the store and `link_state` already keep
+//! (`ops::collect`), so the sync code carries no instrumentation. This module is a lower
+//! layer: it knows nothing of the node's state.
 
-use std::collections::HashMap;
+pub mod rpc;
+
+pub use rpc::RpcMetricsLayer;
+
 use std::sync::Mutex;
 use std::time::Duration;
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -16,10 +19,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use verbund_store::BatchReport;
 
-use crate::state::{NodeState, now_ms};
-
 /// Label pairs of one series.
-type Labels = Vec<(&'static str, String)>;
+pub(crate) type Labels = Vec<(&'static str, String)>;
 type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 
 fn rpc_buckets() -> Histogram {
@@ -29,33 +30,33 @@ fn rpc_buckets() -> Histogram {
 
 /// Every series the node exports.
 pub struct Metrics {
-    registry: Registry,
-    rpc_handled: Family<Labels, Counter>,
-    rpc_seconds: HistogramFamily,
-    writer_batches: Family<Labels, Counter>,
-    writer_batch_jobs: Histogram,
-    writer_batch_seconds: Histogram,
-    audit_entries: Counter,
-    pool_connections: Family<Labels, Gauge>,
-    pool_max: Gauge,
-    link_state: Family<Labels, Gauge>,
-    lag: Family<Labels, Gauge>,
-    outbox_depth: Family<Labels, Gauge>,
-    rejected_edits: Family<Labels, Gauge>,
-    replicas: Family<Labels, Gauge>,
-    quarantined: Family<Labels, Gauge>,
-    last_contact: Family<Labels, Gauge>,
-    erasures_unacked: Family<Labels, Gauge>,
-    conflicts_open: Gauge,
-    last_seq: Gauge,
-    policy_generation: Gauge,
-    policy_reload_failures: Counter,
-    cert_expiry: Family<Labels, Gauge>,
-    scrape_errors: Counter,
+    pub(crate) registry: Registry,
+    pub(crate) rpc_handled: Family<Labels, Counter>,
+    pub(crate) rpc_seconds: HistogramFamily,
+    pub(crate) writer_batches: Family<Labels, Counter>,
+    pub(crate) writer_batch_jobs: Histogram,
+    pub(crate) writer_batch_seconds: Histogram,
+    pub(crate) audit_entries: Counter,
+    pub(crate) pool_connections: Family<Labels, Gauge>,
+    pub(crate) pool_max: Gauge,
+    pub(crate) link_state: Family<Labels, Gauge>,
+    pub(crate) lag: Family<Labels, Gauge>,
+    pub(crate) outbox_depth: Family<Labels, Gauge>,
+    pub(crate) rejected_edits: Family<Labels, Gauge>,
+    pub(crate) replicas: Family<Labels, Gauge>,
+    pub(crate) quarantined: Family<Labels, Gauge>,
+    pub(crate) last_contact: Family<Labels, Gauge>,
+    pub(crate) erasures_unacked: Family<Labels, Gauge>,
+    pub(crate) conflicts_open: Gauge,
+    pub(crate) last_seq: Gauge,
+    pub(crate) policy_generation: Gauge,
+    pub(crate) policy_reload_failures: Counter,
+    pub(crate) cert_expiry: Family<Labels, Gauge>,
+    pub(crate) scrape_errors: Counter,
     /// Serializes scrapes: a refresh clears and refills the per-partner families.
-    scrape: tokio::sync::Mutex<()>,
+    pub(crate) scrape: tokio::sync::Mutex<()>,
     /// The policy reload failures already counted (the policy keeps its own total).
-    reload_failures_seen: Mutex<u64>,
+    pub(crate) reload_failures_seen: Mutex<u64>,
 }
 
 impl Default for Metrics {
@@ -240,164 +241,5 @@ impl Metrics {
         if report.committed {
             self.audit_entries.inc_by(report.audit_entries as u64);
         }
-    }
-
-    /// Reads the current state and renders every series (OpenMetrics text). `own_ca_pem`:
-    /// this organization's CA file (one or two CAs), read fresh by the caller.
-    pub async fn scrape(&self, state: &NodeState, own_ca_pem: Option<String>) -> String {
-        let _one_at_a_time = self.scrape.lock().await;
-        if let Err(e) = self.refresh(state, own_ca_pem).await {
-            self.scrape_errors.inc();
-            tracing::warn!(error = %e, "metrics: reading the node's state failed");
-        }
-        let mut out = String::new();
-        if let Err(e) = encode(&mut out, &self.registry) {
-            tracing::warn!(error = %e, "metrics: encoding failed");
-        }
-        out
-    }
-
-    async fn refresh(
-        &self,
-        state: &NodeState,
-        own_ca_pem: Option<String>,
-    ) -> Result<(), verbund_store::StoreError> {
-        let store = &state.store;
-        let pool = store.pool_use();
-        self.pool_connections.clear();
-        self.pool_connections
-            .get_or_create(&vec![("state", "idle".to_string())])
-            .set(i64::from(pool.idle));
-        self.pool_connections
-            .get_or_create(&vec![("state", "in_use".to_string())])
-            .set(i64::from(pool.open.saturating_sub(pool.idle)));
-        self.pool_max.set(i64::from(pool.max));
-
-        let policy = &state.policy;
-        self.policy_generation
-            .set(i64::try_from(policy.generation()).unwrap_or(i64::MAX));
-        {
-            let total = policy.reload_failures();
-            let mut seen = self
-                .reload_failures_seen
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if total > *seen {
-                self.policy_reload_failures.inc_by(total - *seen);
-                *seen = total;
-            }
-        }
-
-        let now_s = now_ms() / 1000;
-        let partners = store.list_partners().await?;
-        self.cert_expiry.clear();
-        let node_pem = state
-            .node_identity
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .0
-            .clone();
-        for (kind, org, pem) in std::iter::once(("node", state.org.clone(), node_pem))
-            .chain(own_ca_pem.map(|pem| ("ca", state.org.clone(), pem)))
-            .chain(
-                partners
-                    .iter()
-                    .map(|p| ("partner_ca", p.org.clone(), p.ca_pem.clone())),
-            )
-        {
-            for (serial, not_after) in super::certificate_expiries(&pem) {
-                self.cert_expiry
-                    .get_or_create(&vec![
-                        ("kind", kind.to_string()),
-                        ("org", org.clone()),
-                        ("serial", serial),
-                    ])
-                    .set(not_after - now_s);
-            }
-        }
-
-        let by_org = |rows: Vec<(String, i64)>| rows.into_iter().collect::<HashMap<_, _>>();
-        let subs: HashMap<String, verbund_store::Subscription> = store
-            .list_subscriptions()
-            .await?
-            .into_iter()
-            .map(|s| (s.owner_org.clone(), s))
-            .collect();
-        let depths = by_org(store.outbox_depths().await?);
-        let replicas = by_org(store.replica_counts().await?);
-        let quarantined = by_org(store.quarantine_counts().await?);
-        let counts = store.ops_counts().await?;
-        let rejected = by_org(counts.rejected_edits);
-        let unacked = by_org(counts.erasures_unacked);
-        let last_seq = store.last_seq().await?;
-        let mut acks: HashMap<String, i64> = store
-            .peer_acks()
-            .await?
-            .into_iter()
-            .map(|(org, cursor, _)| (org, cursor))
-            .collect();
-        acks.extend(state.links.acked());
-        let links = state.links.snapshot();
-
-        self.conflicts_open.set(counts.conflicts_open);
-        self.last_seq.set(last_seq);
-        for family in [
-            &self.link_state,
-            &self.lag,
-            &self.outbox_depth,
-            &self.rejected_edits,
-            &self.replicas,
-            &self.quarantined,
-            &self.last_contact,
-            &self.erasures_unacked,
-        ] {
-            family.clear();
-        }
-        for p in &partners {
-            let org = p.org.clone();
-            let label = || vec![("partner", org.clone())];
-            let link = links
-                .get(&org)
-                .map(|l| l.state.clone())
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| "idle".to_string());
-            self.link_state
-                .get_or_create(&vec![("partner", org.clone()), ("state", link)])
-                .set(1);
-            let inbound = subs
-                .get(&org)
-                .map(|s| (s.owner_last_seq - s.cursor).max(0))
-                .unwrap_or(0);
-            self.lag
-                .get_or_create(&vec![
-                    ("partner", org.clone()),
-                    ("direction", "inbound".to_string()),
-                ])
-                .set(inbound);
-            if let Some(acked) = acks.get(&org) {
-                self.lag
-                    .get_or_create(&vec![
-                        ("partner", org.clone()),
-                        ("direction", "outbound".to_string()),
-                    ])
-                    .set((last_seq - acked).max(0));
-            }
-            let get = |m: &HashMap<String, i64>| m.get(&org).copied().unwrap_or(0);
-            self.outbox_depth.get_or_create(&label()).set(get(&depths));
-            self.rejected_edits
-                .get_or_create(&label())
-                .set(get(&rejected));
-            self.replicas.get_or_create(&label()).set(get(&replicas));
-            self.quarantined
-                .get_or_create(&label())
-                .set(get(&quarantined));
-            self.erasures_unacked
-                .get_or_create(&label())
-                .set(get(&unacked));
-            if let Some(ms) = p.last_contact_ms {
-                self.last_contact.get_or_create(&label()).set(ms / 1000);
-            }
-        }
-        Ok(())
     }
 }

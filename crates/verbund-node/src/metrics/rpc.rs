@@ -21,7 +21,7 @@ use prost::Message;
 use tonic::codegen::http;
 use tracing::Instrument;
 
-use super::metrics::Metrics;
+use super::Metrics;
 
 /// The name of a gRPC status code as `grpc_code` label (the canonical upper-case names).
 pub fn code_name(code: i32) -> &'static str {
