@@ -3,6 +3,7 @@
 
 pub mod federation;
 pub mod node_api;
+pub mod python;
 pub mod sharing_world;
 pub mod trust;
 
@@ -89,6 +90,9 @@ impl TestNode {
             dir.path().join(org).to_str().unwrap(),
             "--listen",
             &format!("127.0.0.1:{port}"),
+            // Not the default beside the node port: that one may be another test's port.
+            "--ops-listen",
+            "127.0.0.1:0",
         ]);
         assert!(o.status.success(), "init failed: {}", stderr(&o));
         let mut node = TestNode::adopt(org, dir);

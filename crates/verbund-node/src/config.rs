@@ -18,6 +18,9 @@ pub struct NodeConfig {
     pub policy: PolicySection,
     #[serde(default)]
     pub consolidation: ConsolidationSection,
+    /// The operations endpoint (metrics, health); see `ops_listen`.
+    #[serde(default)]
+    pub ops: OpsSection,
     /// The directory of the config file; relative paths resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -124,6 +127,43 @@ pub struct ConsolidationSection {
     pub fx_rates: std::collections::BTreeMap<String, f64>,
 }
 
+/// The operations endpoint: plain HTTP without client certificates (`/metrics`, `/healthz`,
+/// `/readyz`), so keep it on loopback or a private network.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsSection {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Default: loopback, port = the node's port + 2021 (7443 → 9464), 0 if that is 0.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for OpsSection {
+    fn default() -> Self {
+        OpsSection {
+            enabled: true,
+            listen: None,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The ops port beside a node port: a fixed offset, so the default node port 7443 gets 9464
+/// (the usual exporter port) and nodes on one host get distinct ones.
+pub const OPS_PORT_OFFSET: u16 = 2021;
+
+/// The default ops address for a node listening on `listen`.
+pub fn default_ops_listen(listen: SocketAddr) -> SocketAddr {
+    let port = match listen.port() {
+        0 => 0,
+        p => p.checked_add(OPS_PORT_OFFSET).unwrap_or(0),
+    };
+    SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port))
+}
+
 /// The identity the CLI uses when talking to this node with `--config`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -186,6 +226,15 @@ impl NodeConfig {
         format!("https://{addr}")
     }
 
+    /// Where the operations endpoint listens; None when disabled.
+    pub fn ops_listen(&self) -> Option<SocketAddr> {
+        self.ops.enabled.then(|| {
+            self.ops
+                .listen
+                .unwrap_or(default_ops_listen(self.node.listen))
+        })
+    }
+
     /// The node id used in versions: `<org>/<name>`.
     pub fn node_id(&self) -> String {
         format!("{}/{}", self.node.org, self.node.name)
@@ -193,7 +242,13 @@ impl NodeConfig {
 }
 
 /// The commented `node.toml` that `verbund init` writes.
-pub fn render_node_toml(org: &str, name: &str, listen: SocketAddr, database_url: &str) -> String {
+pub fn render_node_toml(
+    org: &str,
+    name: &str,
+    listen: SocketAddr,
+    ops_listen: SocketAddr,
+    database_url: &str,
+) -> String {
     format!(
         r#"# Verbund node configuration, written by `verbund init`.
 # Relative paths are relative to this file.
@@ -240,6 +295,13 @@ crl = "ca/crl.pem"
 model = "policy/model.conf"
 file = "policy/policy.csv"
 
+[ops]
+# Metrics (/metrics, Prometheus/OpenMetrics text), liveness (/healthz) and readiness
+# (/readyz) over plain HTTP without client certificates: keep it on loopback or a private
+# network. `enabled = false` turns it off.
+enabled = true
+listen = "{ops_listen}"
+
 [client]
 # The identity the verbund CLI uses with `--config` (verbund://{org}/user/admin).
 cert = "users/admin.crt"
@@ -262,6 +324,7 @@ mod tests {
                 "acme",
                 "node1",
                 "127.0.0.1:7443".parse().unwrap(),
+                "127.0.0.1:9464".parse().unwrap(),
                 "sqlite://data/verbund.db",
             ),
         )
@@ -271,7 +334,35 @@ mod tests {
         assert_eq!(cfg.endpoint(), "https://127.0.0.1:7443");
         assert!(cfg.database_url().ends_with("data/verbund.db"));
         assert_eq!(cfg.node_id(), "acme/node1");
+        assert_eq!(cfg.ops_listen(), Some("127.0.0.1:9464".parse().unwrap()));
         std::fs::write(&p, "[node]\norg = \"Bad Org\"\nname = \"n\"\nlisten = \"127.0.0.1:1\"\n[database]\nurl = \"x\"\n[tls]\nca_cert = \"a\"\ncert = \"b\"\nkey = \"c\"\n").unwrap();
         assert!(NodeConfig::load(&p).is_err());
+    }
+
+    #[test]
+    fn the_ops_address_defaults_beside_the_node_port_and_can_be_turned_off() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(default_ops_listen(at("0.0.0.0:7443")), at("127.0.0.1:9464"));
+        assert_eq!(
+            default_ops_listen(at("127.0.0.1:7444")),
+            at("127.0.0.1:9465")
+        );
+        assert_eq!(default_ops_listen(at("127.0.0.1:0")), at("127.0.0.1:0"));
+        assert_eq!(default_ops_listen(at("127.0.0.1:65000")), at("127.0.0.1:0"));
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("node.toml");
+        let base = "[node]\norg = \"acme\"\nname = \"n\"\nlisten = \"127.0.0.1:7443\"\n[database]\nurl = \"x\"\n[tls]\nca_cert = \"a\"\ncert = \"b\"\nkey = \"c\"\n";
+        std::fs::write(&p, base).unwrap();
+        assert_eq!(
+            NodeConfig::load(&p).unwrap().ops_listen(),
+            Some(at("127.0.0.1:9464"))
+        );
+        std::fs::write(&p, format!("{base}[ops]\nenabled = false\n")).unwrap();
+        assert_eq!(NodeConfig::load(&p).unwrap().ops_listen(), None);
+        std::fs::write(&p, format!("{base}[ops]\nlisten = \"10.0.0.5:9100\"\n")).unwrap();
+        assert_eq!(
+            NodeConfig::load(&p).unwrap().ops_listen(),
+            Some(at("10.0.0.5:9100"))
+        );
     }
 }

@@ -17,13 +17,19 @@ pub trait RecordMessage: prost::Message + Default + Clone + Send + Sync + 'stati
     fn clear_meta(&mut self);
 }
 
-/// INVALID_ARGUMENT naming the field. The message is clipped: it may quote input, and a
-/// stock client cannot read a status whose message exceeds its metadata limit.
+/// INVALID_ARGUMENT naming the field: in the message ("field: why") and as a structured
+/// `google.rpc.BadRequest` field violation in the status details, so clients can point at
+/// the field without parsing text. Both are clipped: they may quote input, and a stock
+/// client cannot read a status whose metadata exceeds its limit.
 pub fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(clip(
-        &format!("{}: {message}", clip(field, 80)),
-        MAX_MESSAGE,
-    ))
+    use tonic_types::{ErrorDetails, StatusExt};
+    let field = clip(field, 80);
+    let description = clip(&message.to_string(), MAX_MESSAGE);
+    Status::with_error_details(
+        tonic::Code::InvalidArgument,
+        clip(&format!("{field}: {description}"), MAX_MESSAGE),
+        ErrorDetails::with_bad_request_violation(field, description),
+    )
 }
 
 /// The longest status message this node sends (characters).
@@ -573,6 +579,26 @@ pub fn clip(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn invalid_names_the_field_in_text_and_details_clipped() {
+        use tonic_types::StatusExt;
+        let status = invalid("email", "is not a valid e-mail address");
+        assert_eq!(status.message(), "email: is not a valid e-mail address");
+        let bad = status.get_details_bad_request().unwrap();
+        assert_eq!(bad.field_violations.len(), 1);
+        assert_eq!(bad.field_violations[0].field, "email");
+        assert_eq!(
+            bad.field_violations[0].description,
+            "is not a valid e-mail address"
+        );
+        let long = "x".repeat(10_000);
+        let status = invalid(&long, &long);
+        let bad = status.get_details_bad_request().unwrap();
+        assert!(bad.field_violations[0].field.chars().count() <= 81);
+        assert!(bad.field_violations[0].description.chars().count() <= MAX_MESSAGE + 1);
+        assert!(status.details().len() < 2_000);
+    }
 
     #[test]
     fn fields_round_trip_through_messages() {

@@ -31,7 +31,7 @@ pub fn domain_status(e: DomainError) -> Status {
     // Clipped: a message may quote input (a mask path, an id), never at full length.
     let msg = crate::convert::clip(&e.to_string(), crate::convert::MAX_MESSAGE);
     match e {
-        DomainError::Invalid { .. } => Status::invalid_argument(msg),
+        DomainError::Invalid { field, message } => crate::convert::invalid(&field, message),
         DomainError::FailedPrecondition { .. } => Status::failed_precondition(msg),
         DomainError::NotFound { .. } | DomainError::Absent(_) => Status::not_found(msg),
         DomainError::AlreadyExists(_) => Status::already_exists(msg),

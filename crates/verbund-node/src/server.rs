@@ -29,6 +29,8 @@ pub struct Node {
     pub local_addr: SocketAddr,
     listener: TcpListener,
     tls: ServerTls,
+    /// The operations endpoint (metrics, health), if enabled; bound at start.
+    ops: Option<(crate::ops::OpsEndpoint, NodeConfig)>,
 }
 
 impl Node {
@@ -81,6 +83,10 @@ impl Node {
             .await
             .with_context(|| format!("binding {}", cfg.node.listen))?;
         let local_addr = listener.local_addr()?;
+        let ops = match cfg.ops_listen() {
+            Some(addr) => Some((crate::ops::OpsEndpoint::bind(addr).await?, cfg.clone())),
+            None => None,
+        };
         Ok(Node {
             max_connection_age: Duration::from_secs(cfg.node.max_connection_age_secs.max(1)),
             idle_timeout: Duration::from_secs(cfg.node.idle_timeout_secs.max(1)),
@@ -88,7 +94,13 @@ impl Node {
             local_addr,
             listener,
             tls,
+            ops,
         })
+    }
+
+    /// Where the operations endpoint listens, if enabled.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops.as_ref().map(|(ops, _)| ops.local_addr)
     }
 
     /// Serves until `shutdown` completes, then drains in-flight calls.
@@ -181,6 +193,10 @@ impl Node {
             let _ = stopped_tx.send(());
         };
         let server = tonic::transport::Server::builder()
+            // Outermost: it sees the status codes as the client does (after the fix-up below).
+            .layer(crate::metrics::RpcMetricsLayer::new(
+                self.state.metrics.clone(),
+            ))
             .layer(tower::util::MapResponseLayer::new(client_fault_codes))
             .max_concurrent_streams(Some(256))
             .max_connection_age(self.max_connection_age)
@@ -224,6 +240,9 @@ impl Node {
         let view = self.state.consolidation.get().cloned().map(|view| {
             tokio::spawn(view.run(self.state.store.clone(), self.state.stopping.subscribe()))
         });
+        let ops = self
+            .ops
+            .map(|(ops, cfg)| ops.spawn(self.state.clone(), cfg));
         // Clients that keep their connections open must not hold the shutdown forever.
         let grace = async {
             if stopped_rx.await.is_ok() {
@@ -239,6 +258,9 @@ impl Node {
         links.abort();
         if let Some(view) = view {
             view.abort();
+        }
+        if let Some(ops) = ops {
+            ops.abort();
         }
         self.state.store.close().await;
         Ok(())

@@ -39,6 +39,8 @@ pub struct NodeState {
     pub links: Arc<crate::link_state::Links>,
     /// The consolidated customer view, when enabled (set once at start).
     pub consolidation: std::sync::OnceLock<Arc<crate::consolidation::ConsolidatedView>>,
+    /// The node's metrics (served by the ops endpoint).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The node's wall clock in milliseconds. `VERBUND_CLOCK_OFFSET_MS` (signed) shifts it: a
@@ -105,6 +107,9 @@ impl NodeState {
             }
         }
         let (stopping, _) = watch::channel(false);
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let batch_metrics = metrics.clone();
+        store.on_batch(move |report| batch_metrics.writer_batch(report));
         let state = Arc::new(NodeState {
             store,
             org,
@@ -120,6 +125,7 @@ impl NodeState {
             max_clock_skew_ms,
             links: Arc::new(crate::link_state::Links::default()),
             consolidation: std::sync::OnceLock::new(),
+            metrics,
         });
         if let Some(ahead_ms) = ran_ahead {
             state.recover_clock(limit, ahead_ms).await?;

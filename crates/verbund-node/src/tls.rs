@@ -536,18 +536,20 @@ pub fn incoming(
             let tls = tls.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                let stream =
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::info!(%remote_addr, error = %e, "TLS handshake refused");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::info!(%remote_addr, "TLS handshake timed out");
-                            return;
-                        }
-                    };
+                let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+                    .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        let reason = crate::handshake::refusal_reason(&e);
+                        tracing::info!(%remote_addr, %reason, error = %e, "TLS handshake refused: {reason}");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::info!(%remote_addr, reason = "no complete handshake within the timeout", "TLS handshake refused: timed out");
+                        return;
+                    }
+                };
                 match principal_of(&stream, &tls) {
                     Ok(principal) => {
                         tracing::debug!(%remote_addr, %principal, "connection authenticated");
@@ -564,7 +566,7 @@ pub fn incoming(
                             .await;
                     }
                     Err(e) => {
-                        tracing::warn!(%remote_addr, error = %e, "client certificate refused")
+                        tracing::warn!(%remote_addr, reason = %e, "client certificate refused: {e}")
                     }
                 }
             });

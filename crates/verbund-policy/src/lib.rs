@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use casbin::{CoreApi, DefaultModel, Enforcer, StringAdapter};
@@ -615,6 +616,10 @@ pub struct LivePolicy {
     model: PathBuf,
     policy: PathBuf,
     own_org: String,
+    /// 1 for the policy loaded at start, +1 per successful reload (metrics).
+    generation: AtomicU64,
+    /// Reloads refused since start (metrics).
+    reload_failures: AtomicU64,
 }
 
 impl LivePolicy {
@@ -629,6 +634,8 @@ impl LivePolicy {
             model,
             policy,
             own_org: own_org.to_string(),
+            generation: AtomicU64::new(1),
+            reload_failures: AtomicU64::new(0),
         })
     }
 
@@ -642,12 +649,29 @@ impl LivePolicy {
 
     /// Re-reads the files. On any error the policy in force stays, and the error says why.
     pub async fn reload(&self) -> Result<(), PolicyError> {
-        let loaded = Policy::load(&self.model, &self.policy, &self.own_org).await?;
+        let loaded = match Policy::load(&self.model, &self.policy, &self.own_org).await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                self.reload_failures.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
         *self
             .current
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(loaded);
+        self.generation.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The generation in force: 1 at start, one more per successful reload.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// Reloads refused since start (the previous generation stayed in force).
+    pub fn reload_failures(&self) -> u64 {
+        self.reload_failures.load(Ordering::Relaxed)
     }
 
     pub fn paths(&self) -> (&Path, &Path) {

@@ -266,8 +266,10 @@ fn reload_keeps_the_old_policy_when_the_new_one_is_malformed() {
         "g2, globex, partner\np, partner, account, read, nme, always\n",
     )
     .unwrap();
+    assert_eq!((live.generation(), live.reload_failures()), (1, 0));
     let err = block_on(live.reload()).unwrap_err().to_string();
     assert!(err.contains(":2:") && err.contains("nme"), "{err}");
+    assert_eq!((live.generation(), live.reload_failures()), (1, 1));
     assert!(
         live.current()
             .allows(&bob, "account", Act::Read, "name", false)
@@ -278,6 +280,7 @@ fn reload_keeps_the_old_policy_when_the_new_one_is_malformed() {
     )
     .unwrap();
     block_on(live.reload()).unwrap();
+    assert_eq!((live.generation(), live.reload_failures()), (2, 1));
     assert!(
         !live
             .current()

@@ -660,6 +660,8 @@ pub struct Store {
     _pg_lock: Option<Arc<tokio::sync::Mutex<sqlx::PgConnection>>>,
     /// Only for SQLite, where this process is the only writer (see `cache`).
     cache: Option<Arc<RecordCache>>,
+    /// Called by the writer after every batch (metrics).
+    batch_hook: ops::BatchHook,
 }
 
 /// Records kept in memory by the SQLite backend.
@@ -674,7 +676,10 @@ macro_rules! dispatch {
     };
 }
 
+mod ops;
 mod store;
+
+pub use ops::{BatchReport, OpsCounts, PoolUse};
 
 /// Convenience for tests and tools: the text value of a field.
 pub fn text_field<'a>(fields: &'a FieldMap, name: &str) -> Option<&'a str> {

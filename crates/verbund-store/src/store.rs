@@ -163,6 +163,8 @@ impl Store {
         let cache = matches!(backend, Backend::Sqlite(_))
             .then(|| Arc::new(RecordCache::new(CACHE_CAPACITY)));
         let writer_cache = cache.clone();
+        let batch_hook = ops::BatchHook::default();
+        let writer_hook = batch_hook.clone();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let mut batch = vec![first];
@@ -172,7 +174,12 @@ impl Store {
                         Err(_) => break,
                     }
                 }
-                match &writer {
+                let (jobs, audit_entries) = (
+                    batch.len(),
+                    batch.iter().map(|j| j.audit.len()).sum::<usize>(),
+                );
+                let started = std::time::Instant::now();
+                let committed = match &writer {
                     Backend::Sqlite(p) => {
                         let cache = writer_cache.as_deref();
                         sqlite_impl::write_batch(p, batch, cache, &writer_commits).await
@@ -180,7 +187,13 @@ impl Store {
                     Backend::Postgres(p) => {
                         pg_impl::write_batch(p, batch, None, &writer_commits).await
                     }
-                }
+                };
+                writer_hook.report(&ops::BatchReport {
+                    jobs,
+                    audit_entries,
+                    committed,
+                    elapsed: started.elapsed(),
+                });
             }
         });
         Ok(Store {
@@ -190,6 +203,7 @@ impl Store {
             _lock: None,
             _pg_lock: None,
             cache,
+            batch_hook,
         })
     }
 

@@ -90,6 +90,7 @@ pub(crate) async fn spawn_org(org: &str) -> Result<(SpawnedNode, NodeConfig, Str
         dir: dir.path().join(org),
         name: "node1".into(),
         listen: "127.0.0.1:0".parse()?,
+        ops_listen: None,
         dns: vec![],
         database_url: None,
     })

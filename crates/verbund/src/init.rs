@@ -24,6 +24,10 @@ pub struct InitArgs {
     /// Listen address of the node.
     #[arg(long, default_value = "127.0.0.1:7443")]
     pub listen: SocketAddr,
+    /// Address of the operations endpoint (metrics, health; plain HTTP). Default: loopback,
+    /// the node's port + 2021 (7443 → 9464; 0 → 0).
+    #[arg(long)]
+    pub ops_listen: Option<SocketAddr>,
     /// Extra DNS names for the node's server certificate (localhost is always included).
     #[arg(long = "dns")]
     pub dns: Vec<String>,
@@ -202,7 +206,14 @@ async fn write_organization(
         .unwrap_or_else(|| "sqlite://data/verbund.db".to_string());
     write_file(
         config_path,
-        &render_node_toml(&args.org, &args.name, args.listen, &db_url),
+        &render_node_toml(
+            &args.org,
+            &args.name,
+            args.listen,
+            args.ops_listen
+                .unwrap_or(verbund_node::config::default_ops_listen(args.listen)),
+            &db_url,
+        ),
         false,
     )?;
     // Create and migrate the database now, so a broken URL shows up at init, not at first

@@ -7,6 +7,7 @@ mod bench_sync;
 mod customers;
 mod demo;
 mod governance;
+mod health;
 mod init;
 mod output;
 mod partners;
@@ -29,8 +30,37 @@ use verbund_node::server::Node;
     about = "Verbund: a federation of CRM nodes over mutual TLS"
 )]
 struct Cli {
+    /// Log lines as text (default) or as JSON objects, one per line (for log shippers).
+    #[arg(long, global = true, value_enum, env = "VERBUND_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs go to stderr, filtered by `VERBUND_LOG` (tracing's env-filter syntax). JSON lines
+/// carry the current span's fields (request id, principal, method) with every event.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VERBUND_LOG")
+        .unwrap_or_else(|_| "warn,verbund=info,verbund_node=info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 /// How a client command reaches a node.
@@ -213,6 +243,9 @@ enum Command {
         #[arg(long)]
         keep_running: bool,
     },
+    /// Ask a node's operations endpoint whether it is alive (or, with --ready, ready); for
+    /// container health checks. Exits non-zero if not.
+    Health(health::HealthArgs),
     /// Benchmarks against a real node over mutual TLS.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -283,14 +316,6 @@ fn main() -> ExitCode {
     // One crypto provider everywhere (ring); installing it early avoids rustls' runtime panic
     // should another dependency ever compile in a second one.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VERBUND_LOG")
-                .unwrap_or_else(|_| "warn,verbund=info,verbund_node=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = {
         use clap::{CommandFactory, FromArgMatches};
         let matches = records::hide_foreign_filters(Cli::command()).get_matches();
@@ -299,6 +324,7 @@ fn main() -> ExitCode {
             Err(e) => e.exit(),
         }
     };
+    init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -382,12 +408,16 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Whoami { conn } => records::whoami(&conn).await,
         Command::Demo { keep, keep_running } => demo::run(keep, keep_running).await,
         Command::Bench(b) => bench::run(b).await,
+        Command::Health(h) => health::run(h),
     }
 }
 
 async fn run_node(config: PathBuf) -> Result<()> {
     let cfg = NodeConfig::load(&config)?;
     let node = Node::start(&cfg).await?;
+    if let Some(ops) = node.ops_addr() {
+        println!("ops endpoint on http://{ops} (/metrics, /healthz, /readyz)");
+    }
     // Tests and scripts wait for this line.
     println!(
         "verbund node {} serving on {} (database: {})",
@@ -414,9 +444,21 @@ async fn run_node(config: PathBuf) -> Result<()> {
             }
         });
     }
-    node.serve(shutdown_signal()).await?;
+    // systemd (Type=notify): listening and the database open; calls are served from here on.
+    notify_systemd("READY=1");
+    let shutdown = async {
+        shutdown_signal().await;
+        notify_systemd("STOPPING=1");
+    };
+    node.serve(shutdown).await?;
     tracing::info!("node stopped");
     Ok(())
+}
+
+fn notify_systemd(state: &str) {
+    if let Err(e) = verbund_node::ops::notify_systemd(state) {
+        tracing::warn!(error = %e, state, "could not notify systemd (NOTIFY_SOCKET)");
+    }
 }
 
 async fn shutdown_signal() {

@@ -226,7 +226,8 @@ macro_rules! backend_writer {
         /// nothing; on PostgreSQL, where an error aborts the transaction, each job runs in a
         /// savepoint. Any database error fails the whole batch (nothing is committed).
         /// Replies go out only after the commit.
-        pub async fn write_batch(pool: &$pool, jobs: Vec<WriteJob>, cache: Option<&RecordCache>, commits: &watch::Sender<i64>) {
+        /// True if the batch committed.
+        pub async fn write_batch(pool: &$pool, jobs: Vec<WriteJob>, cache: Option<&RecordCache>, commits: &watch::Sender<i64>) -> bool {
             let mut ops = Vec::with_capacity(jobs.len());
             let mut replies = Vec::with_capacity(jobs.len());
             for j in jobs {
@@ -310,12 +311,14 @@ macro_rules! backend_writer {
                     for (reply, result) in replies.into_iter().zip(results) {
                         let _ = reply.send(result);
                     }
+                    true
                 }
                 Err(StoreError::OutcomeUnknown(msg)) => {
                     tracing::error!(error = %msg, "commit of a write batch failed; its outcome is unknown");
                     for reply in replies {
                         let _ = reply.send(Err(StoreError::OutcomeUnknown(msg.clone())));
                     }
+                    false
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "write batch failed; nothing of it was committed");
@@ -323,6 +326,7 @@ macro_rules! backend_writer {
                     for reply in replies {
                         let _ = reply.send(Err(StoreError::CommitFailed(msg.clone())));
                     }
+                    false
                 }
             }
         }

@@ -10,6 +10,7 @@
 //! registry), the audit chain, and the owner's and the partner's side of sync.
 
 mod audit;
+mod ops;
 mod records;
 mod sharing;
 mod sync_owner;
@@ -18,6 +19,7 @@ mod sync_partner;
 use std::str::FromStr;
 
 use audit::*;
+use ops::*;
 use records::*;
 use sharing::*;
 use sqlx::postgres::PgConnectOptions;
@@ -194,6 +196,7 @@ on_both!(
     sync_owner_merges_once_keeps_conflicts_and_erases,
     sync_partner_applies_batches_once_and_shows_pending_edits,
     sync_partner_quarantine_revoking_verdicts_and_history_reset,
+    ops_reports_batches_pool_and_counts,
 );
 
 impl Fixture {

@@ -30,6 +30,8 @@ impl DemoNode {
             dir: base.join(org),
             name: "node1".into(),
             listen: free_port()?,
+            // Loopback on a free port: five nodes on one machine must not collide.
+            ops_listen: Some(free_port()?),
             dns: vec![],
             database_url: None,
         })
