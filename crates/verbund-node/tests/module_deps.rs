@@ -123,3 +123,64 @@ fn lower_layers_never_reach_into_the_services() {
         }
     }
 }
+
+/// The `[dependencies]` of a workspace crate (names only; dev-dependencies do not count).
+fn dependencies_of(crate_dir: &str) -> BTreeSet<String> {
+    let path = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .join(crate_dir)
+        .join("Cargo.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut in_deps = false;
+    let mut deps = BTreeSet::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_deps = line == "[dependencies]";
+            continue;
+        }
+        if in_deps && !line.is_empty() && !line.starts_with('#') {
+            let name = line.split(['=', '.', ' ']).next().unwrap_or("");
+            deps.insert(name.to_string());
+        }
+    }
+    deps
+}
+
+#[test]
+fn crate_dependencies_point_one_way() {
+    // Pure crates: no runtime, database, network or TLS.
+    let io = ["tokio", "sqlx", "tonic", "rustls", "hyper", "reqwest"];
+    for pure in ["verbund-core", "verbund-consolidation"] {
+        let deps = dependencies_of(pure);
+        for forbidden in io.iter().chain(&["verbund-store", "verbund-node"]) {
+            assert!(
+                !deps.contains(*forbidden),
+                "{pure} depends on {forbidden}: it must stay free of I/O"
+            );
+        }
+    }
+    // The store knows nothing of gRPC; the policy nothing of the store.
+    let store = dependencies_of("verbund-store");
+    for forbidden in [
+        "tonic",
+        "prost",
+        "verbund-proto",
+        "verbund-node",
+        "verbund-policy",
+    ] {
+        assert!(
+            !store.contains(forbidden),
+            "verbund-store depends on {forbidden}"
+        );
+    }
+    let policy = dependencies_of("verbund-policy");
+    for forbidden in ["verbund-store", "verbund-node", "sqlx", "tonic"] {
+        assert!(
+            !policy.contains(forbidden),
+            "verbund-policy depends on {forbidden}"
+        );
+    }
+    assert!(
+        dependencies_of("verbund-core").contains("serde"),
+        "the parser reads the file"
+    );
+}
