@@ -62,6 +62,11 @@ fn default_skew() -> u64 {
 pub struct DatabaseSection {
     /// `sqlite://data/verbund.db` (relative to this file) or `postgres://…`.
     pub url: String,
+    /// Several processes of this node use this PostgreSQL database at once (for availability
+    /// and read throughput): every process serves the APIs, and each partner's sync link runs
+    /// in one of them at a time. Every process of the node must set it.
+    #[serde(default)]
+    pub shared: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]

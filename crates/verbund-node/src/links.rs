@@ -95,13 +95,52 @@ impl std::fmt::Display for Incompatible {
 
 impl std::error::Error for Incompatible {}
 
+/// A process standing by for a link another process runs checks this often.
+const LEASE_RETRY: Duration = Duration::from_secs(2);
+
+/// Completes when the lease's connection stops answering (checked every few seconds).
+async fn lease_lost(lease: &verbund_store::LinkLease) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        if !lease.alive().await {
+            return;
+        }
+    }
+}
+
 async fn run_link(state: Arc<NodeState>, org: String) {
     let mut backoff = BACKOFF_FIRST;
     let mut last_error = String::new();
     loop {
+        // With several processes on one database, one of them runs this link at a time; the
+        // others stand by and take over when its lease goes (the process died).
+        let lease = match state.store.try_link_lease(&org).await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => {
+                state.links.set(&org, |s| s.state = "standby".into());
+                tokio::time::sleep(LEASE_RETRY).await;
+                continue;
+            }
+            Err(e) => {
+                let msg = format!("cannot take the link's lease: {e}");
+                tracing::warn!(partner = %org, error = %msg, "sync link waits");
+                state.links.set(&org, |s| {
+                    s.state = "backing-off".into();
+                    s.last_error = msg.clone();
+                    s.last_error_ms = now_ms();
+                });
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
         state.links.set(&org, |s| s.state = "connecting".into());
         let started = tokio::time::Instant::now();
-        let outcome = session(&state, &org).await;
+        let outcome = tokio::select! {
+            outcome = session(&state, &org) => outcome,
+            _ = lease_lost(&lease) => Err(anyhow!("the link's lease was lost (database connection)")),
+        };
+        drop(lease);
         if started.elapsed() > Duration::from_secs(5) {
             backoff = BACKOFF_FIRST; // it ran for a while: a fresh failure starts small
         }

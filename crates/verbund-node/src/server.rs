@@ -42,9 +42,12 @@ impl Node {
             &cfg.read(&cfg.tls.key)?,
         )?;
         let url = cfg.database_url();
-        let store = Store::open(&url)
-            .await
-            .with_context(|| format!("opening database {}", redact(&url)))?;
+        let store = if cfg.database.shared {
+            Store::open_shared(&url).await
+        } else {
+            Store::open(&url).await
+        };
+        let store = store.with_context(|| format!("opening database {}", redact(&url)))?;
         store
             .claim_for(&cfg.node.org)
             .await

@@ -568,6 +568,25 @@ fn ref_error(r: &RefCheck, found: Option<&RefTarget>) -> DomainError {
     }
 }
 
+/// The right to run one partner's sync link in this process (see `Store::try_link_lease`).
+pub struct LinkLease {
+    conn: Option<tokio::sync::Mutex<sqlx::PgConnection>>,
+}
+
+impl LinkLease {
+    /// Whether the lease still holds: its connection answers (a lost connection has lost the
+    /// lock, and another process may take the link).
+    pub async fn alive(&self) -> bool {
+        match &self.conn {
+            None => true,
+            Some(conn) => {
+                let mut conn = conn.lock().await;
+                sqlx::query("SELECT 1").execute(&mut *conn).await.is_ok()
+            }
+        }
+    }
+}
+
 /// A data steward's decision about two records of the consolidated view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StewardVerdict {
@@ -658,6 +677,8 @@ pub struct Store {
     _lock: Option<Arc<std::fs::File>>,
     /// PostgreSQL: the connection holding this process's advisory lock.
     _pg_lock: Option<Arc<tokio::sync::Mutex<sqlx::PgConnection>>>,
+    /// PostgreSQL shared by several processes of the node: how to open a link lease.
+    shared_pg: Option<Arc<PgConnectOptions>>,
     /// Only for SQLite, where this process is the only writer (see `cache`).
     cache: Option<Arc<RecordCache>>,
     /// Called by the writer after every batch (metrics).

@@ -62,10 +62,30 @@ impl Store {
         Ok(store)
     }
 
+    /// Opens a PostgreSQL database that several processes of one node use at once (on
+    /// purpose: `shared = true` in `[database]`): each holds the database's advisory lock in
+    /// shared mode, so a process that wants it alone is refused, and each partner's sync link
+    /// runs in one process at a time (`try_link_lease`). SQLite is one process only.
+    pub async fn open_shared(url: &str) -> Result<Store> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(StoreError::Config(
+                "several processes of one node need PostgreSQL; SQLite is one process only (remove shared = true)".into(),
+            ));
+        }
+        let opts =
+            PgConnectOptions::from_str(url).map_err(|e| StoreError::Config(e.to_string()))?;
+        Store::open_postgres_with(opts, true).await
+    }
+
     pub async fn open_postgres(opts: PgConnectOptions) -> Result<Store> {
+        Store::open_postgres_with(opts, false).await
+    }
+
+    async fn open_postgres_with(opts: PgConnectOptions, shared: bool) -> Result<Store> {
         // One process per node, as with SQLite's lock file: a session-level advisory lock on
         // the database and schema, held by a connection of its own for the process's life
-        // (the pool's connections come and go).
+        // (the pool's connections come and go). Processes that share the database on purpose
+        // hold it in shared mode.
         let (host, port) = (opts.get_host().to_string(), opts.get_port());
         let unreachable = |why: String| {
             StoreError::Config(format!(
@@ -89,9 +109,11 @@ impl Store {
         // little before refusing.
         let mut held = false;
         for _ in 0..25 {
-            held = sqlx::query_scalar(
-                "SELECT pg_try_advisory_lock(hashtext('verbund:' || current_database() || '/' || current_schema()))",
-            )
+            held = sqlx::query_scalar(if shared {
+                "SELECT pg_try_advisory_lock_shared(hashtext('verbund:' || current_database() || '/' || current_schema()))"
+            } else {
+                "SELECT pg_try_advisory_lock(hashtext('verbund:' || current_database() || '/' || current_schema()))"
+            })
             .fetch_one(&mut holder)
             .await?;
             if held {
@@ -100,19 +122,23 @@ impl Store {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         if !held {
-            return Err(StoreError::Config(
-                "another verbund process serves this PostgreSQL database (and schema); one process per node"
-                    .into(),
-            ));
+            return Err(StoreError::Config(if shared {
+                "another verbund process serves this PostgreSQL database (and schema) alone; set shared = true in [database] of every process of the node".into()
+            } else {
+                "another verbund process serves this PostgreSQL database (and schema); one process per node, unless every process sets shared = true in [database]".into()
+            }));
         }
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await?;
         PG_MIGRATIONS.run(&pool).await?;
         let mut store = Store::with_backend(Backend::Postgres(pool)).await?;
         store._pg_lock = Some(Arc::new(tokio::sync::Mutex::new(holder)));
+        if shared {
+            store.shared_pg = Some(Arc::new(opts));
+        }
         Ok(store)
     }
 
@@ -202,6 +228,7 @@ impl Store {
             commits,
             _lock: None,
             _pg_lock: None,
+            shared_pg: None,
             cache,
             batch_hook,
         })
@@ -778,6 +805,32 @@ impl Store {
 
     pub async fn list_steward_decisions(&self) -> Result<Vec<StewardDecisionRow>> {
         dispatch!(self, list_steward_decisions())
+    }
+
+    /// The right to run the sync link with partner `org` in this process. Always granted
+    /// unless several processes share the database; then one process at a time holds it: a
+    /// session-level advisory lock on a connection the lease keeps, released when the lease
+    /// is dropped or the process dies. `None`: another process holds it.
+    pub async fn try_link_lease(&self, org: &str) -> Result<Option<LinkLease>> {
+        let Some(opts) = &self.shared_pg else {
+            return Ok(Some(LinkLease { conn: None }));
+        };
+        use sqlx::Connection;
+        let mut conn = tokio::time::timeout(
+            Duration::from_secs(10),
+            sqlx::PgConnection::connect_with(opts),
+        )
+        .await
+        .map_err(|_| StoreError::Config("PostgreSQL gave no connection within 10 s".into()))??;
+        let held: bool = sqlx::query_scalar(
+            "SELECT pg_try_advisory_lock(hashtext('verbund-link:' || current_database() || '/' || current_schema() || '/' || $1))",
+        )
+        .bind(org)
+        .fetch_one(&mut conn)
+        .await?;
+        Ok(held.then(|| LinkLease {
+            conn: Some(tokio::sync::Mutex::new(conn)),
+        }))
     }
 
     pub async fn close(&self) {

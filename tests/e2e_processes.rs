@@ -1,0 +1,214 @@
+//! One node, several processes on one PostgreSQL database (`shared = true`): both processes
+//! serve the API, each partner's sync link runs in exactly one of them, and when that process
+//! is killed (`kill -9`) during sync the other takes the link over: nothing lost, nothing
+//! applied twice. Needs VERBUND_TEST_POSTGRES_URL (a fresh schema); skipped loudly without it.
+
+mod support;
+
+use std::io::Write;
+use std::path::Path;
+
+use support::federation::*;
+use support::*;
+
+const PG_ENV: &str = "VERBUND_TEST_POSTGRES_URL";
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Rewrites a line `key = …` of the section `[section]` of a node.toml.
+fn set_line(config: &Path, section: &str, key: &str, value: &str) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut done = false;
+    for line in text.lines() {
+        if line.starts_with('[') {
+            if current == section && !done {
+                out.push(format!("{key} = {value}"));
+                done = true;
+            }
+            current = line.trim_matches(['[', ']']).to_string();
+        }
+        if current == section && line.starts_with(&format!("{key} =")) {
+            out.push(format!("{key} = {value}"));
+            done = true;
+            continue;
+        }
+        out.push(line.to_string());
+    }
+    if !done {
+        out.push(format!("[{section}]\n{key} = {value}"));
+    }
+    std::fs::write(config, out.join("\n") + "\n").unwrap();
+}
+
+fn link_state(node: &TestNode, partner: &str) -> String {
+    status_of(node, partner)["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_standby_process_takes_over_the_link_when_its_holder_is_killed() {
+    let Ok(url) = std::env::var(PG_ENV) else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "!!! SKIPPED PostgreSQL multi-process test: {PG_ENV} is not set (.ci/run sets it)"
+        );
+        return;
+    };
+    let schema = format!("verbund_procs_{}", uuid::Uuid::now_v7().simple());
+    let admin = sqlx::PgPool::connect(&url)
+        .await
+        .expect("PostgreSQL is unreachable");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let db_url = format!("{url}{sep}options[search_path]={schema}");
+
+    // acme: one node, two processes on one database.
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let o = verbund(&[
+        "init",
+        "--org",
+        "acme",
+        "--dir",
+        dir.path().join("acme").to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--database-url",
+        &db_url,
+    ]);
+    assert!(o.status.success(), "init failed: {}", stderr(&o));
+    let mut first = TestNode::adopt("acme", dir);
+    first.endpoint = format!("https://127.0.0.1:{port}");
+    set_line(&first.config(), "database", "shared", "true");
+    let mut globex = TestNode::init_fixed("globex");
+    globex.append_policy("g2, acme, partner");
+    first.run();
+    globex.run();
+    pin(&first, &globex);
+    pin(&globex, &first);
+    // A process that wants the database alone is refused while shared ones run.
+    let lone = tempfile::tempdir().unwrap();
+    copy_dir(&first.home(), &lone.path().join("acme"));
+    let mut lone = TestNode::adopt("acme", lone);
+    set_line(&lone.config(), "database", "shared", "false");
+    set_line(
+        &lone.config(),
+        "node",
+        "listen",
+        &format!("\"127.0.0.1:{}\"", free_port()),
+    );
+    set_line(
+        &lone.config(),
+        "ops",
+        "listen",
+        &format!("\"127.0.0.1:{}\"", free_port()),
+    );
+    let refused = lone.try_run();
+    assert!(
+        refused.is_err(),
+        "a lone process started beside shared ones"
+    );
+
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&first.home(), &copy.path().join("acme"));
+    let mut second = TestNode::adopt("acme", copy);
+    let port2 = free_port();
+    second.endpoint = format!("https://127.0.0.1:{port2}");
+    set_line(
+        &second.config(),
+        "node",
+        "listen",
+        &format!("\"127.0.0.1:{port2}\""),
+    );
+    set_line(
+        &second.config(),
+        "ops",
+        "listen",
+        &format!("\"127.0.0.1:{}\"", free_port()),
+    );
+    second.run();
+
+    // Exactly one process runs the link to globex; the other stands by.
+    wait_until("one process holds the link, the other stands by", || {
+        let (a, b) = (link_state(&first, "globex"), link_state(&second, "globex"));
+        (a == "connected" && b == "standby") || (a == "standby" && b == "connected")
+    });
+    // Both serve the API, on the same data.
+    let own = create(&first, "account", &["name=Eigen GmbH"]);
+    assert!(get(&second, "account", &own).is_some());
+
+    share_rule(&globex, "acme", "account-tag:shared", "partner-account");
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        ids.push(create(
+            &globex,
+            "account",
+            &[&format!("name=Kunde {i} AG"), "tags=shared"],
+        ));
+    }
+    let holder_is_first = link_state(&first, "globex") == "connected";
+    let (mut holder, standby) = if holder_is_first {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    // Killed while changes flow; more arrive after.
+    holder.kill();
+    for i in 40..80 {
+        ids.push(create(
+            &globex,
+            "account",
+            &[&format!("name=Kunde {i} AG"), "tags=shared"],
+        ));
+    }
+    wait_until(
+        "the standby took over and holds every shared account",
+        || {
+            link_state(&standby, "globex") == "connected"
+                && ids.iter().all(|id| get(&standby, "account", id).is_some())
+        },
+    );
+    // Nothing applied twice: one change per replica (each was created once and never changed).
+    let twice: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT record_id, count(*) FROM {schema}.changes WHERE record_id <> $1 GROUP BY record_id HAVING count(*) > 1"
+    )))
+    .bind(&own)
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    assert!(twice.is_empty(), "applied more than once: {twice:?}");
+    let replicas: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM {schema}.replicas WHERE owner_org = 'globex'"
+    )))
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert_eq!(replicas, 80);
+    drop(holder);
+}
