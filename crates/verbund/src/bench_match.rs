@@ -21,6 +21,7 @@ pub struct MatchArgs {
     /// Subsidiaries holding them.
     #[arg(long, default_value_t = 5)]
     subsidiaries: usize,
+    /// Seed of the generated data set (same seed, same records).
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Accounts only (no contacts).
