@@ -8,7 +8,82 @@ use std::collections::HashSet;
 use crate::engine::{Engine, Matcher};
 use crate::score::Rarity;
 
+/// The members of a block: up to three inline (most blocks — a VAT ID, a phone, a rare name —
+/// hold a handful of records), more on the heap. Saves an allocation per block at a million
+/// records.
+#[derive(Clone, Debug)]
+pub(crate) enum Members {
+    Few(u8, [u32; 3]),
+    Many(Vec<u32>),
+}
+
+impl Default for Members {
+    fn default() -> Self {
+        Members::Few(0, [0; 3])
+    }
+}
+
+impl Members {
+    pub(crate) fn as_slice(&self) -> &[u32] {
+        match self {
+            Members::Few(n, items) => &items[..usize::from(*n)],
+            Members::Many(v) => v,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    pub(crate) fn push(&mut self, slot: u32) {
+        match self {
+            Members::Few(n, items) if usize::from(*n) < items.len() => {
+                items[usize::from(*n)] = slot;
+                *n += 1;
+            }
+            Members::Few(_, items) => {
+                let mut v = items.to_vec();
+                v.push(slot);
+                *self = Members::Many(v);
+            }
+            Members::Many(v) => v.push(slot),
+        }
+    }
+
+    pub(crate) fn remove(&mut self, slot: u32) {
+        match self {
+            Members::Few(n, items) => {
+                if let Some(pos) = items[..usize::from(*n)].iter().position(|&m| m == slot) {
+                    items[pos] = items[usize::from(*n) - 1];
+                    *n -= 1;
+                }
+            }
+            Members::Many(v) => {
+                if let Some(pos) = v.iter().position(|&m| m == slot) {
+                    v.swap_remove(pos);
+                }
+                if v.len() <= 3 {
+                    let mut items = [0; 3];
+                    items[..v.len()].copy_from_slice(v);
+                    *self = Members::Few(v.len() as u8, items);
+                }
+            }
+        }
+    }
+}
+
 impl<M: Matcher> Engine<M> {
+    /// The sorted, distinct block keys of a present record (recomputed from its features
+    /// rather than stored: a million records × eight keys is memory better spent elsewhere).
+    pub(crate) fn block_keys_of(&self, slot: u32, out: &mut Vec<u64>) {
+        out.clear();
+        if let Some(f) = &self.feats[slot as usize] {
+            self.matcher.block_keys(f, out);
+        }
+        out.sort_unstable();
+        out.dedup();
+    }
+
     /// Adds a record's slot to its blocks; returns the slots whose scores may have changed
     /// because a block crossed a rarity class (its weights) or the cap (its liveness).
     pub(crate) fn enter_blocks(&mut self, slot: u32, keys: &[u64]) -> Vec<u32> {
@@ -19,7 +94,7 @@ impl<M: Matcher> Engine<M> {
             let before = members.len();
             members.push(slot);
             if Rarity::of(before, cap) != Rarity::of(before + 1, cap) && before > 0 {
-                touched.extend(members.iter().copied().filter(|&m| m != slot));
+                touched.extend(members.as_slice().iter().copied().filter(|&m| m != slot));
             }
         }
         touched
@@ -34,12 +109,10 @@ impl<M: Matcher> Engine<M> {
                 continue;
             };
             let before = members.len();
-            if let Some(pos) = members.iter().position(|&m| m == slot) {
-                members.swap_remove(pos);
-            }
+            members.remove(slot);
             let after = members.len();
             if Rarity::of(before, cap) != Rarity::of(after, cap) {
-                touched.extend(members.iter().copied());
+                touched.extend(members.as_slice().iter().copied());
             }
             if after == 0 {
                 self.blocks.remove(&k);
@@ -52,14 +125,16 @@ impl<M: Matcher> Engine<M> {
     pub(crate) fn candidates(&self, slot: u32, seen: &mut HashSet<u32>, out: &mut Vec<u32>) {
         seen.clear();
         out.clear();
-        for k in self.rec_blocks[slot as usize].iter() {
+        let mut keys = Vec::new();
+        self.block_keys_of(slot, &mut keys);
+        for k in &keys {
             let Some(members) = self.blocks.get(k) else {
                 continue;
             };
             if members.len() > self.opts.block_cap {
                 continue;
             }
-            for &m in members {
+            for &m in members.as_slice() {
                 if m != slot && seen.insert(m) {
                     out.push(m);
                 }
@@ -69,8 +144,10 @@ impl<M: Matcher> Engine<M> {
 
     /// Whether two slots share a live block (for explain).
     pub(crate) fn share_live_block(&self, a: u32, b: u32) -> bool {
-        let kb: HashSet<u64> = self.rec_blocks[b as usize].iter().copied().collect();
-        self.rec_blocks[a as usize].iter().any(|k| {
+        let (mut ka, mut kb) = (Vec::new(), Vec::new());
+        self.block_keys_of(a, &mut ka);
+        self.block_keys_of(b, &mut kb);
+        ka.iter().any(|k| {
             kb.contains(k)
                 && self
                     .blocks
@@ -131,19 +208,21 @@ impl<M: Matcher> Engine<M> {
                         let mut edges = Vec::new();
                         // stamp[m] == s + 1: m already considered for s (no per-pair allocation).
                         let mut stamp = vec![0u32; n];
+                        let mut keys = Vec::new();
                         for s in (t..n).step_by(threads) {
                             if this.feats[s].is_none() {
                                 continue;
                             }
                             let s32 = s as u32;
-                            for k in this.rec_blocks[s].iter() {
+                            this.block_keys_of(s32, &mut keys);
+                            for k in &keys {
                                 let Some(members) = this.blocks.get(k) else {
                                     continue;
                                 };
                                 if members.len() > this.opts.block_cap {
                                     continue;
                                 }
-                                for &m in members {
+                                for &m in members.as_slice() {
                                     if m <= s32 || stamp[m as usize] == s32 + 1 {
                                         continue;
                                     }

@@ -215,12 +215,13 @@ impl<M: Matcher> Engine<M> {
             engine.matcher.block_keys(&feats, &mut keys);
             keys.sort_unstable();
             keys.dedup();
-            let slot = match engine.ids.get(record) {
-                Some(&s) => {
-                    let old = std::mem::take(&mut engine.rec_blocks[s as usize]);
-                    for k in old.iter() {
+            let slot = match engine.slot(record) {
+                Some(s) => {
+                    let mut old = Vec::new();
+                    engine.block_keys_of(s, &mut old);
+                    for k in &old {
                         if let Some(m) = engine.blocks.get_mut(k) {
-                            m.retain(|&x| x != s);
+                            m.remove(s);
                         }
                     }
                     s
@@ -230,11 +231,10 @@ impl<M: Matcher> Engine<M> {
             for &k in &keys {
                 engine.blocks.entry(k).or_default().push(slot);
             }
-            engine.rec_blocks[slot as usize] = keys.clone().into_boxed_slice();
             engine.feats[slot as usize] = Some(feats);
             engine.cluster_of[slot as usize] = slot;
         }
-        engine.blocks.retain(|_, m| !m.is_empty());
+        engine.blocks.retain(|_, m| m.len() > 0);
         engine.score_all();
         let region: Vec<u32> = (0..engine.keys.len() as u32)
             .filter(|&s| engine.feats[s as usize].is_some())

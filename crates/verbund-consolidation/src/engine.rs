@@ -75,17 +75,33 @@ pub enum StewardDecision {
 
 pub(crate) const NONE: u32 = u32::MAX;
 
+/// Sizes of an engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngineStats {
+    pub records: usize,
+    /// Distinct block keys.
+    pub blocks: usize,
+    /// Blocks with two to `block_cap` members (the ones that make candidates).
+    pub live_blocks: usize,
+    /// Candidate edges (pairs at or above the threshold).
+    pub edges: usize,
+    pub clusters: usize,
+}
+
 /// Records, blocks, candidate edges, clusters and steward decisions of one kind of record.
 pub struct Engine<M: Matcher> {
     pub(crate) matcher: M,
     pub(crate) opts: EngineOptions,
-    pub(crate) ids: HashMap<Box<str>, u32>,
+    /// Slot by record key: by the key's 64-bit hash (no second copy of every key), with
+    /// the rare colliding key in `id_overflow`.
+    pub(crate) ids: HashMap<u64, u32, KeyHash>,
+    pub(crate) id_overflow: HashMap<Box<str>, u32>,
+    pub(crate) records: usize,
     /// Record key per slot; empty for a free slot.
     pub(crate) keys: Vec<Box<str>>,
     pub(crate) feats: Vec<Option<M::Features>>,
-    pub(crate) rec_blocks: Vec<Box<[u64]>>,
     pub(crate) free: Vec<u32>,
-    pub(crate) blocks: HashMap<u64, Vec<u32>, KeyHash>,
+    pub(crate) blocks: HashMap<u64, crate::blocking::Members, KeyHash>,
     /// Candidate edges (score ≥ threshold), both directions.
     pub(crate) adj: Vec<Vec<(u32, f32)>>,
     /// The slot of the cluster's representative (its smallest record key); NONE when free.
@@ -109,10 +125,11 @@ impl<M: Matcher> Engine<M> {
         Engine {
             matcher,
             opts,
-            ids: HashMap::new(),
+            ids: HashMap::default(),
+            id_overflow: HashMap::new(),
+            records: 0,
             keys: Vec::new(),
             feats: Vec::new(),
-            rec_blocks: Vec::new(),
             free: Vec::new(),
             blocks: HashMap::default(),
             adj: Vec::new(),
@@ -123,40 +140,71 @@ impl<M: Matcher> Engine<M> {
         }
     }
 
+    /// The slot of a present record.
+    pub(crate) fn slot(&self, record: &str) -> Option<u32> {
+        let h = crate::keys::key(crate::keys::KeyKind::Record, record);
+        match self.ids.get(&h) {
+            Some(&s) if *self.keys[s as usize] == *record => Some(s),
+            _ => self.id_overflow.get(record).copied(),
+        }
+    }
+
+    pub(crate) fn remember_slot(&mut self, record: &str, slot: u32) {
+        let h = crate::keys::key(crate::keys::KeyKind::Record, record);
+        match self.ids.entry(h) {
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.id_overflow.insert(record.into(), slot);
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(slot);
+            }
+        }
+        self.records += 1;
+    }
+
+    pub(crate) fn forget_slot(&mut self, record: &str, slot: u32) {
+        let h = crate::keys::key(crate::keys::KeyKind::Record, record);
+        if self.ids.get(&h) == Some(&slot) {
+            self.ids.remove(&h);
+        } else {
+            self.id_overflow.remove(record);
+        }
+        self.records -= 1;
+    }
+
     pub fn matcher(&self) -> &M {
         &self.matcher
     }
 
     /// Number of records.
     pub fn len(&self) -> usize {
-        self.ids.len()
+        self.records
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
+        self.records == 0
     }
 
     pub fn contains(&self, record: &str) -> bool {
-        self.ids.contains_key(record)
+        self.slot(record).is_some()
     }
 
     /// The features of a record (for callers that match on clusters of another engine).
     pub fn features_of(&self, record: &str) -> Option<&M::Features> {
-        self.ids
-            .get(record)
-            .and_then(|&i| self.feats[i as usize].as_ref())
+        self.slot(record)
+            .and_then(|i| self.feats[i as usize].as_ref())
     }
 
     /// The cluster key (smallest record key of its cluster) of a record.
     pub fn cluster_of(&self, record: &str) -> Option<&str> {
-        let &i = self.ids.get(record)?;
+        let i = self.slot(record)?;
         let rep = self.cluster_of[i as usize];
         (rep != NONE).then(|| &*self.keys[rep as usize])
     }
 
     /// The records of the cluster `record` belongs to, sorted.
     pub fn cluster_members(&self, record: &str) -> Vec<&str> {
-        let Some(&i) = self.ids.get(record) else {
+        let Some(i) = self.slot(record) else {
             return Vec::new();
         };
         let mut out: Vec<&str> = self
@@ -205,6 +253,26 @@ impl<M: Matcher> Engine<M> {
         }
     }
 
+    /// Sizes, for benchmarks.
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            records: self.records,
+            blocks: self.blocks.len(),
+            live_blocks: self
+                .blocks
+                .values()
+                .filter(|m| m.len() > 1 && m.len() <= self.opts.block_cap)
+                .count(),
+            edges: self.adj.iter().map(Vec::len).sum::<usize>() / 2,
+            clusters: self
+                .cluster_of
+                .iter()
+                .enumerate()
+                .filter(|&(s, &r)| r as usize == s)
+                .count(),
+        }
+    }
+
     /// The steward decisions in force, sorted (what the caller persists).
     pub fn decisions(&self) -> Vec<StewardDecision> {
         let mut out = Vec::new();
@@ -237,12 +305,12 @@ impl<M: Matcher> Engine<M> {
             .get(&self.keys[slot as usize])
             .into_iter()
             .flatten()
-            .filter_map(|k| self.ids.get(k).copied())
+            .filter_map(|k| self.slot(k))
     }
 
     pub(crate) fn rarity(&self, key: u64) -> Rarity {
         Rarity::of(
-            self.blocks.get(&key).map_or(0, Vec::len),
+            self.blocks.get(&key).map_or(0, |m| m.len()),
             self.opts.block_cap,
         )
     }
@@ -355,10 +423,7 @@ impl<M: Matcher> Engine<M> {
     }
 
     fn recluster_around_keys(&mut self, keys: &[&str]) -> Vec<ClusterChange> {
-        let seeds: Vec<u32> = keys
-            .iter()
-            .filter_map(|k| self.ids.get(*k).copied())
-            .collect();
+        let seeds: Vec<u32> = keys.iter().filter_map(|k| self.slot(k)).collect();
         self.recluster(seeds, Vec::new())
     }
 }

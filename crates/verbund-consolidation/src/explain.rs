@@ -55,7 +55,7 @@ pub struct Explanation {
 impl<M: Matcher> Engine<M> {
     /// Explains a pair of records; `None` when either is unknown.
     pub fn explain(&self, a: &str, b: &str) -> Option<Explanation> {
-        let (&sa, &sb) = (self.ids.get(a)?, self.ids.get(b)?);
+        let (sa, sb) = (self.slot(a)?, self.slot(b)?);
         let mut evidence = Vec::new();
         let score = self.pair_score(sa, sb, Some(&mut evidence));
         let threshold = self.matcher.threshold();

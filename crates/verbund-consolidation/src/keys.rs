@@ -25,6 +25,7 @@ pub enum KeyKind {
     PersonLast,
     PersonFirst,
     Employer,
+    Record,
 }
 
 /// FNV-1a over the kind and the bytes, finished with a SplitMix64 mix so that the low bits

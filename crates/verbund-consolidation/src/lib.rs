@@ -24,5 +24,5 @@ pub use accounts::{AccountInput, AccountMatcher};
 pub use consolidation::{Changes, Consolidation};
 pub use constraints::Conflict;
 pub use contacts::{ContactInput, ContactMatcher, ContactRecord};
-pub use engine::{ClusterChange, Engine, EngineOptions, Matcher, StewardDecision};
+pub use engine::{ClusterChange, Engine, EngineOptions, EngineStats, Matcher, StewardDecision};
 pub mod quality;

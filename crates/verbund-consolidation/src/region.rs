@@ -37,12 +37,12 @@ impl<M: Matcher> Engine<M> {
         self.matcher.block_keys(&feats, &mut keys);
         keys.sort_unstable();
         keys.dedup();
-        let slot = match self.ids.get(record) {
-            Some(&s) => {
-                let old_keys = std::mem::take(&mut self.rec_blocks[s as usize]);
+        let slot = match self.slot(record) {
+            Some(s) => {
+                let mut old_keys = Vec::new();
+                self.block_keys_of(s, &mut old_keys);
                 let mut touched = self.leave_blocks(s, &old_keys);
                 touched.extend(self.enter_blocks(s, &keys));
-                self.rec_blocks[s as usize] = keys.into_boxed_slice();
                 self.feats[s as usize] = Some(feats);
                 touched.push(s);
                 return self.rescore_and_recluster(touched, Vec::new());
@@ -50,7 +50,6 @@ impl<M: Matcher> Engine<M> {
             None => self.allocate_slot(record),
         };
         let mut touched = self.enter_blocks(slot, &keys);
-        self.rec_blocks[slot as usize] = keys.into_boxed_slice();
         self.feats[slot as usize] = Some(feats);
         self.cluster_of[slot as usize] = slot;
         touched.push(slot);
@@ -68,7 +67,7 @@ impl<M: Matcher> Engine<M> {
 
     /// Removes a record (revoked, erased, unshared); its steward decisions stay, as data.
     pub fn remove(&mut self, record: &str) -> Vec<ClusterChange> {
-        let Some(&slot) = self.ids.get(record) else {
+        let Some(slot) = self.slot(record) else {
             return Vec::new();
         };
         let before = self.cluster_of(record).map(str::to_owned);
@@ -77,12 +76,13 @@ impl<M: Matcher> Engine<M> {
             .into_iter()
             .filter(|&m| m != slot)
             .collect();
-        let old_keys = std::mem::take(&mut self.rec_blocks[slot as usize]);
+        let mut old_keys = Vec::new();
+        self.block_keys_of(slot, &mut old_keys);
         let mut touched = self.leave_blocks(slot, &old_keys);
         self.feats[slot as usize] = None;
         touched.push(slot);
         let mut changes = self.rescore_and_recluster(touched, mates);
-        self.ids.remove(record);
+        self.forget_slot(record, slot);
         self.keys[slot as usize] = Box::from("");
         self.cluster_of[slot as usize] = NONE;
         self.free.push(slot);
@@ -104,13 +104,12 @@ impl<M: Matcher> Engine<M> {
             None => {
                 self.keys.push(record.into());
                 self.feats.push(None);
-                self.rec_blocks.push(Box::new([]));
                 self.adj.push(Vec::new());
                 self.cluster_of.push(NONE);
                 (self.keys.len() - 1) as u32
             }
         };
-        self.ids.insert(record.into(), slot);
+        self.remember_slot(record, slot);
         slot
     }
 

@@ -21,6 +21,7 @@ pub struct MatchArgs {
     /// Subsidiaries holding them.
     #[arg(long, default_value_t = 5)]
     subsidiaries: usize,
+    /// Seed of the generated data set (same seed, same records).
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Accounts only (no contacts).
@@ -170,6 +171,8 @@ pub fn run(args: MatchArgs) -> Result<()> {
     let report = serde_json::json!({
         "records": args.records, "subsidiaries": args.subsidiaries, "seed": args.seed, "threads": opts.threads,
         "accounts": prf(&account_quality),
+        "account_engine": format!("{:?}", consolidation.accounts().stats()),
+        "contact_engine": format!("{:?}", consolidation.contacts().stats()),
         "contacts": contact_quality.as_ref().map(prf),
         "accounts_build_secs": accounts_secs,
         "contacts_build_secs": contacts_secs,

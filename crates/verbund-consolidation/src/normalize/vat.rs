@@ -30,8 +30,14 @@ pub fn normalize_vat(input: &str, default_country: Option<&str>) -> Option<Vat> 
     }
     let has_prefix = s.len() > 2 && s.as_bytes()[..2].iter().all(u8::is_ascii_alphabetic);
     if !has_prefix {
-        let c = default_country?.to_ascii_uppercase();
+        let c = default_country?.trim().to_ascii_uppercase();
+        if c.len() != 2 || !c.bytes().all(|b| b.is_ascii_alphabetic()) {
+            return None;
+        }
         s = format!("{c}{s}");
+    }
+    if s.len() < 3 {
+        return None;
     }
     let (country, number) = s.split_at(2);
     let country = if country == "GR" { "EL" } else { country };
@@ -256,6 +262,19 @@ mod tests {
         assert!(normalize_vat("NL123456782B01", None).is_some());
         assert!(normalize_vat("FR40303265045", None).is_some());
         assert_eq!(id("FR41303265045", None), None);
+    }
+
+    #[test]
+    fn odd_input_is_rejected_not_panicking() {
+        for (input, country) in [
+            ("", Some("")),
+            ("1", Some("€")),
+            ("", None),
+            ("DE", None),
+            ("12345", Some("D")),
+        ] {
+            assert_eq!(id(input, country), None, "{input:?} {country:?}");
+        }
     }
 
     #[test]
