@@ -26,6 +26,9 @@ pub enum BenchCommand {
     /// The consolidation engine on a seeded labelled data set: match quality (pairwise,
     /// B-cubed), build time, peak RSS, incremental latency. No node involved.
     Match(crate::bench_match::MatchArgs),
+    /// The consolidated view of a real node: build time, peak RSS, and how long an edit takes
+    /// to show in GetCustomer's golden record.
+    Consolidation(crate::bench_consolidation::ConsolidationArgs),
 }
 
 #[derive(Args)]
@@ -60,6 +63,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Api(a) => api(a).await,
         BenchCommand::Sync(a) => crate::bench_sync::sync(a).await,
         BenchCommand::Match(a) => crate::bench_match::run(a),
+        BenchCommand::Consolidation(a) => crate::bench_consolidation::run(a).await,
     }
 }
 

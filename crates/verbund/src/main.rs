@@ -2,6 +2,7 @@
 
 mod backup;
 mod bench;
+mod bench_consolidation;
 mod bench_match;
 mod bench_sync;
 mod customers;

@@ -252,7 +252,9 @@ impl ConsolidatedView {
         let started = std::time::Instant::now();
         let seq = store.last_seq().await?;
         let decisions = store.list_steward_decisions().await?;
-        let mut records = Vec::new();
+        // Each page becomes the engine's inputs at once: the records themselves are never all
+        // in memory.
+        let mut inputs = BuildInputs::default();
         for kind in [RecordKind::Account, RecordKind::Contact] {
             let mut after_id = None;
             loop {
@@ -266,13 +268,13 @@ impl ConsolidatedView {
                     .await?;
                 after_id = page.last().map(|r| r.id.to_string());
                 let done = (page.len() as i64) < BUILD_PAGE;
-                records.extend(page);
+                inputs.take_page(page);
                 if done {
                     break;
                 }
             }
         }
-        let inner = tokio::task::spawn_blocking(move || build_inner(records, &decisions)).await?;
+        let inner = tokio::task::spawn_blocking(move || inputs.build(&decisions)).await?;
         let n = inner.org_of.len();
         *self.inner.write().unwrap_or_else(|p| p.into_inner()) = Some(Inner {
             applied_seq: seq,
@@ -362,32 +364,47 @@ pub fn decisions_of(rows: &[StewardDecisionRow], kind: RecordKind) -> Vec<Stewar
         .collect()
 }
 
-fn build_inner(records: Vec<Record>, decisions: &[StewardDecisionRow]) -> Inner {
-    let mut inner = Inner {
-        engine: Consolidation::new(EngineOptions::default()),
-        applied_seq: 0,
-        org_of: HashMap::new(),
-        orgs: Vec::new(),
-    };
-    let live: Vec<&Record> = records.iter().filter(|r| !r.is_deleted()).collect();
-    for r in &live {
-        let org = inner.org_index(&r.owner_org);
-        inner.org_of.insert(r.id.to_string().into(), org);
+/// What the build collects page by page: the engine's inputs and each record's subsidiary.
+#[derive(Default)]
+struct BuildInputs {
+    accounts: Vec<(String, verbund_consolidation::AccountInput)>,
+    contacts: Vec<(String, verbund_consolidation::ContactInput)>,
+    org_of: HashMap<Box<str>, u16>,
+    orgs: Vec<String>,
+}
+
+impl BuildInputs {
+    fn take_page(&mut self, page: Vec<Record>) {
+        for r in page.iter().filter(|r| !r.is_deleted()) {
+            let org = match self.orgs.iter().position(|o| *o == r.owner_org) {
+                Some(i) => i as u16,
+                None => {
+                    self.orgs.push(r.owner_org.clone());
+                    (self.orgs.len() - 1) as u16
+                }
+            };
+            self.org_of.insert(r.id.to_string().into(), org);
+            match r.kind {
+                RecordKind::Account => self.accounts.push((r.id.to_string(), account_input(r))),
+                RecordKind::Contact => self.contacts.push((r.id.to_string(), contact_input(r))),
+                _ => {}
+            }
+        }
     }
-    let accounts = live
-        .iter()
-        .filter(|r| r.kind == RecordKind::Account)
-        .map(|r| (r.id.to_string(), account_input(r)));
-    let contacts = live
-        .iter()
-        .filter(|r| r.kind == RecordKind::Contact)
-        .map(|r| (r.id.to_string(), contact_input(r)));
-    inner.engine = Consolidation::build(
-        EngineOptions::default(),
-        accounts,
-        contacts,
-        &decisions_of(decisions, RecordKind::Account),
-        &decisions_of(decisions, RecordKind::Contact),
-    );
-    inner
+
+    fn build(self, decisions: &[StewardDecisionRow]) -> Inner {
+        let engine = Consolidation::build(
+            EngineOptions::default(),
+            self.accounts,
+            self.contacts,
+            &decisions_of(decisions, RecordKind::Account),
+            &decisions_of(decisions, RecordKind::Contact),
+        );
+        Inner {
+            engine,
+            applied_seq: 0,
+            org_of: self.org_of,
+            orgs: self.orgs,
+        }
+    }
 }
