@@ -58,7 +58,7 @@ fn json_logs_carry_request_id_and_principal_and_name_refusal_reasons() {
     let mut child = Command::new(support::bin())
         .args(["--log-format", "json", "run", "--config"])
         .arg(acme.config())
-        .env("VERBUND_LOG", "info,verbund_node::ops=debug")
+        .env("VERBUND_LOG", "info,verbund_node::metrics=debug")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())

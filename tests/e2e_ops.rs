@@ -249,3 +249,44 @@ fn metrics_and_health_are_served_without_a_certificate_and_move_after_a_write() 
     drop(globex);
     drop(acme);
 }
+
+#[test]
+fn readiness_fails_and_names_the_check_when_the_node_certificate_has_expired() {
+    let mut acme = TestNode::init("acme");
+    let ops = format!("127.0.0.1:{}", free_port());
+    let cfg = std::fs::read_to_string(acme.config()).unwrap().replace(
+        "enabled = true\nlisten = \"127.0.0.1:0\"",
+        &format!("enabled = true\nlisten = \"{ops}\""),
+    );
+    std::fs::write(acme.config(), cfg).unwrap();
+    // The node's clock 400 days ahead (the fault-injection knob): its 397-day certificate is
+    // past its end as far as the node can tell.
+    acme.env.push((
+        "VERBUND_CLOCK_OFFSET_MS".into(),
+        (400_i64 * 86_400_000).to_string(),
+    ));
+    acme.run();
+    let (status, body) = get(&ops, "/healthz");
+    assert_eq!(status, 200, "alive all the same: {body}");
+    let (status, body) = get(&ops, "/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("not ready"), "{body}");
+    assert!(
+        body.contains("certificate: FAILED (node certificate expired on"),
+        "{body}"
+    );
+    assert!(body.contains("database: ok"), "{body}");
+    let o = support::verbund(&["health", "--ops", &ops, "--ready"]);
+    assert!(!o.status.success(), "verbund health --ready fails too");
+    let (_, metrics) = get(&ops, "/metrics");
+    let expiry = metrics
+        .lines()
+        .find(|l| l.starts_with("verbund_certificate_expiry_seconds{kind=\"node\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap();
+    assert!(
+        expiry < 0.0,
+        "an expired certificate has negative seconds left: {expiry}"
+    );
+}

@@ -3,8 +3,21 @@
 //! revoked certificate, a client that is not speaking TLS, …) instead of a bare rustls error.
 
 use std::io;
+use std::net::SocketAddr;
 
 use rustls::{AlertDescription, CertificateError, Error};
+
+/// The log line of a handshake that failed with `e`: its reason, in words and as a field.
+pub fn log_refused(remote_addr: SocketAddr, e: &io::Error) {
+    let reason = refusal_reason(e);
+    tracing::info!(%remote_addr, %reason, error = %e, "TLS handshake refused: {reason}");
+}
+
+/// The log line of a handshake that did not complete in time.
+pub fn log_timed_out(remote_addr: SocketAddr) {
+    let reason = "no complete handshake within the timeout";
+    tracing::info!(%remote_addr, reason, "TLS handshake refused: timed out");
+}
 
 /// The reason a handshake failed with `e` (an error of tokio-rustls' accept).
 pub fn refusal_reason(e: &io::Error) -> String {

@@ -536,20 +536,18 @@ pub fn incoming(
             let tls = tls.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
-                    .await
-                {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        let reason = crate::handshake::refusal_reason(&e);
-                        tracing::info!(%remote_addr, %reason, error = %e, "TLS handshake refused: {reason}");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::info!(%remote_addr, reason = "no complete handshake within the timeout", "TLS handshake refused: timed out");
-                        return;
-                    }
-                };
+                let stream =
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            crate::handshake::log_refused(remote_addr, &e);
+                            return;
+                        }
+                        Err(_) => {
+                            crate::handshake::log_timed_out(remote_addr);
+                            return;
+                        }
+                    };
                 match principal_of(&stream, &tls) {
                     Ok(principal) => {
                         tracing::debug!(%remote_addr, %principal, "connection authenticated");

@@ -184,7 +184,18 @@ where
         };
         let answer_id = http::HeaderValue::from_str(&id).ok();
         Box::pin(async move {
-            let mut resp = inner.call(req).instrument(span).await?;
+            // Dropped before the handler answers (the client went away): CANCELLED.
+            let mut pending = Pending(Some(call));
+            let mut resp = match inner.call(req).instrument(span).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    if let Some(call) = pending.0.take() {
+                        call.finish(2);
+                    }
+                    return Err(e);
+                }
+            };
+            let call = pending.0.take();
             if let Some(id) = answer_id {
                 resp.headers_mut().insert(REQUEST_ID_HEADER, id);
             }
@@ -196,7 +207,7 @@ where
                 .and_then(|v| v.parse::<i32>().ok());
             Ok(resp.map(|body| MeteredBody {
                 inner: body,
-                call: Some(call),
+                call,
                 header_code,
             }))
         })
@@ -224,6 +235,17 @@ impl Call {
         );
         self.metrics
             .rpc_finished(&self.service, &self.method, code, elapsed);
+    }
+}
+
+/// A call whose handler has not answered yet; recorded as CANCELLED if dropped so.
+struct Pending(Option<Call>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(call) = self.0.take() {
+            call.finish(1);
+        }
     }
 }
 
