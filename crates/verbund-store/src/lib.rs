@@ -14,7 +14,7 @@
 //! - nothing is written when validation fails (the plan is computed before any statement that
 //!   modifies data, and an error rolls the transaction back).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +23,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 mod cache;
 use cache::RecordCache;
+mod sync_notes;
+pub use sync_notes::{CopyState, DeliveryNote, DeliveryState, PeerAck, SyncNote};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -137,6 +139,8 @@ pub enum WriteOp {
         by: String,
         plan_fn: PlanFn,
     },
+    /// Sync bookkeeping (ledger, acknowledgements, link errors).
+    Sync(SyncNote),
     /// Clock recovery: every version beyond `limit_ms` (stamped while our clock ran ahead)
     /// in our pending outbox edits and our own records gets a fresh one from `stamp`.
     Restamp {
@@ -338,8 +342,7 @@ pub struct Delivery {
     pub org: String,
     pub record_id: Uuid,
     pub kind: RecordKind,
-    /// live, deleted, revoked or erased
-    pub state: String,
+    pub state: DeliveryState,
     pub first_sent_ms: i64,
     pub last_sent_ms: i64,
     pub erasure_acked_ms: Option<i64>,
@@ -588,6 +591,7 @@ macro_rules! backend {
             backend_sharing_writes!($db, $pool, $begin, $savepoints);
             backend_sync_owner_writes!($db, $pool, $begin, $savepoints);
             backend_sync_replica_writes!($db, $pool, $begin, $savepoints);
+            backend_sync_replica_batch!($db, $pool, $begin, $savepoints);
             backend_sharing_reads!($db, $pool, $begin, $savepoints);
             backend_sync_reads!($db, $pool, $begin, $savepoints);
             backend_reads!($db, $pool, $begin, $savepoints);

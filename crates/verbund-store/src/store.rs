@@ -511,27 +511,46 @@ impl Store {
         dispatch!(self, pending_erasures(org))
     }
 
+    /// Sync bookkeeping through the writer, with `audit` entries in the same commit.
+    async fn note(&self, note: SyncNote, audit: Vec<AuditDraft>) -> Result<()> {
+        self.submit_with_audit(WriteOp::Sync(note), audit)
+            .await
+            .map(|_| ())
+    }
+
+    /// Owner: notes in the delivery ledger what partner `org` is about to hold, and the
+    /// batch's audit entries, in one commit (before the batch leaves).
     pub async fn record_deliveries(
         &self,
         org: &str,
-        rows: &[(Uuid, RecordKind, &'static str)],
+        rows: Vec<DeliveryNote>,
         at_ms: i64,
+        audit: Vec<AuditDraft>,
     ) -> Result<()> {
-        if rows.is_empty() {
+        if rows.is_empty() && audit.is_empty() {
             return Ok(());
         }
-        dispatch!(self, record_deliveries(org, rows, at_ms))
+        let org = org.to_string();
+        self.note(SyncNote::Deliveries { org, rows, at_ms }, audit)
+            .await
     }
 
     pub async fn ack_erasures(&self, org: &str, ids: &[Uuid], at_ms: i64) -> Result<()> {
-        dispatch!(self, ack_erasures(org, ids, at_ms))
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let (org, ids) = (org.to_string(), ids.to_vec());
+        self.note(SyncNote::ErasuresAcked { org, ids, at_ms }, Vec::new())
+            .await
     }
 
     pub async fn record_peer_ack(&self, org: &str, cursor: i64, at_ms: i64) -> Result<()> {
-        dispatch!(self, record_peer_ack(org, cursor, at_ms))
+        let org = org.to_string();
+        self.note(SyncNote::PeerAck { org, cursor, at_ms }, Vec::new())
+            .await
     }
 
-    pub async fn peer_acks(&self) -> Result<Vec<(String, i64, i64)>> {
+    pub async fn peer_acks(&self) -> Result<Vec<PeerAck>> {
         dispatch!(self, peer_acks())
     }
 
@@ -570,7 +589,16 @@ impl Store {
     }
 
     pub async fn set_sync_error(&self, owner: &str, error: Option<&str>, at_ms: i64) -> Result<()> {
-        dispatch!(self, set_sync_error(owner, error, at_ms))
+        let (owner, error) = (owner.to_string(), error.map(str::to_string));
+        self.note(
+            SyncNote::LinkError {
+                owner,
+                error,
+                at_ms,
+            },
+            Vec::new(),
+        )
+        .await
     }
 
     pub async fn list_outbox(
@@ -583,7 +611,9 @@ impl Store {
     }
 
     pub async fn outbox_attempt(&self, key: &str, error: &str) -> Result<()> {
-        dispatch!(self, outbox_attempt(key, error))
+        let (key, error) = (key.to_string(), error.to_string());
+        self.note(SyncNote::OutboxAttempt { key, error }, Vec::new())
+            .await
     }
 
     /// Pending outbox entries per owner.
@@ -664,7 +694,12 @@ impl Store {
     }
 
     pub async fn mark_erasures_acked(&self, ids: &[Uuid]) -> Result<()> {
-        dispatch!(self, mark_erasures_acked(ids))
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ids = ids.to_vec();
+        self.note(SyncNote::ErasureAcksSent { ids }, Vec::new())
+            .await
     }
 
     pub async fn replica_info(&self, id: Uuid) -> Result<Option<(String, String, Vec<String>)>> {

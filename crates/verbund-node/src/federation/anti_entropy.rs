@@ -80,7 +80,11 @@ impl NodeState {
             {
                 if let Some(pb::sync_item::Item::Upsert(st)) = &item.item {
                     let kind = convert::kind_from_pb("kind", st.kind)?;
-                    ledger.push((*id, kind, "live"));
+                    ledger.push(verbund_store::DeliveryNote {
+                        record_id: *id,
+                        kind,
+                        state: verbund_store::DeliveryState::Live,
+                    });
                 }
                 repairs.push(item);
             }
@@ -124,7 +128,7 @@ impl NodeState {
             }
         }
         self.store
-            .record_deliveries(&p.org, &ledger, now_ms())
+            .record_deliveries(&p.org, ledger, now_ms(), Vec::new())
             .await
             .map_err(store_status)?;
         Ok(pb::DigestResponse {

@@ -1,9 +1,9 @@
-//! Part of the `backend!` instantiation (see `lib.rs`): sync reads and bookkeeping outside the writer: verdicts, deliveries, erasures, conflicts, subscriptions, outbox, quarantine, digests.
+//! Part of the `backend!` instantiation (see `lib.rs`): sync reads: verdicts, deliveries, erasures, conflicts, subscriptions, outbox, quarantine, digests.
 //! A macro so that the SQL is written once for SQLite and PostgreSQL.
 
 macro_rules! backend_sync_reads {
     ($db:ty, $pool:ty, $begin:expr, $savepoints:expr) => {
-        // ---- Federation sync: reads and bookkeeping outside the writer ----
+        // ---- Federation sync: reads (every sync write goes through the writer) ----
 
         pub async fn push_verdict(pool: &$pool, org: &str, key: &str) -> Result<Option<StoredVerdict>> {
             let row = sqlx::query("SELECT record_id, outcome, reason FROM push_receipts WHERE org = $1 AND push_key = $2")
@@ -17,11 +17,12 @@ macro_rules! backend_sync_reads {
         fn delivery_row(r: &<$db as sqlx::Database>::Row) -> Result<Delivery> {
             let id: String = r.try_get("record_id")?;
             let kind: String = r.try_get("kind")?;
+            let state: String = r.try_get("state")?;
             Ok(Delivery {
                 org: r.try_get("org")?,
                 record_id: Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
                 kind: kind_from_db(&kind)?,
-                state: r.try_get("state")?,
+                state: DeliveryState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("delivery state {state:?}")))?,
                 first_sent_ms: r.try_get("first_sent_ms")?,
                 last_sent_ms: r.try_get("last_sent_ms")?,
                 erasure_acked_ms: r.try_get("erasure_acked_ms")?,
@@ -66,60 +67,11 @@ macro_rules! backend_sync_reads {
             qb.build().fetch_all(pool).await?.iter().map(|r| delivery_row(r)).collect()
         }
 
-        /// Records, before sending, what each partner is about to hold: a record reaches the
-        /// ledger before it leaves the node, so erasure can find every copy.
-        pub async fn record_deliveries(pool: &$pool, org: &str, rows: &[(Uuid, RecordKind, &'static str)], at_ms: i64) -> Result<()> {
-            let mut tx = pool.begin().await?;
-            for chunk in rows.chunks(200) {
-                let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO deliveries (org, record_id, kind, state, first_sent_ms, last_sent_ms) ");
-                qb.push_values(chunk, |mut b, (id, kind, state)| {
-                    b.push_bind(org.to_string())
-                        .push_bind(id.to_string())
-                        .push_bind(kind.as_str())
-                        .push_bind(*state)
-                        .push_bind(at_ms)
-                        .push_bind(at_ms);
-                });
-                qb.push(" ON CONFLICT (org, record_id) DO UPDATE SET state = CASE WHEN deliveries.state = 'erased' THEN deliveries.state ELSE excluded.state END, last_sent_ms = excluded.last_sent_ms");
-                qb.build().execute(&mut *tx).await?;
-            }
-            // A record erased meanwhile stays owed an erasure by whoever gets it now.
-            sqlx::query("UPDATE deliveries SET state = 'erased' WHERE org = $1 AND state <> 'erased' AND record_id IN (SELECT record_id FROM erasures)")
-                .bind(org)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok(())
-        }
-
-        pub async fn ack_erasures(pool: &$pool, org: &str, ids: &[Uuid], at_ms: i64) -> Result<()> {
-            for id in ids {
-                sqlx::query("UPDATE deliveries SET erasure_acked_ms = $3 WHERE org = $1 AND record_id = $2 AND state = 'erased' AND erasure_acked_ms IS NULL")
-                    .bind(org)
-                    .bind(id.to_string())
-                    .bind(at_ms)
-                    .execute(pool)
-                    .await?;
-            }
-            Ok(())
-        }
-
-        pub async fn record_peer_ack(pool: &$pool, org: &str, cursor: i64, at_ms: i64) -> Result<()> {
-            sqlx::query(
-                "INSERT INTO sync_peers (org, acked_cursor, acked_ms) VALUES ($1, $2, $3) \
-                 ON CONFLICT (org) DO UPDATE SET acked_cursor = excluded.acked_cursor, acked_ms = excluded.acked_ms",
-            )
-            .bind(org)
-            .bind(cursor)
-            .bind(at_ms)
-            .execute(pool)
-            .await?;
-            Ok(())
-        }
-
-        pub async fn peer_acks(pool: &$pool) -> Result<Vec<(String, i64, i64)>> {
+        pub async fn peer_acks(pool: &$pool) -> Result<Vec<PeerAck>> {
             let rows = sqlx::query("SELECT org, acked_cursor, acked_ms FROM sync_peers ORDER BY org").fetch_all(pool).await?;
-            rows.iter().map(|r| Ok((r.try_get("org")?, r.try_get("acked_cursor")?, r.try_get("acked_ms")?))).collect()
+            rows.iter()
+                .map(|r| Ok(PeerAck { org: r.try_get("org")?, acked_cursor: r.try_get("acked_cursor")?, acked_ms: r.try_get("acked_ms")? }))
+                .collect()
         }
 
         pub async fn erasure(pool: &$pool, id: Uuid) -> Result<Option<Erasure>> {
@@ -226,19 +178,6 @@ macro_rules! backend_sync_reads {
                 .collect()
         }
 
-        pub async fn set_sync_error(pool: &$pool, owner: &str, error: Option<&str>, at_ms: i64) -> Result<()> {
-            sqlx::query(
-                "INSERT INTO subscriptions (owner_org, cursor, owner_last_seq, last_error, last_error_ms) VALUES ($1, 0, 0, $2, $3) \
-                 ON CONFLICT (owner_org) DO UPDATE SET last_error = excluded.last_error, last_error_ms = excluded.last_error_ms",
-            )
-            .bind(owner)
-            .bind(error)
-            .bind(at_ms)
-            .execute(pool)
-            .await?;
-            Ok(())
-        }
-
         fn outbox_row(r: &<$db as sqlx::Database>::Row) -> Result<OutboxEntry> {
             let id: String = r.try_get("record_id")?;
             let kind: String = r.try_get("kind")?;
@@ -270,15 +209,6 @@ macro_rules! backend_sync_reads {
             }
             qb.push(" ORDER BY seq LIMIT ").push_bind(limit);
             qb.build().fetch_all(pool).await?.iter().map(|r| outbox_row(r)).collect()
-        }
-
-        pub async fn outbox_attempt(pool: &$pool, key: &str, error: &str) -> Result<()> {
-            sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE push_key = $1")
-                .bind(key)
-                .bind(error)
-                .execute(pool)
-                .await?;
-            Ok(())
         }
 
         pub async fn count_by_owner(pool: &$pool, table_outbox: bool) -> Result<Vec<(String, i64)>> {
@@ -359,16 +289,6 @@ macro_rules! backend_sync_reads {
                 .fetch_all(pool)
                 .await?;
             ids.iter().map(|i| Uuid::parse_str(i).map_err(|e| StoreError::Corrupt(e.to_string()))).collect()
-        }
-
-        pub async fn mark_erasures_acked(pool: &$pool, ids: &[Uuid]) -> Result<()> {
-            for id in ids {
-                sqlx::query("UPDATE replicas SET state = 'erased' WHERE record_id = $1 AND state = 'erased-unacked'")
-                    .bind(id.to_string())
-                    .execute(pool)
-                    .await?;
-            }
-            Ok(())
         }
 
         /// Our replica's owner and writable fields (None: not a replica).

@@ -116,7 +116,7 @@ pub(super) async fn sync_owner_merges_once_keeps_conflicts_and_erases(f: &Fixtur
         .unwrap();
     for org in ["globex", "fixit"] {
         f.store
-            .record_deliveries(org, &[(c.id, RecordKind::Contact, "live")], 20)
+            .record_deliveries(org, vec![live_note(c.id)], 20, Vec::new())
             .await
             .unwrap();
     }
@@ -140,7 +140,7 @@ pub(super) async fn sync_owner_merges_once_keeps_conflicts_and_erases(f: &Fixtur
         .await
         .unwrap()
         .into_iter()
-        .map(|d| d.state)
+        .map(|d| d.state.as_str().to_string())
         .collect();
     assert_eq!(owed, ["erased", "erased"]);
     f.store.ack_erasures("globex", &[c.id], 40).await.unwrap();
@@ -148,12 +148,20 @@ pub(super) async fn sync_owner_merges_once_keeps_conflicts_and_erases(f: &Fixtur
     assert_eq!(f.store.pending_erasures("fixit").await.unwrap().len(), 1);
     // A delivery racing the erasure is still owed the erasure.
     f.store
-        .record_deliveries("umbrella", &[(c.id, RecordKind::Contact, "live")], 50)
+        .record_deliveries("umbrella", vec![live_note(c.id)], 50, Vec::new())
         .await
         .unwrap();
     assert_eq!(f.store.pending_erasures("umbrella").await.unwrap().len(), 1);
     let log = f.store.changes_after(0, &[], 1000).await.unwrap();
     for ch in log.iter().filter(|ch| ch.record_id == c.id) {
         assert!(ch.fields.values().all(Option::is_none), "{ch:?}");
+    }
+}
+
+fn live_note(id: uuid::Uuid) -> verbund_store::DeliveryNote {
+    verbund_store::DeliveryNote {
+        record_id: id,
+        kind: RecordKind::Contact,
+        state: verbund_store::DeliveryState::Live,
     }
 }
