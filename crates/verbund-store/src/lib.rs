@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 mod cache;
 use cache::RecordCache;
 mod sync_notes;
-pub use sync_notes::{CopyState, DeliveryNote, DeliveryState, PeerAck, SyncNote};
+pub use sync_notes::{BucketSum, CopyState, DeliveryNote, DeliveryState, PeerAck, SyncNote};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -343,6 +343,9 @@ pub struct Delivery {
     pub record_id: Uuid,
     pub kind: RecordKind,
     pub state: DeliveryState,
+    /// Live: the digest of the projection sent, and the policy it was computed under.
+    pub digest: Option<u64>,
+    pub policy: Option<String>,
     pub first_sent_ms: i64,
     pub last_sent_ms: i64,
     pub erasure_acked_ms: Option<i64>,

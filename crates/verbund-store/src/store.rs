@@ -525,14 +525,20 @@ impl Store {
         org: &str,
         rows: Vec<DeliveryNote>,
         at_ms: i64,
+        policy: &str,
         audit: Vec<AuditDraft>,
     ) -> Result<()> {
         if rows.is_empty() && audit.is_empty() {
             return Ok(());
         }
-        let org = org.to_string();
-        self.note(SyncNote::Deliveries { org, rows, at_ms }, audit)
-            .await
+        let (org, policy) = (org.to_string(), policy.to_string());
+        let note = SyncNote::Deliveries {
+            org,
+            rows,
+            at_ms,
+            policy,
+        };
+        self.note(note, audit).await
     }
 
     pub async fn ack_erasures(&self, org: &str, ids: &[Uuid], at_ms: i64) -> Result<()> {
@@ -685,8 +691,43 @@ impl Store {
         dispatch!(self, quarantine_counts())
     }
 
-    pub async fn replica_digests(&self, owner: &str) -> Result<Vec<(Uuid, u64)>> {
-        dispatch!(self, replica_digests(owner))
+    /// Partner: the bucket sums of the live replicas of `owner` (anti-entropy round 1).
+    pub async fn replica_bucket_sums(&self, owner: &str) -> Result<Vec<BucketSum>> {
+        dispatch!(self, replica_bucket_sums(owner))
+    }
+
+    /// Partner: (id, digest) of the live replicas of `owner` in `buckets` (round 2).
+    pub async fn replica_digests_in(
+        &self,
+        owner: &str,
+        buckets: &[u32],
+    ) -> Result<Vec<(Uuid, u64)>> {
+        dispatch!(self, replica_digests_in(owner, buckets))
+    }
+
+    /// Partner: (id, digest) of the live replicas of `owner` among `ids`.
+    pub async fn replica_digests_of(&self, owner: &str, ids: &[Uuid]) -> Result<Vec<(Uuid, u64)>> {
+        dispatch!(self, replica_digests_of(owner, ids))
+    }
+
+    /// Owner: the bucket sums of partner `org`'s live ledger rows (see `BucketSum`).
+    pub async fn delivery_bucket_sums(&self, org: &str, policy: &str) -> Result<Vec<BucketSum>> {
+        dispatch!(self, delivery_bucket_sums(org, policy))
+    }
+
+    /// Owner: partner `org`'s live ledger rows in `buckets`.
+    pub async fn live_deliveries_in(&self, org: &str, buckets: &[u32]) -> Result<Vec<Delivery>> {
+        dispatch!(self, live_deliveries_in(org, buckets))
+    }
+
+    /// Gives rows from before digests were kept their bucket (and replicas their digest),
+    /// in writer jobs of bounded size; a no-op once done (a partial index finds them).
+    pub async fn backfill_digests(&self) -> Result<()> {
+        while dispatch!(self, digests_missing())? {
+            self.note(SyncNote::BackfillDigests { limit: 2_000 }, Vec::new())
+                .await?;
+        }
+        Ok(())
     }
 
     pub async fn unacked_erasures(&self, owner: &str) -> Result<Vec<Uuid>> {

@@ -80,6 +80,17 @@ pub struct DeliveryNote {
     pub record_id: Uuid,
     pub kind: RecordKind,
     pub state: DeliveryState,
+    /// Live: the record digest of the projection sent (`sync::record_digest`).
+    pub digest: Option<u64>,
+}
+
+/// One bucket of a delivery ledger or of the replicas held: the sum of its records'
+/// `sum_part`s (modulo 2^32), and how many of its rows have no digest that counts (none yet,
+/// or computed under another policy): such a bucket must be compared record by record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BucketSum {
+    pub sum: u64,
+    pub unknown: i64,
 }
 
 /// The cursor a partner last acknowledged (owner side).
@@ -98,6 +109,8 @@ pub enum SyncNote {
         org: String,
         rows: Vec<DeliveryNote>,
         at_ms: i64,
+        /// Fingerprint of the policy the projections were computed under.
+        policy: String,
     },
     /// Owner: the cursor partner `org` acknowledged.
     PeerAck {
@@ -121,4 +134,7 @@ pub enum SyncNote {
         error: Option<String>,
         at_ms: i64,
     },
+    /// Both sides: rows from before digests were kept get their bucket (and a replica its
+    /// digest), at most `limit` rows per table.
+    BackfillDigests { limit: i64 },
 }

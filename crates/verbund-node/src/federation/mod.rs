@@ -39,6 +39,14 @@ pub const MAX_PUSH: usize = 500;
 
 pub const CAPABILITIES: &[&str] = &["subscribe", "push", "digest", "erasure"];
 
+/// What a batch of changes means for one partner: the items to send, and the rows its
+/// delivery ledger must note first (computed under the policy with this fingerprint).
+struct Outgoing {
+    items: Vec<pb::SyncItem>,
+    ledger: Vec<DeliveryNote>,
+    policy: String,
+}
+
 fn upsert(rec: &Record, writable: &BTreeSet<String>) -> pb::SyncItem {
     pb::SyncItem {
         item: Some(pb::sync_item::Item::Upsert(state_to_pb(rec, writable))),
@@ -136,11 +144,7 @@ impl NodeState {
     /// that changed, a revoke for a record it held and no longer sees, a tombstone or an
     /// erasure for one it held that was deleted or erased; and the rows the partner's
     /// delivery ledger must note before anything is sent (only what changes there).
-    async fn items_for(
-        &self,
-        p: &Principal,
-        changes: &[Change],
-    ) -> Result<(Vec<pb::SyncItem>, Vec<DeliveryNote>), Status> {
+    async fn items_for(&self, p: &Principal, changes: &[Change]) -> Result<Outgoing, Status> {
         let mut ids: Vec<Uuid> = Vec::new();
         let mut seen = BTreeSet::new();
         for c in changes {
@@ -187,13 +191,13 @@ impl NodeState {
         let targets = self.store.get_many(&ids).await.map_err(store_status)?;
         let reached = self.reach_around(&p.org, &targets).await?;
         let records: HashMap<Uuid, Record> = targets.into_iter().map(|r| (r.id, r)).collect();
-        let delivered: HashMap<Uuid, DeliveryState> = self
+        let delivered: HashMap<Uuid, verbund_store::Delivery> = self
             .store
             .deliveries_of(&p.org, &ids)
             .await
             .map_err(store_status)?
             .into_iter()
-            .map(|d| (d.record_id, d.state))
+            .map(|d| (d.record_id, d))
             .collect();
         let mut items = Vec::new();
         let mut ledger = Vec::new();
@@ -204,12 +208,13 @@ impl NodeState {
             if rec.owner_org != self.org {
                 continue; // replicas of other owners are never passed on
             }
-            let held = delivered.get(&id).copied();
-            let mut note = |state| {
+            let held = delivered.get(&id).map(|d| d.state);
+            let mut note = |state, digest| {
                 ledger.push(DeliveryNote {
                     record_id: id,
                     kind: rec.kind,
                     state,
+                    digest,
                 })
             };
             if rec.is_deleted() {
@@ -223,29 +228,43 @@ impl NodeState {
                 if erased {
                     // Whoever held the data, live or revoked since, purges it.
                     items.push(erase(id, rec.kind));
-                    note(DeliveryState::Erased);
+                    note(DeliveryState::Erased, None);
                 } else if held == Some(DeliveryState::Live) {
                     items.push(upsert(&tombstone(rec), &BTreeSet::new()));
-                    note(DeliveryState::Deleted);
+                    note(DeliveryState::Deleted, None);
                 }
                 continue;
             }
             let access = auth::reached_access(&policy, &self.org, p, rec, &reached);
             if access.visible() {
-                items.push(upsert(&project(rec, &access.readable), &access.writable));
-                note(DeliveryState::Live);
+                let projected = project(rec, &access.readable);
+                let digest = merge::record_digest(&projected.versions, false);
+                items.push(upsert(&projected, &access.writable));
+                note(DeliveryState::Live, Some(digest));
             } else if held == Some(DeliveryState::Live) {
                 items.push(revoke(
                     id,
                     "the record is no longer shared with your organization",
                 ));
-                note(DeliveryState::Revoked);
+                note(DeliveryState::Revoked, None);
             }
         }
-        // Only what changes in the ledger is written (an update of a record the partner
-        // already holds costs no write).
-        ledger.retain(|n| delivered.get(&n.record_id) != Some(&n.state));
-        Ok((items, ledger))
+        // Only what changes in the ledger is written: its state, or the digest of what the
+        // partner holds (kept for anti-entropy's bucket sums), or the policy it was
+        // computed under.
+        let policy = policy.fingerprint().to_string();
+        ledger.retain(|n| {
+            delivered.get(&n.record_id).is_none_or(|d| {
+                d.state != n.state
+                    || d.digest != n.digest
+                    || (n.digest.is_some() && d.policy.as_deref() != Some(policy.as_str()))
+            })
+        });
+        Ok(Outgoing {
+            items,
+            ledger,
+            policy,
+        })
     }
 
     /// Streams the owner's changes after `after_seq` to partner `p`, then follows new commits.
@@ -369,7 +388,11 @@ impl NodeState {
                     }
                     continue;
                 };
-                let (items, ledger) = match state.items_for(&principal, &changes).await {
+                let Outgoing {
+                    items,
+                    ledger,
+                    policy,
+                } = match state.items_for(&principal, &changes).await {
                     Ok(found) => found,
                     Err(status) => {
                         let _ = tx.send(Err(status)).await;
@@ -393,7 +416,7 @@ impl NodeState {
                 };
                 if let Err(e) = state
                     .store
-                    .record_deliveries(&principal.org, ledger, now_ms(), audit)
+                    .record_deliveries(&principal.org, ledger, now_ms(), &policy, audit)
                     .await
                 {
                     let _ = tx.send(Err(store_status(e))).await;

@@ -114,7 +114,8 @@ macro_rules! backend_sync_owner_writes {
         /// chunk of rows).
         async fn sync_note(tx: &mut Tx, note: SyncNote) -> Result<OpOutput> {
             match note {
-                SyncNote::Deliveries { org, rows, at_ms } => record_deliveries(tx, &org, &rows, at_ms).await?,
+                SyncNote::Deliveries { org, rows, at_ms, policy } => record_deliveries(tx, &org, &rows, at_ms, &policy).await?,
+                SyncNote::BackfillDigests { limit } => backfill_digests(tx, limit).await?,
                 SyncNote::PeerAck { org, cursor, at_ms } => {
                     sqlx::query(
                         "INSERT INTO sync_peers (org, acked_cursor, acked_ms) VALUES ($1, $2, $3) \
@@ -172,20 +173,71 @@ macro_rules! backend_sync_owner_writes {
             Ok(OpOutput::default())
         }
 
+        /// Rows from before digests were kept: the bucket of every row, the digest of a live
+        /// replica (a delivery's digest stays unknown until anti-entropy compares it).
+        async fn backfill_digests(tx: &mut Tx, limit: i64) -> Result<()> {
+            let ids: Vec<String> = sqlx::query_scalar("SELECT record_id FROM deliveries WHERE bucket IS NULL LIMIT $1")
+                .bind(limit)
+                .fetch_all(&mut **tx)
+                .await?;
+            for id in ids {
+                let bucket = verbund_core::sync::bucket_of(&Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?) as i64;
+                sqlx::query("UPDATE deliveries SET bucket = $2 WHERE record_id = $1 AND bucket IS NULL")
+                    .bind(&id)
+                    .bind(bucket)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            let rows = sqlx::query("SELECT record_id, state, shadow_versions FROM replicas WHERE bucket IS NULL LIMIT $1")
+                .bind(limit)
+                .fetch_all(&mut **tx)
+                .await?;
+            for row in rows {
+                let id: String = row.try_get("record_id")?;
+                let state: String = row.try_get("state")?;
+                let versions: String = row.try_get("shadow_versions")?;
+                let uuid = Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let digest = (state == CopyState::Live.as_str())
+                    .then(|| versions_from_json(&versions).map(|v| verbund_core::sync::record_digest(&v, false)))
+                    .transpose()?;
+                sqlx::query("UPDATE replicas SET bucket = $2, digest = $3, sum_part = $4 WHERE record_id = $1")
+                    .bind(&id)
+                    .bind(verbund_core::sync::bucket_of(&uuid) as i64)
+                    .bind(digest.map(|d| d as i64))
+                    .bind(digest.map(|d| verbund_core::sync::sum_part(&uuid, d) as i64))
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Ok(())
+        }
+
         /// Records, before sending, what a partner is about to hold: a record reaches the
         /// ledger before it leaves the node, so erasure can find every copy.
-        async fn record_deliveries(tx: &mut Tx, org: &str, rows: &[DeliveryNote], at_ms: i64) -> Result<()> {
-            for chunk in rows.chunks(1000) {
-                let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO deliveries (org, record_id, kind, state, first_sent_ms, last_sent_ms) ");
+        /// Each live row keeps the digest of the projection sent (and its share of the
+        /// bucket sum), so anti-entropy sums buckets in the database.
+        async fn record_deliveries(tx: &mut Tx, org: &str, rows: &[DeliveryNote], at_ms: i64, policy: &str) -> Result<()> {
+            for chunk in rows.chunks(500) {
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                    "INSERT INTO deliveries (org, record_id, kind, state, first_sent_ms, last_sent_ms, digest, sum_part, bucket, policy) ",
+                );
                 qb.push_values(chunk, |mut b, row| {
+                    let live = row.state == DeliveryState::Live;
+                    let digest = row.digest.filter(|_| live);
                     b.push_bind(org.to_string())
                         .push_bind(row.record_id.to_string())
                         .push_bind(row.kind.as_str())
                         .push_bind(row.state.as_str())
                         .push_bind(at_ms)
-                        .push_bind(at_ms);
+                        .push_bind(at_ms)
+                        .push_bind(digest.map(|d| d as i64))
+                        .push_bind(digest.map(|d| verbund_core::sync::sum_part(&row.record_id, d) as i64))
+                        .push_bind(verbund_core::sync::bucket_of(&row.record_id) as i64)
+                        .push_bind(digest.map(|_| policy.to_string()));
                 });
-                qb.push(" ON CONFLICT (org, record_id) DO UPDATE SET state = CASE WHEN deliveries.state = 'erased' THEN deliveries.state ELSE excluded.state END, last_sent_ms = excluded.last_sent_ms");
+                qb.push(
+                    " ON CONFLICT (org, record_id) DO UPDATE SET state = CASE WHEN deliveries.state = 'erased' THEN deliveries.state ELSE excluded.state END, \
+                     last_sent_ms = excluded.last_sent_ms, digest = excluded.digest, sum_part = excluded.sum_part, bucket = excluded.bucket, policy = excluded.policy",
+                );
                 qb.build().execute(&mut **tx).await?;
             }
             if rows.is_empty() {

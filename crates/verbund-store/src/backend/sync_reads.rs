@@ -23,13 +23,126 @@ macro_rules! backend_sync_reads {
                 record_id: Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
                 kind: kind_from_db(&kind)?,
                 state: DeliveryState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("delivery state {state:?}")))?,
+                digest: r.try_get::<Option<i64>, _>("digest")?.map(|d| d as u64),
+                policy: r.try_get("policy")?,
                 first_sent_ms: r.try_get("first_sent_ms")?,
                 last_sent_ms: r.try_get("last_sent_ms")?,
                 erasure_acked_ms: r.try_get("erasure_acked_ms")?,
             })
         }
 
-        const DELIVERY_COLUMNS: &str = "org, record_id, kind, state, first_sent_ms, last_sent_ms, erasure_acked_ms";
+        const DELIVERY_COLUMNS: &str = "org, record_id, kind, state, first_sent_ms, last_sent_ms, erasure_acked_ms, digest, policy";
+
+        /// 256 bucket sums from rows (bucket, s, unknown).
+        fn bucket_sums_of(rows: &[<$db as sqlx::Database>::Row]) -> Result<Vec<BucketSum>> {
+            let mut out = vec![BucketSum::default(); verbund_core::sync::DIGEST_BUCKETS];
+            for r in rows {
+                let bucket: i64 = r.try_get("bucket")?;
+                let sum: Option<i64> = r.try_get("s")?;
+                let unknown: Option<i64> = r.try_get("unknown")?;
+                let slot = usize::try_from(bucket).ok().and_then(|b| out.get_mut(b)).ok_or_else(|| StoreError::Corrupt(format!("bucket {bucket}")))?;
+                *slot = BucketSum { sum: (sum.unwrap_or(0) as u64) & verbund_core::sync::SUM_MASK, unknown: unknown.unwrap_or(0) };
+            }
+            Ok(out)
+        }
+
+        /// Owner: the bucket sums of what partner `org` holds live according to the ledger;
+        /// a row without a digest, or with one computed under another policy, is unknown.
+        pub async fn delivery_bucket_sums(pool: &$pool, org: &str, policy: &str) -> Result<Vec<BucketSum>> {
+            let rows = sqlx::query(
+                "SELECT bucket, CAST(SUM(sum_part) AS BIGINT) AS s, \
+                 CAST(SUM(CASE WHEN digest IS NULL OR policy IS NULL OR policy <> $2 THEN 1 ELSE 0 END) AS BIGINT) AS unknown \
+                 FROM deliveries WHERE org = $1 AND state = 'live' AND bucket IS NOT NULL GROUP BY bucket",
+            )
+            .bind(org)
+            .bind(policy)
+            .fetch_all(pool)
+            .await?;
+            bucket_sums_of(&rows)
+        }
+
+        /// Owner: the live ledger rows of partner `org` in `buckets`.
+        pub async fn live_deliveries_in(pool: &$pool, org: &str, buckets: &[u32]) -> Result<Vec<Delivery>> {
+            if buckets.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT ");
+            qb.push(DELIVERY_COLUMNS).push(" FROM deliveries WHERE org = ").push_bind(org.to_string()).push(" AND state = 'live' AND bucket IN (");
+            let mut sep = qb.separated(", ");
+            for b in buckets {
+                sep.push_bind(i64::from(*b));
+            }
+            qb.push(")");
+            qb.build().fetch_all(pool).await?.iter().map(|r| delivery_row(r)).collect()
+        }
+
+        /// Partner: the bucket sums of the live replicas of `owner` we hold.
+        pub async fn replica_bucket_sums(pool: &$pool, owner: &str) -> Result<Vec<BucketSum>> {
+            let rows = sqlx::query(
+                "SELECT bucket, CAST(SUM(sum_part) AS BIGINT) AS s, CAST(SUM(CASE WHEN digest IS NULL THEN 1 ELSE 0 END) AS BIGINT) AS unknown \
+                 FROM replicas WHERE owner_org = $1 AND state = 'live' AND bucket IS NOT NULL GROUP BY bucket",
+            )
+            .bind(owner)
+            .fetch_all(pool)
+            .await?;
+            bucket_sums_of(&rows)
+        }
+
+        fn digest_rows(rows: &[<$db as sqlx::Database>::Row]) -> Result<Vec<(Uuid, u64)>> {
+            rows.iter()
+                .filter_map(|r| {
+                    let parsed = (|| {
+                        let id: String = r.try_get("record_id")?;
+                        let digest: Option<i64> = r.try_get("digest")?;
+                        Ok::<_, StoreError>(digest.map(|d| (id, d as u64)))
+                    })();
+                    parsed.transpose()
+                })
+                .map(|row| {
+                    let (id, d) = row?;
+                    Ok((Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?, d))
+                })
+                .collect()
+        }
+
+        /// Partner: (record id, digest of the owner's versions) of the live replicas of
+        /// `owner` in `buckets`.
+        pub async fn replica_digests_in(pool: &$pool, owner: &str, buckets: &[u32]) -> Result<Vec<(Uuid, u64)>> {
+            if buckets.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT record_id, digest FROM replicas WHERE owner_org = ");
+            qb.push_bind(owner.to_string()).push(" AND state = 'live' AND bucket IN (");
+            let mut sep = qb.separated(", ");
+            for b in buckets {
+                sep.push_bind(i64::from(*b));
+            }
+            qb.push(")");
+            digest_rows(&qb.build().fetch_all(pool).await?)
+        }
+
+        /// Partner: the same for the live replicas among `ids`.
+        pub async fn replica_digests_of(pool: &$pool, owner: &str, ids: &[Uuid]) -> Result<Vec<(Uuid, u64)>> {
+            let mut out = Vec::new();
+            for chunk in ids.chunks(1000) {
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT record_id, digest FROM replicas WHERE owner_org = ");
+                qb.push_bind(owner.to_string()).push(" AND state = 'live' AND record_id IN (");
+                let mut sep = qb.separated(", ");
+                for id in chunk {
+                    sep.push_bind(id.to_string());
+                }
+                qb.push(")");
+                out.extend(digest_rows(&qb.build().fetch_all(pool).await?)?);
+            }
+            Ok(out)
+        }
+
+        /// Whether rows from before digests were kept remain (see `SyncNote::BackfillDigests`).
+        pub async fn digests_missing(pool: &$pool) -> Result<bool> {
+            let d: Option<String> = sqlx::query_scalar("SELECT record_id FROM deliveries WHERE bucket IS NULL LIMIT 1").fetch_optional(pool).await?;
+            let r: Option<String> = sqlx::query_scalar("SELECT record_id FROM replicas WHERE bucket IS NULL LIMIT 1").fetch_optional(pool).await?;
+            Ok(d.is_some() || r.is_some())
+        }
 
         pub async fn deliveries_of(pool: &$pool, org: &str, ids: &[Uuid]) -> Result<Vec<Delivery>> {
             let mut out = Vec::new();
@@ -261,25 +374,6 @@ macro_rules! backend_sync_reads {
                 .await?
                 .iter()
                 .map(|r| Ok((r.try_get("owner_org")?, r.try_get("n")?)))
-                .collect()
-        }
-
-        /// (record id, digest of the owner's versions) of every replica of `owner` we hold.
-        pub async fn replica_digests(pool: &$pool, owner: &str) -> Result<Vec<(Uuid, u64)>> {
-            let rows = sqlx::query("SELECT record_id, state, shadow_versions FROM replicas WHERE owner_org = $1 AND state = 'live'")
-                .bind(owner)
-                .fetch_all(pool)
-                .await?;
-            rows.iter()
-                .map(|r| {
-                    let id: String = r.try_get("record_id")?;
-                    let state: String = r.try_get("state")?;
-                    let versions: String = r.try_get("shadow_versions")?;
-                    Ok((
-                        Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                        verbund_core::sync::record_digest(&versions_from_json(&versions)?, state == "deleted"),
-                    ))
-                })
                 .collect()
         }
 

@@ -315,13 +315,15 @@ macro_rules! backend_sync_replica_batch {
                     if erased {
                         // Never received: remember the erasure so a late batch cannot bring it in.
                         sqlx::query(
-                            "INSERT INTO replicas (record_id, owner_org, kind, state, shadow_fields, shadow_versions, writable, owner_seq, updated_ms) \
-                             VALUES ($1, $2, 'contact', $3, '{}', '{}', '[]', 0, $4) ON CONFLICT (record_id) DO UPDATE SET state = excluded.state",
+                            "INSERT INTO replicas (record_id, owner_org, kind, state, shadow_fields, shadow_versions, writable, owner_seq, updated_ms, bucket) \
+                             VALUES ($1, $2, 'contact', $3, '{}', '{}', '[]', 0, $4, $5) \
+                             ON CONFLICT (record_id) DO UPDATE SET state = excluded.state, digest = NULL, sum_part = NULL",
                         )
                         .bind(id.to_string())
                         .bind(&self.owner)
                         .bind(state.as_str())
                         .bind(at_ms)
+                        .bind(verbund_core::sync::bucket_of(&id) as i64)
                         .execute(&mut **tx)
                         .await?;
                         let row = existing.map(|r| ReplicaRow { state, ..r }).unwrap_or(ReplicaRow {
@@ -375,12 +377,14 @@ macro_rules! backend_sync_replica_batch {
                 for chunk in replicas.chunks(ROWS_CHUNK) {
                     let mut rows = Vec::with_capacity(chunk.len());
                     for (id, w) in chunk {
-                        rows.push((id, w, fields_to_json(&w.fields)?, versions_to_json(&w.versions), fields_to_json(&w.writable)?));
+                        // Only a live copy counts in anti-entropy's bucket sums.
+                        let digest = (w.state == CopyState::Live).then(|| verbund_core::sync::record_digest(&w.versions, false));
+                        rows.push((id, w, fields_to_json(&w.fields)?, versions_to_json(&w.versions), fields_to_json(&w.writable)?, digest));
                     }
                     let mut qb: QueryBuilder<$db> = QueryBuilder::new(
-                        "INSERT INTO replicas (record_id, owner_org, kind, state, shadow_fields, shadow_versions, writable, owner_seq, updated_ms) ",
+                        "INSERT INTO replicas (record_id, owner_org, kind, state, shadow_fields, shadow_versions, writable, owner_seq, updated_ms, digest, sum_part, bucket) ",
                     );
-                    qb.push_values(rows, |mut b, (id, w, fields, versions, writable)| {
+                    qb.push_values(rows, |mut b, (id, w, fields, versions, writable, digest)| {
                         b.push_bind(id.to_string())
                             .push_bind(w.owner.clone())
                             .push_bind(w.kind.as_str())
@@ -389,11 +393,15 @@ macro_rules! backend_sync_replica_batch {
                             .push_bind(versions)
                             .push_bind(writable)
                             .push_bind(w.owner_seq)
-                            .push_bind(w.at_ms);
+                            .push_bind(w.at_ms)
+                            .push_bind(digest.map(|d| d as i64))
+                            .push_bind(digest.map(|d| verbund_core::sync::sum_part(id, d) as i64))
+                            .push_bind(verbund_core::sync::bucket_of(id) as i64);
                     });
                     qb.push(
                         " ON CONFLICT (record_id) DO UPDATE SET state = excluded.state, shadow_fields = excluded.shadow_fields, \
-                         shadow_versions = excluded.shadow_versions, writable = excluded.writable, owner_seq = excluded.owner_seq, updated_ms = excluded.updated_ms",
+                         shadow_versions = excluded.shadow_versions, writable = excluded.writable, owner_seq = excluded.owner_seq, updated_ms = excluded.updated_ms, \
+                         digest = excluded.digest, sum_part = excluded.sum_part, bucket = excluded.bucket",
                     );
                     qb.build().execute(&mut **tx).await?;
                 }
