@@ -24,7 +24,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 mod cache;
 use cache::RecordCache;
 mod sync_notes;
-pub use sync_notes::{BucketSum, CopyState, DeliveryNote, DeliveryState, PeerAck, SyncNote};
+pub use sync_notes::{
+    BucketSum, CopyState, DeliveryNote, DeliveryState, PeerAck, ReplicaInfo, SyncNote,
+};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};

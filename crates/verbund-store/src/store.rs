@@ -743,7 +743,8 @@ impl Store {
             .await
     }
 
-    pub async fn replica_info(&self, id: Uuid) -> Result<Option<(String, String, Vec<String>)>> {
+    /// Partner: our replica's owner, state and writable fields (None: not a replica).
+    pub async fn replica_info(&self, id: Uuid) -> Result<Option<ReplicaInfo>> {
         dispatch!(self, replica_info(id))
     }
 

@@ -93,6 +93,15 @@ pub struct BucketSum {
     pub unknown: i64,
 }
 
+/// What a partner holds of an owner's record, as a local edit needs to know it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaInfo {
+    pub owner_org: String,
+    pub state: CopyState,
+    /// The fields the owner lets us propose changes to.
+    pub writable: Vec<String>,
+}
+
 /// The cursor a partner last acknowledged (owner side).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerAck {

@@ -265,7 +265,7 @@ pub async fn sync(a: SyncArgs) -> Result<()> {
         if started.elapsed() > Duration::from_secs(3600) {
             bail!("the initial share did not complete within an hour");
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let share_secs = started.elapsed().as_secs_f64();
     let band_rates = bands[0].rates();

@@ -17,3 +17,9 @@ ALTER TABLE replicas ADD COLUMN sum_part BIGINT;
 ALTER TABLE replicas ADD COLUMN bucket BIGINT;
 CREATE INDEX replicas_bucket ON replicas (owner_org, bucket);
 CREATE INDEX replicas_no_bucket ON replicas (record_id) WHERE bucket IS NULL;
+-- Looked up per batch (the partner's acknowledgement) and per subscription (the owner's
+-- erasures owed): found through the few rows concerned, not every row of the partner.
+CREATE INDEX replicas_erased_unacked ON replicas (owner_org) WHERE state = 'erased-unacked';
+CREATE INDEX deliveries_erasure_owed ON deliveries (org) WHERE state = 'erased' AND erasure_acked_ms IS NULL;
+-- Status counts live replicas per owner: over this small index, not the wide rows.
+CREATE INDEX replicas_owner_state ON replicas (owner_org, state);

@@ -386,18 +386,19 @@ macro_rules! backend_sync_reads {
         }
 
         /// Our replica's owner and writable fields (None: not a replica).
-        pub async fn replica_info(pool: &$pool, id: Uuid) -> Result<Option<(String, String, Vec<String>)>> {
+        pub async fn replica_info(pool: &$pool, id: Uuid) -> Result<Option<ReplicaInfo>> {
             let row = sqlx::query("SELECT owner_org, state, writable FROM replicas WHERE record_id = $1")
                 .bind(id.to_string())
                 .fetch_optional(pool)
                 .await?;
             row.map(|r| {
                 let writable: String = r.try_get("writable")?;
-                Ok((
-                    r.try_get("owner_org")?,
-                    r.try_get("state")?,
-                    serde_json::from_str(&writable).map_err(|e| StoreError::Corrupt(format!("writable: {e}")))?,
-                ))
+                let state: String = r.try_get("state")?;
+                Ok(ReplicaInfo {
+                    owner_org: r.try_get("owner_org")?,
+                    state: CopyState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("replica state {state:?}")))?,
+                    writable: serde_json::from_str(&writable).map_err(|e| StoreError::Corrupt(format!("writable: {e}")))?,
+                })
             })
             .transpose()
         }
