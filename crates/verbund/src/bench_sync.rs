@@ -66,6 +66,30 @@ fn log_excerpt(path: &std::path::Path, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// Prints the warnings and errors of the nodes' logs when dropped while armed (the benchmark
+/// failed); declared after the nodes, so it runs before their directories are removed.
+struct LogDump {
+    logs: Vec<std::path::PathBuf>,
+    armed: bool,
+}
+
+impl Drop for LogDump {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        for log in &self.logs {
+            let lines = log_excerpt(log, 20);
+            if !lines.is_empty() {
+                eprintln!("{}:", log.display());
+                for l in lines {
+                    eprintln!("    {l}");
+                }
+            }
+        }
+    }
+}
+
 /// Times at which the held count first reached each multiple of `band` (progress bands).
 struct Bands {
     band: usize,
@@ -76,9 +100,18 @@ struct Bands {
 impl Bands {
     fn note(&mut self, held: i64, now: Instant) {
         let done = (held.max(0) as usize) / self.band;
-        while self.reached.len() < done {
+        let before = self.reached.len();
+        if done <= before {
+            return;
+        }
+        // Several bands completed since the last look (a batch larger than a band): the
+        // time in between is spread over them evenly.
+        let prev = self.reached.last().copied().unwrap_or(0.0);
+        let now = now.duration_since(self.start).as_secs_f64();
+        let new = done - before;
+        for i in 1..=new {
             self.reached
-                .push(now.duration_since(self.start).as_secs_f64());
+                .push(prev + (now - prev) * i as f64 / new as f64);
         }
     }
 
@@ -213,6 +246,13 @@ pub async fn sync(a: SyncArgs) -> Result<()> {
     }
     let partner = partner_admins[0].clone();
     std::fs::write(&policy, text)?;
+    // Should the benchmark fail, what the nodes logged is shown before their directories go.
+    let mut log_dump = LogDump {
+        logs: std::iter::once(owner_proc.log.clone())
+            .chain(partner_procs.iter().map(|p| p.log.clone()))
+            .collect(),
+        armed: true,
+    };
     let mut owner_admin = pb::admin_service_client::AdminServiceClient::new(owner.clone());
     owner_admin
         .reload_policy(pb::ReloadPolicyRequest {})
@@ -469,5 +509,6 @@ pub async fn sync(a: SyncArgs) -> Result<()> {
             }
         }
     }
+    log_dump.armed = false;
     Ok(())
 }
