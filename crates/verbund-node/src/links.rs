@@ -286,6 +286,8 @@ async fn session(state: &Arc<NodeState>, org: &str) -> Result<()> {
                         state.links.set(org, |s| s.repair_error.clear());
                         if round.more {
                             DIGEST_MORE
+                        } else if round.behind {
+                            DIGEST_RETRY
                         } else {
                             DIGEST_EVERY
                         }
@@ -635,6 +637,8 @@ pub struct RoundOutcome {
     pub repairs: usize,
     /// The owner found more differing buckets than it compared: ask again soon.
     pub more: bool,
+    /// Not compared: our stream had not caught up with the owner yet.
+    pub behind: bool,
 }
 
 /// Compares the bucket sums of our replicas of `org`'s records (kept in the database: no
@@ -645,6 +649,18 @@ pub async fn anti_entropy(
     client: &mut FederationClient<Channel>,
     org: &str,
 ) -> Result<RoundOutcome> {
+    // While the stream is still delivering (our cursor behind the owner's latest change as
+    // of its last batch), the buckets differ by what is on its way: comparing now would
+    // only repeat the stream's work. The round waits until we have caught up.
+    if let Some(sub) = state.store.subscription(org).await?
+        && sub.cursor < sub.owner_last_seq
+    {
+        return Ok(RoundOutcome {
+            repairs: 0,
+            more: false,
+            behind: true,
+        });
+    }
     state.store.backfill_digests().await?;
     let sums = state.store.replica_bucket_sums(org).await?;
     let answer = client
@@ -657,7 +673,11 @@ pub async fn anti_entropy(
         .into_inner();
     let (differing, more) = (answer.differing_buckets, answer.more);
     if differing.is_empty() {
-        return Ok(RoundOutcome { repairs: 0, more });
+        return Ok(RoundOutcome {
+            repairs: 0,
+            more,
+            behind: false,
+        });
     }
     let detail = state
         .store
@@ -682,7 +702,11 @@ pub async fn anti_entropy(
     let (items, quarantine) = convert_items(state, org, &repairs, "r");
     let n = repairs.len();
     if n == 0 {
-        return Ok(RoundOutcome { repairs: 0, more });
+        return Ok(RoundOutcome {
+            repairs: 0,
+            more,
+            behind: false,
+        });
     }
     // What each repair should leave behind: the owner's versions, or no live copy.
     let expected: Vec<(Uuid, Option<u64>)> = items
@@ -737,5 +761,9 @@ pub async fn anti_entropy(
             "anti-entropy: some repairs did not take (quarantined, or our stream is ahead of the repair and its items decide)"
         );
     }
-    Ok(RoundOutcome { repairs: n, more })
+    Ok(RoundOutcome {
+        repairs: n,
+        more,
+        behind: false,
+    })
 }
