@@ -652,6 +652,7 @@ macro_rules! dispatch {
 }
 
 mod store;
+mod store_sync;
 
 /// Convenience for tests and tools: the text value of a field.
 pub fn text_field<'a>(fields: &'a FieldMap, name: &str) -> Option<&'a str> {
