@@ -256,14 +256,36 @@ pub fn entry_digest(id: &Uuid, record_digest: u64) -> u64 {
     first_u64(&h.finalize())
 }
 
-/// Bucket digests over (record id, record digest) entries: XOR of the entries per bucket, so
-/// the order of the entries does not matter and an empty bucket is 0.
-pub fn bucket_digests<'a>(entries: impl IntoIterator<Item = (&'a Uuid, u64)>) -> Vec<u64> {
+/// What one record adds to its bucket's sum: 32 bits of its entry digest (so a bucket sum of
+/// up to 2^31 records fits a signed 64-bit database SUM exactly).
+pub fn sum_part(id: &Uuid, record_digest: u64) -> u64 {
+    entry_digest(id, record_digest) >> 32
+}
+
+/// Bucket sums over (record id, record digest) entries: per bucket the sum of the entries'
+/// `sum_part` modulo 2^32. Unlike XOR, a sum can be kept by a database (`SUM` of a stored
+/// column per bucket), so neither node reads every record to compare. Order does not
+/// matter and an empty bucket is 0.
+pub fn bucket_sums<'a>(entries: impl IntoIterator<Item = (&'a Uuid, u64)>) -> Vec<u64> {
     let mut buckets = vec![0u64; DIGEST_BUCKETS];
     for (id, digest) in entries {
-        buckets[bucket_of(id)] ^= entry_digest(id, digest);
+        let b = &mut buckets[bucket_of(id)];
+        *b = (*b + sum_part(id, digest)) & SUM_MASK;
     }
     buckets
+}
+
+/// Bucket sums are kept modulo 2^32.
+pub const SUM_MASK: u64 = 0xffff_ffff;
+
+/// A short fingerprint of some texts (e.g. the policy a projection was computed under).
+pub fn text_fingerprint(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p.as_bytes());
+    }
+    format!("{:016x}", first_u64(&h.finalize()))
 }
 
 /// The owner's decision on one proposed change.
@@ -589,9 +611,13 @@ mod tests {
         let a = Uuid::now_v7();
         let b = Uuid::now_v7();
         let (_, v) = start();
-        let d1 = bucket_digests([(&a, record_digest(&v, false)), (&b, 7)]);
-        let d2 = bucket_digests([(&b, 7), (&a, record_digest(&v, false))]);
+        let d1 = bucket_sums([(&a, record_digest(&v, false)), (&b, 7)]);
+        let d2 = bucket_sums([(&b, 7), (&a, record_digest(&v, false))]);
         assert_eq!(d1, d2);
+        assert!(d1.iter().all(|s| *s <= SUM_MASK));
+        // The same versions under another id count differently.
+        let c = Uuid::now_v7();
+        assert_ne!(sum_part(&a, 7), sum_part(&c, 7));
         assert_ne!(record_digest(&v, false), record_digest(&v, true));
         let mut v2 = v.clone();
         v2.insert("name".into(), h(11, "acme/n"));

@@ -32,6 +32,8 @@ const DIGEST_EVERY: Duration = Duration::from_secs(60);
 const OUTBOX_POLL: Duration = Duration::from_secs(2);
 /// Outbox entries per Push.
 const PUSH_BATCH: i64 = 100;
+/// When the owner compared only some of the differing buckets, the next round comes this soon.
+const DIGEST_MORE: Duration = Duration::from_millis(200);
 /// Anti-entropy after a failed round is tried again this soon.
 const DIGEST_RETRY: Duration = Duration::from_secs(10);
 /// Quarantined items retried per round, and reported to the owner per Ack.
@@ -319,9 +321,15 @@ async fn session(state: &Arc<NodeState>, org: &str) -> Result<()> {
                 }
                 // A failed round does not end the session either; it is tried again soon.
                 let wait = match anti_entropy(&state, &mut client, org).await {
-                    Ok(_) => {
+                    Ok(round) => {
                         state.links.set(org, |s| s.repair_error.clear());
-                        DIGEST_EVERY
+                        if round.more {
+                            DIGEST_MORE
+                        } else if round.behind {
+                            DIGEST_RETRY
+                        } else {
+                            DIGEST_EVERY
+                        }
                     }
                     Err(e) => {
                         let msg = format!("{e:#}");
@@ -662,34 +670,62 @@ async fn push_outbox(
     Ok(settled)
 }
 
-/// Compares bucket digests of our replicas of `org`'s records with what it says we should
-/// hold, and applies the repairs for the buckets that differ.
+/// What one anti-entropy round did.
+pub struct RoundOutcome {
+    /// Repairs received and applied.
+    pub repairs: usize,
+    /// The owner found more differing buckets than it compared: ask again soon.
+    pub more: bool,
+    /// Not compared: our stream had not caught up with the owner yet.
+    pub behind: bool,
+}
+
+/// Compares the bucket sums of our replicas of `org`'s records (kept in the database: no
+/// replica is read) with those of what it says we hold, and applies the repairs for the
+/// buckets that differ (reading only our replicas in those buckets).
 pub async fn anti_entropy(
     state: &NodeState,
     client: &mut FederationClient<Channel>,
     org: &str,
-) -> Result<usize> {
-    let entries = state.store.replica_digests(org).await?;
-    let buckets = merge::bucket_digests(entries.iter().map(|(id, d)| (id, *d)));
-    let differing = client
+) -> Result<RoundOutcome> {
+    // While the stream is still delivering (our cursor behind the owner's latest change as
+    // of its last batch), the buckets differ by what is on its way: comparing now would
+    // only repeat the stream's work. The round waits until we have caught up.
+    if let Some(sub) = state.store.subscription(org).await?
+        && sub.cursor < sub.owner_last_seq
+    {
+        return Ok(RoundOutcome {
+            repairs: 0,
+            more: false,
+            behind: true,
+        });
+    }
+    state.store.backfill_digests().await?;
+    let sums = state.store.replica_bucket_sums(org).await?;
+    let answer = client
         .digest(pb::DigestRequest {
-            buckets,
+            buckets: sums.iter().map(|b| b.sum).collect(),
             ..Default::default()
         })
         .await
         .map_err(|s| anyhow!("digest: {}: {}", s.code(), s.message()))?
-        .into_inner()
-        .differing_buckets;
+        .into_inner();
+    let (differing, more) = (answer.differing_buckets, answer.more);
     if differing.is_empty() {
-        return Ok(0);
+        return Ok(RoundOutcome {
+            repairs: 0,
+            more,
+            behind: false,
+        });
     }
-    let wanted: std::collections::BTreeSet<usize> = differing.iter().map(|b| *b as usize).collect();
-    let detail = entries
-        .iter()
-        .filter(|(id, _)| wanted.contains(&merge::bucket_of(id)))
+    let detail = state
+        .store
+        .replica_digests_in(org, &differing)
+        .await?
+        .into_iter()
         .map(|(id, d)| pb::BucketEntry {
             record_id: id.to_string(),
-            digest: *d,
+            digest: d,
         })
         .collect();
     let answer = client
@@ -705,7 +741,11 @@ pub async fn anti_entropy(
     let (items, quarantine) = convert_items(state, org, &repairs, "r");
     let n = repairs.len();
     if n == 0 {
-        return Ok(0);
+        return Ok(RoundOutcome {
+            repairs: 0,
+            more,
+            behind: false,
+        });
     }
     // What each repair should leave behind: the owner's versions, or no live copy.
     let expected: Vec<(Uuid, Option<u64>)> = items
@@ -736,9 +776,10 @@ pub async fn anti_entropy(
         state.scrub_after_erasure();
     }
     // A repair that changed nothing is reported with the reason, never repeated silently.
+    let ids: Vec<Uuid> = expected.iter().map(|(id, _)| *id).collect();
     let held: HashMap<Uuid, u64> = state
         .store
-        .replica_digests(org)
+        .replica_digests_of(org, &ids)
         .await?
         .into_iter()
         .collect();
@@ -759,5 +800,9 @@ pub async fn anti_entropy(
             "anti-entropy: some repairs did not take (quarantined, or our stream is ahead of the repair and its items decide)"
         );
     }
-    Ok(n)
+    Ok(RoundOutcome {
+        repairs: n,
+        more,
+        behind: false,
+    })
 }

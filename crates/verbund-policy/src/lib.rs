@@ -142,6 +142,8 @@ pub struct Policy {
     /// The policy file, for messages.
     path: String,
     own_org: String,
+    /// Of the model and policy texts: what a partner's projection was computed under.
+    fingerprint: String,
     fields_cache: Mutex<HashMap<CacheKey, Arc<BTreeSet<String>>>>,
 }
 
@@ -363,6 +365,7 @@ impl Policy {
             profiles,
             path: policy_path.to_string(),
             own_org: own_org.to_string(),
+            fingerprint: verbund_core::sync::text_fingerprint(&[model, policy, own_org]),
             fields_cache: Mutex::new(HashMap::new()),
         };
         // A model that cannot evaluate our request shape is refused now, not at the first call.
@@ -490,6 +493,11 @@ impl Policy {
     /// Whether the subject may administer the node.
     pub fn may_administer(&self, subject: &Subject) -> bool {
         self.allows(subject, NODE_OBJECT, Act::Administer, "*", false)
+    }
+
+    /// Changes whenever the model or policy text does (a reload may change projections).
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     pub fn has_profile(&self, name: &str) -> bool {

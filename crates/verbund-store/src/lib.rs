@@ -14,7 +14,7 @@
 //! - nothing is written when validation fails (the plan is computed before any statement that
 //!   modifies data, and an error rolls the transaction back).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +24,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub mod backup;
 mod cache;
 use cache::RecordCache;
+mod sync_notes;
+pub use sync_notes::{
+    BucketSum, CopyState, DeliveryNote, DeliveryState, PeerAck, ReplicaInfo, SyncNote,
+};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -139,6 +143,8 @@ pub enum WriteOp {
         by: String,
         plan_fn: PlanFn,
     },
+    /// Sync bookkeeping (ledger, acknowledgements, link errors).
+    Sync(SyncNote),
     /// Clock recovery: every version beyond `limit_ms` (stamped while our clock ran ahead)
     /// in our pending outbox edits and our own records gets a fresh one from `stamp`.
     Restamp {
@@ -340,8 +346,10 @@ pub struct Delivery {
     pub org: String,
     pub record_id: Uuid,
     pub kind: RecordKind,
-    /// live, deleted, revoked or erased
-    pub state: String,
+    pub state: DeliveryState,
+    /// Live: the digest of the projection sent, and the policy it was computed under.
+    pub digest: Option<u64>,
+    pub policy: Option<String>,
     pub first_sent_ms: i64,
     pub last_sent_ms: i64,
     pub erasure_acked_ms: Option<i64>,
@@ -638,6 +646,7 @@ macro_rules! backend {
             backend_sharing_writes!($db, $pool, $begin, $savepoints);
             backend_sync_owner_writes!($db, $pool, $begin, $savepoints);
             backend_sync_replica_writes!($db, $pool, $begin, $savepoints);
+            backend_sync_replica_batch!($db, $pool, $begin, $savepoints);
             backend_sharing_reads!($db, $pool, $begin, $savepoints);
             backend_sync_reads!($db, $pool, $begin, $savepoints);
             backend_reads!($db, $pool, $begin, $savepoints);
@@ -699,6 +708,7 @@ macro_rules! dispatch {
 
 mod ops;
 mod store;
+mod store_sync;
 
 pub use ops::{BatchReport, OpsCounts, PoolUse};
 

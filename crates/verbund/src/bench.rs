@@ -70,6 +70,8 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
 /// A node process started for the benchmark; killed on drop.
 pub(crate) struct SpawnedNode {
     pub(crate) child: Child,
+    /// The node's log (its stderr), so a benchmark can say whether anything went wrong.
+    pub(crate) log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -101,12 +103,14 @@ pub(crate) async fn spawn_org(org: &str) -> Result<(SpawnedNode, NodeConfig, Str
     .await?;
     let cfg = NodeConfig::load(&done.config_path)?;
     let exe = std::env::current_exe().context("locating the verbund binary")?;
+    let log = dir.path().join(format!("{org}.log"));
     let mut child = Command::new(exe)
         .args(["run", "--config"])
         .arg(&done.config_path)
         .env("VERBUND_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).context("creating the node's log")?)
         .spawn()
         .context("starting the node process")?;
     let stdout = child.stdout.take().context("node stdout")?;
@@ -124,7 +128,11 @@ pub(crate) async fn spawn_org(org: &str) -> Result<(SpawnedNode, NodeConfig, Str
     .await?
     .context("the node did not start")?;
     Ok((
-        SpawnedNode { child, _dir: dir },
+        SpawnedNode {
+            child,
+            log,
+            _dir: dir,
+        },
         cfg,
         format!("https://{addr}"),
     ))

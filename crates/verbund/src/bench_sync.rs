@@ -3,7 +3,8 @@
 //! accounts (records/s until the partner holds them all), the propagation latency of single
 //! owner updates (owner commit → event in the partner's change stream), the round trip of a
 //! partner edit (partner's local edit → merged at the owner, seen in the owner's change
-//! stream), and the RSS of both nodes.
+//! stream), the peak RSS of every node and the warnings and errors in their logs. With
+//! `--partners N` one owner shares with N partner nodes (fan-out).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,9 +26,107 @@ pub struct SyncArgs {
     /// Single updates timed owner → partner, and partner edits timed partner → owner.
     #[arg(long, default_value_t = 200)]
     samples: usize,
+    /// Partner nodes the owner shares the records with (each gets all of them). Latencies
+    /// are measured against the first.
+    #[arg(long, default_value_t = 1)]
+    partners: usize,
+    /// Records per progress band of the initial share (its rate is reported per band).
+    #[arg(long, default_value_t = 100_000)]
+    band: usize,
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// The organization name of partner `i` (0-based).
+fn partner_org(i: usize) -> String {
+    if i == 0 {
+        "globex".into()
+    } else {
+        format!("globex{}", i + 1)
+    }
+}
+
+/// Lines of a node's log at WARN and at ERROR level.
+fn log_counts(path: &std::path::Path) -> (usize, usize) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let warn = text.lines().filter(|l| l.contains(" WARN ")).count();
+    let error = text.lines().filter(|l| l.contains("ERROR")).count();
+    (warn, error)
+}
+
+/// The first lines at WARN or ERROR level of a node's log (shown when there are any).
+fn log_excerpt(path: &std::path::Path, n: usize) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains("ERROR"))
+        .take(n)
+        .map(|l| l.chars().take(300).collect())
+        .collect()
+}
+
+/// Prints the warnings and errors of the nodes' logs when dropped while armed (the benchmark
+/// failed); declared after the nodes, so it runs before their directories are removed.
+struct LogDump {
+    logs: Vec<std::path::PathBuf>,
+    armed: bool,
+}
+
+impl Drop for LogDump {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        for log in &self.logs {
+            let lines = log_excerpt(log, 20);
+            if !lines.is_empty() {
+                eprintln!("{}:", log.display());
+                for l in lines {
+                    eprintln!("    {l}");
+                }
+            }
+        }
+    }
+}
+
+/// Times at which the held count first reached each multiple of `band` (progress bands).
+struct Bands {
+    band: usize,
+    start: Instant,
+    reached: Vec<f64>,
+}
+
+impl Bands {
+    fn note(&mut self, held: i64, now: Instant) {
+        let done = (held.max(0) as usize) / self.band;
+        let before = self.reached.len();
+        if done <= before {
+            return;
+        }
+        // Several bands completed since the last look (a batch larger than a band): the
+        // time in between is spread over them evenly.
+        let prev = self.reached.last().copied().unwrap_or(0.0);
+        let now = now.duration_since(self.start).as_secs_f64();
+        let new = done - before;
+        for i in 1..=new {
+            self.reached
+                .push(prev + (now - prev) * i as f64 / new as f64);
+        }
+    }
+
+    /// Records per second of each completed band.
+    fn rates(&self) -> Vec<f64> {
+        let mut prev = 0.0;
+        self.reached
+            .iter()
+            .map(|&t| {
+                let r = self.band as f64 / (t - prev).max(1e-6);
+                prev = t;
+                r
+            })
+            .collect()
+    }
 }
 
 async fn admin_of(cfg: &verbund_node::config::NodeConfig, endpoint: &str) -> Result<Channel> {
@@ -125,59 +224,103 @@ async fn last_seq(admin: &Channel) -> Result<i64> {
 }
 
 pub async fn sync(a: SyncArgs) -> Result<()> {
-    if a.records == 0 || a.samples == 0 {
-        bail!("--records and --samples must be at least 1");
+    if a.records == 0 || a.samples == 0 || a.partners == 0 || a.band == 0 {
+        bail!("--records, --samples, --partners and --band must be at least 1");
     }
     let quiet = a.json;
     let (owner_proc, owner_cfg, owner_ep) = spawn_org("acme").await?;
-    let (partner_proc, partner_cfg, partner_ep) = spawn_org("globex").await?;
     let owner = admin_of(&owner_cfg, &owner_ep).await?;
-    let partner = admin_of(&partner_cfg, &partner_ep).await?;
-    pin(&owner, "globex", &partner_cfg, &partner_ep).await?;
-    pin(&partner, "acme", &owner_cfg, &owner_ep).await?;
     let policy = owner_cfg.path(&owner_cfg.policy.file);
     let mut text = std::fs::read_to_string(&policy)?;
-    text.push_str("g2, globex, partner\n");
+    let mut partner_procs = Vec::with_capacity(a.partners);
+    let mut partner_admins = Vec::with_capacity(a.partners);
+    for i in 0..a.partners {
+        let org = partner_org(i);
+        let (node, cfg, ep) = spawn_org(&org).await?;
+        let admin = admin_of(&cfg, &ep).await?;
+        pin(&owner, &org, &cfg, &ep).await?;
+        pin(&admin, "acme", &owner_cfg, &owner_ep).await?;
+        text.push_str(&format!("g2, {org}, partner\n"));
+        partner_procs.push(node);
+        partner_admins.push(admin);
+    }
+    let partner = partner_admins[0].clone();
     std::fs::write(&policy, text)?;
+    // Should the benchmark fail, what the nodes logged is shown before their directories go.
+    let mut log_dump = LogDump {
+        logs: std::iter::once(owner_proc.log.clone())
+            .chain(partner_procs.iter().map(|p| p.log.clone()))
+            .collect(),
+        armed: true,
+    };
     let mut owner_admin = pb::admin_service_client::AdminServiceClient::new(owner.clone());
     owner_admin
         .reload_policy(pb::ReloadPolicyRequest {})
         .await?;
     if !quiet {
         eprintln!(
-            "bench sync: owner acme at {owner_ep}, partner globex at {partner_ep} (embedded SQLite, mutual TLS)"
+            "bench sync: owner acme at {owner_ep}, {} partner node(s) (embedded SQLite, mutual TLS)",
+            a.partners
         );
     }
 
     // 1. Initial share.
     let ids = create_accounts(&owner, a.records, quiet).await?;
     let started = Instant::now();
-    owner_admin
-        .add_share_rule(pb::AddShareRuleRequest {
-            org: "globex".into(),
-            rule: "account-tag:bench".into(),
-            profile: "partner-account".into(),
+    for i in 0..a.partners {
+        owner_admin
+            .add_share_rule(pb::AddShareRuleRequest {
+                org: partner_org(i),
+                rule: "account-tag:bench".into(),
+                profile: "partner-account".into(),
+            })
+            .await?;
+    }
+    let mut bands: Vec<Bands> = (0..a.partners)
+        .map(|_| Bands {
+            band: a.band,
+            start: started,
+            reached: Vec::new(),
         })
-        .await?;
+        .collect();
     loop {
-        let held = replicas(&partner).await?;
-        if !quiet {
-            eprint!("\r  initial share: partner holds {held}/{}", a.records);
+        let mut all = true;
+        let mut least = i64::MAX;
+        for (i, admin) in partner_admins.iter().enumerate() {
+            let held = replicas(admin).await?;
+            bands[i].note(held, Instant::now());
+            least = least.min(held);
+            all &= held >= a.records as i64;
         }
-        if held >= a.records as i64 {
+        if !quiet {
+            let rate = bands[0].rates().last().copied().unwrap_or(0.0);
+            eprint!(
+                "\r  initial share: every partner holds at least {least}/{} (last band {rate:.0} records/s)   ",
+                a.records
+            );
+        }
+        if all {
             break;
         }
         if started.elapsed() > Duration::from_secs(3600) {
             bail!("the initial share did not complete within an hour");
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let share_secs = started.elapsed().as_secs_f64();
+    let band_rates = bands[0].rates();
     if !quiet {
         eprintln!(
-            "\r  initial share: {} records in {share_secs:.2} s",
-            a.records
+            "\r  initial share: {} records to {} partner(s) in {share_secs:.2} s                    ",
+            a.records, a.partners
         );
+        for (i, r) in band_rates.iter().enumerate() {
+            eprintln!(
+                "    records {:>9} to {:<9} {r:>9.0} records/s",
+                i * a.band,
+                (i + 1) * a.band
+            );
+        }
     }
 
     // 2. Owner update → partner's change stream.
@@ -288,28 +431,61 @@ pub async fn sync(a: SyncArgs) -> Result<()> {
 
     propagation.sort_unstable();
     round_trip.sort_unstable();
-    let owner_rss = rss_kib(owner_proc.child.id());
-    let partner_rss = rss_kib(partner_proc.child.id());
     let per_sec = a.records as f64 / share_secs;
     let ms = |us: u64| us as f64 / 1000.0;
+    // Peak RSS is the kernel's own (VmHWM) of each node process.
+    let nodes = std::iter::once(("acme".to_string(), &owner_proc)).chain(
+        partner_procs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (partner_org(i), p)),
+    );
+    let mut reports = Vec::new();
+    for (org, p) in nodes {
+        let (warn, error) = log_counts(&p.log);
+        reports.push((
+            org,
+            rss_kib(p.child.id()),
+            warn,
+            error,
+            log_excerpt(&p.log, 5),
+        ));
+    }
     if a.json {
+        let nodes: Vec<_> = reports
+            .iter()
+            .map(|(org, rss, warn, error, _)| {
+                serde_json::json!({
+                    "org": org, "rss_kib": rss.map(|r| r.0), "peak_rss_kib": rss.map(|r| r.1),
+                    "log_warnings": warn, "log_errors": error,
+                })
+            })
+            .collect();
         println!(
             "{}",
             serde_json::json!({
-                "records": a.records, "initial_share_secs": share_secs, "initial_share_per_sec": per_sec,
+                "records": a.records, "partners": a.partners,
+                "initial_share_secs": share_secs, "initial_share_per_sec": per_sec,
+                "band": a.band, "band_per_sec": band_rates,
                 "propagation_p50_ms": ms(percentile(&propagation, 0.50)),
                 "propagation_p99_ms": ms(percentile(&propagation, 0.99)),
                 "partner_edit_p50_ms": ms(percentile(&round_trip, 0.50)),
                 "partner_edit_p99_ms": ms(percentile(&round_trip, 0.99)),
-                "owner_rss_kib": owner_rss.map(|r| r.0), "owner_peak_rss_kib": owner_rss.map(|r| r.1),
-                "partner_rss_kib": partner_rss.map(|r| r.0), "partner_peak_rss_kib": partner_rss.map(|r| r.1),
+                "nodes": nodes,
             })
         );
     } else {
         println!(
-            "initial share        {} records in {share_secs:.2} s = {per_sec:.0} records/s",
-            a.records
+            "initial share        {} records to {} partner(s) in {share_secs:.2} s = {per_sec:.0} records/s",
+            a.records, a.partners
         );
+        if let (Some(first), Some(last)) = (band_rates.first(), band_rates.last()) {
+            println!(
+                "  per {} records   first band {first:.0}/s, last band {last:.0}/s ({:.0}%)",
+                a.band,
+                100.0 * last / first
+            );
+        }
         println!(
             "owner → partner      p50 {:.2} ms  p99 {:.2} ms  ({} single updates)",
             ms(percentile(&propagation, 0.50)),
@@ -322,18 +498,17 @@ pub async fn sync(a: SyncArgs) -> Result<()> {
             ms(percentile(&round_trip, 0.99)),
             a.samples
         );
-        let mib = |r: Option<(u64, u64)>| {
-            r.map(|(now, peak)| {
-                format!(
-                    "{:.1} MiB (peak {:.1} MiB)",
-                    now as f64 / 1024.0,
-                    peak as f64 / 1024.0
-                )
-            })
-            .unwrap_or_else(|| "not measured".into())
-        };
-        println!("owner RSS            {}", mib(owner_rss));
-        println!("partner RSS          {}", mib(partner_rss));
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        for (org, rss, warn, error, excerpt) in &reports {
+            let rss = rss
+                .map(|(now, peak)| format!("RSS {:.1} MiB (peak {:.1} MiB)", mib(now), mib(peak)))
+                .unwrap_or_else(|| "RSS not measured".into());
+            println!("{org:<20} {rss}; log: {warn} warning(s), {error} error(s)");
+            for line in excerpt {
+                println!("    {line}");
+            }
+        }
     }
+    log_dump.armed = false;
     Ok(())
 }

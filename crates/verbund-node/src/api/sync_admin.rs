@@ -79,7 +79,7 @@ impl NodeState {
             .await
             .map_err(store_status)?
             .into_iter()
-            .map(|(org, cursor, _)| (org, cursor))
+            .map(|a| (a.org, a.acked_cursor))
             .collect();
         acks.extend(self.links.acked());
         let quarantined: HashMap<String, i64> = store

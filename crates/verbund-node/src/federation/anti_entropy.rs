@@ -1,19 +1,33 @@
-//! The owner's side of anti-entropy (Digest): what a partner should hold of ours, bucket
-//! digests compared in round 1, repairs for the differing buckets in round 2.
+//! The owner's side of anti-entropy (Digest). Round 1 compares the partner's 256 bucket sums
+//! with those of the delivery ledger, which keeps the digest of every projection sent (the
+//! database sums them: no record is read); round 2 computes, for the records of the
+//! differing buckets only, what the partner should hold, and answers the repairs. A bucket
+//! whose ledger rows have no digest that counts (from before digests were kept, or computed
+//! under another policy: a reload may change projections) is compared record by record.
 
 use super::*;
 
+/// Buckets compared record by record per round (bounds the memory of a round; `more` asks
+/// the partner to come back for the rest).
+const DETAIL_BUCKETS_PER_ROUND: usize = 8;
+
+/// What partner `p` should hold of one record: its projection (and the upsert carrying it),
+/// or nothing.
+struct Truth {
+    digest: u64,
+    kind: RecordKind,
+    item: pb::SyncItem,
+}
+
 impl NodeState {
-    /// What partner `p` should hold of ours: (id, digest) per record, plus the records.
-    pub(super) async fn expected_of(
-        &self,
-        p: &Principal,
-    ) -> Result<(Vec<(Uuid, u64)>, HashMap<Uuid, pb::SyncItem>), Status> {
-        let reached = self.reach_of(&p.org).await?;
+    /// What `p` should hold of each of `ids` (absent: nothing), through the enforcement
+    /// point, reading only those records and the records around them.
+    async fn truth_of(&self, p: &Principal, ids: &[Uuid]) -> Result<HashMap<Uuid, Truth>, Status> {
+        let records = self.store.get_many(ids).await.map_err(store_status)?;
+        let reached = self.reach_around(&p.org, &records).await?;
         let policy = self.policy();
-        let mut entries = Vec::new();
-        let mut items = HashMap::new();
-        for rec in reached.records.values() {
+        let mut out = HashMap::new();
+        for rec in &records {
             if rec.owner_org != self.org || rec.is_deleted() {
                 continue;
             }
@@ -22,10 +36,16 @@ impl NodeState {
                 continue;
             }
             let projected = project(rec, &access.readable);
-            entries.push((rec.id, merge::record_digest(&projected.versions, false)));
-            items.insert(rec.id, upsert(&projected, &access.writable));
+            out.insert(
+                rec.id,
+                Truth {
+                    digest: merge::record_digest(&projected.versions, false),
+                    kind: rec.kind,
+                    item: upsert(&projected, &access.writable),
+                },
+            );
         }
-        Ok((entries, items))
+        Ok(out)
     }
 
     pub(super) async fn digest(
@@ -33,80 +53,113 @@ impl NodeState {
         p: &Principal,
         req: pb::DigestRequest,
     ) -> Result<pb::DigestResponse, Status> {
-        // Read before the expected set: the repairs reflect at least this state.
+        // Read before anything is compared: the repairs reflect at least this state.
         let as_of_seq = *self.store.subscribe_commits().borrow();
-        let (expected, mut items) = self.expected_of(p).await?;
+        self.store.backfill_digests().await.map_err(store_status)?;
+        let policy = self.policy().fingerprint().to_string();
         if req.detail_buckets.is_empty() {
             if req.buckets.len() != merge::DIGEST_BUCKETS {
                 return Err(convert::invalid(
                     "buckets",
-                    format!("must hold {} digests", merge::DIGEST_BUCKETS),
+                    format!("must hold {} sums", merge::DIGEST_BUCKETS),
                 ));
             }
-            let ours = merge::bucket_digests(expected.iter().map(|(id, d)| (id, *d)));
-            let differing = ours
+            let ours = self
+                .store
+                .delivery_bucket_sums(&p.org, &policy)
+                .await
+                .map_err(store_status)?;
+            let differing: Vec<u32> = ours
                 .iter()
                 .zip(&req.buckets)
                 .enumerate()
-                .filter(|(_, (a, b))| a != b)
+                .filter(|(_, (o, theirs))| o.unknown > 0 || o.sum != **theirs)
                 .map(|(i, _)| i as u32)
                 .collect();
+            let more = differing.len() > DETAIL_BUCKETS_PER_ROUND;
             return Ok(pb::DigestResponse {
-                differing_buckets: differing,
+                differing_buckets: differing
+                    .into_iter()
+                    .take(DETAIL_BUCKETS_PER_ROUND)
+                    .collect(),
                 repairs: Vec::new(),
                 as_of_seq,
+                more,
             });
         }
-        let buckets: BTreeSet<usize> = req.detail_buckets.iter().map(|b| *b as usize).collect();
-        if buckets.iter().any(|b| *b >= merge::DIGEST_BUCKETS) {
+        let buckets: BTreeSet<u32> = req.detail_buckets.iter().copied().collect();
+        if buckets.iter().any(|b| *b as usize >= merge::DIGEST_BUCKETS) {
             return Err(convert::invalid("detail_buckets", "bucket out of range"));
         }
         let mut theirs = HashMap::new();
         for e in &req.entries {
             let id = Uuid::parse_str(&e.record_id)
                 .map_err(|_| convert::invalid("entries.record_id", "not a UUID"))?;
-            theirs.insert(id, e.digest);
-        }
-        let mut repairs = Vec::new();
-        let mut ledger = Vec::new();
-        let mut expected_ids = BTreeSet::new();
-        for (id, digest) in &expected {
-            if !buckets.contains(&merge::bucket_of(id)) {
-                continue;
-            }
-            expected_ids.insert(*id);
-            if theirs.get(id) != Some(digest)
-                && let Some(item) = items.remove(id)
-            {
-                if let Some(pb::sync_item::Item::Upsert(st)) = &item.item {
-                    let kind = convert::kind_from_pb("kind", st.kind)?;
-                    ledger.push((*id, kind, "live"));
-                }
-                repairs.push(item);
+            if buckets.contains(&(merge::bucket_of(&id) as u32)) {
+                theirs.insert(id, e.digest);
             }
         }
-        let extra: Vec<Uuid> = theirs
+        let bucket_list: Vec<u32> = buckets.iter().copied().collect();
+        let ledger: HashMap<Uuid, verbund_store::Delivery> = self
+            .store
+            .live_deliveries_in(&p.org, &bucket_list)
+            .await
+            .map_err(store_status)?
+            .into_iter()
+            .map(|d| (d.record_id, d))
+            .collect();
+        let candidates: Vec<Uuid> = ledger
             .keys()
-            .filter(|id| !expected_ids.contains(id) && buckets.contains(&merge::bucket_of(id)))
+            .chain(theirs.keys())
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut truth = self.truth_of(p, &candidates).await?;
+        let visible: BTreeSet<Uuid> = truth.keys().copied().collect();
+        let mut repairs = Vec::new();
+        let mut notes = Vec::new();
+        for id in &candidates {
+            let Some(t) = truth.remove(id) else {
+                continue;
+            };
+            let noted = ledger.get(id).is_some_and(|d| {
+                d.digest == Some(t.digest) && d.policy.as_deref() == Some(policy.as_str())
+            });
+            if !noted {
+                notes.push(DeliveryNote {
+                    record_id: *id,
+                    kind: t.kind,
+                    state: DeliveryState::Live,
+                    digest: Some(t.digest),
+                });
+            }
+            if theirs.get(id) != Some(&t.digest) {
+                repairs.push(t.item);
+            }
+        }
+        // What it should not hold (any more): only what we really sent it can come back as
+        // a tombstone or an erasure; anything else is a plain revoke (no hint whether such a
+        // record exists). The ledger follows.
+        let extra: Vec<Uuid> = candidates
+            .iter()
+            .filter(|id| !visible.contains(id))
             .copied()
             .collect();
-        // Only what we really sent it can come back as a tombstone or an erasure; anything
-        // else is a plain revoke (no hint whether such a record exists).
-        let held: BTreeSet<Uuid> = self
+        let held: HashMap<Uuid, verbund_store::Delivery> = self
             .store
             .deliveries_of(&p.org, &extra)
             .await
             .map_err(store_status)?
             .into_iter()
-            .map(|d| d.record_id)
+            .map(|d| (d.record_id, d))
             .collect();
         for id in &extra {
-            let found = if held.contains(id) {
-                self.store.get(*id).await.map_err(store_status)?
-            } else {
-                None
+            let found = match held.get(id) {
+                Some(_) => self.store.get(*id).await.map_err(store_status)?,
+                None => None,
             };
-            match found {
+            let (item, state) = match found {
                 Some(r) if r.owner_org == self.org && r.is_deleted() => {
                     if self
                         .store
@@ -115,22 +168,40 @@ impl NodeState {
                         .map_err(store_status)?
                         .is_some()
                     {
-                        repairs.push(erase(*id, r.kind));
+                        (erase(*id, r.kind), DeliveryState::Erased)
                     } else {
-                        repairs.push(upsert(&tombstone(&r), &BTreeSet::new()));
+                        (
+                            upsert(&tombstone(&r), &BTreeSet::new()),
+                            DeliveryState::Deleted,
+                        )
                     }
                 }
-                _ => repairs.push(revoke(*id, "not shared with your organization")),
+                _ => (
+                    revoke(*id, "not shared with your organization"),
+                    DeliveryState::Revoked,
+                ),
+            };
+            if theirs.contains_key(id) {
+                repairs.push(item);
+            }
+            if let Some(d) = held.get(id).filter(|d| d.state == DeliveryState::Live) {
+                notes.push(DeliveryNote {
+                    record_id: *id,
+                    kind: d.kind,
+                    state,
+                    digest: None,
+                });
             }
         }
         self.store
-            .record_deliveries(&p.org, &ledger, now_ms())
+            .record_deliveries(&p.org, notes, now_ms(), &policy, Vec::new())
             .await
             .map_err(store_status)?;
         Ok(pb::DigestResponse {
             differing_buckets: Vec::new(),
             repairs,
             as_of_seq,
+            more: false,
         })
     }
 }

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use verbund_core::access::{controls_access, project};
 use verbund_core::sync::{self as merge, FieldEdit};
 use verbund_core::{Change, ChangeOp, Record, RecordKind};
-use verbund_store::VerdictOutcome;
+use verbund_store::{DeliveryNote, DeliveryState, VerdictOutcome};
 
 use crate::api::Api;
 use crate::auth::{self};
@@ -27,8 +27,8 @@ use crate::state::{NodeState, now_ms};
 use crate::wire::{hlc_from_pb, state_to_pb, value_from_pb};
 
 /// Items per batch unless the partner asks for fewer; and the most it may ask for.
-pub const DEFAULT_BATCH: usize = 500;
-pub const MAX_BATCH: usize = 2_000;
+pub const DEFAULT_BATCH: usize = 2_000;
+pub const MAX_BATCH: usize = 5_000;
 /// Batches queued for one partner's stream (back-pressure: a slow partner holds back only
 /// its own stream, and at most this much of it sits in memory).
 const STREAM_QUEUE: usize = 2;
@@ -38,6 +38,14 @@ pub const HEARTBEAT: Duration = Duration::from_secs(5);
 pub const MAX_PUSH: usize = 500;
 
 pub const CAPABILITIES: &[&str] = &["subscribe", "push", "digest", "erasure"];
+
+/// What a batch of changes means for one partner: the items to send, and the rows its
+/// delivery ledger must note first (computed under the policy with this fingerprint).
+struct Outgoing {
+    items: Vec<pb::SyncItem>,
+    ledger: Vec<DeliveryNote>,
+    policy: String,
+}
 
 fn upsert(rec: &Record, writable: &BTreeSet<String>) -> pb::SyncItem {
     pb::SyncItem {
@@ -134,13 +142,9 @@ impl NodeState {
 
     /// The items a batch of changes means for partner `p`: its projection of each record
     /// that changed, a revoke for a record it held and no longer sees, a tombstone or an
-    /// erasure for one it held that was deleted or erased. Records enter the partner's
-    /// delivery ledger before anything is sent.
-    async fn items_for(
-        &self,
-        p: &Principal,
-        changes: &[Change],
-    ) -> Result<Vec<pb::SyncItem>, Status> {
+    /// erasure for one it held that was deleted or erased; and the rows the partner's
+    /// delivery ledger must note before anything is sent (only what changes there).
+    async fn items_for(&self, p: &Principal, changes: &[Change]) -> Result<Outgoing, Status> {
         let mut ids: Vec<Uuid> = Vec::new();
         let mut seen = BTreeSet::new();
         for c in changes {
@@ -187,13 +191,13 @@ impl NodeState {
         let targets = self.store.get_many(&ids).await.map_err(store_status)?;
         let reached = self.reach_around(&p.org, &targets).await?;
         let records: HashMap<Uuid, Record> = targets.into_iter().map(|r| (r.id, r)).collect();
-        let delivered: HashMap<Uuid, String> = self
+        let delivered: HashMap<Uuid, verbund_store::Delivery> = self
             .store
             .deliveries_of(&p.org, &ids)
             .await
             .map_err(store_status)?
             .into_iter()
-            .map(|d| (d.record_id, d.state))
+            .map(|d| (d.record_id, d))
             .collect();
         let mut items = Vec::new();
         let mut ledger = Vec::new();
@@ -204,7 +208,15 @@ impl NodeState {
             if rec.owner_org != self.org {
                 continue; // replicas of other owners are never passed on
             }
-            let held = delivered.get(&id).map(String::as_str);
+            let held = delivered.get(&id).map(|d| d.state);
+            let mut note = |state, digest| {
+                ledger.push(DeliveryNote {
+                    record_id: id,
+                    kind: rec.kind,
+                    state,
+                    digest,
+                })
+            };
             if rec.is_deleted() {
                 let erased = held.is_some()
                     && self
@@ -216,33 +228,43 @@ impl NodeState {
                 if erased {
                     // Whoever held the data, live or revoked since, purges it.
                     items.push(erase(id, rec.kind));
-                    ledger.push((id, rec.kind, "erased"));
-                } else if held == Some("live") {
+                    note(DeliveryState::Erased, None);
+                } else if held == Some(DeliveryState::Live) {
                     items.push(upsert(&tombstone(rec), &BTreeSet::new()));
-                    ledger.push((id, rec.kind, "deleted"));
+                    note(DeliveryState::Deleted, None);
                 }
                 continue;
             }
             let access = auth::reached_access(&policy, &self.org, p, rec, &reached);
             if access.visible() {
-                items.push(upsert(&project(rec, &access.readable), &access.writable));
-                ledger.push((id, rec.kind, "live"));
-            } else if held == Some("live") {
+                let projected = project(rec, &access.readable);
+                let digest = merge::record_digest(&projected.versions, false);
+                items.push(upsert(&projected, &access.writable));
+                note(DeliveryState::Live, Some(digest));
+            } else if held == Some(DeliveryState::Live) {
                 items.push(revoke(
                     id,
                     "the record is no longer shared with your organization",
                 ));
-                ledger.push((id, rec.kind, "revoked"));
+                note(DeliveryState::Revoked, None);
             }
         }
-        // Only what changes in the ledger is written (an update of a record the partner
-        // already holds costs no write).
-        ledger.retain(|(id, _, state)| delivered.get(id).map(String::as_str) != Some(*state));
-        self.store
-            .record_deliveries(&p.org, &ledger, now_ms())
-            .await
-            .map_err(store_status)?;
-        Ok(items)
+        // Only what changes in the ledger is written: its state, or the digest of what the
+        // partner holds (kept for anti-entropy's bucket sums), or the policy it was
+        // computed under.
+        let policy = policy.fingerprint().to_string();
+        ledger.retain(|n| {
+            delivered.get(&n.record_id).is_none_or(|d| {
+                d.state != n.state
+                    || d.digest != n.digest
+                    || (n.digest.is_some() && d.policy.as_deref() != Some(policy.as_str()))
+            })
+        });
+        Ok(Outgoing {
+            items,
+            ledger,
+            policy,
+        })
     }
 
     /// Streams the owner's changes after `after_seq` to partner `p`, then follows new commits.
@@ -366,15 +388,23 @@ impl NodeState {
                     }
                     continue;
                 };
-                let items = match state.items_for(&principal, &changes).await {
-                    Ok(items) => items,
+                let Outgoing {
+                    items,
+                    ledger,
+                    policy,
+                } = match state.items_for(&principal, &changes).await {
+                    Ok(found) => found,
                     Err(status) => {
                         let _ = tx.send(Err(status)).await;
                         return;
                     }
                 };
-                if !items.is_empty() {
-                    let draft = NodeState::audit_draft(
+                // The ledger rows and the batch's audit entry commit together (one writer
+                // job, one fsync), before the batch leaves.
+                let audit = if items.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![NodeState::audit_draft(
                         &principal,
                         "sync",
                         None,
@@ -382,11 +412,15 @@ impl NodeState {
                         Vec::new(),
                         "allow",
                         format!("{} record(s) sent, changes up to {end}", items.len()),
-                    );
-                    if let Err(status) = state.audit(vec![draft]).await {
-                        let _ = tx.send(Err(status)).await;
-                        return;
-                    }
+                    )]
+                };
+                if let Err(e) = state
+                    .store
+                    .record_deliveries(&principal.org, ledger, now_ms(), &policy, audit)
+                    .await
+                {
+                    let _ = tx.send(Err(store_status(e))).await;
+                    return;
                 }
                 let batch = pb::SyncBatch {
                     items,

@@ -10,6 +10,8 @@ mod sync_owner_writes;
 #[macro_use]
 mod sync_replica_writes;
 #[macro_use]
+mod sync_replica_batch;
+#[macro_use]
 mod sharing_reads;
 #[macro_use]
 mod sync_reads;

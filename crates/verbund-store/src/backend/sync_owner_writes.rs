@@ -1,4 +1,4 @@
-//! Part of the `backend!` instantiation (see `lib.rs`): the owner's side of sync in the writer: partner pushes merged once per key, conflicts, erasure.
+//! Part of the `backend!` instantiation (see `lib.rs`): the owner's side of sync in the writer: partner pushes merged once per key, conflicts, erasure; and the sync bookkeeping of both sides (delivery ledger, acknowledgements, link errors).
 //! A macro so that the SQL is written once for SQLite and PostgreSQL.
 
 macro_rules! backend_sync_owner_writes {
@@ -108,6 +108,154 @@ macro_rules! backend_sync_owner_writes {
                 .execute(&mut **tx)
                 .await?;
             Ok(OpOutput::one(plan))
+        }
+
+        /// Sync bookkeeping, in the writer's transaction (one statement per note, or per
+        /// chunk of rows).
+        async fn sync_note(tx: &mut Tx, note: SyncNote) -> Result<OpOutput> {
+            match note {
+                SyncNote::Deliveries { org, rows, at_ms, policy } => record_deliveries(tx, &org, &rows, at_ms, &policy).await?,
+                SyncNote::BackfillDigests { limit } => backfill_digests(tx, limit).await?,
+                SyncNote::PeerAck { org, cursor, at_ms } => {
+                    sqlx::query(
+                        "INSERT INTO sync_peers (org, acked_cursor, acked_ms) VALUES ($1, $2, $3) \
+                         ON CONFLICT (org) DO UPDATE SET acked_cursor = excluded.acked_cursor, acked_ms = excluded.acked_ms",
+                    )
+                    .bind(org)
+                    .bind(cursor)
+                    .bind(at_ms)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                SyncNote::ErasuresAcked { org, ids, at_ms } => {
+                    for chunk in ids.chunks(500) {
+                        let mut qb: QueryBuilder<$db> = QueryBuilder::new("UPDATE deliveries SET erasure_acked_ms = ");
+                        qb.push_bind(at_ms).push(" WHERE org = ").push_bind(org.clone());
+                        qb.push(" AND state = 'erased' AND erasure_acked_ms IS NULL AND record_id IN (");
+                        let mut sep = qb.separated(", ");
+                        for id in chunk {
+                            sep.push_bind(id.to_string());
+                        }
+                        qb.push(")");
+                        qb.build().execute(&mut **tx).await?;
+                    }
+                }
+                SyncNote::ErasureAcksSent { ids } => {
+                    for chunk in ids.chunks(500) {
+                        let mut qb: QueryBuilder<$db> = QueryBuilder::new("UPDATE replicas SET state = 'erased' WHERE state = 'erased-unacked' AND record_id IN (");
+                        let mut sep = qb.separated(", ");
+                        for id in chunk {
+                            sep.push_bind(id.to_string());
+                        }
+                        qb.push(")");
+                        qb.build().execute(&mut **tx).await?;
+                    }
+                }
+                SyncNote::OutboxAttempt { key, error } => {
+                    sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE push_key = $1")
+                        .bind(key)
+                        .bind(error)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                SyncNote::LinkError { owner, error, at_ms } => {
+                    sqlx::query(
+                        "INSERT INTO subscriptions (owner_org, cursor, owner_last_seq, last_error, last_error_ms) VALUES ($1, 0, 0, $2, $3) \
+                         ON CONFLICT (owner_org) DO UPDATE SET last_error = excluded.last_error, last_error_ms = excluded.last_error_ms",
+                    )
+                    .bind(owner)
+                    .bind(error)
+                    .bind(at_ms)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+            }
+            Ok(OpOutput::default())
+        }
+
+        /// Rows from before digests were kept: the bucket of every row, the digest of a live
+        /// replica (a delivery's digest stays unknown until anti-entropy compares it).
+        async fn backfill_digests(tx: &mut Tx, limit: i64) -> Result<()> {
+            let ids: Vec<String> = sqlx::query_scalar("SELECT record_id FROM deliveries WHERE bucket IS NULL LIMIT $1")
+                .bind(limit)
+                .fetch_all(&mut **tx)
+                .await?;
+            for id in ids {
+                let bucket = verbund_core::sync::bucket_of(&Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?) as i64;
+                sqlx::query("UPDATE deliveries SET bucket = $2 WHERE record_id = $1 AND bucket IS NULL")
+                    .bind(&id)
+                    .bind(bucket)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            let rows = sqlx::query("SELECT record_id, state, shadow_versions FROM replicas WHERE bucket IS NULL LIMIT $1")
+                .bind(limit)
+                .fetch_all(&mut **tx)
+                .await?;
+            for row in rows {
+                let id: String = row.try_get("record_id")?;
+                let state: String = row.try_get("state")?;
+                let versions: String = row.try_get("shadow_versions")?;
+                let uuid = Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let digest = (state == CopyState::Live.as_str())
+                    .then(|| versions_from_json(&versions).map(|v| verbund_core::sync::record_digest(&v, false)))
+                    .transpose()?;
+                sqlx::query("UPDATE replicas SET bucket = $2, digest = $3, sum_part = $4 WHERE record_id = $1")
+                    .bind(&id)
+                    .bind(verbund_core::sync::bucket_of(&uuid) as i64)
+                    .bind(digest.map(|d| d as i64))
+                    .bind(digest.map(|d| verbund_core::sync::sum_part(&uuid, d) as i64))
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Ok(())
+        }
+
+        /// Records, before sending, what a partner is about to hold: a record reaches the
+        /// ledger before it leaves the node, so erasure can find every copy.
+        /// Each live row keeps the digest of the projection sent (and its share of the
+        /// bucket sum), so anti-entropy sums buckets in the database.
+        async fn record_deliveries(tx: &mut Tx, org: &str, rows: &[DeliveryNote], at_ms: i64, policy: &str) -> Result<()> {
+            for chunk in rows.chunks(500) {
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                    "INSERT INTO deliveries (org, record_id, kind, state, first_sent_ms, last_sent_ms, digest, sum_part, bucket, policy) ",
+                );
+                qb.push_values(chunk, |mut b, row| {
+                    let live = row.state == DeliveryState::Live;
+                    let digest = row.digest.filter(|_| live);
+                    b.push_bind(org.to_string())
+                        .push_bind(row.record_id.to_string())
+                        .push_bind(row.kind.as_str())
+                        .push_bind(row.state.as_str())
+                        .push_bind(at_ms)
+                        .push_bind(at_ms)
+                        .push_bind(digest.map(|d| d as i64))
+                        .push_bind(digest.map(|d| verbund_core::sync::sum_part(&row.record_id, d) as i64))
+                        .push_bind(verbund_core::sync::bucket_of(&row.record_id) as i64)
+                        .push_bind(digest.map(|_| policy.to_string()));
+                });
+                qb.push(
+                    " ON CONFLICT (org, record_id) DO UPDATE SET state = CASE WHEN deliveries.state = 'erased' THEN deliveries.state ELSE excluded.state END, \
+                     last_sent_ms = excluded.last_sent_ms, digest = excluded.digest, sum_part = excluded.sum_part, bucket = excluded.bucket, policy = excluded.policy",
+                );
+                qb.build().execute(&mut **tx).await?;
+            }
+            if rows.is_empty() {
+                return Ok(());
+            }
+            // A record erased meanwhile stays owed an erasure by whoever gets it now (the
+            // erasure and this note are serialized by the writer; only this batch's rows).
+            for chunk in rows.chunks(500) {
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new("UPDATE deliveries SET state = 'erased' WHERE org = ");
+                qb.push_bind(org.to_string()).push(" AND state <> 'erased' AND record_id IN (SELECT record_id FROM erasures WHERE record_id IN (");
+                let mut sep = qb.separated(", ");
+                for row in chunk {
+                    sep.push_bind(row.record_id.to_string());
+                }
+                qb.push("))");
+                qb.build().execute(&mut **tx).await?;
+            }
+            Ok(())
         }
     };
 }

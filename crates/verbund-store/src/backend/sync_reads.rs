@@ -1,9 +1,9 @@
-//! Part of the `backend!` instantiation (see `lib.rs`): sync reads and bookkeeping outside the writer: verdicts, deliveries, erasures, conflicts, subscriptions, outbox, quarantine, digests.
+//! Part of the `backend!` instantiation (see `lib.rs`): sync reads: verdicts, deliveries, erasures, conflicts, subscriptions, outbox, quarantine, digests.
 //! A macro so that the SQL is written once for SQLite and PostgreSQL.
 
 macro_rules! backend_sync_reads {
     ($db:ty, $pool:ty, $begin:expr, $savepoints:expr) => {
-        // ---- Federation sync: reads and bookkeeping outside the writer ----
+        // ---- Federation sync: reads (every sync write goes through the writer) ----
 
         pub async fn push_verdict(pool: &$pool, org: &str, key: &str) -> Result<Option<StoredVerdict>> {
             let row = sqlx::query("SELECT record_id, outcome, reason FROM push_receipts WHERE org = $1 AND push_key = $2")
@@ -17,18 +17,132 @@ macro_rules! backend_sync_reads {
         fn delivery_row(r: &<$db as sqlx::Database>::Row) -> Result<Delivery> {
             let id: String = r.try_get("record_id")?;
             let kind: String = r.try_get("kind")?;
+            let state: String = r.try_get("state")?;
             Ok(Delivery {
                 org: r.try_get("org")?,
                 record_id: Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
                 kind: kind_from_db(&kind)?,
-                state: r.try_get("state")?,
+                state: DeliveryState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("delivery state {state:?}")))?,
+                digest: r.try_get::<Option<i64>, _>("digest")?.map(|d| d as u64),
+                policy: r.try_get("policy")?,
                 first_sent_ms: r.try_get("first_sent_ms")?,
                 last_sent_ms: r.try_get("last_sent_ms")?,
                 erasure_acked_ms: r.try_get("erasure_acked_ms")?,
             })
         }
 
-        const DELIVERY_COLUMNS: &str = "org, record_id, kind, state, first_sent_ms, last_sent_ms, erasure_acked_ms";
+        const DELIVERY_COLUMNS: &str = "org, record_id, kind, state, first_sent_ms, last_sent_ms, erasure_acked_ms, digest, policy";
+
+        /// 256 bucket sums from rows (bucket, s, unknown).
+        fn bucket_sums_of(rows: &[<$db as sqlx::Database>::Row]) -> Result<Vec<BucketSum>> {
+            let mut out = vec![BucketSum::default(); verbund_core::sync::DIGEST_BUCKETS];
+            for r in rows {
+                let bucket: i64 = r.try_get("bucket")?;
+                let sum: Option<i64> = r.try_get("s")?;
+                let unknown: Option<i64> = r.try_get("unknown")?;
+                let slot = usize::try_from(bucket).ok().and_then(|b| out.get_mut(b)).ok_or_else(|| StoreError::Corrupt(format!("bucket {bucket}")))?;
+                *slot = BucketSum { sum: (sum.unwrap_or(0) as u64) & verbund_core::sync::SUM_MASK, unknown: unknown.unwrap_or(0) };
+            }
+            Ok(out)
+        }
+
+        /// Owner: the bucket sums of what partner `org` holds live according to the ledger;
+        /// a row without a digest, or with one computed under another policy, is unknown.
+        pub async fn delivery_bucket_sums(pool: &$pool, org: &str, policy: &str) -> Result<Vec<BucketSum>> {
+            let rows = sqlx::query(
+                "SELECT bucket, CAST(SUM(sum_part) AS BIGINT) AS s, \
+                 CAST(SUM(CASE WHEN digest IS NULL OR policy IS NULL OR policy <> $2 THEN 1 ELSE 0 END) AS BIGINT) AS unknown \
+                 FROM deliveries WHERE org = $1 AND state = 'live' AND bucket IS NOT NULL GROUP BY bucket",
+            )
+            .bind(org)
+            .bind(policy)
+            .fetch_all(pool)
+            .await?;
+            bucket_sums_of(&rows)
+        }
+
+        /// Owner: the live ledger rows of partner `org` in `buckets`.
+        pub async fn live_deliveries_in(pool: &$pool, org: &str, buckets: &[u32]) -> Result<Vec<Delivery>> {
+            if buckets.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT ");
+            qb.push(DELIVERY_COLUMNS).push(" FROM deliveries WHERE org = ").push_bind(org.to_string()).push(" AND state = 'live' AND bucket IN (");
+            let mut sep = qb.separated(", ");
+            for b in buckets {
+                sep.push_bind(i64::from(*b));
+            }
+            qb.push(")");
+            qb.build().fetch_all(pool).await?.iter().map(|r| delivery_row(r)).collect()
+        }
+
+        /// Partner: the bucket sums of the live replicas of `owner` we hold.
+        pub async fn replica_bucket_sums(pool: &$pool, owner: &str) -> Result<Vec<BucketSum>> {
+            let rows = sqlx::query(
+                "SELECT bucket, CAST(SUM(sum_part) AS BIGINT) AS s, CAST(SUM(CASE WHEN digest IS NULL THEN 1 ELSE 0 END) AS BIGINT) AS unknown \
+                 FROM replicas WHERE owner_org = $1 AND state = 'live' AND bucket IS NOT NULL GROUP BY bucket",
+            )
+            .bind(owner)
+            .fetch_all(pool)
+            .await?;
+            bucket_sums_of(&rows)
+        }
+
+        fn digest_rows(rows: &[<$db as sqlx::Database>::Row]) -> Result<Vec<(Uuid, u64)>> {
+            rows.iter()
+                .filter_map(|r| {
+                    let parsed = (|| {
+                        let id: String = r.try_get("record_id")?;
+                        let digest: Option<i64> = r.try_get("digest")?;
+                        Ok::<_, StoreError>(digest.map(|d| (id, d as u64)))
+                    })();
+                    parsed.transpose()
+                })
+                .map(|row| {
+                    let (id, d) = row?;
+                    Ok((Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?, d))
+                })
+                .collect()
+        }
+
+        /// Partner: (record id, digest of the owner's versions) of the live replicas of
+        /// `owner` in `buckets`.
+        pub async fn replica_digests_in(pool: &$pool, owner: &str, buckets: &[u32]) -> Result<Vec<(Uuid, u64)>> {
+            if buckets.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT record_id, digest FROM replicas WHERE owner_org = ");
+            qb.push_bind(owner.to_string()).push(" AND state = 'live' AND bucket IN (");
+            let mut sep = qb.separated(", ");
+            for b in buckets {
+                sep.push_bind(i64::from(*b));
+            }
+            qb.push(")");
+            digest_rows(&qb.build().fetch_all(pool).await?)
+        }
+
+        /// Partner: the same for the live replicas among `ids`.
+        pub async fn replica_digests_of(pool: &$pool, owner: &str, ids: &[Uuid]) -> Result<Vec<(Uuid, u64)>> {
+            let mut out = Vec::new();
+            for chunk in ids.chunks(1000) {
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT record_id, digest FROM replicas WHERE owner_org = ");
+                qb.push_bind(owner.to_string()).push(" AND state = 'live' AND record_id IN (");
+                let mut sep = qb.separated(", ");
+                for id in chunk {
+                    sep.push_bind(id.to_string());
+                }
+                qb.push(")");
+                out.extend(digest_rows(&qb.build().fetch_all(pool).await?)?);
+            }
+            Ok(out)
+        }
+
+        /// Whether rows from before digests were kept remain (see `SyncNote::BackfillDigests`).
+        pub async fn digests_missing(pool: &$pool) -> Result<bool> {
+            let d: Option<String> = sqlx::query_scalar("SELECT record_id FROM deliveries WHERE bucket IS NULL LIMIT 1").fetch_optional(pool).await?;
+            let r: Option<String> = sqlx::query_scalar("SELECT record_id FROM replicas WHERE bucket IS NULL LIMIT 1").fetch_optional(pool).await?;
+            Ok(d.is_some() || r.is_some())
+        }
 
         pub async fn deliveries_of(pool: &$pool, org: &str, ids: &[Uuid]) -> Result<Vec<Delivery>> {
             let mut out = Vec::new();
@@ -66,60 +180,11 @@ macro_rules! backend_sync_reads {
             qb.build().fetch_all(pool).await?.iter().map(|r| delivery_row(r)).collect()
         }
 
-        /// Records, before sending, what each partner is about to hold: a record reaches the
-        /// ledger before it leaves the node, so erasure can find every copy.
-        pub async fn record_deliveries(pool: &$pool, org: &str, rows: &[(Uuid, RecordKind, &'static str)], at_ms: i64) -> Result<()> {
-            let mut tx = pool.begin().await?;
-            for chunk in rows.chunks(200) {
-                let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO deliveries (org, record_id, kind, state, first_sent_ms, last_sent_ms) ");
-                qb.push_values(chunk, |mut b, (id, kind, state)| {
-                    b.push_bind(org.to_string())
-                        .push_bind(id.to_string())
-                        .push_bind(kind.as_str())
-                        .push_bind(*state)
-                        .push_bind(at_ms)
-                        .push_bind(at_ms);
-                });
-                qb.push(" ON CONFLICT (org, record_id) DO UPDATE SET state = CASE WHEN deliveries.state = 'erased' THEN deliveries.state ELSE excluded.state END, last_sent_ms = excluded.last_sent_ms");
-                qb.build().execute(&mut *tx).await?;
-            }
-            // A record erased meanwhile stays owed an erasure by whoever gets it now.
-            sqlx::query("UPDATE deliveries SET state = 'erased' WHERE org = $1 AND state <> 'erased' AND record_id IN (SELECT record_id FROM erasures)")
-                .bind(org)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok(())
-        }
-
-        pub async fn ack_erasures(pool: &$pool, org: &str, ids: &[Uuid], at_ms: i64) -> Result<()> {
-            for id in ids {
-                sqlx::query("UPDATE deliveries SET erasure_acked_ms = $3 WHERE org = $1 AND record_id = $2 AND state = 'erased' AND erasure_acked_ms IS NULL")
-                    .bind(org)
-                    .bind(id.to_string())
-                    .bind(at_ms)
-                    .execute(pool)
-                    .await?;
-            }
-            Ok(())
-        }
-
-        pub async fn record_peer_ack(pool: &$pool, org: &str, cursor: i64, at_ms: i64) -> Result<()> {
-            sqlx::query(
-                "INSERT INTO sync_peers (org, acked_cursor, acked_ms) VALUES ($1, $2, $3) \
-                 ON CONFLICT (org) DO UPDATE SET acked_cursor = excluded.acked_cursor, acked_ms = excluded.acked_ms",
-            )
-            .bind(org)
-            .bind(cursor)
-            .bind(at_ms)
-            .execute(pool)
-            .await?;
-            Ok(())
-        }
-
-        pub async fn peer_acks(pool: &$pool) -> Result<Vec<(String, i64, i64)>> {
+        pub async fn peer_acks(pool: &$pool) -> Result<Vec<PeerAck>> {
             let rows = sqlx::query("SELECT org, acked_cursor, acked_ms FROM sync_peers ORDER BY org").fetch_all(pool).await?;
-            rows.iter().map(|r| Ok((r.try_get("org")?, r.try_get("acked_cursor")?, r.try_get("acked_ms")?))).collect()
+            rows.iter()
+                .map(|r| Ok(PeerAck { org: r.try_get("org")?, acked_cursor: r.try_get("acked_cursor")?, acked_ms: r.try_get("acked_ms")? }))
+                .collect()
         }
 
         pub async fn erasure(pool: &$pool, id: Uuid) -> Result<Option<Erasure>> {
@@ -226,19 +291,6 @@ macro_rules! backend_sync_reads {
                 .collect()
         }
 
-        pub async fn set_sync_error(pool: &$pool, owner: &str, error: Option<&str>, at_ms: i64) -> Result<()> {
-            sqlx::query(
-                "INSERT INTO subscriptions (owner_org, cursor, owner_last_seq, last_error, last_error_ms) VALUES ($1, 0, 0, $2, $3) \
-                 ON CONFLICT (owner_org) DO UPDATE SET last_error = excluded.last_error, last_error_ms = excluded.last_error_ms",
-            )
-            .bind(owner)
-            .bind(error)
-            .bind(at_ms)
-            .execute(pool)
-            .await?;
-            Ok(())
-        }
-
         fn outbox_row(r: &<$db as sqlx::Database>::Row) -> Result<OutboxEntry> {
             let id: String = r.try_get("record_id")?;
             let kind: String = r.try_get("kind")?;
@@ -270,15 +322,6 @@ macro_rules! backend_sync_reads {
             }
             qb.push(" ORDER BY seq LIMIT ").push_bind(limit);
             qb.build().fetch_all(pool).await?.iter().map(|r| outbox_row(r)).collect()
-        }
-
-        pub async fn outbox_attempt(pool: &$pool, key: &str, error: &str) -> Result<()> {
-            sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE push_key = $1")
-                .bind(key)
-                .bind(error)
-                .execute(pool)
-                .await?;
-            Ok(())
         }
 
         pub async fn count_by_owner(pool: &$pool, table_outbox: bool) -> Result<Vec<(String, i64)>> {
@@ -334,25 +377,6 @@ macro_rules! backend_sync_reads {
                 .collect()
         }
 
-        /// (record id, digest of the owner's versions) of every replica of `owner` we hold.
-        pub async fn replica_digests(pool: &$pool, owner: &str) -> Result<Vec<(Uuid, u64)>> {
-            let rows = sqlx::query("SELECT record_id, state, shadow_versions FROM replicas WHERE owner_org = $1 AND state = 'live'")
-                .bind(owner)
-                .fetch_all(pool)
-                .await?;
-            rows.iter()
-                .map(|r| {
-                    let id: String = r.try_get("record_id")?;
-                    let state: String = r.try_get("state")?;
-                    let versions: String = r.try_get("shadow_versions")?;
-                    Ok((
-                        Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                        verbund_core::sync::record_digest(&versions_from_json(&versions)?, state == "deleted"),
-                    ))
-                })
-                .collect()
-        }
-
         pub async fn unacked_erasures(pool: &$pool, owner: &str) -> Result<Vec<Uuid>> {
             let ids: Vec<String> = sqlx::query_scalar("SELECT record_id FROM replicas WHERE owner_org = $1 AND state = 'erased-unacked'")
                 .bind(owner)
@@ -361,29 +385,20 @@ macro_rules! backend_sync_reads {
             ids.iter().map(|i| Uuid::parse_str(i).map_err(|e| StoreError::Corrupt(e.to_string()))).collect()
         }
 
-        pub async fn mark_erasures_acked(pool: &$pool, ids: &[Uuid]) -> Result<()> {
-            for id in ids {
-                sqlx::query("UPDATE replicas SET state = 'erased' WHERE record_id = $1 AND state = 'erased-unacked'")
-                    .bind(id.to_string())
-                    .execute(pool)
-                    .await?;
-            }
-            Ok(())
-        }
-
         /// Our replica's owner and writable fields (None: not a replica).
-        pub async fn replica_info(pool: &$pool, id: Uuid) -> Result<Option<(String, String, Vec<String>)>> {
+        pub async fn replica_info(pool: &$pool, id: Uuid) -> Result<Option<ReplicaInfo>> {
             let row = sqlx::query("SELECT owner_org, state, writable FROM replicas WHERE record_id = $1")
                 .bind(id.to_string())
                 .fetch_optional(pool)
                 .await?;
             row.map(|r| {
                 let writable: String = r.try_get("writable")?;
-                Ok((
-                    r.try_get("owner_org")?,
-                    r.try_get("state")?,
-                    serde_json::from_str(&writable).map_err(|e| StoreError::Corrupt(format!("writable: {e}")))?,
-                ))
+                let state: String = r.try_get("state")?;
+                Ok(ReplicaInfo {
+                    owner_org: r.try_get("owner_org")?,
+                    state: CopyState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("replica state {state:?}")))?,
+                    writable: serde_json::from_str(&writable).map_err(|e| StoreError::Corrupt(format!("writable: {e}")))?,
+                })
             })
             .transpose()
         }

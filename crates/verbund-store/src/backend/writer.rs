@@ -217,6 +217,7 @@ macro_rules! backend_writer {
                 WriteOp::ReplicaEdit { kind, id, key, plan_fn } => replica_edit(tx, kind, id, &key, plan_fn, seq).await,
                 WriteOp::Verdict(v) => apply_verdict(tx, v, seq).await,
                 WriteOp::Erase { kind, id, by, plan_fn } => erase_op(tx, kind, id, &by, plan_fn, seq).await,
+                WriteOp::Sync(note) => sync_note(tx, note).await,
                 WriteOp::Restamp { limit_ms, now_ms, mut stamp, report } => restamp(tx, limit_ms, now_ms, &mut stamp, &report, seq).await,
             }
         }

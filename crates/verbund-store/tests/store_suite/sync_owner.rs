@@ -116,10 +116,29 @@ pub(super) async fn sync_owner_merges_once_keeps_conflicts_and_erases(f: &Fixtur
         .unwrap();
     for org in ["globex", "fixit"] {
         f.store
-            .record_deliveries(org, &[(c.id, RecordKind::Contact, "live")], 20)
+            .record_deliveries(org, vec![live_note(c.id)], 20, "p1", Vec::new())
             .await
             .unwrap();
     }
+    // The ledger keeps the digest sent: its bucket sums are the pure ones, and rows of
+    // another policy count as unknown.
+    let sums = f.store.delivery_bucket_sums("globex", "p1").await.unwrap();
+    let want = verbund_core::sync::bucket_sums([(&c.id, 7)]);
+    assert_eq!(sums.iter().map(|b| b.sum).collect::<Vec<_>>(), want);
+    assert!(sums.iter().all(|b| b.unknown == 0));
+    let reloaded = f.store.delivery_bucket_sums("globex", "p2").await.unwrap();
+    assert_eq!(reloaded.iter().map(|b| b.unknown).sum::<i64>(), 1);
+    let in_bucket = [verbund_core::sync::bucket_of(&c.id) as u32];
+    let rows = f
+        .store
+        .live_deliveries_in("globex", &in_bucket)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].digest, rows[0].policy.as_deref()),
+        (Some(7), Some("p1"))
+    );
     let hlc = f.hlc();
     let erased = f
         .store
@@ -140,7 +159,7 @@ pub(super) async fn sync_owner_merges_once_keeps_conflicts_and_erases(f: &Fixtur
         .await
         .unwrap()
         .into_iter()
-        .map(|d| d.state)
+        .map(|d| d.state.as_str().to_string())
         .collect();
     assert_eq!(owed, ["erased", "erased"]);
     f.store.ack_erasures("globex", &[c.id], 40).await.unwrap();
@@ -148,12 +167,21 @@ pub(super) async fn sync_owner_merges_once_keeps_conflicts_and_erases(f: &Fixtur
     assert_eq!(f.store.pending_erasures("fixit").await.unwrap().len(), 1);
     // A delivery racing the erasure is still owed the erasure.
     f.store
-        .record_deliveries("umbrella", &[(c.id, RecordKind::Contact, "live")], 50)
+        .record_deliveries("umbrella", vec![live_note(c.id)], 50, "p1", Vec::new())
         .await
         .unwrap();
     assert_eq!(f.store.pending_erasures("umbrella").await.unwrap().len(), 1);
     let log = f.store.changes_after(0, &[], 1000).await.unwrap();
     for ch in log.iter().filter(|ch| ch.record_id == c.id) {
         assert!(ch.fields.values().all(Option::is_none), "{ch:?}");
+    }
+}
+
+fn live_note(id: uuid::Uuid) -> verbund_store::DeliveryNote {
+    verbund_store::DeliveryNote {
+        record_id: id,
+        kind: RecordKind::Contact,
+        state: verbund_store::DeliveryState::Live,
+        digest: Some(7),
     }
 }

@@ -148,7 +148,33 @@ pub(super) async fn sync_partner_applies_batches_once_and_shows_pending_edits(f:
         rejected[0].last_error.as_deref(),
         Some("name: not writable")
     );
-    assert_eq!(f.store.replica_digests("globex").await.unwrap().len(), 1);
+    let held = f
+        .store
+        .replica_digests_in("globex", &all_buckets())
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1);
+    // The database's bucket sums are the pure ones over what is held (the owner's versions).
+    let owner_state = state("N1", Some("Bremen"), 4);
+    assert_eq!(
+        held[0],
+        (
+            r,
+            verbund_core::sync::record_digest(&owner_state.versions, false)
+        )
+    );
+    let sums: Vec<u64> = f
+        .store
+        .replica_bucket_sums("globex")
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| b.sum)
+        .collect();
+    assert_eq!(
+        sums,
+        verbund_core::sync::bucket_sums(held.iter().map(|(id, d)| (id, *d)))
+    );
 
     // Revoke: the copy is gone (a value-free tombstone), and a stale verdict cannot revive it.
     f.store
@@ -157,7 +183,21 @@ pub(super) async fn sync_partner_applies_batches_once_and_shows_pending_edits(f:
         .unwrap();
     let gone = f.store.get(r).await.unwrap().unwrap();
     assert!(gone.is_deleted() && gone.fields.is_empty());
-    assert!(f.store.replica_digests("globex").await.unwrap().is_empty());
+    assert!(
+        f.store
+            .replica_digests_in("globex", &all_buckets())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        f.store
+            .replica_bucket_sums("globex")
+            .await
+            .unwrap()
+            .iter()
+            .all(|b| b.sum == 0)
+    );
     f.store
         .apply_replica_batch(batch(0, vec![ReplicaItem::Upsert(state("N1", None, 9))]))
         .await
@@ -417,4 +457,8 @@ pub(super) async fn sync_partner_quarantine_revoking_verdicts_and_history_reset(
         3,
         "the cursor moved on from the beginning"
     );
+}
+
+fn all_buckets() -> Vec<u32> {
+    (0..verbund_core::sync::DIGEST_BUCKETS as u32).collect()
 }

@@ -336,7 +336,7 @@ impl NodeState {
             .await
             .map_err(store_status)?
         {
-            Some((_, state, writable)) if state == "live" => writable,
+            Some(info) if info.state == verbund_store::CopyState::Live => info.writable,
             _ => {
                 return Err(Status::not_found(format!(
                     "{kind} {} is no longer shared with us",

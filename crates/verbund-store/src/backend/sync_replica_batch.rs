@@ -1,0 +1,546 @@
+//! Part of the `backend!` instantiation (see `lib.rs`): the partner's apply of the owner's
+//! items, batched. A `ReplicaWork` loads the batch's rows with one query per table
+//! (records, replicas, pending outbox edits), keeps them current in memory while the items
+//! are applied in order, and writes them with multi-row statements at the end: a handful of
+//! statements per batch, not several per record (sqlx hands every SQLite statement to a
+//! worker thread; the number of statements, not the SQL, sets the cost).
+//! A macro so that the SQL is written once for SQLite and PostgreSQL.
+
+macro_rules! backend_sync_replica_batch {
+    ($db:ty, $pool:ty, $begin:expr, $savepoints:expr) => {
+        /// Ids per `IN (…)` list, and rows per multi-row write (within both databases'
+        /// limits on bound parameters).
+        const IN_CHUNK: usize = 1000;
+        const ROWS_CHUNK: usize = 500;
+
+        /// A replica row as it will be written.
+        struct ReplicaWrite {
+            owner: String,
+            kind: RecordKind,
+            state: CopyState,
+            fields: FieldMap,
+            versions: verbund_core::VersionMap,
+            writable: Vec<String>,
+            owner_seq: i64,
+            at_ms: i64,
+        }
+
+        /// The rows a batch of replica items reads and writes (see the module comment).
+        struct ReplicaWork {
+            owner: String,
+            /// `records` rows by id as they stand in this transaction (None: no row).
+            records: HashMap<Uuid, Option<Record>>,
+            replicas: HashMap<Uuid, Option<ReplicaRow>>,
+            /// Pending outbox edits per record, in outbox order.
+            pending: HashMap<Uuid, Vec<verbund_core::sync::FieldEdit>>,
+            /// Record rows to write, with an activity's derived account.
+            record_writes: BTreeMap<Uuid, (Record, Option<Option<String>>)>,
+            replica_writes: BTreeMap<Uuid, ReplicaWrite>,
+            /// Records whose change-log values go (revoked, erased).
+            blank_changes: BTreeSet<Uuid>,
+        }
+
+        fn in_list(qb: &mut QueryBuilder<$db>, ids: &[Uuid]) {
+            let mut sep = qb.separated(", ");
+            for id in ids {
+                sep.push_bind(id.to_string());
+            }
+            qb.push(")");
+        }
+
+        fn parse_id(text: &str) -> Result<Uuid> {
+            Uuid::parse_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))
+        }
+
+        fn replica_from_row(row: &<$db as sqlx::Database>::Row) -> Result<ReplicaRow> {
+            let id: String = row.try_get("record_id")?;
+            let state: String = row.try_get("state")?;
+            let fields: String = row.try_get("shadow_fields")?;
+            let versions: String = row.try_get("shadow_versions")?;
+            let reset_from: Option<String> = row.try_get("reset_from")?;
+            let reset_from = reset_from
+                .map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("reset_from of {id}: {e}"))))
+                .transpose()?;
+            Ok(ReplicaRow {
+                reset_from,
+                owner_org: row.try_get("owner_org")?,
+                state: CopyState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("replica state {state:?} of {id}")))?,
+                owner_seq: row.try_get("owner_seq")?,
+                shadow_fields: serde_json::from_str(&fields).map_err(|e| StoreError::Corrupt(format!("shadow of {id}: {e}")))?,
+                shadow_versions: versions_from_json(&versions)?,
+            })
+        }
+
+        impl ReplicaWork {
+            /// Loads the rows of `ids`: one query per table and chunk of ids.
+            async fn load(tx: &mut Tx, owner: &str, ids: &[Uuid]) -> Result<ReplicaWork> {
+                let ids: Vec<Uuid> = ids.iter().copied().collect::<BTreeSet<_>>().into_iter().collect();
+                let mut work = ReplicaWork {
+                    owner: owner.to_string(),
+                    records: ids.iter().map(|id| (*id, None)).collect(),
+                    replicas: ids.iter().map(|id| (*id, None)).collect(),
+                    pending: HashMap::new(),
+                    record_writes: BTreeMap::new(),
+                    replica_writes: BTreeMap::new(),
+                    blank_changes: BTreeSet::new(),
+                };
+                for chunk in ids.chunks(IN_CHUNK) {
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT ");
+                    qb.push(RECORD_COLUMNS).push(" FROM records WHERE id IN (");
+                    in_list(&mut qb, chunk);
+                    for row in qb.build().fetch_all(&mut **tx).await? {
+                        let rec = record_row(&row)?.into_record()?;
+                        work.records.insert(rec.id, Some(rec));
+                    }
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                        "SELECT record_id, owner_org, state, owner_seq, shadow_fields, shadow_versions, reset_from FROM replicas WHERE record_id IN (",
+                    );
+                    in_list(&mut qb, chunk);
+                    for row in qb.build().fetch_all(&mut **tx).await? {
+                        let id: String = row.try_get("record_id")?;
+                        work.replicas.insert(parse_id(&id)?, Some(replica_from_row(&row)?));
+                    }
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT record_id, edits FROM outbox WHERE state = 'pending' AND record_id IN (");
+                    in_list(&mut qb, chunk);
+                    qb.push(" ORDER BY seq");
+                    for row in qb.build().fetch_all(&mut **tx).await? {
+                        let id: String = row.try_get("record_id")?;
+                        let text: String = row.try_get("edits")?;
+                        let edits: Vec<verbund_core::sync::FieldEdit> =
+                            serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("outbox edits: {e}")))?;
+                        work.pending.entry(parse_id(&id)?).or_default().extend(edits);
+                    }
+                }
+                Ok(work)
+            }
+
+            fn record(&self, id: Uuid) -> Option<Record> {
+                self.records.get(&id).cloned().flatten()
+            }
+
+            fn replica(&self, id: Uuid) -> Option<ReplicaRow> {
+                self.replicas.get(&id).cloned().flatten()
+            }
+
+            /// A row for a local record with this id that is not a replica of our owner
+            /// (an owner must never overwrite another's records).
+            fn foreign_collision(&self, id: Uuid) -> bool {
+                self.records.get(&id).and_then(Option::as_ref).is_some_and(|r| r.owner_org != self.owner)
+            }
+
+            #[allow(clippy::too_many_arguments)]
+            fn save_replica(&mut self, id: Uuid, kind: RecordKind, state: CopyState, fields: FieldMap, versions: verbund_core::VersionMap, writable: Vec<String>, owner_seq: i64, at_ms: i64, reset_from: Option<BTreeMap<String, verbund_core::sync::FieldState>>) {
+                self.replicas.insert(
+                    id,
+                    Some(ReplicaRow {
+                        owner_org: self.owner.clone(),
+                        state,
+                        owner_seq,
+                        shadow_fields: fields.clone(),
+                        shadow_versions: versions.clone(),
+                        reset_from,
+                    }),
+                );
+                let owner = self.owner.clone();
+                self.replica_writes.insert(id, ReplicaWrite { owner, kind, state, fields, versions, writable, owner_seq, at_ms });
+            }
+
+            /// The account an activity related to `related` rolls up to.
+            async fn account_of(&self, tx: &mut Tx, related: &str) -> Result<Option<String>> {
+                if let Some(Some(rec)) = Uuid::parse_str(related).ok().and_then(|id| self.records.get(&id)) {
+                    return Ok(if rec.kind == RecordKind::Account {
+                        Some(related.to_string())
+                    } else {
+                        rec.text("account_id").map(str::to_string)
+                    });
+                }
+                let row = sqlx::query("SELECT kind, account_id FROM records WHERE id = $1")
+                    .bind(related)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                Ok(match row {
+                    Some(row) => {
+                        let kind: String = row.try_get("kind")?;
+                        if kind == "account" { Some(related.to_string()) } else { row.try_get("account_id")? }
+                    }
+                    None => None,
+                })
+            }
+
+            /// Shows `next` as the record's row if it differs from `current`, with a
+            /// change-log row for local watchers.
+            async fn show(&mut self, tx: &mut Tx, current: Option<Record>, mut next: Record, seq: &mut i64, out: &mut OpOutput) -> Result<()> {
+                if let Some(cur) = &current {
+                    if cur.fields == next.fields && cur.versions == next.versions && cur.deleted == next.deleted {
+                        return Ok(());
+                    }
+                }
+                let mut changed = BTreeMap::new();
+                for name in next.versions.keys() {
+                    let before = current.as_ref().and_then(|c| c.versions.get(name));
+                    if before != next.versions.get(name) {
+                        changed.insert(name.clone(), next.fields.get(name).cloned());
+                    }
+                }
+                let op = match (&current, next.deleted.is_some()) {
+                    (_, true) => ChangeOp::Delete,
+                    (None, false) => ChangeOp::Create,
+                    (Some(c), false) if c.deleted.is_some() => ChangeOp::Create,
+                    _ => ChangeOp::Update,
+                };
+                let hlc = next
+                    .versions
+                    .values()
+                    .max()
+                    .cloned()
+                    .or_else(|| next.deleted.clone())
+                    .unwrap_or_else(|| Hlc::new(next.updated_at_ms.max(0) as u64, 0, next.owner_org.clone()));
+                *seq += 1;
+                next.seq = *seq;
+                let activity_account = if next.kind == RecordKind::Activity {
+                    Some(match next.text("related_id").map(str::to_string) {
+                        Some(r) => self.account_of(tx, &r).await?,
+                        None => None,
+                    })
+                } else {
+                    None
+                };
+                out.changes.push(Change {
+                    seq: *seq,
+                    record_id: next.id,
+                    kind: next.kind,
+                    op,
+                    hlc,
+                    fields: if next.deleted.is_some() { BTreeMap::new() } else { changed },
+                    at_ms: next.updated_at_ms,
+                });
+                self.records.insert(next.id, Some(next.clone()));
+                self.record_writes.insert(next.id, (next.clone(), activity_account));
+                out.written.push(next);
+                Ok(())
+            }
+
+            /// Shows the owner's state we hold of `id` with our pending edits on top (after
+            /// a verdict or a re-stamp changed what is pending).
+            async fn reshow(&mut self, tx: &mut Tx, id: Uuid, seq: &mut i64, out: &mut OpOutput) -> Result<()> {
+                if let (Some(r), Some(cur)) = (self.replica(id), self.record(id)) {
+                    if r.state == CopyState::Live {
+                        let pending = self.pending.get(&id).cloned().unwrap_or_default();
+                        let (fields, versions) = verbund_core::sync::overlay((&r.shadow_fields, &r.shadow_versions), pending.iter());
+                        let next = Record { fields, versions, ..cur.clone() };
+                        self.show(tx, Some(cur), next, seq, out).await?;
+                    }
+                }
+                Ok(())
+            }
+
+            /// Takes in the owner's state of a record and shows it with our pending edits.
+            /// `from_stream`: only the owner's ordered stream may bring back a revoked replica
+            /// (a verdict or a repair computed before the revoke must not).
+            async fn take_in(&mut self, tx: &mut Tx, st: ReplicaState, from_stream: bool, at_ms: i64, seq: &mut i64, out: &mut OpOutput) -> Result<()> {
+                if st.owner_org != self.owner || self.foreign_collision(st.id) {
+                    tracing::warn!(record = %st.id, owner = %self.owner, "ignored a replica that would overwrite a record of another owner");
+                    return Ok(());
+                }
+                let existing = self.replica(st.id);
+                if let Some(r) = &existing {
+                    if r.state.is_erased() {
+                        // Erased: replaying an old batch must never bring the record back.
+                        return Ok(());
+                    }
+                    if r.owner_org != self.owner {
+                        return Ok(()); // another owner's record: never touched
+                    }
+                    if r.state == CopyState::Revoked && !from_stream {
+                        return Ok(());
+                    }
+                    if r.state != CopyState::Revoked && st.owner_seq < r.owner_seq {
+                        // An older state than the one we hold (a batch behind a newer verdict).
+                        return Ok(());
+                    }
+                }
+                let current = self.record(st.id);
+                let (shadow_f, shadow_v) = match (&st.deleted, &existing) {
+                    (Some(_), _) => (FieldMap::new(), verbund_core::VersionMap::new()),
+                    (None, Some(r)) if r.state == CopyState::Live => verbund_core::sync::take_owner_state(
+                        (&r.shadow_fields, &r.shadow_versions),
+                        r.owner_seq,
+                        (&st.fields, &st.versions),
+                        st.owner_seq,
+                    )
+                    .unwrap_or_else(|| (r.shadow_fields.clone(), r.shadow_versions.clone())),
+                    (None, _) => (st.fields.clone(), st.versions.clone()),
+                };
+                let state = if st.deleted.is_some() { CopyState::Deleted } else { CopyState::Live };
+                self.save_replica(st.id, st.kind, state, shadow_f.clone(), shadow_v.clone(), st.writable.clone(), st.owner_seq, at_ms, None);
+                if let Some(held) = existing.and_then(|r| r.reset_from) {
+                    // The owner's history was reset: what it no longer has of ours goes out again.
+                    let offered = reoffer(tx, &self.owner, st.id, st.kind, &held, Some(&st), at_ms).await?;
+                    self.pending.entry(st.id).or_default().extend(offered);
+                }
+                let pending = if st.deleted.is_some() { Vec::new() } else { self.pending.get(&st.id).cloned().unwrap_or_default() };
+                let (fields, versions) = verbund_core::sync::overlay((&shadow_f, &shadow_v), pending.iter());
+                let next = Record {
+                    id: st.id,
+                    kind: st.kind,
+                    owner_org: self.owner.clone(),
+                    created_at_ms: st.created_at_ms,
+                    updated_at_ms: st.updated_at_ms,
+                    deleted: st.deleted.clone(),
+                    seq: 0,
+                    fields,
+                    versions,
+                };
+                self.show(tx, current, next, seq, out).await
+            }
+
+            /// Removes our copy of a record (revoked or erased): a value-free tombstone stays
+            /// so the change log and local watchers stay consistent.
+            async fn purge(&mut self, tx: &mut Tx, id: Uuid, erased: bool, at_ms: i64, seq: &mut i64, out: &mut OpOutput) -> Result<()> {
+                if self.foreign_collision(id) {
+                    return Ok(());
+                }
+                let existing = self.replica(id);
+                if let Some(r) = &existing {
+                    if r.owner_org != self.owner || r.state.is_erased() {
+                        return Ok(());
+                    }
+                    if r.state == CopyState::Revoked && !erased {
+                        return Ok(());
+                    }
+                }
+                let current = self.record(id);
+                let state = if erased { CopyState::ErasedUnacked } else { CopyState::Revoked };
+                let Some(kind) = current.as_ref().map(|c| c.kind) else {
+                    if erased {
+                        // Never received: remember the erasure so a late batch cannot bring it in.
+                        sqlx::query(
+                            "INSERT INTO replicas (record_id, owner_org, kind, state, shadow_fields, shadow_versions, writable, owner_seq, updated_ms, bucket) \
+                             VALUES ($1, $2, 'contact', $3, '{}', '{}', '[]', 0, $4, $5) \
+                             ON CONFLICT (record_id) DO UPDATE SET state = excluded.state, digest = NULL, sum_part = NULL",
+                        )
+                        .bind(id.to_string())
+                        .bind(&self.owner)
+                        .bind(state.as_str())
+                        .bind(at_ms)
+                        .bind(verbund_core::sync::bucket_of(&id) as i64)
+                        .execute(&mut **tx)
+                        .await?;
+                        let row = existing.map(|r| ReplicaRow { state, ..r }).unwrap_or(ReplicaRow {
+                            owner_org: self.owner.clone(),
+                            state,
+                            owner_seq: 0,
+                            shadow_fields: FieldMap::new(),
+                            shadow_versions: verbund_core::VersionMap::new(),
+                            reset_from: None,
+                        });
+                        self.replicas.insert(id, Some(row));
+                    }
+                    return Ok(());
+                };
+                let seq_held = existing.as_ref().map(|r| r.owner_seq).unwrap_or(0);
+                let mut reset_from = existing.and_then(|r| r.reset_from);
+                if !erased {
+                    if let Some(held) = reset_from.take() {
+                        let offered = reoffer(tx, &self.owner, id, kind, &held, None, at_ms).await?;
+                        self.pending.entry(id).or_default().extend(offered);
+                    }
+                }
+                self.save_replica(id, kind, state, FieldMap::new(), verbund_core::VersionMap::new(), Vec::new(), seq_held, at_ms, reset_from);
+                let had_pending = self.pending.remove(&id).is_some_and(|p| !p.is_empty());
+                if erased {
+                    // Our own edits of an erased person go too: they hold personal data.
+                    sqlx::query("DELETE FROM outbox WHERE record_id = $1").bind(id.to_string()).execute(&mut **tx).await?;
+                } else if had_pending {
+                    sqlx::query("UPDATE outbox SET state = 'rejected', last_error = 'the owner no longer shares this record' WHERE record_id = $1 AND state = 'pending'")
+                        .bind(id.to_string())
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                self.blank_changes.insert(id);
+                let Some(cur) = current else { return Ok(()) };
+                let tomb = cur.versions.values().max().cloned().unwrap_or_else(|| Hlc::new(at_ms.max(0) as u64, 0, self.owner.clone()));
+                let next = Record {
+                    deleted: Some(cur.deleted.clone().unwrap_or(tomb)),
+                    fields: FieldMap::new(),
+                    versions: verbund_core::VersionMap::new(),
+                    updated_at_ms: at_ms,
+                    ..cur.clone()
+                };
+                self.show(tx, Some(cur), next, seq, out).await
+            }
+
+            /// Writes what the batch changed: multi-row upserts of replicas and records, and
+            /// the change-log values of revoked and erased records blanked.
+            async fn flush(self, tx: &mut Tx) -> Result<()> {
+                let replicas: Vec<(Uuid, ReplicaWrite)> = self.replica_writes.into_iter().collect();
+                for chunk in replicas.chunks(ROWS_CHUNK) {
+                    let mut rows = Vec::with_capacity(chunk.len());
+                    for (id, w) in chunk {
+                        // Only a live copy counts in anti-entropy's bucket sums.
+                        let digest = (w.state == CopyState::Live).then(|| verbund_core::sync::record_digest(&w.versions, false));
+                        rows.push((id, w, fields_to_json(&w.fields)?, versions_to_json(&w.versions), fields_to_json(&w.writable)?, digest));
+                    }
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                        "INSERT INTO replicas (record_id, owner_org, kind, state, shadow_fields, shadow_versions, writable, owner_seq, updated_ms, digest, sum_part, bucket) ",
+                    );
+                    qb.push_values(rows, |mut b, (id, w, fields, versions, writable, digest)| {
+                        b.push_bind(id.to_string())
+                            .push_bind(w.owner.clone())
+                            .push_bind(w.kind.as_str())
+                            .push_bind(w.state.as_str())
+                            .push_bind(fields)
+                            .push_bind(versions)
+                            .push_bind(writable)
+                            .push_bind(w.owner_seq)
+                            .push_bind(w.at_ms)
+                            .push_bind(digest.map(|d| d as i64))
+                            .push_bind(digest.map(|d| verbund_core::sync::sum_part(id, d) as i64))
+                            .push_bind(verbund_core::sync::bucket_of(id) as i64);
+                    });
+                    qb.push(
+                        " ON CONFLICT (record_id) DO UPDATE SET state = excluded.state, shadow_fields = excluded.shadow_fields, \
+                         shadow_versions = excluded.shadow_versions, writable = excluded.writable, owner_seq = excluded.owner_seq, updated_ms = excluded.updated_ms, \
+                         digest = excluded.digest, sum_part = excluded.sum_part, bucket = excluded.bucket",
+                    );
+                    qb.build().execute(&mut **tx).await?;
+                }
+                let records: Vec<(Record, Option<Option<String>>)> = self.record_writes.into_values().collect();
+                for chunk in records.chunks(ROWS_CHUNK) {
+                    let mut rows = Vec::with_capacity(chunk.len());
+                    for (rec, activity_account) in chunk {
+                        let mut idx = write::index_columns(rec);
+                        if let Some(account) = activity_account {
+                            idx.account_id = account.clone();
+                        }
+                        rows.push((rec, idx, fields_to_json(&rec.fields)?, versions_to_json(&rec.versions)));
+                    }
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                        "INSERT INTO records (id, kind, owner_org, created_at_ms, updated_at_ms, deleted_version, seq, fields, versions, \
+                         account_id, contact_id, related_id, stage, status, priority, assigned_org, channel, search_text) ",
+                    );
+                    qb.push_values(rows, |mut b, (rec, idx, fields, versions)| {
+                        b.push_bind(rec.id.to_string())
+                            .push_bind(rec.kind.as_str())
+                            .push_bind(rec.owner_org.clone())
+                            .push_bind(rec.created_at_ms)
+                            .push_bind(rec.updated_at_ms)
+                            .push_bind(rec.deleted.as_ref().map(|h| h.to_string()))
+                            .push_bind(rec.seq)
+                            .push_bind(fields)
+                            .push_bind(versions)
+                            .push_bind(idx.account_id)
+                            .push_bind(idx.contact_id)
+                            .push_bind(idx.related_id)
+                            .push_bind(idx.stage)
+                            .push_bind(idx.status)
+                            .push_bind(idx.priority)
+                            .push_bind(idx.assigned_org)
+                            .push_bind(idx.channel)
+                            .push_bind(idx.search_text);
+                    });
+                    qb.push(
+                        " ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, owner_org = excluded.owner_org, created_at_ms = excluded.created_at_ms, \
+                         updated_at_ms = excluded.updated_at_ms, deleted_version = excluded.deleted_version, seq = excluded.seq, fields = excluded.fields, \
+                         versions = excluded.versions, account_id = excluded.account_id, contact_id = excluded.contact_id, related_id = excluded.related_id, \
+                         stage = excluded.stage, status = excluded.status, priority = excluded.priority, assigned_org = excluded.assigned_org, \
+                         channel = excluded.channel, search_text = excluded.search_text",
+                    );
+                    qb.build().execute(&mut **tx).await?;
+                }
+                let blank: Vec<Uuid> = self.blank_changes.into_iter().collect();
+                for chunk in blank.chunks(IN_CHUNK) {
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new("UPDATE changes SET fields = '{}' WHERE record_id IN (");
+                    in_list(&mut qb, chunk);
+                    qb.build().execute(&mut **tx).await?;
+                }
+                Ok(())
+            }
+        }
+
+        async fn replica_batch(tx: &mut Tx, batch: ReplicaBatch, seq: &mut i64) -> Result<OpOutput> {
+            let mut out = OpOutput::default();
+            let stored: Option<i64> = sqlx::query_scalar("SELECT cursor FROM subscriptions WHERE owner_org = $1")
+                .bind(&batch.owner_org)
+                .fetch_optional(&mut **tx)
+                .await?;
+            let owner = batch.owner_org.clone();
+            if let Some(own_org) = &batch.reset_for_org {
+                reset_owner(tx, &owner, own_org, batch.at_ms).await?;
+            } else if batch.cursor > 0 && stored.is_some_and(|c| c >= batch.cursor) {
+                // A batch the cursor already covers was applied: applying it again changes
+                // nothing. Repairs (cursor 0) apply whatever the cursor.
+                return Ok(out);
+            }
+            let from_stream = batch.from_stream || batch.current_as_of.is_some_and(|n| stored.unwrap_or(0) <= n);
+            let ids: Vec<Uuid> = batch
+                .items
+                .iter()
+                .map(|item| match item {
+                    ReplicaItem::Upsert(st) => st.id,
+                    ReplicaItem::Revoke { id } | ReplicaItem::Erase { id } => *id,
+                })
+                .collect();
+            let quarantined: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM quarantine WHERE owner_org = $1")
+                .bind(&owner)
+                .fetch_one(&mut **tx)
+                .await?;
+            if quarantined > 0 {
+                // A later item of a record supersedes the one we could not take.
+                for chunk in ids.chunks(IN_CHUNK) {
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new("DELETE FROM quarantine WHERE owner_org = ");
+                    qb.push_bind(owner.clone()).push(" AND record_id IN (");
+                    in_list(&mut qb, chunk);
+                    qb.build().execute(&mut **tx).await?;
+                }
+            }
+            let mut work = ReplicaWork::load(tx, &owner, &ids).await?;
+            for item in batch.items {
+                match item {
+                    ReplicaItem::Upsert(st) => work.take_in(tx, st, from_stream, batch.at_ms, seq, &mut out).await?,
+                    ReplicaItem::Revoke { id } => work.purge(tx, id, false, batch.at_ms, seq, &mut out).await?,
+                    ReplicaItem::Erase { id } => work.purge(tx, id, true, batch.at_ms, seq, &mut out).await?,
+                }
+            }
+            work.flush(tx).await?;
+            for q in &batch.quarantine {
+                sqlx::query(
+                    "INSERT INTO quarantine (owner_org, record_id, item, reason, first_ms, last_ms, attempts) VALUES ($1, $2, $3, $4, $5, $5, 1) \
+                     ON CONFLICT (owner_org, record_id) DO UPDATE SET item = excluded.item, reason = excluded.reason, \
+                     last_ms = excluded.last_ms, attempts = quarantine.attempts + 1",
+                )
+                .bind(&owner)
+                .bind(&q.record_id)
+                .bind(&q.item)
+                .bind(&q.reason)
+                .bind(batch.at_ms)
+                .execute(&mut **tx)
+                .await?;
+            }
+            if batch.cursor > 0 || stored.is_none() || batch.reset_for_org.is_some() {
+                // Even a batch that changed nothing moves the cursor: what we know advances.
+                // After a reset the cursor starts again below where it was.
+                let sql = if batch.reset_for_org.is_some() {
+                    "INSERT INTO subscriptions (owner_org, cursor, cursor_mark, owner_last_seq, last_batch_ms) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (owner_org) DO UPDATE SET cursor = excluded.cursor, cursor_mark = excluded.cursor_mark, \
+                     owner_last_seq = excluded.owner_last_seq, last_batch_ms = excluded.last_batch_ms"
+                } else {
+                    "INSERT INTO subscriptions (owner_org, cursor, cursor_mark, owner_last_seq, last_batch_ms) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (owner_org) DO UPDATE SET \
+                     cursor_mark = CASE WHEN excluded.cursor > subscriptions.cursor THEN excluded.cursor_mark ELSE subscriptions.cursor_mark END, \
+                     cursor = CASE WHEN excluded.cursor > subscriptions.cursor THEN excluded.cursor ELSE subscriptions.cursor END, \
+                     owner_last_seq = excluded.owner_last_seq, last_batch_ms = excluded.last_batch_ms"
+                };
+                sqlx::query(sql)
+                    .bind(&owner)
+                    .bind(batch.cursor)
+                    .bind(&batch.cursor_mark)
+                    .bind(batch.owner_last_seq)
+                    .bind(batch.at_ms)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Ok(out)
+        }
+    };
+}

@@ -1,0 +1,149 @@
+//! Sync bookkeeping that goes through the writer (so it never meets "database is locked"),
+//! and the states of the sync tables as enums.
+
+use uuid::Uuid;
+use verbund_core::RecordKind;
+
+/// What an organization holds of a record according to the owner's delivery ledger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryState {
+    Live,
+    Deleted,
+    Revoked,
+    /// Erased at the owner: the organization owes an acknowledgement.
+    Erased,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Live => "live",
+            DeliveryState::Deleted => "deleted",
+            DeliveryState::Revoked => "revoked",
+            DeliveryState::Erased => "erased",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DeliveryState> {
+        Some(match s {
+            "live" => DeliveryState::Live,
+            "deleted" => DeliveryState::Deleted,
+            "revoked" => DeliveryState::Revoked,
+            "erased" => DeliveryState::Erased,
+            _ => return None,
+        })
+    }
+}
+
+/// What a partner holds of an owner's record (`replicas.state`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyState {
+    Live,
+    Deleted,
+    Revoked,
+    /// Erased here; the owner has not yet been told.
+    ErasedUnacked,
+    /// Erased here and acknowledged to the owner.
+    Erased,
+}
+
+impl CopyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CopyState::Live => "live",
+            CopyState::Deleted => "deleted",
+            CopyState::Revoked => "revoked",
+            CopyState::ErasedUnacked => "erased-unacked",
+            CopyState::Erased => "erased",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CopyState> {
+        Some(match s {
+            "live" => CopyState::Live,
+            "deleted" => CopyState::Deleted,
+            "revoked" => CopyState::Revoked,
+            "erased-unacked" => CopyState::ErasedUnacked,
+            "erased" => CopyState::Erased,
+            _ => return None,
+        })
+    }
+
+    pub fn is_erased(self) -> bool {
+        matches!(self, CopyState::ErasedUnacked | CopyState::Erased)
+    }
+}
+
+/// One row the owner notes in its delivery ledger before a batch leaves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryNote {
+    pub record_id: Uuid,
+    pub kind: RecordKind,
+    pub state: DeliveryState,
+    /// Live: the record digest of the projection sent (`sync::record_digest`).
+    pub digest: Option<u64>,
+}
+
+/// One bucket of a delivery ledger or of the replicas held: the sum of its records'
+/// `sum_part`s (modulo 2^32), and how many of its rows have no digest that counts (none yet,
+/// or computed under another policy): such a bucket must be compared record by record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BucketSum {
+    pub sum: u64,
+    pub unknown: i64,
+}
+
+/// What a partner holds of an owner's record, as a local edit needs to know it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaInfo {
+    pub owner_org: String,
+    pub state: CopyState,
+    /// The fields the owner lets us propose changes to.
+    pub writable: Vec<String>,
+}
+
+/// The cursor a partner last acknowledged (owner side).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerAck {
+    pub org: String,
+    pub acked_cursor: i64,
+    pub acked_ms: i64,
+}
+
+/// A sync bookkeeping write, run by the writer like any other write.
+#[derive(Clone, Debug)]
+pub enum SyncNote {
+    /// Owner: what partner `org` is about to hold (a record enters before it leaves).
+    Deliveries {
+        org: String,
+        rows: Vec<DeliveryNote>,
+        at_ms: i64,
+        /// Fingerprint of the policy the projections were computed under.
+        policy: String,
+    },
+    /// Owner: the cursor partner `org` acknowledged.
+    PeerAck {
+        org: String,
+        cursor: i64,
+        at_ms: i64,
+    },
+    /// Owner: erasures partner `org` carried out.
+    ErasuresAcked {
+        org: String,
+        ids: Vec<Uuid>,
+        at_ms: i64,
+    },
+    /// Partner: the owner received our acknowledgement of these erasures.
+    ErasureAcksSent { ids: Vec<Uuid> },
+    /// Partner: a failed attempt at proposing an outbox entry.
+    OutboxAttempt { key: String, error: String },
+    /// Partner: the last error of the link to `owner` (None: it works again).
+    LinkError {
+        owner: String,
+        error: Option<String>,
+        at_ms: i64,
+    },
+    /// Both sides: rows from before digests were kept get their bucket (and a replica its
+    /// digest), at most `limit` rows per table.
+    BackfillDigests { limit: i64 },
+}
