@@ -101,7 +101,7 @@ async fn refresh(
         .peer_acks()
         .await?
         .into_iter()
-        .map(|(org, cursor, _)| (org, cursor))
+        .map(|a| (a.org, a.acked_cursor))
         .collect();
     acks.extend(state.links.acked());
     let links = state.links.snapshot();

@@ -411,7 +411,7 @@ macro_rules! backend_sync_replica_batch {
                     for (rec, activity_account) in chunk {
                         let mut idx = write::index_columns(rec);
                         if let Some(account) = activity_account {
-                            idx.account_id = account.clone();
+                            idx.filter.account_id = account.clone();
                         }
                         rows.push((rec, idx, fields_to_json(&rec.fields)?, versions_to_json(&rec.versions)));
                     }
@@ -429,14 +429,14 @@ macro_rules! backend_sync_replica_batch {
                             .push_bind(rec.seq)
                             .push_bind(fields)
                             .push_bind(versions)
-                            .push_bind(idx.account_id)
+                            .push_bind(idx.filter.account_id)
                             .push_bind(idx.contact_id)
-                            .push_bind(idx.related_id)
-                            .push_bind(idx.stage)
-                            .push_bind(idx.status)
-                            .push_bind(idx.priority)
-                            .push_bind(idx.assigned_org)
-                            .push_bind(idx.channel)
+                            .push_bind(idx.filter.related_id)
+                            .push_bind(idx.filter.stage)
+                            .push_bind(idx.filter.status)
+                            .push_bind(idx.filter.priority)
+                            .push_bind(idx.filter.assigned_org)
+                            .push_bind(idx.filter.channel)
                             .push_bind(idx.search_text);
                     });
                     qb.push(
