@@ -212,3 +212,99 @@ async fn the_standby_process_takes_over_the_link_when_its_holder_is_killed() {
     assert_eq!(replicas, 80);
     drop(holder);
 }
+
+/// Every connection of the node's processes to PostgreSQL is cut twice while a client keeps
+/// writing (what a server restart looks like from the node): the calls that fail say so
+/// cleanly (UNAVAILABLE, or UNKNOWN for a commit whose outcome the database did not confirm),
+/// the node serves again without a restart, and every write it confirmed is there.
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_survive_the_database_dropping_every_connection() {
+    let Ok(url) = std::env::var(PG_ENV) else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "!!! SKIPPED PostgreSQL connection-loss test: {PG_ENV} is not set (.ci/run sets it)"
+        );
+        return;
+    };
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let schema = format!("verbund_drop_{tag}");
+    let app = format!("verbund-drop-{}", &tag[tag.len() - 12..]);
+    let admin = sqlx::PgPool::connect(&url)
+        .await
+        .expect("PostgreSQL is unreachable");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let db_url = format!("{url}{sep}options[search_path]={schema}&application_name={app}");
+    let dir = tempfile::tempdir().unwrap();
+    let o = verbund(&[
+        "init",
+        "--org",
+        "acme",
+        "--dir",
+        dir.path().join("acme").to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        &db_url,
+    ]);
+    assert!(o.status.success(), "init failed: {}", stderr(&o));
+    let mut node = TestNode::adopt("acme", dir);
+    node.run();
+    let channel = node.admin().await;
+    let mut accounts =
+        verbund_node::pb::account_service_client::AccountServiceClient::new(channel.clone());
+    let cut = |admin: sqlx::PgPool, app: String| async move {
+        let n: Vec<(bool,)> = sqlx::query_as(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        )
+        .bind(app)
+        .fetch_all(&admin)
+        .await
+        .unwrap();
+        n.len()
+    };
+    let mut confirmed = Vec::new();
+    let mut failures = Vec::new();
+    let mut cuts = 0;
+    for i in 0..120 {
+        if i == 30 || i == 70 {
+            cuts += cut(admin.clone(), app.clone()).await;
+        }
+        let r = accounts
+            .create_account(verbund_node::pb::CreateAccountRequest {
+                account: Some(verbund_node::pb::Account {
+                    name: Some(format!("Durable {i} GmbH")),
+                    ..Default::default()
+                }),
+            })
+            .await;
+        match r {
+            Ok(a) => confirmed.push(a.into_inner().meta.unwrap_or_default().id),
+            Err(s) => failures.push(s.code()),
+        }
+    }
+    assert!(cuts > 0, "no connection of the node was cut");
+    for code in &failures {
+        assert!(
+            matches!(code, tonic::Code::Unavailable | tonic::Code::Unknown),
+            "a call failed with {code:?}: {failures:?}"
+        );
+    }
+    // Serving again without a restart; every confirmed write is there.
+    assert!(
+        confirmed.len() >= 100,
+        "only {} of 120 writes went through: {failures:?}",
+        confirmed.len()
+    );
+    for id in &confirmed {
+        assert!(
+            get(&node, "account", id).is_some(),
+            "confirmed {id} is lost"
+        );
+    }
+    let after = create(&node, "account", &["name=After the cuts AG"]);
+    assert!(get(&node, "account", &after).is_some());
+}

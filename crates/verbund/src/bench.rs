@@ -56,6 +56,14 @@ pub struct ApiArgs {
     /// node the benchmark starts itself; 0 skips the phase).
     #[arg(long, default_value_t = 100)]
     shared: usize,
+    /// Start this many processes of one node on one PostgreSQL database (`shared = true`)
+    /// and spread the connections over them. Needs --database-url.
+    #[arg(long, default_value_t = 1)]
+    processes: usize,
+    /// The PostgreSQL database of the node the benchmark starts (use an empty database or
+    /// schema: the benchmark writes into it). Default: embedded SQLite.
+    #[arg(long)]
+    database_url: Option<String>,
 }
 
 pub async fn run(cmd: BenchCommand) -> Result<()> {
@@ -82,8 +90,84 @@ impl Drop for SpawnedNode {
     }
 }
 
-async fn spawn_node() -> Result<(SpawnedNode, NodeConfig, String)> {
-    spawn_org("bench").await
+/// `init` of organization `org` (on `database_url`, else embedded SQLite) and `processes`
+/// node processes serving it; with more than one, they share the PostgreSQL database.
+async fn spawn_processes(
+    org: &str,
+    database_url: Option<&str>,
+    processes: usize,
+) -> Result<(Vec<SpawnedNode>, NodeConfig, Vec<String>)> {
+    let Some(url) = database_url else {
+        let (node, cfg, endpoint) = spawn_org(org).await?;
+        return Ok((vec![node], cfg, vec![endpoint]));
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("verbund-bench-")
+        .tempdir()?;
+    let done = init(&InitArgs {
+        org: org.into(),
+        dir: dir.path().join(org),
+        name: "node1".into(),
+        listen: "127.0.0.1:0".parse()?,
+        ops_listen: None,
+        dns: vec![],
+        database_url: Some(url.to_string()),
+    })
+    .await?;
+    // Every process: the same identity and database, its own port, no ops listener.
+    let text = std::fs::read_to_string(&done.config_path)?
+        .replace("[database]\n", "[database]\nshared = true\n")
+        .replace("[ops]\nenabled = true", "[ops]\nenabled = false");
+    std::fs::write(&done.config_path, text)?;
+    let cfg = NodeConfig::load(&done.config_path)?;
+    let mut nodes = Vec::new();
+    let mut endpoints = Vec::new();
+    for i in 0..processes.max(1) {
+        let log = dir.path().join(format!("node-{i}.log"));
+        let (child, endpoint) = start_process(&done.config_path, &log).await?;
+        nodes.push(SpawnedNode {
+            child,
+            log,
+            _dir: tempfile::Builder::new()
+                .prefix("verbund-bench-")
+                .tempdir()?,
+        });
+        endpoints.push(endpoint);
+    }
+    // The first process owns the directory (certificates, config) for the others' lifetime.
+    if let Some(first) = nodes.first_mut() {
+        first._dir = dir;
+    }
+    Ok((nodes, cfg, endpoints))
+}
+
+/// `verbund run --config <config>`; the endpoint it serves on.
+async fn start_process(config: &std::path::Path, log: &std::path::Path) -> Result<(Child, String)> {
+    let exe = std::env::current_exe().context("locating the verbund binary")?;
+    let mut child = Command::new(exe)
+        .args(["run", "--config"])
+        .arg(config)
+        .env("VERBUND_LOG", "warn")
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(log)?)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the node process")?;
+    let stdout = child.stdout.take().context("node stdout")?;
+    let addr = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| {
+                l.split(" serving on ")
+                    .nth(1)
+                    .and_then(|a| a.split_whitespace().next())
+                    .map(str::to_string)
+            })
+    })
+    .await?
+    .context("the node did not start")?;
+    Ok((child, format!("https://{addr}")))
 }
 
 /// `init` + `run` of organization `org` in a temporary directory (embedded SQLite).
@@ -236,21 +320,27 @@ async fn api(a: ApiArgs) -> Result<()> {
     if a.connections == 0 || a.concurrency == 0 || a.duration_secs == 0 {
         bail!("--connections, --concurrency and --duration-secs must be at least 1");
     }
-    let (spawned, cfg, endpoint) = match &a.config {
+    if a.processes > 1 && a.database_url.is_none() {
+        bail!("--processes needs --database-url (several processes share one PostgreSQL database)");
+    }
+    let (spawned, cfg, endpoints) = match &a.config {
         Some(path) => {
             let cfg = NodeConfig::load(path)?;
             let endpoint = a.endpoint.clone().unwrap_or_else(|| cfg.endpoint());
-            (None, cfg, endpoint)
+            (Vec::new(), cfg, vec![endpoint])
         }
         None => {
-            let (node, cfg, endpoint) = spawn_node().await?;
-            (Some(node), cfg, endpoint)
+            let (nodes, cfg, endpoints) =
+                spawn_processes("bench", a.database_url.as_deref(), a.processes).await?;
+            (nodes, cfg, endpoints)
         }
     };
+    let endpoint = endpoints.join(", ");
+    let spawned = (!spawned.is_empty()).then_some(spawned);
     let id: ClientIdentity = ClientIdentity::from_config(&cfg)?;
     let mut channels = Vec::new();
-    for _ in 0..a.connections {
-        channels.push(connect(&endpoint, &id).await?);
+    for i in 0..a.connections.max(endpoints.len()) {
+        channels.push(connect(&endpoints[i % endpoints.len()], &id).await?);
     }
     let duration = Duration::from_secs(a.duration_secs);
     if !a.json {
@@ -259,10 +349,11 @@ async fn api(a: ApiArgs) -> Result<()> {
             a.connections,
             a.concurrency,
             a.duration_secs,
-            if spawned.is_some() {
-                ", fresh node on embedded SQLite"
-            } else {
-                ""
+            match (&spawned, a.processes) {
+                (Some(_), 1) if a.database_url.is_none() =>
+                    ", fresh node on embedded SQLite".to_string(),
+                (Some(_), n) => format!(", fresh node, {n} process(es) on PostgreSQL"),
+                (None, _) => String::new(),
             }
         );
     }
@@ -352,7 +443,11 @@ async fn api(a: ApiArgs) -> Result<()> {
             .await,
         );
     }
-    let rss = spawned.as_ref().and_then(|n| rss_kib(n.child.id()));
+    // The first process's memory (with several processes, each serves a share of the calls).
+    let rss = spawned
+        .as_ref()
+        .and_then(|n| n.first())
+        .and_then(|n| rss_kib(n.child.id()));
     if a.json {
         let phase_json = |p: &PhaseResult| serde_json::json!({"phase": p.name, "ops": p.ops, "errors": p.errors, "secs": p.secs, "per_sec": p.per_sec(), "p50_us": p.p50_us, "p99_us": p.p99_us});
         println!(
