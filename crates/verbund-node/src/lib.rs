@@ -8,16 +8,15 @@ pub mod consolidation;
 pub mod convert;
 pub mod dial;
 pub mod error;
-pub mod federation;
 pub mod handshake;
 pub mod identity;
 pub mod link_state;
-pub mod links;
 pub mod metrics;
 pub mod ops;
 pub mod pki;
 pub mod server;
 pub mod state;
+pub mod sync;
 pub mod tls;
 pub mod wire;
 

@@ -238,7 +238,7 @@ impl Node {
             ))
             .serve_with_incoming_shutdown(incoming, signal);
         // Keep our replicas of every partner's shared records in step.
-        let links = crate::links::spawn(self.state.clone());
+        let links = crate::sync::partner::spawn(self.state.clone());
         // The consolidated view follows the change log on its own (the read side).
         let view = self.state.consolidation.get().cloned().map(|view| {
             tokio::spawn(view.run(self.state.store.clone(), self.state.stopping.subscribe()))

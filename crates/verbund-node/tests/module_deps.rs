@@ -102,7 +102,7 @@ fn the_node_modules_have_no_import_cycle() {
 #[test]
 fn lower_layers_never_reach_into_the_services() {
     let graph = module_graph();
-    let services = ["api", "federation", "links", "server"];
+    let services = ["api", "sync", "server"];
     for lower in [
         "state",
         "error",

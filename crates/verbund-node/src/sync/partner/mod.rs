@@ -195,7 +195,7 @@ async fn session(state: &Arc<NodeState>, org: &str) -> Result<()> {
         .hello(pb::HelloRequest {
             protocol_version: merge::PROTOCOL_VERSION,
             org: state.org.clone(),
-            capabilities: crate::federation::CAPABILITIES
+            capabilities: crate::sync::owner::CAPABILITIES
                 .iter()
                 .map(|c| c.to_string())
                 .collect(),
