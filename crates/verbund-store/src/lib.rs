@@ -26,7 +26,7 @@ mod cache;
 use cache::RecordCache;
 mod sync_notes;
 pub use sync_notes::{
-    BucketSum, CopyState, DeliveryNote, DeliveryState, PeerAck, ReplicaInfo, SyncNote,
+    BucketSum, CopyState, DeliveryNote, DeliveryState, OutboxState, PeerAck, ReplicaInfo, SyncNote,
 };
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -305,8 +305,7 @@ pub struct OutboxEntry {
     pub record_id: Uuid,
     pub kind: RecordKind,
     pub edits: Vec<verbund_core::sync::FieldEdit>,
-    /// pending or rejected
-    pub state: String,
+    pub state: OutboxState,
     pub attempts: i64,
     pub last_error: Option<String>,
     pub created_ms: i64,

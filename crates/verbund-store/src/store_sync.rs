@@ -120,7 +120,7 @@ impl Store {
     pub async fn list_outbox(
         &self,
         owner: Option<&str>,
-        state: Option<&str>,
+        state: Option<OutboxState>,
         limit: i64,
     ) -> Result<Vec<OutboxEntry>> {
         dispatch!(self, list_outbox(owner, state, limit))

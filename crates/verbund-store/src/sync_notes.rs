@@ -35,6 +35,32 @@ impl DeliveryState {
     }
 }
 
+/// Where one of our edits of a partner's record stands (`outbox.state`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutboxState {
+    /// Waiting for the owner's verdict (or being retried).
+    Pending,
+    /// Refused by the owner, or lost in its history: kept with the reason, no longer shown.
+    Rejected,
+}
+
+impl OutboxState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboxState::Pending => "pending",
+            OutboxState::Rejected => "rejected",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<OutboxState> {
+        match s {
+            "pending" => Some(OutboxState::Pending),
+            "rejected" => Some(OutboxState::Rejected),
+            _ => None,
+        }
+    }
+}
+
 /// What a partner holds of an owner's record (`replicas.state`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CopyState {

@@ -168,16 +168,13 @@ impl NodeState {
         req: pb::ListOutboxRequest,
     ) -> Result<pb::ListOutboxResponse, Status> {
         self.administer(p, "list outbox").await?;
-        let state = match req.state.as_str() {
-            "" => None,
-            s @ ("pending" | "rejected") => Some(s),
-            _ => {
-                return Err(convert::invalid(
-                    "state",
-                    "must be pending, rejected or empty",
-                ));
-            }
-        };
+        let state =
+            match req.state.as_str() {
+                "" => None,
+                s => Some(verbund_store::OutboxState::parse(s).ok_or_else(|| {
+                    convert::invalid("state", "must be pending, rejected or empty")
+                })?),
+            };
         let entries = self
             .store
             .list_outbox(None, state, 1000)
@@ -190,7 +187,7 @@ impl NodeState {
                 record_id: e.record_id.to_string(),
                 kind: convert::kind_to_pb(e.kind) as i32,
                 fields: e.edits.iter().map(|f| f.field.clone()).collect(),
-                state: e.state,
+                state: e.state.as_str().to_string(),
                 attempts: e.attempts.clamp(0, i32::MAX as i64) as i32,
                 last_error: e.last_error.unwrap_or_default(),
                 created_ms: e.created_ms,

@@ -302,7 +302,10 @@ macro_rules! backend_sync_reads {
                 record_id: Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
                 kind: kind_from_db(&kind)?,
                 edits: serde_json::from_str(&edits).map_err(|e| StoreError::Corrupt(format!("outbox edits: {e}")))?,
-                state: r.try_get("state")?,
+                state: {
+                    let st: String = r.try_get("state")?;
+                    OutboxState::parse(&st).ok_or_else(|| StoreError::Corrupt(format!("outbox state {st:?}")))?
+                },
                 attempts: r.try_get("attempts")?,
                 last_error: r.try_get("last_error")?,
                 created_ms: r.try_get("created_ms")?,
@@ -311,14 +314,14 @@ macro_rules! backend_sync_reads {
 
         const OUTBOX_COLUMNS: &str = "seq, push_key, owner_org, record_id, kind, edits, state, attempts, last_error, created_ms";
 
-        pub async fn list_outbox(pool: &$pool, owner: Option<&str>, state: Option<&str>, limit: i64) -> Result<Vec<OutboxEntry>> {
+        pub async fn list_outbox(pool: &$pool, owner: Option<&str>, state: Option<OutboxState>, limit: i64) -> Result<Vec<OutboxEntry>> {
             let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT ");
             qb.push(OUTBOX_COLUMNS).push(" FROM outbox WHERE 1 = 1");
             if let Some(o) = owner {
                 qb.push(" AND owner_org = ").push_bind(o.to_string());
             }
             if let Some(st) = state {
-                qb.push(" AND state = ").push_bind(st.to_string());
+                qb.push(" AND state = ").push_bind(st.as_str());
             }
             qb.push(" ORDER BY seq LIMIT ").push_bind(limit);
             qb.build().fetch_all(pool).await?.iter().map(|r| outbox_row(r)).collect()

@@ -100,7 +100,11 @@ pub(super) async fn sync_partner_applies_batches_once_and_shows_pending_edits(f:
     assert_eq!(edited.fields["name"], text("N2"));
     let pending = f
         .store
-        .list_outbox(Some("globex"), Some("pending"), 10)
+        .list_outbox(
+            Some("globex"),
+            Some(verbund_store::OutboxState::Pending),
+            10,
+        )
         .await
         .unwrap();
     assert_eq!(pending.len(), 1);
@@ -141,7 +145,7 @@ pub(super) async fn sync_partner_applies_batches_once_and_shows_pending_edits(f:
     );
     let rejected = f
         .store
-        .list_outbox(None, Some("rejected"), 10)
+        .list_outbox(None, Some(verbund_store::OutboxState::Rejected), 10)
         .await
         .unwrap();
     assert_eq!(
@@ -438,7 +442,11 @@ pub(super) async fn sync_partner_quarantine_revoking_verdicts_and_history_reset(
     );
     let offered = f
         .store
-        .list_outbox(Some("globex"), Some("pending"), 10)
+        .list_outbox(
+            Some("globex"),
+            Some(verbund_store::OutboxState::Pending),
+            10,
+        )
         .await
         .unwrap();
     assert_eq!(offered.len(), 1, "{offered:?}");

@@ -571,7 +571,11 @@ async fn push_outbox(
 ) -> Result<bool> {
     let entries = state
         .store
-        .list_outbox(Some(org), Some("pending"), PUSH_BATCH)
+        .list_outbox(
+            Some(org),
+            Some(verbund_store::OutboxState::Pending),
+            PUSH_BATCH,
+        )
         .await?;
     if entries.is_empty() {
         return Ok(false);
