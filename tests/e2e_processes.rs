@@ -5,26 +5,11 @@
 
 mod support;
 
-use std::io::Write;
 use std::path::Path;
 
 use support::federation::*;
+use support::postgres::fresh_schema;
 use support::*;
-
-const PG_ENV: &str = "VERBUND_TEST_POSTGRES_URL";
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -70,23 +55,11 @@ fn link_state(node: &TestNode, partner: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_standby_process_takes_over_the_link_when_its_holder_is_killed() {
-    let Ok(url) = std::env::var(PG_ENV) else {
-        let _ = writeln!(
-            std::io::stderr(),
-            "!!! SKIPPED PostgreSQL multi-process test: {PG_ENV} is not set (.ci/run sets it)"
-        );
+    let Some((admin, schema, db_url)) =
+        fresh_schema("verbund_procs", "PostgreSQL multi-process test", "").await
+    else {
         return;
     };
-    let schema = format!("verbund_procs_{}", uuid::Uuid::now_v7().simple());
-    let admin = sqlx::PgPool::connect(&url)
-        .await
-        .expect("PostgreSQL is unreachable");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let db_url = format!("{url}{sep}options[search_path]={schema}");
 
     // acme: one node, two processes on one database.
     let dir = tempfile::tempdir().unwrap();
@@ -219,25 +192,19 @@ async fn the_standby_process_takes_over_the_link_when_its_holder_is_killed() {
 /// the node serves again without a restart, and every write it confirmed is there.
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_survive_the_database_dropping_every_connection() {
-    let Ok(url) = std::env::var(PG_ENV) else {
-        let _ = writeln!(
-            std::io::stderr(),
-            "!!! SKIPPED PostgreSQL connection-loss test: {PG_ENV} is not set (.ci/run sets it)"
-        );
+    let app = format!(
+        "verbund-drop-{}",
+        &uuid::Uuid::now_v7().simple().to_string()[20..]
+    );
+    let Some((admin, _schema, db_url)) = fresh_schema(
+        "verbund_drop",
+        "PostgreSQL connection-loss test",
+        &format!("&application_name={app}"),
+    )
+    .await
+    else {
         return;
     };
-    let tag = uuid::Uuid::now_v7().simple().to_string();
-    let schema = format!("verbund_drop_{tag}");
-    let app = format!("verbund-drop-{}", &tag[tag.len() - 12..]);
-    let admin = sqlx::PgPool::connect(&url)
-        .await
-        .expect("PostgreSQL is unreachable");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let db_url = format!("{url}{sep}options[search_path]={schema}&application_name={app}");
     let dir = tempfile::tempdir().unwrap();
     let o = verbund(&[
         "init",

@@ -218,19 +218,6 @@ fn an_owner_clock_an_hour_ahead_is_quarantined_at_the_partner_and_recovers_after
     );
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 #[test]
 fn partners_of_an_owner_restored_from_a_backup_converge_and_offer_lost_edits_again() {
     let (mut acme, globex, _fixit) = owner_with_partners();

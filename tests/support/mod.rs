@@ -3,6 +3,7 @@
 
 pub mod federation;
 pub mod node_api;
+pub mod postgres;
 pub mod python;
 pub mod sharing_world;
 pub mod trust;
@@ -291,4 +292,18 @@ impl Drop for TestNode {
 
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
+}
+
+/// Copies a directory tree (a node's home, for a backup or a second process).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
 }

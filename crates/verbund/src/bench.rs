@@ -149,7 +149,7 @@ async fn start_process(config: &std::path::Path, log: &std::path::Path) -> Resul
         .arg(config)
         .env("VERBUND_LOG", "warn")
         .stdin(Stdio::null())
-        .stderr(std::fs::File::create(log)?)
+        .stderr(std::fs::File::create(log).context("creating the node's log")?)
         .stdout(Stdio::piped())
         .spawn()
         .context("starting the node process")?;
@@ -186,31 +186,8 @@ pub(crate) async fn spawn_org(org: &str) -> Result<(SpawnedNode, NodeConfig, Str
     })
     .await?;
     let cfg = NodeConfig::load(&done.config_path)?;
-    let exe = std::env::current_exe().context("locating the verbund binary")?;
     let log = dir.path().join(format!("{org}.log"));
-    let mut child = Command::new(exe)
-        .args(["run", "--config"])
-        .arg(&done.config_path)
-        .env("VERBUND_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).context("creating the node's log")?)
-        .spawn()
-        .context("starting the node process")?;
-    let stdout = child.stdout.take().context("node stdout")?;
-    let addr = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|l| {
-                l.split(" serving on ")
-                    .nth(1)
-                    .and_then(|a| a.split_whitespace().next())
-                    .map(str::to_string)
-            })
-    })
-    .await?
-    .context("the node did not start")?;
+    let (child, endpoint) = start_process(&done.config_path, &log).await?;
     Ok((
         SpawnedNode {
             child,
@@ -218,7 +195,7 @@ pub(crate) async fn spawn_org(org: &str) -> Result<(SpawnedNode, NodeConfig, Str
             _dir: dir,
         },
         cfg,
-        format!("https://{addr}"),
+        endpoint,
     ))
 }
 
