@@ -72,6 +72,10 @@ async fn the_standby_process_takes_over_the_link_when_its_holder_is_killed() {
         dir.path().join("acme").to_str().unwrap(),
         "--listen",
         &format!("127.0.0.1:{port}"),
+        // Any free port for the ops listener (its default, the node's port + 2021, may be
+        // taken on a busy machine).
+        "--ops-listen",
+        "127.0.0.1:0",
         "--database-url",
         &db_url,
     ]);
