@@ -228,11 +228,13 @@ fn a_subsidiarys_principal_gets_nothing_from_the_holdings_view() {
     let cert = nord.home().join("users/admin.crt");
     let key = nord.home().join("users/admin.key");
     let id = uuid_like();
+    let other = "01930000-0000-7000-8000-000000000002".to_string();
     for args in [
         vec!["customer", "list"],
         vec!["customer", "get", id.as_str()],
         vec!["customer", "explain", id.as_str(), id.as_str()],
         vec!["customer", "unlink", id.as_str()],
+        vec!["customer", "link", id.as_str(), other.as_str()],
         vec!["group", "figures"],
     ] {
         let mut full: Vec<&str> = args.clone();
