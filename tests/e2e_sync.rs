@@ -325,40 +325,6 @@ fn replicas_follow_the_owner_through_edits_conflicts_outages_revokes_and_erasure
     }
 }
 
-/// Creates `n` accounts tagged `tag` on `node` (eight at a time).
-async fn bulk_accounts(node: &TestNode, n: usize, tag: &str) {
-    use verbund_core::{FieldMap, Value};
-    let ch = node.admin().await;
-    let mut pending = Vec::new();
-    for i in 0..n {
-        let mut fields = FieldMap::new();
-        fields.insert("name".into(), Value::Text(format!("Bulk {tag} {i}")));
-        fields.insert("tags".into(), Value::List(vec![tag.to_string()]));
-        let mut client =
-            verbund_node::pb::account_service_client::AccountServiceClient::new(ch.clone());
-        pending.push(tokio::spawn(async move {
-            client
-                .create_account(verbund_node::pb::CreateAccountRequest {
-                    account: Some(verbund_node::convert::message_from_fields(&fields)),
-                })
-                .await
-                .unwrap();
-        }));
-        if pending.len() == 8 {
-            for p in pending.drain(..) {
-                p.await.unwrap();
-            }
-        }
-    }
-    for p in pending {
-        p.await.unwrap();
-    }
-}
-
-fn replicas(node: &TestNode, owner: &str) -> i64 {
-    status_of(node, owner)["replicas"].as_i64().unwrap_or(0)
-}
-
 /// Every change event of `node`'s log, until it has been quiet for a second.
 async fn all_events(node: &TestNode) -> Vec<verbund_node::pb::ChangeEvent> {
     let mut stream =
@@ -500,7 +466,7 @@ async fn the_federation_api_serves_partner_nodes_only_their_share() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
     assert!(
-        e.message().contains("99") && e.message().contains("version 1"),
+        e.message().contains("99") && e.message().contains("version 2"),
         "{}",
         e.message()
     );
@@ -591,6 +557,7 @@ async fn the_federation_api_serves_partner_nodes_only_their_share() {
             after_seq: 0,
             max_batch: 0,
             cursor_mark: String::new(),
+            snapshot_after: String::new(),
         })
         .await
         .unwrap()

@@ -145,3 +145,38 @@ pub fn share_rule(owner: &TestNode, org: &str, rule: &str, profile: &str) {
     ]);
     assert!(o.status.success(), "rule add: {}", stderr(&o));
 }
+
+/// Creates `n` accounts tagged `tag` on `node` (eight at a time).
+pub async fn bulk_accounts(node: &TestNode, n: usize, tag: &str) {
+    use verbund_core::{FieldMap, Value};
+    let ch = node.admin().await;
+    let mut pending = Vec::new();
+    for i in 0..n {
+        let mut fields = FieldMap::new();
+        fields.insert("name".into(), Value::Text(format!("Bulk {tag} {i}")));
+        fields.insert("tags".into(), Value::List(vec![tag.to_string()]));
+        let mut client =
+            verbund_node::pb::account_service_client::AccountServiceClient::new(ch.clone());
+        pending.push(tokio::spawn(async move {
+            client
+                .create_account(verbund_node::pb::CreateAccountRequest {
+                    account: Some(verbund_node::convert::message_from_fields(&fields)),
+                })
+                .await
+                .unwrap();
+        }));
+        if pending.len() == 8 {
+            for p in pending.drain(..) {
+                p.await.unwrap();
+            }
+        }
+    }
+    for p in pending {
+        p.await.unwrap();
+    }
+}
+
+/// How many live replicas of `owner`'s records `node` holds.
+pub fn replicas(node: &TestNode, owner: &str) -> i64 {
+    status_of(node, owner)["replicas"].as_i64().unwrap_or(0)
+}

@@ -44,6 +44,14 @@ impl RuleMatch {
         }
     }
 
+    /// The kind of record the rule matches.
+    pub fn kind(&self) -> RecordKind {
+        match self {
+            RuleMatch::CaseAssigned => RecordKind::ServiceCase,
+            RuleMatch::AccountTag(_) => RecordKind::Account,
+        }
+    }
+
     /// Parses `case-assigned` or `account-tag:<tag>`.
     pub fn parse(s: &str) -> Option<RuleMatch> {
         if s == "case-assigned" {

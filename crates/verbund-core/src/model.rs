@@ -134,6 +134,9 @@ pub enum ChangeOp {
     /// Who may see the record changed (a share, a share rule); its fields did not. The sync
     /// stream re-evaluates the record for every partner; Watch skips these.
     Access,
+    /// A share rule was added or removed: the records it matches are streamed to its
+    /// partner as a snapshot from this point. `record_id` names the rule, not a record.
+    Snapshot,
 }
 
 impl ChangeOp {
@@ -143,6 +146,7 @@ impl ChangeOp {
             ChangeOp::Update => "update",
             ChangeOp::Delete => "delete",
             ChangeOp::Access => "access",
+            ChangeOp::Snapshot => "snapshot",
         }
     }
     pub fn parse(s: &str) -> Option<ChangeOp> {
@@ -151,6 +155,7 @@ impl ChangeOp {
             "update" => Some(ChangeOp::Update),
             "delete" => Some(ChangeOp::Delete),
             "access" => Some(ChangeOp::Access),
+            "snapshot" => Some(ChangeOp::Snapshot),
             _ => None,
         }
     }

@@ -22,7 +22,9 @@ use crate::model::{
 };
 
 /// The version of the federation protocol this code speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: share rules stream as snapshots (`snapshot_after`); a version-1 partner would take a
+/// snapshot's first batch as the whole of it.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Number of anti-entropy buckets (records fall into one by a byte of their id).
 pub const DIGEST_BUCKETS: usize = 256;

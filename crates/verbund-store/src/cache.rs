@@ -1,35 +1,65 @@
 //! A bounded in-memory cache of records for the embedded SQLite backend, where this process is
 //! the only writer. The writer task updates it after every commit (write-through); readers
 //! fill it on a miss only if no commit happened while they read, so a reader can never put an
-//! older version over a newer one.
+//! older version over a newer one. The cache is bounded in bytes (an estimate of each
+//! record's heap size), not in records: a few wide records cannot blow it up, and at a
+//! million records it holds no more than its budget.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use uuid::Uuid;
-use verbund_core::Record;
+use verbund_core::{Record, Value};
 
 #[derive(Debug)]
 pub struct RecordCache {
     inner: Mutex<Inner>,
-    capacity: usize,
+    /// The most bytes the cached records may take (estimated).
+    budget: usize,
 }
 
 #[derive(Debug)]
 struct Inner {
-    map: HashMap<Uuid, Record>,
+    /// Each record with its estimated size.
+    map: HashMap<Uuid, (Record, usize)>,
+    bytes: usize,
     /// Bumped by every commit.
     generation: u64,
 }
 
+/// Estimated heap bytes of a cached record: its strings and the nodes of its maps (an
+/// estimate that errs on the large side; what matters is that it grows with the record).
+pub fn record_bytes(r: &Record) -> usize {
+    const ENTRY: usize = 64; // a map node's share, key and value headers
+    let value_bytes = |v: &Value| match v {
+        Value::Text(t) => t.len(),
+        Value::Int(_) => 8,
+        Value::Money(m) => m.currency.len() + 8,
+        Value::List(items) => items.iter().map(|i| i.len() + 24).sum(),
+    };
+    let fields: usize = r
+        .fields
+        .iter()
+        .map(|(k, v)| ENTRY + k.len() + value_bytes(v))
+        .sum();
+    let versions: usize = r
+        .versions
+        .iter()
+        .map(|(k, h)| ENTRY + k.len() + h.node.len() + 16)
+        .sum();
+    std::mem::size_of::<Record>() + ENTRY + r.owner_org.len() + fields + versions
+}
+
 impl RecordCache {
-    pub fn new(capacity: usize) -> RecordCache {
+    /// A cache holding at most `budget` bytes of records.
+    pub fn new(budget: usize) -> RecordCache {
         RecordCache {
             inner: Mutex::new(Inner {
                 map: HashMap::new(),
+                bytes: 0,
                 generation: 0,
             }),
-            capacity: capacity.max(1),
+            budget: budget.max(1),
         }
     }
 
@@ -40,7 +70,7 @@ impl RecordCache {
     }
 
     pub fn get(&self, id: &Uuid) -> Option<Record> {
-        self.lock().map.get(id).cloned()
+        self.lock().map.get(id).map(|(r, _)| r.clone())
     }
 
     /// The generation to pass to [`RecordCache::fill`] after reading from the database.
@@ -52,7 +82,7 @@ impl RecordCache {
     pub fn fill(&self, record: &Record, generation: u64) {
         let mut inner = self.lock();
         if inner.generation == generation {
-            Self::insert(&mut inner, record.clone(), self.capacity);
+            Self::insert(&mut inner, record.clone(), self.budget);
         }
     }
 
@@ -61,19 +91,47 @@ impl RecordCache {
         let mut inner = self.lock();
         inner.generation += 1;
         for r in records {
-            Self::insert(&mut inner, r.clone(), self.capacity);
+            Self::insert(&mut inner, r.clone(), self.budget);
         }
     }
 
-    fn insert(inner: &mut Inner, record: Record, capacity: usize) {
-        if inner.map.len() >= capacity && !inner.map.contains_key(&record.id) {
-            // Crude but bounded: drop an arbitrary tenth (HashMap order is effectively random).
-            let drop: Vec<Uuid> = inner.map.keys().take(capacity / 10 + 1).copied().collect();
+    fn insert(inner: &mut Inner, record: Record, budget: usize) {
+        let size = record_bytes(&record);
+        if size > budget / 4 {
+            // Too large to be worth a quarter of the cache: not cached (and a stale copy goes).
+            if let Some((_, old)) = inner.map.remove(&record.id) {
+                inner.bytes -= old;
+            }
+            return;
+        }
+        if let Some((_, old)) = inner.map.remove(&record.id) {
+            inner.bytes -= old;
+        }
+        if inner.bytes + size > budget {
+            // Crude but bounded: drop arbitrary entries (HashMap order is effectively random)
+            // until a tenth of the budget is free.
+            let target = budget - budget / 10;
+            let mut drop = Vec::new();
+            let mut freed = 0;
+            for (k, (_, n)) in inner.map.iter() {
+                if inner.bytes - freed + size <= target {
+                    break;
+                }
+                freed += n;
+                drop.push(*k);
+            }
             for k in drop {
                 inner.map.remove(&k);
             }
+            inner.bytes -= freed;
         }
-        inner.map.insert(record.id, record);
+        inner.bytes += size;
+        inner.map.insert(record.id, (record, size));
+    }
+
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
+        self.lock().bytes
     }
 }
 
@@ -98,7 +156,7 @@ mod tests {
 
     #[test]
     fn a_stale_read_never_overwrites_a_commit() {
-        let c = RecordCache::new(10);
+        let c = RecordCache::new(100_000);
         let g = c.generation();
         // The writer commits seq 2 while a reader still holds seq 1 from the database.
         c.committed([rec(2)].iter());
@@ -107,13 +165,39 @@ mod tests {
     }
 
     #[test]
-    fn stays_bounded() {
-        let c = RecordCache::new(100);
-        for _ in 0..1_000 {
-            let mut r = rec(1);
+    fn stays_bounded_in_bytes_and_counts_exactly() {
+        let one = record_bytes(&rec(1));
+        let budget = 100 * one;
+        let c = RecordCache::new(budget);
+        let mut ids = Vec::new();
+        for i in 0..1_000 {
+            let mut r = rec(i);
             r.id = Uuid::now_v7();
+            ids.push(r.id);
             c.committed([r].iter());
+            assert!(c.bytes() <= budget, "over budget after {i}");
         }
-        assert!(c.lock().map.len() <= 100);
+        let held: usize = c.lock().map.values().map(|(_, n)| *n).sum();
+        assert_eq!(held, c.bytes(), "the running total is exact");
+        // The newest record is always there; replacing a record does not count it twice.
+        let last = *ids.last().unwrap();
+        assert!(c.get(&last).is_some());
+        let before = c.bytes();
+        let mut again = rec(2_000);
+        again.id = last;
+        c.committed([again].iter());
+        assert_eq!(c.bytes(), before);
+        assert_eq!(c.get(&last).unwrap().seq, 2_000);
+    }
+
+    #[test]
+    fn a_record_too_large_for_the_cache_is_not_kept() {
+        let c = RecordCache::new(1_000);
+        let mut big = rec(1);
+        big.fields
+            .insert("notes".into(), Value::Text("x".repeat(10_000)));
+        c.committed([big].iter());
+        assert!(c.get(&Uuid::nil()).is_none());
+        assert_eq!(c.bytes(), 0);
     }
 }

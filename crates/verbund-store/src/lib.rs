@@ -246,6 +246,8 @@ pub struct ReplicaBatch {
     pub cursor: i64,
     /// The owner's mark of its change at `cursor` (sent back when we subscribe again).
     pub cursor_mark: String,
+    /// The snapshot at `cursor` is taken up to this record id (empty: complete).
+    pub snapshot_after: String,
     pub owner_last_seq: i64,
     pub at_ms: i64,
     pub items: Vec<ReplicaItem>,
@@ -324,6 +326,20 @@ pub struct Subscription {
     pub cursor_mark: String,
     /// What happened when the owner's history last changed under us (empty: never).
     pub history_note: String,
+    /// The owner's snapshot at `cursor` is applied up to this record id (empty: the change
+    /// at `cursor` is applied completely).
+    pub snapshot_after: String,
+}
+
+/// A share rule's snapshot: the change at `seq` that starts streaming the rule's records
+/// to `org` (after the rule was added, or, `removed`, after it went).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShareSnapshot {
+    pub seq: i64,
+    pub rule_id: Uuid,
+    pub org: String,
+    pub rule: RuleMatch,
+    pub removed: bool,
 }
 
 /// A stored conflict (owner side).
@@ -693,8 +709,9 @@ pub struct Store {
     batch_hook: ops::BatchHook,
 }
 
-/// Records kept in memory by the SQLite backend.
-const CACHE_CAPACITY: usize = 100_000;
+/// Bytes of records kept in memory by the SQLite backend (estimated; see `cache`): hot
+/// records stay, and memory does not grow with the number of records stored.
+const CACHE_BUDGET: usize = 32 << 20;
 
 macro_rules! dispatch {
     ($self:ident, $f:ident ( $($arg:expr),* )) => {

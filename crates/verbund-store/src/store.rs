@@ -186,8 +186,8 @@ impl Store {
         let writer_commits = commits.clone();
         let (writes, mut rx) = mpsc::channel::<WriteJob>(4 * MAX_BATCH);
         let writer = backend.clone();
-        let cache = matches!(backend, Backend::Sqlite(_))
-            .then(|| Arc::new(RecordCache::new(CACHE_CAPACITY)));
+        let cache =
+            matches!(backend, Backend::Sqlite(_)).then(|| Arc::new(RecordCache::new(CACHE_BUDGET)));
         let writer_cache = cache.clone();
         let batch_hook = ops::BatchHook::default();
         let writer_hook = batch_hook.clone();
@@ -315,6 +315,23 @@ impl Store {
     /// Live accounts that may carry `tag` (a superset; check the tags themselves).
     pub async fn accounts_mentioning(&self, tag: &str) -> Result<Vec<Record>> {
         dispatch!(self, accounts_mentioning(tag))
+    }
+
+    /// What the snapshot change at `seq` is about (None: the change there is no snapshot).
+    pub async fn share_snapshot(&self, seq: i64) -> Result<Option<ShareSnapshot>> {
+        dispatch!(self, share_snapshot(seq))
+    }
+
+    /// The next `limit` live records after id `after` that `rule` may match for `org`, in id
+    /// order (a superset; check the rule itself).
+    pub async fn rule_members_after(
+        &self,
+        org: &str,
+        rule: &RuleMatch,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<Uuid>> {
+        dispatch!(self, rule_members_after(org, rule, after, limit))
     }
 
     pub async fn list_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>> {

@@ -173,3 +173,40 @@ pub enum SyncNote {
     /// digest), at most `limit` rows per table.
     BackfillDigests { limit: i64 },
 }
+
+/// Whether a partner's stored stream position (`cursor`, snapshot `after`) covers a batch's
+/// position: a later change, or the same snapshot at least as far along. An empty snapshot
+/// position means the change at the cursor was taken completely, which is past every id.
+pub(crate) fn position_covers(
+    cursor: i64,
+    after: &str,
+    batch_cursor: i64,
+    batch_after: &str,
+) -> bool {
+    cursor > batch_cursor
+        || (cursor == batch_cursor
+            && (after.is_empty() || (!batch_after.is_empty() && after >= batch_after)))
+}
+
+#[cfg(test)]
+mod position_tests {
+    use super::position_covers;
+
+    #[test]
+    fn a_snapshot_advances_by_id_and_completes_past_every_id() {
+        assert!(position_covers(5, "", 4, "zz"), "a later change covers");
+        assert!(!position_covers(4, "", 5, "a"), "an earlier one does not");
+        assert!(
+            !position_covers(5, "b", 5, "c"),
+            "further along the same snapshot"
+        );
+        assert!(position_covers(5, "c", 5, "b"), "behind where we are");
+        assert!(position_covers(5, "c", 5, "c"), "the same batch again");
+        assert!(!position_covers(5, "c", 5, ""), "the snapshot's completion");
+        assert!(
+            position_covers(5, "", 5, "c"),
+            "completed covers every part"
+        );
+        assert!(position_covers(5, "", 5, ""), "the same change again");
+    }
+}

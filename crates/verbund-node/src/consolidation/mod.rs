@@ -309,7 +309,11 @@ impl ConsolidatedView {
             return Ok(false);
         };
         let mut kinds: BTreeMap<Uuid, RecordKind> = BTreeMap::new();
-        for c in &changes {
+        // A snapshot row names a share rule, not a record: nothing of the view changed.
+        for c in changes
+            .iter()
+            .filter(|c| c.op != verbund_core::ChangeOp::Snapshot)
+        {
             kinds.insert(c.record_id, c.kind);
         }
         let ids: Vec<Uuid> = kinds.keys().copied().collect();

@@ -121,5 +121,50 @@ macro_rules! backend_sharing_reads {
             let rows = qb.build().fetch_all(pool).await?;
             rows.iter().map(|r| record_row(r)?.into_record()).collect()
         }
+
+        /// What the snapshot change at `seq` is about (None: no snapshot there).
+        pub async fn share_snapshot(pool: &$pool, seq: i64) -> Result<Option<ShareSnapshot>> {
+            let Some(row) = sqlx::query("SELECT seq, rule_id, org, rule, removed FROM share_snapshots WHERE seq = $1")
+                .bind(seq)
+                .fetch_optional(pool)
+                .await?
+            else {
+                return Ok(None);
+            };
+            let rule_id: String = row.try_get("rule_id")?;
+            let rule: String = row.try_get("rule")?;
+            Ok(Some(ShareSnapshot {
+                seq: row.try_get("seq")?,
+                rule_id: Uuid::parse_str(&rule_id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                org: row.try_get("org")?,
+                rule: RuleMatch::parse(&rule).ok_or_else(|| StoreError::Corrupt(format!("share snapshot rule {rule}")))?,
+                removed: row.try_get("removed")?,
+            }))
+        }
+
+        /// The next `limit` live records after `after` (by id; empty: from the start) that
+        /// `rule` may match for `org`: a superset, which the caller narrows with the rule.
+        /// Ids only, so a snapshot batch holds one batch of records at a time.
+        pub async fn rule_members_after(pool: &$pool, org: &str, rule: &RuleMatch, after: &str, limit: i64) -> Result<Vec<Uuid>> {
+            let ids: Vec<String> = match rule {
+                RuleMatch::CaseAssigned => {
+                    sqlx::query_scalar("SELECT id FROM records WHERE kind = 'service_case' AND assigned_org = $1 AND deleted_version IS NULL AND id > $2 ORDER BY id LIMIT $3")
+                        .bind(org)
+                        .bind(after)
+                        .bind(limit)
+                        .fetch_all(pool)
+                        .await?
+                }
+                RuleMatch::AccountTag(tag) => {
+                    sqlx::query_scalar("SELECT id FROM records WHERE kind = 'account' AND deleted_version IS NULL AND fields LIKE $1 ESCAPE '\\' AND id > $2 ORDER BY id LIMIT $3")
+                        .bind(like_pattern(&format!("\"{tag}\"")))
+                        .bind(after)
+                        .bind(limit)
+                        .fetch_all(pool)
+                        .await?
+                }
+            };
+            ids.iter().map(|id| Uuid::parse_str(id).map_err(|e| StoreError::Corrupt(e.to_string()))).collect()
+        }
     };
 }

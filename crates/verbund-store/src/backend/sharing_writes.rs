@@ -23,36 +23,49 @@ macro_rules! backend_sharing_writes {
                 .collect()
         }
 
-        /// Live records a share rule may match (a superset; streams check the rule).
-        async fn rule_candidates(tx: &mut Tx, org: &str, rule: &RuleMatch) -> Result<Vec<(String, String)>> {
-            let rows = match rule {
-                RuleMatch::CaseAssigned => {
-                    sqlx::query("SELECT id, kind FROM records WHERE kind = 'service_case' AND assigned_org = $1 AND deleted_version IS NULL ORDER BY id")
-                        .bind(org)
-                        .fetch_all(&mut **tx)
-                        .await?
-                }
-                RuleMatch::AccountTag(tag) => {
-                    sqlx::query("SELECT id, kind FROM records WHERE kind = 'account' AND deleted_version IS NULL AND fields LIKE $1 ESCAPE '\\' ORDER BY id")
-                        .bind(like_pattern(&format!("\"{tag}\"")))
-                        .fetch_all(&mut **tx)
-                        .await?
-                }
-            };
-            rows.iter().map(|r| Ok((r.try_get("id")?, r.try_get("kind")?))).collect()
+        /// The change-log row that starts a rule's snapshot for its partner (added or
+        /// removed), with what it is about kept beside it: one row however many records the
+        /// rule matches. Streams take the matching records from there, in id order.
+        async fn snapshot_change(tx: &mut Tx, rule_id: Uuid, org: &str, rule: &RuleMatch, removed: bool, hlc: &Hlc, seq: &mut i64) -> Result<Change> {
+            *seq += 1;
+            sqlx::query("INSERT INTO share_snapshots (seq, rule_id, org, rule, removed) VALUES ($1, $2, $3, $4, $5)")
+                .bind(*seq)
+                .bind(rule_id.to_string())
+                .bind(org)
+                .bind(rule.describe())
+                .bind(removed)
+                .execute(&mut **tx)
+                .await?;
+            Ok(Change {
+                seq: *seq,
+                record_id: rule_id,
+                kind: rule.kind(),
+                op: ChangeOp::Snapshot,
+                hlc: hlc.clone(),
+                fields: BTreeMap::new(),
+                at_ms: hlc.physical_ms as i64,
+            })
         }
 
         async fn share_op(tx: &mut Tx, op: ShareOp, hlc: Hlc, seq: &mut i64) -> Result<OpOutput> {
-            let touched: Vec<(String, String)> = match &op {
-                ShareOp::Add(share) => vec![(share.record_id.to_string(), share.kind.as_str().to_string())],
+            let mut changes = Vec::new();
+            match &op {
+                ShareOp::Add(share) => {
+                    changes = access_changes(vec![(share.record_id.to_string(), share.kind.as_str().to_string())], &hlc, seq)?;
+                }
                 ShareOp::Revoke { record_id, .. } => {
                     let kind: Option<String> = sqlx::query_scalar("SELECT kind FROM records WHERE id = $1")
                         .bind(record_id.to_string())
                         .fetch_optional(&mut **tx)
                         .await?;
-                    kind.map(|k| vec![(record_id.to_string(), k)]).unwrap_or_default()
+                    changes = access_changes(kind.map(|k| vec![(record_id.to_string(), k)]).unwrap_or_default(), &hlc, seq)?;
                 }
-                ShareOp::AddRule(rule) => rule_candidates(tx, &rule.org, &rule.rule).await?,
+                ShareOp::AddRule(_) | ShareOp::RemoveRule(_) => {}
+            }
+            // A rule's snapshot row follows the rule's own change (the row of a removed rule
+            // is read before it goes).
+            let snapshot = match &op {
+                ShareOp::AddRule(rule) => Some((rule.id, rule.org.clone(), rule.rule.clone(), false)),
                 ShareOp::RemoveRule(id) => {
                     let row = sqlx::query("SELECT org, rule FROM share_rules WHERE id = $1")
                         .bind(id.to_string())
@@ -61,18 +74,19 @@ macro_rules! backend_sharing_writes {
                     match row {
                         Some(row) => {
                             let (org, rule): (String, String) = (row.try_get("org")?, row.try_get("rule")?);
-                            match RuleMatch::parse(&rule) {
-                                Some(rule) => rule_candidates(tx, &org, &rule).await?,
-                                None => Vec::new(),
-                            }
+                            RuleMatch::parse(&rule).map(|rule| (*id, org, rule, true))
                         }
-                        None => Vec::new(),
+                        None => None,
                     }
                 }
+                _ => None,
             };
             share_tables(tx, op).await?;
+            if let Some((rule_id, org, rule, removed)) = snapshot {
+                changes.push(snapshot_change(tx, rule_id, &org, &rule, removed, &hlc, seq).await?);
+            }
             Ok(OpOutput {
-                changes: access_changes(touched, &hlc, seq)?,
+                changes,
                 ..OpOutput::default()
             })
         }

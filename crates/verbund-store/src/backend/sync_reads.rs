@@ -270,11 +270,12 @@ macro_rules! backend_sync_reads {
                 last_error_ms: r.try_get("last_error_ms")?,
                 cursor_mark: r.try_get("cursor_mark")?,
                 history_note: r.try_get("history_note")?,
+                snapshot_after: r.try_get("snapshot_after")?,
             })
         }
 
         pub async fn subscription(pool: &$pool, owner: &str) -> Result<Option<Subscription>> {
-            sqlx::query("SELECT owner_org, cursor, owner_last_seq, last_batch_ms, last_error, last_error_ms, cursor_mark, history_note FROM subscriptions WHERE owner_org = $1")
+            sqlx::query("SELECT owner_org, cursor, owner_last_seq, last_batch_ms, last_error, last_error_ms, cursor_mark, history_note, snapshot_after FROM subscriptions WHERE owner_org = $1")
                 .bind(owner)
                 .fetch_optional(pool)
                 .await?
@@ -283,7 +284,7 @@ macro_rules! backend_sync_reads {
         }
 
         pub async fn list_subscriptions(pool: &$pool) -> Result<Vec<Subscription>> {
-            sqlx::query("SELECT owner_org, cursor, owner_last_seq, last_batch_ms, last_error, last_error_ms, cursor_mark, history_note FROM subscriptions ORDER BY owner_org")
+            sqlx::query("SELECT owner_org, cursor, owner_last_seq, last_batch_ms, last_error, last_error_ms, cursor_mark, history_note, snapshot_after FROM subscriptions ORDER BY owner_org")
                 .fetch_all(pool)
                 .await?
                 .iter()

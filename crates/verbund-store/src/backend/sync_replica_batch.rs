@@ -460,14 +460,19 @@ macro_rules! backend_sync_replica_batch {
 
         async fn replica_batch(tx: &mut Tx, batch: ReplicaBatch, seq: &mut i64) -> Result<OpOutput> {
             let mut out = OpOutput::default();
-            let stored: Option<i64> = sqlx::query_scalar("SELECT cursor FROM subscriptions WHERE owner_org = $1")
+            let position = sqlx::query("SELECT cursor, snapshot_after FROM subscriptions WHERE owner_org = $1")
                 .bind(&batch.owner_org)
                 .fetch_optional(&mut **tx)
-                .await?;
+                .await?
+                .map(|r| Ok::<_, StoreError>((r.try_get::<i64, _>("cursor")?, r.try_get::<String, _>("snapshot_after")?)))
+                .transpose()?;
+            let stored = position.as_ref().map(|(c, _)| *c);
             let owner = batch.owner_org.clone();
             if let Some(own_org) = &batch.reset_for_org {
                 reset_owner(tx, &owner, own_org, batch.at_ms).await?;
-            } else if batch.cursor > 0 && stored.is_some_and(|c| c >= batch.cursor) {
+            } else if batch.cursor > 0
+                && position.as_ref().is_some_and(|(c, after)| crate::sync_notes::position_covers(*c, after, batch.cursor, &batch.snapshot_after))
+            {
                 // A batch the cursor already covers was applied: applying it again changes
                 // nothing. Repairs (cursor 0) apply whatever the cursor.
                 return Ok(out);
@@ -520,14 +525,20 @@ macro_rules! backend_sync_replica_batch {
             if batch.cursor > 0 || stored.is_none() || batch.reset_for_org.is_some() {
                 // Even a batch that changed nothing moves the cursor: what we know advances.
                 // After a reset the cursor starts again below where it was.
+                // The position (cursor, snapshot_after) only moves forward; at the same cursor a
+                // snapshot in progress advances by record id, and an empty position (the change
+                // at the cursor taken completely) is past every id.
                 let sql = if batch.reset_for_org.is_some() {
-                    "INSERT INTO subscriptions (owner_org, cursor, cursor_mark, owner_last_seq, last_batch_ms) VALUES ($1, $2, $3, $4, $5) \
+                    "INSERT INTO subscriptions (owner_org, cursor, cursor_mark, snapshot_after, owner_last_seq, last_batch_ms) VALUES ($1, $2, $3, $4, $5, $6) \
                      ON CONFLICT (owner_org) DO UPDATE SET cursor = excluded.cursor, cursor_mark = excluded.cursor_mark, \
-                     owner_last_seq = excluded.owner_last_seq, last_batch_ms = excluded.last_batch_ms"
+                     snapshot_after = excluded.snapshot_after, owner_last_seq = excluded.owner_last_seq, last_batch_ms = excluded.last_batch_ms"
                 } else {
-                    "INSERT INTO subscriptions (owner_org, cursor, cursor_mark, owner_last_seq, last_batch_ms) VALUES ($1, $2, $3, $4, $5) \
+                    "INSERT INTO subscriptions (owner_org, cursor, cursor_mark, snapshot_after, owner_last_seq, last_batch_ms) VALUES ($1, $2, $3, $4, $5, $6) \
                      ON CONFLICT (owner_org) DO UPDATE SET \
-                     cursor_mark = CASE WHEN excluded.cursor > subscriptions.cursor THEN excluded.cursor_mark ELSE subscriptions.cursor_mark END, \
+                     cursor_mark = CASE WHEN excluded.cursor > subscriptions.cursor OR (excluded.cursor = subscriptions.cursor AND subscriptions.snapshot_after <> '' \
+                       AND (excluded.snapshot_after = '' OR excluded.snapshot_after > subscriptions.snapshot_after)) THEN excluded.cursor_mark ELSE subscriptions.cursor_mark END, \
+                     snapshot_after = CASE WHEN excluded.cursor > subscriptions.cursor OR (excluded.cursor = subscriptions.cursor AND subscriptions.snapshot_after <> '' \
+                       AND (excluded.snapshot_after = '' OR excluded.snapshot_after > subscriptions.snapshot_after)) THEN excluded.snapshot_after ELSE subscriptions.snapshot_after END, \
                      cursor = CASE WHEN excluded.cursor > subscriptions.cursor THEN excluded.cursor ELSE subscriptions.cursor END, \
                      owner_last_seq = excluded.owner_last_seq, last_batch_ms = excluded.last_batch_ms"
                 };
@@ -535,6 +546,7 @@ macro_rules! backend_sync_replica_batch {
                     .bind(&owner)
                     .bind(batch.cursor)
                     .bind(&batch.cursor_mark)
+                    .bind(&batch.snapshot_after)
                     .bind(batch.owner_last_seq)
                     .bind(batch.at_ms)
                     .execute(&mut **tx)

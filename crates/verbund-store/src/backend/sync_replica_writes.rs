@@ -169,7 +169,7 @@ macro_rules! backend_sync_replica_writes {
             );
             sqlx::query(
                 "INSERT INTO subscriptions (owner_org, cursor, owner_last_seq, cursor_mark, history_note) VALUES ($1, 0, 0, '', $2) \
-                 ON CONFLICT (owner_org) DO UPDATE SET cursor = 0, cursor_mark = '', history_note = excluded.history_note",
+                 ON CONFLICT (owner_org) DO UPDATE SET cursor = 0, cursor_mark = '', snapshot_after = '', history_note = excluded.history_note",
             )
             .bind(owner)
             .bind(&note)

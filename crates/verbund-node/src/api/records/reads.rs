@@ -297,7 +297,10 @@ impl NodeState {
         let mut shown = Vec::new();
         let mut events = Vec::new();
         for c in batch {
-            if c.op == verbund_core::ChangeOp::Access {
+            if matches!(
+                c.op,
+                verbund_core::ChangeOp::Access | verbund_core::ChangeOp::Snapshot
+            ) {
                 continue; // sharing bookkeeping, not a change of the record
             }
             let Some(rec) = reached.records.get(&c.record_id) else {
@@ -324,9 +327,9 @@ impl NodeState {
                 op: match c.op {
                     verbund_core::ChangeOp::Create => pb::ChangeOp::Create,
                     verbund_core::ChangeOp::Update => pb::ChangeOp::Update,
-                    verbund_core::ChangeOp::Delete | verbund_core::ChangeOp::Access => {
-                        pb::ChangeOp::Delete
-                    }
+                    verbund_core::ChangeOp::Delete
+                    | verbund_core::ChangeOp::Access
+                    | verbund_core::ChangeOp::Snapshot => pb::ChangeOp::Delete,
                 } as i32,
                 changed_fields: changed,
                 version: Some(convert::hlc_to_pb(&c.hlc)),

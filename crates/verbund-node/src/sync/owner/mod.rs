@@ -15,7 +15,7 @@ use uuid::Uuid;
 use verbund_core::access::{controls_access, project};
 use verbund_core::sync::{self as merge, FieldEdit};
 use verbund_core::{Change, ChangeOp, Record, RecordKind};
-use verbund_store::{DeliveryNote, DeliveryState, VerdictOutcome};
+use verbund_store::{DeliveryNote, DeliveryState, ShareSnapshot, VerdictOutcome};
 
 use crate::api::Api;
 use crate::auth::{self};
@@ -128,6 +128,19 @@ fn edits_from_pb(
         .collect()
 }
 
+/// The records a batch of changes touched, in order, and whether who may see them may have
+/// changed (anything but an update of fields that decide no access). A snapshot row names a
+/// share rule, not a record: its records come as a snapshot.
+fn changed_records(changes: &[Change]) -> (Vec<Uuid>, bool) {
+    let mut ids = Vec::with_capacity(changes.len());
+    let mut reach_changed = false;
+    for c in changes.iter().filter(|c| c.op != ChangeOp::Snapshot) {
+        reach_changed |= c.op != ChangeOp::Update || c.fields.keys().any(|f| controls_access(f));
+        ids.push(c.record_id);
+    }
+    (ids, reach_changed)
+}
+
 impl NodeState {
     /// Federation calls come only from partner nodes.
     fn federation_caller<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
@@ -140,21 +153,25 @@ impl NodeState {
         Ok(p)
     }
 
-    /// The items a batch of changes means for partner `p`: its projection of each record
-    /// that changed, a revoke for a record it held and no longer sees, a tombstone or an
-    /// erasure for one it held that was deleted or erased; and the rows the partner's
+    /// The items the records `changed` (in order, repeats ignored) mean for partner `p`: its
+    /// projection of each, a revoke for a record it held and no longer sees, a tombstone or
+    /// an erasure for one it held that was deleted or erased; and the rows the partner's
     /// delivery ledger must note before anything is sent (only what changes there).
-    async fn items_for(&self, p: &Principal, changes: &[Change]) -> Result<Outgoing, Status> {
+    /// `reach_changed`: who may see them may have changed, so the records around them are
+    /// looked at again.
+    async fn items_of(
+        &self,
+        p: &Principal,
+        changed: Vec<Uuid>,
+        reach_changed: bool,
+    ) -> Result<Outgoing, Status> {
         let mut ids: Vec<Uuid> = Vec::new();
         let mut seen = BTreeSet::new();
-        for c in changes {
-            if seen.insert(c.record_id) {
-                ids.push(c.record_id);
+        for id in changed {
+            if seen.insert(id) {
+                ids.push(id);
             }
         }
-        let reach_changed = changes
-            .iter()
-            .any(|c| c.op != ChangeOp::Update || c.fields.keys().any(|f| controls_access(f)));
         if reach_changed {
             // The records it refers to (shown with it as references) are looked at again.
             let changed = self.store.get_many(&ids).await.map_err(store_status)?;
@@ -267,6 +284,71 @@ impl NodeState {
         })
     }
 
+    /// Sends partner `p` what the records `ids` mean for it, as the batch that brings it to
+    /// `position` (cursor, its mark, the snapshot position). The ledger rows and the batch's
+    /// audit entry commit together (one writer job, one fsync) before the batch leaves.
+    /// False: the stream is over (the partner went, or an error was sent to it).
+    async fn send_batch(
+        &self,
+        p: &Principal,
+        ids: Vec<Uuid>,
+        reach_changed: bool,
+        position: (i64, &str, &str),
+        owner_last_seq: i64,
+        tx: &mpsc::Sender<Result<pb::SyncBatch, Status>>,
+    ) -> bool {
+        let (cursor, mark, snapshot_after) = position;
+        let Outgoing {
+            items,
+            ledger,
+            policy,
+        } = match self.items_of(p, ids, reach_changed).await {
+            Ok(found) => found,
+            Err(status) => {
+                let _ = tx.send(Err(status)).await;
+                return false;
+            }
+        };
+        let audit = if items.is_empty() {
+            Vec::new()
+        } else {
+            vec![NodeState::audit_draft(
+                p,
+                "sync",
+                None,
+                None,
+                Vec::new(),
+                "allow",
+                if snapshot_after.is_empty() {
+                    format!("{} record(s) sent, changes up to {cursor}", items.len())
+                } else {
+                    format!(
+                        "{} record(s) sent of the snapshot at change {cursor}",
+                        items.len()
+                    )
+                },
+            )]
+        };
+        if let Err(e) = self
+            .store
+            .record_deliveries(&p.org, ledger, now_ms(), &policy, audit)
+            .await
+        {
+            let _ = tx.send(Err(store_status(e))).await;
+            return false;
+        }
+        let batch = pb::SyncBatch {
+            items,
+            cursor,
+            owner_last_seq,
+            heartbeat: false,
+            cursor_mark: mark.to_string(),
+            reset: false,
+            snapshot_after: snapshot_after.to_string(),
+        };
+        tx.send(Ok(batch)).await.is_ok()
+    }
+
     /// Streams the owner's changes after `after_seq` to partner `p`, then follows new commits.
     pub fn subscribe(
         self: &Arc<Self>,
@@ -275,6 +357,12 @@ impl NodeState {
     ) -> Result<ReceiverStream<Result<pb::SyncBatch, Status>>, Status> {
         if req.after_seq < 0 {
             return Err(convert::invalid("after_seq", "must not be negative"));
+        }
+        if req.snapshot_after.len() > 64 {
+            return Err(convert::invalid(
+                "snapshot_after",
+                "must be a record id as sent with a batch",
+            ));
         }
         let max_batch = match req.max_batch as usize {
             0 => DEFAULT_BATCH,
@@ -320,6 +408,7 @@ impl NodeState {
                         heartbeat: false,
                         cursor_mark: String::new(),
                         reset: true,
+                        snapshot_after: String::new(),
                     };
                     if tx.send(Ok(reset)).await.is_err() {
                         return;
@@ -337,6 +426,7 @@ impl NodeState {
                         heartbeat: false,
                         cursor_mark: String::new(),
                         reset: false,
+                        snapshot_after: String::new(),
                     };
                     if tx.send(Ok(batch)).await.is_err() {
                         return;
@@ -348,9 +438,71 @@ impl NodeState {
                     return;
                 }
             }
+            // A snapshot in progress: what it is about and the last record id sent of it. The
+            // partner may come back in the middle of one (its cursor names the snapshot's
+            // change and how far it got).
+            let mut snapshot: Option<(ShareSnapshot, String)> = None;
+            if cursor > 0 && !req.snapshot_after.is_empty() {
+                match state.store.share_snapshot(cursor).await {
+                    Ok(Some(snap)) if snap.org == principal.org => {
+                        snapshot = Some((snap, req.snapshot_after.clone()));
+                    }
+                    Ok(_) => {
+                        let _ = tx
+                            .send(Err(convert::invalid(
+                                "snapshot_after",
+                                "the change at after_seq is not a snapshot for your organization",
+                            )))
+                            .await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(store_status(e))).await;
+                        return;
+                    }
+                }
+            }
             loop {
                 if *stopping.borrow() || tokio::time::Instant::now() >= deadline {
                     return;
+                }
+                if let Some((snap, after)) = snapshot.as_mut() {
+                    // The next records of the rule, in id order; fewer than a batch: the last.
+                    let ids = match state
+                        .store
+                        .rule_members_after(&snap.org, &snap.rule, after, max_batch as i64)
+                        .await
+                    {
+                        Ok(ids) => ids,
+                        Err(e) => {
+                            let _ = tx.send(Err(store_status(e))).await;
+                            return;
+                        }
+                    };
+                    let position = match ids.last() {
+                        Some(last) if ids.len() == max_batch => last.to_string(),
+                        _ => String::new(),
+                    };
+                    let owner_last_seq = *notify.borrow();
+                    let sent = state
+                        .send_batch(
+                            &principal,
+                            ids,
+                            true,
+                            (cursor, &mark, &position),
+                            owner_last_seq,
+                            &tx,
+                        )
+                        .await;
+                    if !sent {
+                        return;
+                    }
+                    if position.is_empty() {
+                        snapshot = None;
+                    } else {
+                        *after = position;
+                    }
+                    continue;
                 }
                 let changes = match state
                     .store
@@ -363,10 +515,7 @@ impl NodeState {
                         return;
                     }
                 };
-                let Some((end, end_mark)) = changes
-                    .last()
-                    .map(|c| (c.seq, merge::change_mark(c.seq, &c.record_id, &c.hlc)))
-                else {
+                if changes.is_empty() {
                     tokio::select! {
                         _ = notify.changed() => {}
                         _ = tokio::time::sleep(HEARTBEAT) => {
@@ -377,6 +526,7 @@ impl NodeState {
                                 heartbeat: true,
                                 cursor_mark: mark.clone(),
                                 reset: false,
+                                snapshot_after: String::new(),
                             };
                             if tx.send(Ok(beat)).await.is_err() {
                                 return;
@@ -387,54 +537,59 @@ impl NodeState {
                         _ = tokio::time::sleep_until(deadline) => return,
                     }
                     continue;
+                }
+                // A snapshot of a rule for this partner cuts the batch: the changes before it
+                // go first, then the snapshot, then the changes after it.
+                let mut cut = None;
+                for (i, c) in changes.iter().enumerate() {
+                    if c.op != ChangeOp::Snapshot {
+                        continue;
+                    }
+                    match state.store.share_snapshot(c.seq).await {
+                        Ok(Some(snap)) if snap.org == principal.org => {
+                            cut = Some((i, snap));
+                            break;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            let _ = tx.send(Err(store_status(e))).await;
+                            return;
+                        }
+                    }
+                }
+                let head = match &cut {
+                    Some((i, _)) => &changes[..*i],
+                    None => &changes[..],
                 };
-                let Outgoing {
-                    items,
-                    ledger,
-                    policy,
-                } = match state.items_for(&principal, &changes).await {
-                    Ok(found) => found,
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
+                if let Some(last) = head.last() {
+                    let (end, end_mark) = (
+                        last.seq,
+                        merge::change_mark(last.seq, &last.record_id, &last.hlc),
+                    );
+                    let (ids, reach_changed) = changed_records(head);
+                    let owner_last_seq = *notify.borrow();
+                    let sent = state
+                        .send_batch(
+                            &principal,
+                            ids,
+                            reach_changed,
+                            (end, &end_mark, ""),
+                            owner_last_seq,
+                            &tx,
+                        )
+                        .await;
+                    if !sent {
                         return;
                     }
-                };
-                // The ledger rows and the batch's audit entry commit together (one writer
-                // job, one fsync), before the batch leaves.
-                let audit = if items.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![NodeState::audit_draft(
-                        &principal,
-                        "sync",
-                        None,
-                        None,
-                        Vec::new(),
-                        "allow",
-                        format!("{} record(s) sent, changes up to {end}", items.len()),
-                    )]
-                };
-                if let Err(e) = state
-                    .store
-                    .record_deliveries(&principal.org, ledger, now_ms(), &policy, audit)
-                    .await
-                {
-                    let _ = tx.send(Err(store_status(e))).await;
-                    return;
+                    cursor = end;
+                    mark = end_mark;
                 }
-                let batch = pb::SyncBatch {
-                    items,
-                    cursor: end,
-                    owner_last_seq: *notify.borrow(),
-                    heartbeat: false,
-                    cursor_mark: end_mark.clone(),
-                    reset: false,
-                };
-                if tx.send(Ok(batch)).await.is_err() {
-                    return;
+                if let Some((i, snap)) = cut {
+                    let c = &changes[i];
+                    cursor = c.seq;
+                    mark = merge::change_mark(c.seq, &c.record_id, &c.hlc);
+                    snapshot = Some((snap, String::new()));
                 }
-                cursor = end;
-                mark = end_mark;
             }
         });
         Ok(ReceiverStream::new(rx))

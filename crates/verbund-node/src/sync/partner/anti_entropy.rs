@@ -22,10 +22,11 @@ pub async fn anti_entropy(
     org: &str,
 ) -> Result<RoundOutcome> {
     // While the stream is still delivering (our cursor behind the owner's latest change as
-    // of its last batch), the buckets differ by what is on its way: comparing now would
-    // only repeat the stream's work. The round waits until we have caught up.
+    // of its last batch, or a snapshot in progress), the buckets differ by what is on its
+    // way: comparing now would only repeat the stream's work. The round waits until we have
+    // caught up.
     if let Some(sub) = state.store.subscription(org).await?
-        && sub.cursor < sub.owner_last_seq
+        && (sub.cursor < sub.owner_last_seq || !sub.snapshot_after.is_empty())
     {
         return Ok(RoundOutcome {
             repairs: 0,

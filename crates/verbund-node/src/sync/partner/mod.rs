@@ -252,17 +252,18 @@ async fn session(state: &Arc<NodeState>, org: &str) -> Result<()> {
             .await
             .context("starting over")?;
     }
-    let (cursor, cursor_mark) = state
+    let (cursor, cursor_mark, snapshot_after) = state
         .store
         .subscription(org)
         .await?
-        .map(|s| (s.cursor, s.cursor_mark))
+        .map(|s| (s.cursor, s.cursor_mark, s.snapshot_after))
         .unwrap_or_default();
     let mut stream = client
         .subscribe(pb::SubscribeRequest {
             after_seq: cursor,
             max_batch: 0,
             cursor_mark,
+            snapshot_after,
         })
         .await
         .map_err(|s| anyhow!("subscribe refused: {}: {}", s.code(), s.message()))?
@@ -378,6 +379,7 @@ async fn apply_batch(
             owner_org: org.to_string(),
             cursor: batch.cursor,
             cursor_mark: batch.cursor_mark,
+            snapshot_after: batch.snapshot_after,
             owner_last_seq: batch.owner_last_seq,
             at_ms: now_ms(),
             items,
