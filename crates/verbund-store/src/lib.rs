@@ -90,11 +90,33 @@ pub struct Partner {
     pub fingerprint: String,
     /// Where its node serves, `https://host:port`.
     pub endpoint: String,
-    pub status: String,
+    pub status: PartnerStatus,
     pub added_at_ms: i64,
     pub last_contact_ms: Option<i64>,
     /// The partner's revocation list (PEM), if one was loaded.
     pub crl_pem: Option<String>,
+}
+
+/// Where a partner stands in the registry (`partners.status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartnerStatus {
+    /// Registered: its CA is trusted and its link runs.
+    Active,
+}
+
+impl PartnerStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PartnerStatus::Active => "active",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<PartnerStatus> {
+        match s {
+            "active" => Some(PartnerStatus::Active),
+            _ => None,
+        }
+    }
 }
 
 /// Plans a change from the current state of a record (None: nothing to change).
@@ -731,5 +753,12 @@ mod tests {
         v.insert("name".to_string(), Hlc::new(5, 1, "acme/n1"));
         assert_eq!(versions_from_json(&versions_to_json(&v)).unwrap(), v);
         assert!(versions_from_json("{\"name\": \"bogus\"}").is_err());
+    }
+
+    #[test]
+    fn partner_status_keeps_its_stored_name() {
+        assert_eq!(PartnerStatus::Active.as_str(), "active");
+        assert_eq!(PartnerStatus::parse("active"), Some(PartnerStatus::Active));
+        assert_eq!(PartnerStatus::parse("Active"), None);
     }
 }

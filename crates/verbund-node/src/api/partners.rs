@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status};
 use verbund_proto::v1 as pb;
-use verbund_store::Partner;
+use verbund_store::{Partner, PartnerStatus};
 
 use crate::api::Api;
 use crate::auth;
@@ -43,7 +43,7 @@ fn to_pb(p: &Partner) -> pb::Partner {
         org: p.org.clone(),
         endpoint: p.endpoint.clone(),
         fingerprint: p.fingerprint.clone(),
-        status: p.status.clone(),
+        status: p.status.as_str().to_string(),
         add_time: Some(ms_to_timestamp(p.added_at_ms)),
         last_contact_time: p.last_contact_ms.map(ms_to_timestamp),
     }
@@ -125,7 +125,7 @@ impl NodeState {
             ca_pem: req.ca_pem.clone(),
             fingerprint: computed,
             endpoint: req.endpoint.clone(),
-            status: "active".into(),
+            status: PartnerStatus::Active,
             added_at_ms: now_ms(),
             last_contact_ms: None,
             crl_pem: None,

@@ -167,7 +167,7 @@ macro_rules! backend_reads {
             .bind(&p.ca_pem)
             .bind(&p.fingerprint)
             .bind(&p.endpoint)
-            .bind(&p.status)
+            .bind(p.status.as_str())
             .bind(p.added_at_ms)
             .bind(p.last_contact_ms)
             .execute(pool)
@@ -189,12 +189,14 @@ macro_rules! backend_reads {
             .await?;
             rows.iter()
                 .map(|r| {
+                    let status: String = r.try_get("status")?;
                     Ok(Partner {
                         org: r.try_get("org")?,
                         ca_pem: r.try_get("ca_pem")?,
                         fingerprint: r.try_get("fingerprint")?,
                         endpoint: r.try_get("endpoint")?,
-                        status: r.try_get("status")?,
+                        status: PartnerStatus::parse(&status)
+                            .ok_or_else(|| StoreError::Corrupt(format!("partner status {status:?}")))?,
                         added_at_ms: r.try_get("added_at_ms")?,
                         last_contact_ms: r.try_get("last_contact_ms")?,
                         crl_pem: r.try_get("crl_pem")?,
