@@ -105,11 +105,7 @@ impl NodeState {
                 };
                 pb::PartnerSyncState {
                     endpoint: partner.endpoint.clone(),
-                    state: if link.state.is_empty() {
-                        "idle".into()
-                    } else {
-                        link.state
-                    },
+                    state: link.state.as_str().to_string(),
                     cursor: sub.cursor,
                     lag: (sub.owner_last_seq - sub.cursor).max(0),
                     outbox_depth: depths.get(&partner.org).copied().unwrap_or(0),
