@@ -119,6 +119,19 @@ impl PartnerStatus {
     }
 }
 
+/// Reads of records, with one SQL for every reader: `Store` (a connection of the pool; on
+/// SQLite the record cache first) and the writer inside its transaction, which sees what the
+/// batch has written so far. Writes have no such trait: they are functions of the writer's
+/// transaction (`backend/writer.rs` and the other `*_writes` parts), so what only the writer
+/// does shows in the types.
+pub trait RecordReads {
+    /// The record `id` (a tombstone too), if it is stored.
+    fn record(&mut self, id: Uuid) -> impl Future<Output = Result<Option<Record>>> + Send;
+    /// The stored records among `ids` (tombstones too), in no particular order; unknown ids
+    /// are skipped.
+    fn records(&mut self, ids: &[Uuid]) -> impl Future<Output = Result<Vec<Record>>> + Send;
+}
+
 /// Plans a change from the current state of a record (None: nothing to change).
 pub type PlanFn = Box<dyn FnOnce(&Record) -> Result<Option<WritePlan>, DomainError> + Send>;
 
@@ -684,6 +697,24 @@ backend!(
     false
 );
 backend!(pg_impl, sqlx::Postgres, PgPool, "BEGIN", true);
+
+/// `RecordReads` of a connection of either database (see `backend/reads.rs`).
+macro_rules! record_reads {
+    ($conn:ty, $module:ident) => {
+        impl RecordReads for $conn {
+            async fn record(&mut self, id: Uuid) -> Result<Option<Record>> {
+                $module::record_on(self, id).await
+            }
+
+            async fn records(&mut self, ids: &[Uuid]) -> Result<Vec<Record>> {
+                $module::records_on(self, ids).await
+            }
+        }
+    };
+}
+
+record_reads!(sqlx::SqliteConnection, sqlite_impl);
+record_reads!(sqlx::PgConnection, pg_impl);
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static PG_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
