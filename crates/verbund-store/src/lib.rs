@@ -90,11 +90,46 @@ pub struct Partner {
     pub fingerprint: String,
     /// Where its node serves, `https://host:port`.
     pub endpoint: String,
-    pub status: String,
+    pub status: PartnerStatus,
     pub added_at_ms: i64,
     pub last_contact_ms: Option<i64>,
     /// The partner's revocation list (PEM), if one was loaded.
     pub crl_pem: Option<String>,
+}
+
+/// Where a partner stands in the registry (`partners.status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartnerStatus {
+    /// Registered: its CA is trusted and its link runs.
+    Active,
+}
+
+impl PartnerStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PartnerStatus::Active => "active",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<PartnerStatus> {
+        match s {
+            "active" => Some(PartnerStatus::Active),
+            _ => None,
+        }
+    }
+}
+
+/// Reads of records, with one SQL for every reader: `Store` (a connection of the pool; on
+/// SQLite the record cache first) and the writer inside its transaction, which sees what the
+/// batch has written so far. Writes have no such trait: they are functions of the writer's
+/// transaction (`backend/writer.rs` and the other `*_writes` parts), so what only the writer
+/// does shows in the types.
+pub trait RecordReads {
+    /// The record `id` (a tombstone too), if it is stored.
+    fn record(&mut self, id: Uuid) -> impl Future<Output = Result<Option<Record>>> + Send;
+    /// The stored records among `ids` (tombstones too), in no particular order; unknown ids
+    /// are skipped.
+    fn records(&mut self, ids: &[Uuid]) -> impl Future<Output = Result<Vec<Record>>> + Send;
 }
 
 /// Plans a change from the current state of a record (None: nothing to change).
@@ -679,6 +714,24 @@ backend!(
 );
 backend!(pg_impl, sqlx::Postgres, PgPool, "BEGIN", true);
 
+/// `RecordReads` of a connection of either database (see `backend/reads.rs`).
+macro_rules! record_reads {
+    ($conn:ty, $module:ident) => {
+        impl RecordReads for $conn {
+            async fn record(&mut self, id: Uuid) -> Result<Option<Record>> {
+                $module::record_on(self, id).await
+            }
+
+            async fn records(&mut self, ids: &[Uuid]) -> Result<Vec<Record>> {
+                $module::records_on(self, ids).await
+            }
+        }
+    };
+}
+
+record_reads!(sqlx::SqliteConnection, sqlite_impl);
+record_reads!(sqlx::PgConnection, pg_impl);
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static PG_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -748,5 +801,12 @@ mod tests {
         v.insert("name".to_string(), Hlc::new(5, 1, "acme/n1"));
         assert_eq!(versions_from_json(&versions_to_json(&v)).unwrap(), v);
         assert!(versions_from_json("{\"name\": \"bogus\"}").is_err());
+    }
+
+    #[test]
+    fn partner_status_keeps_its_stored_name() {
+        assert_eq!(PartnerStatus::Active.as_str(), "active");
+        assert_eq!(PartnerStatus::parse("active"), Some(PartnerStatus::Active));
+        assert_eq!(PartnerStatus::parse("Active"), None);
     }
 }
