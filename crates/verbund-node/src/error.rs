@@ -95,17 +95,6 @@ fn from_domain(e: DomainError) -> Status {
     }
 }
 
-/// A store error as the status sent for it. For callers that still map by hand (`sync/`,
-/// until it returns `NodeError` too); everything else uses `?`.
-pub fn store_status(e: StoreError) -> Status {
-    NodeError::from(e).into()
-}
-
-/// A domain error as the status sent for it; see `store_status`.
-pub fn domain_status(e: DomainError) -> Status {
-    NodeError::from(e).into()
-}
-
 #[cfg(test)]
 mod tests {
     use tonic::Code;
@@ -226,15 +215,5 @@ mod tests {
             (denied.code(), denied.message()),
             (Code::PermissionDenied, "no")
         );
-    }
-
-    #[test]
-    fn the_helpers_are_the_mapping() {
-        let a = store_status(StoreError::WriterStopped);
-        let b = status(StoreError::WriterStopped);
-        assert_eq!((a.code(), a.message()), (b.code(), b.message()));
-        let a = domain_status(DomainError::Absent("rule r".into()));
-        let b = status(DomainError::Absent("rule r".into()));
-        assert_eq!((a.code(), a.message()), (b.code(), b.message()));
     }
 }

@@ -20,7 +20,7 @@ use verbund_store::{DeliveryNote, DeliveryState, ShareSnapshot, VerdictOutcome};
 use crate::api::Api;
 use crate::auth::{self};
 use crate::convert;
-use crate::error::{domain_status, store_status};
+use crate::error::NodeError;
 use crate::identity::{Principal, PrincipalKind};
 use crate::pb;
 use crate::state::{NodeState, now_ms};
@@ -85,20 +85,14 @@ fn edits_from_pb(
     org: &str,
     kind: RecordKind,
     change: &pb::ProposedChange,
-) -> Result<Vec<FieldEdit>, Status> {
+) -> Result<Vec<FieldEdit>, NodeError> {
     if change.edits.is_empty() {
-        return Err(convert::invalid(
-            "changes.edits",
-            "must name at least one field",
-        ));
+        return Err(convert::invalid("changes.edits", "must name at least one field").into());
     }
     let names: Vec<String> = change.edits.iter().map(|e| e.name.clone()).collect();
-    let canonical = verbund_core::write::check_mask(kind, &names).map_err(domain_status)?;
+    let canonical = verbund_core::write::check_mask(kind, &names)?;
     if canonical.len() != names.len() {
-        return Err(convert::invalid(
-            "changes.edits",
-            "names a field more than once",
-        ));
+        return Err(convert::invalid("changes.edits", "names a field more than once").into());
     }
     // Versions carry the node that made them: a partner stamps only as itself.
     let own_prefix = format!("{org}/");
@@ -125,7 +119,8 @@ fn edits_from_pb(
                     .transpose()?,
             })
         })
-        .collect()
+        .collect::<Result<_, Status>>()
+        .map_err(NodeError::from)
 }
 
 /// The records a batch of changes touched, in order, and whether who may see them may have
@@ -164,7 +159,7 @@ impl NodeState {
         p: &Principal,
         changed: Vec<Uuid>,
         reach_changed: bool,
-    ) -> Result<Outgoing, Status> {
+    ) -> Result<Outgoing, NodeError> {
         let mut ids: Vec<Uuid> = Vec::new();
         let mut seen = BTreeSet::new();
         for id in changed {
@@ -174,7 +169,7 @@ impl NodeState {
         }
         if reach_changed {
             // The records it refers to (shown with it as references) are looked at again.
-            let changed = self.store.get_many(&ids).await.map_err(store_status)?;
+            let changed = self.store.get_many(&ids).await?;
             for r in &changed {
                 for target in verbund_core::access::reference_targets(r) {
                     if seen.insert(target) {
@@ -186,11 +181,7 @@ impl NodeState {
             // records hanging off it along (contacts of an account, activities of a case).
             let mut frontier: Vec<String> = ids.iter().map(Uuid::to_string).collect();
             for _ in 0..2 {
-                let found = self
-                    .store
-                    .dependents_of(&frontier)
-                    .await
-                    .map_err(store_status)?;
+                let found = self.store.dependents_of(&frontier).await?;
                 frontier = found
                     .iter()
                     .filter(|r| seen.insert(r.id))
@@ -205,14 +196,13 @@ impl NodeState {
             }
         }
         let policy = self.policy();
-        let targets = self.store.get_many(&ids).await.map_err(store_status)?;
+        let targets = self.store.get_many(&ids).await?;
         let reached = self.reach_around(&p.org, &targets).await?;
         let records: HashMap<Uuid, Record> = targets.into_iter().map(|r| (r.id, r)).collect();
         let delivered: HashMap<Uuid, verbund_store::Delivery> = self
             .store
             .deliveries_of(&p.org, &ids)
-            .await
-            .map_err(store_status)?
+            .await?
             .into_iter()
             .map(|d| (d.record_id, d))
             .collect();
@@ -235,13 +225,7 @@ impl NodeState {
                 })
             };
             if rec.is_deleted() {
-                let erased = held.is_some()
-                    && self
-                        .store
-                        .erasure(id)
-                        .await
-                        .map_err(store_status)?
-                        .is_some();
+                let erased = held.is_some() && self.store.erasure(id).await?.is_some();
                 if erased {
                     // Whoever held the data, live or revoked since, purges it.
                     items.push(erase(id, rec.kind));
@@ -304,8 +288,8 @@ impl NodeState {
             policy,
         } = match self.items_of(p, ids, reach_changed).await {
             Ok(found) => found,
-            Err(status) => {
-                let _ = tx.send(Err(status)).await;
+            Err(e) => {
+                let _ = tx.send(Err(e.into())).await;
                 return false;
             }
         };
@@ -334,7 +318,7 @@ impl NodeState {
             .record_deliveries(&p.org, ledger, now_ms(), &policy, audit)
             .await
         {
-            let _ = tx.send(Err(store_status(e))).await;
+            let _ = tx.send(Err(NodeError::from(e).into())).await;
             return false;
         }
         let batch = pb::SyncBatch {
@@ -384,7 +368,7 @@ impl NodeState {
                 let at_cursor = match state.store.changes_after(cursor - 1, &[], 1).await {
                     Ok(c) => c.into_iter().find(|c| c.seq == cursor),
                     Err(e) => {
-                        let _ = tx.send(Err(store_status(e))).await;
+                        let _ = tx.send(Err(NodeError::from(e).into())).await;
                         return;
                     }
                 };
@@ -434,7 +418,7 @@ impl NodeState {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    let _ = tx.send(Err(store_status(e))).await;
+                    let _ = tx.send(Err(NodeError::from(e).into())).await;
                     return;
                 }
             }
@@ -457,7 +441,7 @@ impl NodeState {
                         return;
                     }
                     Err(e) => {
-                        let _ = tx.send(Err(store_status(e))).await;
+                        let _ = tx.send(Err(NodeError::from(e).into())).await;
                         return;
                     }
                 }
@@ -475,7 +459,7 @@ impl NodeState {
                     {
                         Ok(ids) => ids,
                         Err(e) => {
-                            let _ = tx.send(Err(store_status(e))).await;
+                            let _ = tx.send(Err(NodeError::from(e).into())).await;
                             return;
                         }
                     };
@@ -511,7 +495,7 @@ impl NodeState {
                 {
                     Ok(c) => c,
                     Err(e) => {
-                        let _ = tx.send(Err(store_status(e))).await;
+                        let _ = tx.send(Err(NodeError::from(e).into())).await;
                         return;
                     }
                 };
@@ -552,7 +536,7 @@ impl NodeState {
                         }
                         Ok(_) => {}
                         Err(e) => {
-                            let _ = tx.send(Err(store_status(e))).await;
+                            let _ = tx.send(Err(NodeError::from(e).into())).await;
                             return;
                         }
                     }
@@ -605,7 +589,12 @@ impl NodeState {
     ) -> Result<pb::Verdict, Status> {
         // Read before anything is decided: the verdict reflects at least this state.
         let as_of_seq = *self.store.subscribe_commits().borrow();
-        match self.push_checked(p, change, as_of_seq).await {
+        // The status it would get decides: a refusal on the merits becomes a verdict.
+        match self
+            .push_checked(p, change, as_of_seq)
+            .await
+            .map_err(Status::from)
+        {
             Ok(v) => Ok(v),
             Err(status)
                 if matches!(
@@ -649,29 +638,17 @@ impl NodeState {
         p: &Principal,
         change: &pb::ProposedChange,
         as_of_seq: i64,
-    ) -> Result<pb::Verdict, Status> {
+    ) -> Result<pb::Verdict, NodeError> {
         if change.key.is_empty() || change.key.len() > 128 {
-            return Err(convert::invalid(
-                "changes.key",
-                "must be 1 to 128 characters",
-            ));
+            return Err(convert::invalid("changes.key", "must be 1 to 128 characters").into());
         }
         let id = Uuid::parse_str(&change.record_id)
             .map_err(|_| convert::invalid("changes.record_id", "not a UUID"))?;
         let kind = convert::kind_from_pb("changes.kind", change.kind)?;
         let edits = edits_from_pb(&p.org, kind, change)?;
-        if let Some(stored) = self
-            .store
-            .push_verdict(&p.org, &change.key)
-            .await
-            .map_err(store_status)?
-        {
+        if let Some(stored) = self.store.push_verdict(&p.org, &change.key).await? {
             // A retry: the same verdict, nothing applied twice.
-            let rec = self
-                .store
-                .get(stored.record_id)
-                .await
-                .map_err(store_status)?;
+            let rec = self.store.get(stored.record_id).await?;
             return self.verdict(p, &change.key, &stored, rec, as_of_seq).await;
         }
         let now = now_ms();
@@ -705,9 +682,9 @@ impl NodeState {
             }
         }
         let not_shared = || Status::not_found(format!("{kind} {id} is not shared with {}", p.org));
-        let rec = match self.store.get(id).await.map_err(store_status)? {
+        let rec = match self.store.get(id).await? {
             Some(r) if r.kind == kind && r.owner_org == self.org => r,
-            _ => return Err(not_shared()),
+            _ => return Err(not_shared().into()),
         };
         let access = self.access_to(p, &rec).await?;
         if !access.visible() {
@@ -720,7 +697,7 @@ impl NodeState {
                 "deny",
                 "not shared",
             );
-            return Err(self.deny(draft, not_shared()).await);
+            return Err(self.deny(draft, not_shared()).await.into());
         }
         for e in &edits {
             self.observe(&e.version);
@@ -761,8 +738,7 @@ impl NodeState {
                 },
                 audit,
             )
-            .await
-            .map_err(store_status)?;
+            .await?;
         self.verdict(p, &change.key, &stored, Some(rec), as_of_seq)
             .await
     }
@@ -774,7 +750,7 @@ impl NodeState {
         stored: &verbund_store::StoredVerdict,
         rec: Option<Record>,
         as_of_seq: i64,
-    ) -> Result<pb::Verdict, Status> {
+    ) -> Result<pb::Verdict, NodeError> {
         let record = match rec {
             Some(r) if !r.is_deleted() => {
                 let access = self.access_to(p, &r).await?;
@@ -887,7 +863,7 @@ impl pb::federation_server::Federation for Api {
             store
                 .ack_erasures(&p.org, &ids, now)
                 .await
-                .map_err(store_status)?;
+                .map_err(NodeError::from)?;
         }
         Ok(Response::new(pb::AckResponse {}))
     }
@@ -920,6 +896,7 @@ impl pb::federation_server::Federation for Api {
             .digest(&p, req.into_inner())
             .await
             .map(Response::new)
+            .map_err(Status::from)
     }
 }
 
