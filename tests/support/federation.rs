@@ -180,3 +180,32 @@ pub async fn bulk_accounts(node: &TestNode, n: usize, tag: &str) {
 pub fn replicas(node: &TestNode, owner: &str) -> i64 {
     status_of(node, owner)["replicas"].as_i64().unwrap_or(0)
 }
+
+/// acme and globex, running and pinned to each other; globex is acme's partner.
+pub fn owner_and_partner() -> (TestNode, TestNode) {
+    let mut acme = TestNode::init_fixed("acme");
+    acme.append_policy("g2, globex, partner");
+    let mut globex = TestNode::init_fixed("globex");
+    acme.run();
+    globex.run();
+    pin(&acme, &globex);
+    pin(&globex, &acme);
+    (acme, globex)
+}
+
+/// `owner` shares every account tagged `tag` with `org` (profile partner-account); the rule's id.
+pub fn add_tag_rule(owner: &TestNode, org: &str, tag: &str) -> String {
+    let o = owner.cli(&[
+        "share",
+        "rule",
+        "add",
+        "--org",
+        org,
+        "--rule",
+        &format!("account-tag:{tag}"),
+        "--profile",
+        "partner-account",
+        "--json",
+    ]);
+    json(&o)["id"].as_str().unwrap().to_string()
+}
