@@ -130,8 +130,8 @@ pub fn link_healthy(node: &TestNode, owner: &str) -> bool {
     s["state"] == "connected" && s["last_error"] == ""
 }
 
-/// `owner` shares every record matching `rule` with `org` under `profile`.
-pub fn share_rule(owner: &TestNode, org: &str, rule: &str, profile: &str) {
+/// `owner` shares every record matching `rule` with `org` under `profile`; the rule's id.
+pub fn share_rule(owner: &TestNode, org: &str, rule: &str, profile: &str) -> String {
     let o = owner.cli(&[
         "share",
         "rule",
@@ -142,8 +142,9 @@ pub fn share_rule(owner: &TestNode, org: &str, rule: &str, profile: &str) {
         rule,
         "--profile",
         profile,
+        "--json",
     ]);
-    assert!(o.status.success(), "rule add: {}", stderr(&o));
+    json(&o)["id"].as_str().unwrap().to_string()
 }
 
 /// Creates `n` accounts tagged `tag` on `node` (eight at a time).
@@ -195,17 +196,5 @@ pub fn owner_and_partner() -> (TestNode, TestNode) {
 
 /// `owner` shares every account tagged `tag` with `org` (profile partner-account); the rule's id.
 pub fn add_tag_rule(owner: &TestNode, org: &str, tag: &str) -> String {
-    let o = owner.cli(&[
-        "share",
-        "rule",
-        "add",
-        "--org",
-        org,
-        "--rule",
-        &format!("account-tag:{tag}"),
-        "--profile",
-        "partner-account",
-        "--json",
-    ]);
-    json(&o)["id"].as_str().unwrap().to_string()
+    share_rule(owner, org, &format!("account-tag:{tag}"), "partner-account")
 }
