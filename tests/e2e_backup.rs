@@ -7,17 +7,6 @@ mod support;
 use support::federation::*;
 use support::*;
 
-fn owner_and_partner() -> (TestNode, TestNode) {
-    let mut acme = TestNode::init_fixed("acme");
-    acme.append_policy("g2, globex, partner");
-    let mut globex = TestNode::init_fixed("globex");
-    acme.run();
-    globex.run();
-    pin(&acme, &globex);
-    pin(&globex, &acme);
-    (acme, globex)
-}
-
 fn backup(config: &std::path::Path, to: &std::path::Path) -> std::process::Output {
     verbund(&["backup", "--config", path_str(config), "--to", path_str(to)])
 }

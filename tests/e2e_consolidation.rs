@@ -120,13 +120,21 @@ fn the_holding_sees_one_customer_across_subsidiaries_kept_in_step() {
         ],
     );
 
-    // One customer for Müller (two sources), one for Nordlicht.
+    // One customer for Müller (two sources), one for Nordlicht; everything created above has
+    // arrived (each record is a change of its own: the person of both subsidiaries and the
+    // deal come after their accounts).
     wait_until("the holding's view shows two customers", || {
         let list = customers(&holding);
         list.len() == 2
             && list.iter().any(|c| c["accounts"] == 2)
-            && customer(&holding, &mueller_nord)
-                .is_some_and(|c| c["persons"].as_array().is_some_and(|p| !p.is_empty()))
+            && customer(&holding, &mueller_nord).is_some_and(|c| {
+                c["persons"].as_array().is_some_and(|p| {
+                    p.iter()
+                        .any(|p| p["sources"].as_array().is_some_and(|s| s.len() == 2))
+                }) && c["figures"]["open_pipeline"]
+                    .as_array()
+                    .is_some_and(|p| !p.is_empty())
+            })
     });
     let c = customer(&holding, &mueller_sued).unwrap();
     let subsidiaries: Vec<&str> = c["sources"]

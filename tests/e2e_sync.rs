@@ -348,30 +348,11 @@ use tokio_stream::StreamExt as _;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_initial_share_survives_kill_9_of_either_side_and_arrives_exactly_once() {
     const N: usize = 3000;
-    let mut acme = TestNode::init_fixed("acme");
-    acme.append_policy("g2, globex, partner");
-    let mut globex = TestNode::init_fixed("globex");
-    acme.run();
-    globex.run();
-    pin(&acme, &globex);
-    pin(&globex, &acme);
+    let (mut acme, mut globex) = owner_and_partner();
 
     // Partner killed in the middle of the initial share.
     bulk_accounts(&acme, N, "bulk").await;
-    let rule = |tag: &str| {
-        let o = acme.cli(&[
-            "share",
-            "rule",
-            "add",
-            "--org",
-            "globex",
-            "--rule",
-            &format!("account-tag:{tag}"),
-            "--profile",
-            "partner-account",
-        ]);
-        assert!(o.status.success(), "{}", stderr(&o));
-    };
+    let rule = |tag: &str| add_tag_rule(&acme, "globex", tag);
     rule("bulk");
     let start = Instant::now();
     while replicas(&globex, "acme") == 0 && start.elapsed() < WAIT {

@@ -10,22 +10,6 @@ use std::time::{Duration, Instant};
 use support::federation::*;
 use support::*;
 
-fn add_rule(owner: &TestNode, tag: &str) -> String {
-    let o = owner.cli(&[
-        "share",
-        "rule",
-        "add",
-        "--org",
-        "globex",
-        "--rule",
-        &format!("account-tag:{tag}"),
-        "--profile",
-        "partner-account",
-        "--json",
-    ]);
-    json(&o)["id"].as_str().unwrap().to_string()
-}
-
 /// Waits until `globex` has taken some but (ideally) not all of the snapshot; returns how
 /// many it held then (the test asserts end states, whatever the timing was).
 async fn first_replicas(globex: &TestNode) -> i64 {
@@ -39,13 +23,7 @@ async fn first_replicas(globex: &TestNode) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_leaves_a_share_during_its_snapshot_does_not_stay_with_the_partner() {
     const N: usize = 6000;
-    let mut acme = TestNode::init_fixed("acme");
-    acme.append_policy("g2, globex, partner");
-    let mut globex = TestNode::init_fixed("globex");
-    acme.run();
-    globex.run();
-    pin(&acme, &globex);
-    pin(&globex, &acme);
+    let (mut acme, mut globex) = owner_and_partner();
 
     bulk_accounts(&acme, N, "bulk").await;
     let hq = create(&acme, "account", &["name=Zentrale Bulk", "tags=bulk"]);
@@ -61,7 +39,7 @@ async fn what_leaves_a_share_during_its_snapshot_does_not_stay_with_the_partner(
     let moved = create(&acme, "account", &["name=Wechsel AG", "tags=bulk"]);
 
     // The rule added, and taken away again while its snapshot streams.
-    let rule = add_rule(&acme, "bulk");
+    let rule = add_tag_rule(&acme, "globex", "bulk");
     let held = first_replicas(&globex).await;
     let o = acme.cli(&["share", "rule", "remove", "--id", &rule]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -72,7 +50,7 @@ async fn what_leaves_a_share_during_its_snapshot_does_not_stay_with_the_partner(
     assert!(get(&globex, "account", &hq).is_none());
 
     // Added again: while this snapshot streams, a person is erased and an account untagged.
-    let _rule = add_rule(&acme, "bulk");
+    let _rule = add_tag_rule(&acme, "globex", "bulk");
     let held = first_replicas(&globex).await;
     let erased = json(&acme.cli(&["erase", &person, "--json"]));
     assert!(erased["receivers"].is_array(), "{erased}");

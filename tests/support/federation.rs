@@ -130,8 +130,8 @@ pub fn link_healthy(node: &TestNode, owner: &str) -> bool {
     s["state"] == "connected" && s["last_error"] == ""
 }
 
-/// `owner` shares every record matching `rule` with `org` under `profile`.
-pub fn share_rule(owner: &TestNode, org: &str, rule: &str, profile: &str) {
+/// `owner` shares every record matching `rule` with `org` under `profile`; the rule's id.
+pub fn share_rule(owner: &TestNode, org: &str, rule: &str, profile: &str) -> String {
     let o = owner.cli(&[
         "share",
         "rule",
@@ -142,8 +142,9 @@ pub fn share_rule(owner: &TestNode, org: &str, rule: &str, profile: &str) {
         rule,
         "--profile",
         profile,
+        "--json",
     ]);
-    assert!(o.status.success(), "rule add: {}", stderr(&o));
+    json(&o)["id"].as_str().unwrap().to_string()
 }
 
 /// Creates `n` accounts tagged `tag` on `node` (eight at a time).
@@ -179,4 +180,21 @@ pub async fn bulk_accounts(node: &TestNode, n: usize, tag: &str) {
 /// How many live replicas of `owner`'s records `node` holds.
 pub fn replicas(node: &TestNode, owner: &str) -> i64 {
     status_of(node, owner)["replicas"].as_i64().unwrap_or(0)
+}
+
+/// acme and globex, running and pinned to each other; globex is acme's partner.
+pub fn owner_and_partner() -> (TestNode, TestNode) {
+    let mut acme = TestNode::init_fixed("acme");
+    acme.append_policy("g2, globex, partner");
+    let mut globex = TestNode::init_fixed("globex");
+    acme.run();
+    globex.run();
+    pin(&acme, &globex);
+    pin(&globex, &acme);
+    (acme, globex)
+}
+
+/// `owner` shares every account tagged `tag` with `org` (profile partner-account); the rule's id.
+pub fn add_tag_rule(owner: &TestNode, org: &str, tag: &str) -> String {
+    share_rule(owner, org, &format!("account-tag:{tag}"), "partner-account")
 }

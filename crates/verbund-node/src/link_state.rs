@@ -9,11 +9,60 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+/// The state of one link, as `partner status` and the `link_state` metric name it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LinkState {
+    /// No link runs (not started yet, or nothing reported).
+    #[default]
+    Idle,
+    /// Dialing the partner and saying Hello.
+    Connecting,
+    /// The session is up: the stream is followed, edits are pushed.
+    Connected,
+    /// The last session failed; the link waits before it dials again.
+    BackingOff,
+    /// The partner speaks another protocol version; retried slowly.
+    Incompatible,
+    /// Another process sharing the database runs this link (it holds the lease).
+    Standby,
+}
+
+impl LinkState {
+    pub const ALL: [LinkState; 6] = [
+        LinkState::Idle,
+        LinkState::Connecting,
+        LinkState::Connected,
+        LinkState::BackingOff,
+        LinkState::Incompatible,
+        LinkState::Standby,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Idle => "idle",
+            LinkState::Connecting => "connecting",
+            LinkState::Connected => "connected",
+            LinkState::BackingOff => "backing-off",
+            LinkState::Incompatible => "incompatible",
+            LinkState::Standby => "standby",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<LinkState> {
+        LinkState::ALL.into_iter().find(|l| l.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for LinkState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What one link is doing, for `partner status`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LinkStatus {
-    /// connecting, connected, backing-off, incompatible
-    pub state: String,
+    pub state: LinkState,
     pub endpoint: String,
     pub last_error: String,
     pub last_error_ms: i64,
@@ -125,5 +174,32 @@ impl Links {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_states_keep_their_names() {
+        let names: Vec<&str> = LinkState::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "idle",
+                "connecting",
+                "connected",
+                "backing-off",
+                "incompatible",
+                "standby"
+            ]
+        );
+        for s in LinkState::ALL {
+            assert_eq!(LinkState::parse(s.as_str()), Some(s));
+            assert_eq!(s.to_string(), s.as_str());
+        }
+        assert_eq!(LinkState::parse("backing_off"), None);
+        assert_eq!(LinkStatus::default().state, LinkState::Idle);
     }
 }

@@ -71,10 +71,10 @@ impl Node {
         };
         let state = NodeState::new(store, settings, tls.verifier.clone()).await?;
         let _ = state.certificate.set(tls.certificate.clone());
-        state
-            .reload_partners()
-            .await
-            .map_err(|s| anyhow::anyhow!("loading partner anchors: {}", s.message()))?;
+        state.reload_partners().await.map_err(|e| {
+            let s = tonic::Status::from(e);
+            anyhow::anyhow!("loading partner anchors: {}", s.message())
+        })?;
         load_own_crl(&state, cfg).context("loading this organization's revocation list")?;
         if cfg.consolidation.enabled {
             let settings = crate::consolidation::ConsolidationSettings::from_config(cfg)?;
@@ -376,10 +376,10 @@ pub async fn reload(state: &NodeState, cfg: &NodeConfig) -> Result<()> {
         .set_own_cas(&cfg.read(&cfg.tls.ca_cert)?)
         .context("CA certificate file")?;
     load_own_crl(state, cfg)?;
-    state
-        .reload_partners()
-        .await
-        .map_err(|s| anyhow::anyhow!("partner anchors: {}", s.message()))?;
+    state.reload_partners().await.map_err(|e| {
+        let s = tonic::Status::from(e);
+        anyhow::anyhow!("partner anchors: {}", s.message())
+    })?;
     policy.context("access policy")?;
     Ok(())
 }

@@ -11,7 +11,7 @@ use verbund_core::{Hlc, Record, Value};
 use verbund_store::{ReplicaItem, ReplicaState};
 
 use crate::convert;
-use crate::error::domain_status;
+use crate::error::NodeError;
 use crate::pb;
 
 pub use crate::convert::hlc_to_pb;
@@ -91,7 +91,8 @@ pub fn state_from_pb(owner: &str, st: &pb::RecordState) -> Result<ReplicaState, 
     let names: Vec<String> = st.fields.iter().map(|f| f.name.clone()).collect();
     // A tombstone carries no fields at all; a live state names only fields we know.
     if !names.is_empty() {
-        verbund_core::write::check_mask(kind, &names).map_err(domain_status)?;
+        // The domain's status for an unknown field, as every handler sends it.
+        verbund_core::write::check_mask(kind, &names).map_err(NodeError::from)?;
     }
     let mut fields = verbund_core::FieldMap::new();
     let mut versions = verbund_core::VersionMap::new();

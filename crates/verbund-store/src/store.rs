@@ -578,7 +578,21 @@ impl Store {
     pub async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<Record>> {
         dispatch!(self, get_many(ids))
     }
+}
 
+/// A reader's view of the records: `get` and `get_many` (the writer reads through the same
+/// trait inside its transaction).
+impl RecordReads for Store {
+    async fn record(&mut self, id: Uuid) -> Result<Option<Record>> {
+        self.get(id).await
+    }
+
+    async fn records(&mut self, ids: &[Uuid]) -> Result<Vec<Record>> {
+        self.get_many(ids).await
+    }
+}
+
+impl Store {
     pub async fn list(&self, q: &ListQuery) -> Result<Vec<Record>> {
         dispatch!(self, list(q))
     }

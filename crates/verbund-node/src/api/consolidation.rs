@@ -20,7 +20,7 @@ use crate::api::records::{decode_token, encode_token, fingerprint, page_size};
 use crate::auth;
 use crate::consolidation::{ConsolidatedView, ViewError, figures_input, source_record};
 use crate::convert::{hlc_to_pb, invalid, ms_to_timestamp, parse_id};
-use crate::error::store_status;
+use crate::error::NodeError;
 use crate::identity::Principal;
 use crate::pb;
 use crate::state::{NodeState, now_ms};
@@ -139,23 +139,24 @@ impl NodeState {
     }
 
     /// The live account or contact `id` in the view, with its kind.
-    async fn view_record(&self, field: &str, id: &str) -> Result<Record, Status> {
+    async fn view_record(&self, field: &str, id: &str) -> Result<Record, NodeError> {
         let uuid = parse_id(field, id)?;
         self.store
             .get(uuid)
-            .await
-            .map_err(store_status)?
+            .await?
             .filter(|r| {
                 !r.is_deleted() && matches!(r.kind, RecordKind::Account | RecordKind::Contact)
             })
-            .ok_or_else(|| Status::not_found(format!("no account or contact with id {uuid}")))
+            .ok_or_else(|| {
+                Status::not_found(format!("no account or contact with id {uuid}")).into()
+            })
     }
 
     pub async fn list_customers(
         &self,
         p: &Principal,
         req: pb::ListCustomersRequest,
-    ) -> Result<pb::ListCustomersResponse, Status> {
+    ) -> Result<pb::ListCustomersResponse, NodeError> {
         self.may_view(p, "list customers").await?;
         let limit = page_size(req.page_size)? as usize;
         let query = fold(req.query.trim());
@@ -204,8 +205,7 @@ impl NodeState {
         let records: HashMap<String, Record> = self
             .store
             .get_many(&ids)
-            .await
-            .map_err(store_status)?
+            .await?
             .into_iter()
             .map(|r| (r.id.to_string(), r))
             .collect();
@@ -248,7 +248,7 @@ impl NodeState {
         &self,
         p: &Principal,
         req: pb::GetCustomerRequest,
-    ) -> Result<pb::Customer, Status> {
+    ) -> Result<pb::Customer, NodeError> {
         self.may_view(p, "get customer").await?;
         let id = parse_id("id", &req.id)?.to_string();
         let view = self.view()?;
@@ -270,12 +270,8 @@ impl NodeState {
             .iter()
             .filter_map(|m| Uuid::parse_str(m).ok())
             .collect();
-        let accounts = self.store.get_many(&ids).await.map_err(store_status)?;
-        let related = self
-            .store
-            .records_of_accounts(&members)
-            .await
-            .map_err(store_status)?;
+        let accounts = self.store.get_many(&ids).await?;
+        let related = self.store.records_of_accounts(&members).await?;
         let config = &view.settings.survivorship;
         let golden = golden::golden_record(
             config,
@@ -338,7 +334,7 @@ impl NodeState {
         kind: RecordKind,
         decisions: Vec<(String, String, StewardVerdict)>,
         action: &str,
-    ) -> Result<(), Status> {
+    ) -> Result<(), NodeError> {
         if let Err(why) = auth::may_steward(&self.policy(), &self.org, p, kind) {
             let draft = Self::audit_draft(
                 p,
@@ -349,7 +345,10 @@ impl NodeState {
                 "deny",
                 why.0.clone(),
             );
-            return Err(self.deny(draft, Status::permission_denied(why.0)).await);
+            return Err(self
+                .deny(draft, Status::permission_denied(why.0))
+                .await
+                .into());
         }
         let mut drafts = Vec::new();
         for (a, b, verdict) in &decisions {
@@ -362,10 +361,7 @@ impl NodeState {
                 decided_by: p.uri(),
                 decided_at_ms: now_ms(),
             };
-            self.store
-                .save_steward_decision(&row)
-                .await
-                .map_err(store_status)?;
+            self.store.save_steward_decision(&row).await?;
             drafts.push(Self::audit_draft(
                 p,
                 action,
@@ -376,14 +372,14 @@ impl NodeState {
                 format!("{} with {b} (consolidated view)", verdict.as_str()),
             ));
         }
-        self.audit(drafts).await
+        Ok(self.audit(drafts).await?)
     }
 
     pub async fn link_records(
         &self,
         p: &Principal,
         req: pb::LinkRecordsRequest,
-    ) -> Result<pb::StewardDecisionResponse, Status> {
+    ) -> Result<pb::StewardDecisionResponse, NodeError> {
         self.may_view(p, "link records").await?;
         let a = self.view_record("record_a", &req.record_a).await?;
         let b = self.view_record("record_b", &req.record_b).await?;
@@ -394,10 +390,11 @@ impl NodeState {
                     "is a {}, record_a a {}: link two accounts or two contacts",
                     b.kind, a.kind
                 ),
-            ));
+            )
+            .into());
         }
         if a.id == b.id {
-            return Err(invalid("record_b", "is record_a itself"));
+            return Err(invalid("record_b", "is record_a itself").into());
         }
         let (ka, kb) = (a.id.to_string(), b.id.to_string());
         let view = self.view()?;
@@ -422,7 +419,7 @@ impl NodeState {
         &self,
         p: &Principal,
         req: pb::UnlinkRecordRequest,
-    ) -> Result<pb::StewardDecisionResponse, Status> {
+    ) -> Result<pb::StewardDecisionResponse, NodeError> {
         self.may_view(p, "unlink record").await?;
         let rec = self.view_record("record_id", &req.record_id).await?;
         let key = rec.id.to_string();
@@ -447,17 +444,18 @@ impl NodeState {
                 return Err(invalid(
                     "from_record_id",
                     format!("is a {}, record_id a {}", other.kind, rec.kind),
-                ));
+                )
+                .into());
             }
             if other.id == rec.id {
-                return Err(invalid("from_record_id", "is record_id itself"));
+                return Err(invalid("from_record_id", "is record_id itself").into());
             }
             vec![other.id.to_string()]
         };
         if others.is_empty() {
             return Err(Status::failed_precondition(format!(
                 "{key} is alone in its cluster already; name from_record_id to keep it apart from a record for good"
-            )));
+            )).into());
         }
         let decisions = others
             .iter()
@@ -483,7 +481,7 @@ impl NodeState {
         kind: RecordKind,
         a: &str,
         b: &str,
-    ) -> Result<pb::StewardDecisionResponse, Status> {
+    ) -> Result<pb::StewardDecisionResponse, NodeError> {
         let view = self.view()?;
         let read = view.read().map_err(view_status)?;
         let cluster = |r: &str| {
@@ -505,7 +503,7 @@ impl NodeState {
         &self,
         p: &Principal,
         req: pb::ExplainMatchRequest,
-    ) -> Result<pb::MatchExplanation, Status> {
+    ) -> Result<pb::MatchExplanation, NodeError> {
         self.may_view(p, "explain match").await?;
         let a = self.view_record("record_a", &req.record_a).await?;
         let b = self.view_record("record_b", &req.record_b).await?;
@@ -513,7 +511,8 @@ impl NodeState {
             return Err(invalid(
                 "record_b",
                 format!("is a {}, record_a a {}", b.kind, a.kind),
-            ));
+            )
+            .into());
         }
         let (ka, kb) = (a.id.to_string(), b.id.to_string());
         let view = self.view()?;
@@ -552,7 +551,7 @@ impl NodeState {
         &self,
         p: &Principal,
         _req: pb::GroupFiguresRequest,
-    ) -> Result<pb::GroupFiguresResponse, Status> {
+    ) -> Result<pb::GroupFiguresResponse, NodeError> {
         self.may_view(p, "group figures").await?;
         let view = self.view()?;
         let (customer_of, subsidiaries) = {
@@ -570,13 +569,8 @@ impl NodeState {
                 .iter()
                 .filter_map(|m| Uuid::parse_str(m).ok())
                 .collect();
-            records.extend(self.store.get_many(&uuids).await.map_err(store_status)?);
-            records.extend(
-                self.store
-                    .records_of_accounts(chunk)
-                    .await
-                    .map_err(store_status)?,
-            );
+            records.extend(self.store.get_many(&uuids).await?);
+            records.extend(self.store.records_of_accounts(chunk).await?);
         }
         let input = figures_input(&records, &customer_of, subsidiaries.clone());
         let figures = figures::group_figures(&input, now_ms() / 1000, view.settings.fx.as_ref());

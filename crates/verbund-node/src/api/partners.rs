@@ -2,12 +2,12 @@
 
 use tonic::{Request, Response, Status};
 use verbund_proto::v1 as pb;
-use verbund_store::Partner;
+use verbund_store::{Partner, PartnerStatus};
 
 use crate::api::Api;
 use crate::auth;
 use crate::convert::{invalid, ms_to_timestamp};
-use crate::error::store_status;
+use crate::error::NodeError;
 use crate::pki;
 use crate::state::{NodeState, now_ms};
 use crate::tls::single_ca;
@@ -43,7 +43,7 @@ fn to_pb(p: &Partner) -> pb::Partner {
         org: p.org.clone(),
         endpoint: p.endpoint.clone(),
         fingerprint: p.fingerprint.clone(),
-        status: p.status.clone(),
+        status: p.status.as_str().to_string(),
         add_time: Some(ms_to_timestamp(p.added_at_ms)),
         last_contact_time: p.last_contact_ms.map(ms_to_timestamp),
     }
@@ -51,8 +51,8 @@ fn to_pb(p: &Partner) -> pb::Partner {
 
 impl NodeState {
     /// Loads the partner anchors from the store into the TLS verifier.
-    pub async fn reload_partners(&self) -> Result<(), Status> {
-        let partners = self.store.list_partners().await.map_err(store_status)?;
+    pub async fn reload_partners(&self) -> Result<(), NodeError> {
+        let partners = self.store.list_partners().await?;
         let anchors: Vec<crate::tls::PartnerAnchor> = partners
             .into_iter()
             .map(|p| crate::tls::PartnerAnchor {
@@ -63,7 +63,7 @@ impl NodeState {
             .collect();
         self.trust.set_partners(&anchors).map_err(|e| {
             tracing::error!(error = %e, "partner anchors could not be loaded; the previous ones stay in force");
-            Status::internal("partner anchors could not be loaded; see the node's log")
+            Status::internal("partner anchors could not be loaded; see the node's log").into()
         })
     }
 
@@ -71,7 +71,7 @@ impl NodeState {
         &self,
         p: &crate::identity::Principal,
         req: pb::AddPartnerRequest,
-    ) -> Result<pb::Partner, Status> {
+    ) -> Result<pb::Partner, NodeError> {
         self.administer(p, "add partner").await?;
         if !verbund_core::schema::is_valid_org_id(&req.org) {
             return Err(invalid(
@@ -80,10 +80,11 @@ impl NodeState {
                     "{:?} is not a valid organization id (lowercase letters, digits, '-' and '.')",
                     req.org
                 ),
-            ));
+            )
+            .into());
         }
         if req.org == self.org {
-            return Err(invalid("org", "is this node's own organization"));
+            return Err(invalid("org", "is this node's own organization").into());
         }
         check_endpoint(&req.endpoint)?;
         let ca = single_ca(&req.ca_pem).map_err(|e| invalid("ca_pem", format!("{e:#}")))?;
@@ -104,7 +105,8 @@ impl NodeState {
             return Err(invalid(
                 "fingerprint",
                 "is required: compare it with the partner out of band",
-            ));
+            )
+            .into());
         }
         if given != computed {
             return Err(invalid(
@@ -116,26 +118,23 @@ impl NodeState {
                     crate::convert::clip(&given, 100),
                     req.org
                 ),
-            ));
+            ).into());
         }
         let partner = Partner {
             org: req.org.clone(),
             ca_pem: req.ca_pem.clone(),
             fingerprint: computed,
             endpoint: req.endpoint.clone(),
-            status: "active".into(),
+            status: PartnerStatus::Active,
             added_at_ms: now_ms(),
             last_contact_ms: None,
             crl_pem: None,
         };
-        self.store
-            .add_partner(&partner)
-            .await
-            .map_err(store_status)?;
-        if let Err(status) = self.reload_partners().await {
+        self.store.add_partner(&partner).await?;
+        if let Err(e) = self.reload_partners().await {
             // Do not keep a partner the verifier could not load.
             let _ = self.store.remove_partner(&partner.org).await;
-            return Err(status);
+            return Err(e);
         }
         tracing::info!(partner = %partner.org, fingerprint = %partner.fingerprint, principal = %p, "partner added");
         Ok(to_pb(&partner))
@@ -144,9 +143,9 @@ impl NodeState {
     pub async fn list_partners(
         &self,
         p: &crate::identity::Principal,
-    ) -> Result<pb::ListPartnersResponse, Status> {
+    ) -> Result<pb::ListPartnersResponse, NodeError> {
         self.administer(p, "list partners").await?;
-        let partners = self.store.list_partners().await.map_err(store_status)?;
+        let partners = self.store.list_partners().await?;
         Ok(pb::ListPartnersResponse {
             partners: partners.iter().map(to_pb).collect(),
         })
@@ -156,12 +155,12 @@ impl NodeState {
         &self,
         p: &crate::identity::Principal,
         org: &str,
-    ) -> Result<pb::RemovePartnerResponse, Status> {
+    ) -> Result<pb::RemovePartnerResponse, NodeError> {
         self.administer(p, "remove partner").await?;
         if org.is_empty() {
-            return Err(invalid("org", "is required"));
+            return Err(invalid("org", "is required").into());
         }
-        self.store.remove_partner(org).await.map_err(store_status)?;
+        self.store.remove_partner(org).await?;
         self.reload_partners().await?;
         tracing::info!(partner = %org, principal = %p, "partner removed");
         Ok(pb::RemovePartnerResponse {})
@@ -176,9 +175,9 @@ impl NodeState {
         &self,
         p: &crate::identity::Principal,
         req: pb::UpdatePartnerCaRequest,
-    ) -> Result<pb::Partner, Status> {
+    ) -> Result<pb::Partner, NodeError> {
         self.administer(p, "update partner ca").await?;
-        let partners = self.store.list_partners().await.map_err(store_status)?;
+        let partners = self.store.list_partners().await?;
         let partner = partners
             .iter()
             .find(|x| x.org == req.org)
@@ -186,7 +185,7 @@ impl NodeState {
         let cas = crate::tls::org_cas(&req.ca_pem, &req.org)
             .map_err(|e| invalid("ca_pem", format!("{e:#}")))?;
         if cas.is_empty() {
-            return Err(invalid("ca_pem", "holds no certificate"));
+            return Err(invalid("ca_pem", "holds no certificate").into());
         }
         let given: Vec<String> = req
             .fingerprints
@@ -204,7 +203,7 @@ impl NodeState {
                         cas.iter().position(|c| c == ca).unwrap_or(0) + 1,
                         req.org
                     ),
-                ));
+                ).into());
             }
             computed.push(fp);
         }
@@ -217,14 +216,11 @@ impl NodeState {
         {
             updated.crl_pem = None;
         }
-        self.store
-            .set_partner_anchor(&updated)
-            .await
-            .map_err(store_status)?;
-        if let Err(status) = self.reload_partners().await {
+        self.store.set_partner_anchor(&updated).await?;
+        if let Err(e) = self.reload_partners().await {
             // Put the previous anchor back; the verifier kept it in force meanwhile.
             let _ = self.store.set_partner_anchor(partner).await;
-            return Err(status);
+            return Err(e);
         }
         tracing::info!(partner = %updated.org, fingerprints = %updated.fingerprint, principal = %p, "partner CA updated");
         Ok(to_pb(&updated))
@@ -237,9 +233,9 @@ impl NodeState {
         p: &crate::identity::Principal,
         org: &str,
         crl_pem: &str,
-    ) -> Result<pb::Partner, Status> {
+    ) -> Result<pb::Partner, NodeError> {
         self.administer(p, "load partner crl").await?;
-        let partners = self.store.list_partners().await.map_err(store_status)?;
+        let partners = self.store.list_partners().await?;
         let partner = partners
             .iter()
             .find(|x| x.org == org)
@@ -254,13 +250,10 @@ impl NodeState {
         crate::tls::check_crl_issuer(crl_pem, &partner.ca_pem, &partner.org)
             .map_err(|e| invalid("crl_pem", format!("{e:#}")))?;
         let previous = partner.crl_pem.clone();
-        self.store
-            .set_partner_crl(org, Some(crl_pem))
-            .await
-            .map_err(store_status)?;
-        if let Err(status) = self.reload_partners().await {
+        self.store.set_partner_crl(org, Some(crl_pem)).await?;
+        if let Err(e) = self.reload_partners().await {
             let _ = self.store.set_partner_crl(org, previous.as_deref()).await;
-            return Err(status);
+            return Err(e);
         }
         tracing::info!(partner = %org, principal = %p, "partner revocation list loaded");
         let mut updated = partner.clone();
@@ -297,13 +290,12 @@ impl NodeState {
         &self,
         p: &crate::identity::Principal,
         org: &str,
-    ) -> Result<pb::PingPartnerResponse, Status> {
+    ) -> Result<pb::PingPartnerResponse, NodeError> {
         self.administer(p, "ping partner").await?;
         let partner = self
             .store
             .list_partners()
-            .await
-            .map_err(store_status)?
+            .await?
             .into_iter()
             .find(|x| x.org == org)
             .ok_or_else(|| Status::not_found(format!("partner {org} not found")))?;
@@ -337,7 +329,7 @@ impl pb::admin_service_server::AdminService for Api {
         req: Request<pb::SyncStatusRequest>,
     ) -> Result<Response<pb::SyncStatusResponse>, Status> {
         let p = auth::principal(&req)?;
-        self.state.sync_status(&p).await.map(Response::new)
+        Ok(Response::new(self.state.sync_status(&p).await?))
     }
 
     async fn list_outbox(
@@ -345,10 +337,9 @@ impl pb::admin_service_server::AdminService for Api {
         req: Request<pb::ListOutboxRequest>,
     ) -> Result<Response<pb::ListOutboxResponse>, Status> {
         let p = auth::principal(&req)?;
-        self.state
-            .list_outbox(&p, req.into_inner())
-            .await
-            .map(Response::new)
+        Ok(Response::new(
+            self.state.list_outbox(&p, req.into_inner()).await?,
+        ))
     }
 
     async fn list_conflicts(
@@ -356,10 +347,9 @@ impl pb::admin_service_server::AdminService for Api {
         req: Request<pb::ListConflictsRequest>,
     ) -> Result<Response<pb::ListConflictsResponse>, Status> {
         let p = auth::principal(&req)?;
-        self.state
-            .list_conflicts(&p, req.into_inner())
-            .await
-            .map(Response::new)
+        Ok(Response::new(
+            self.state.list_conflicts(&p, req.into_inner()).await?,
+        ))
     }
 
     async fn resolve_conflict(
@@ -367,10 +357,9 @@ impl pb::admin_service_server::AdminService for Api {
         req: Request<pb::ResolveConflictRequest>,
     ) -> Result<Response<pb::Conflict>, Status> {
         let p = auth::principal(&req)?;
-        self.state
-            .resolve_conflict(&p, req.into_inner())
-            .await
-            .map(Response::new)
+        Ok(Response::new(
+            self.state.resolve_conflict(&p, req.into_inner()).await?,
+        ))
     }
 
     async fn erase_record(
@@ -378,10 +367,9 @@ impl pb::admin_service_server::AdminService for Api {
         req: Request<pb::EraseRecordRequest>,
     ) -> Result<Response<pb::ErasureStatusResponse>, Status> {
         let p = auth::principal(&req)?;
-        self.state
-            .erase_record(&p, req.into_inner())
-            .await
-            .map(Response::new)
+        Ok(Response::new(
+            self.state.erase_record(&p, req.into_inner()).await?,
+        ))
     }
 
     async fn erasure_status(
@@ -389,10 +377,9 @@ impl pb::admin_service_server::AdminService for Api {
         req: Request<pb::ErasureStatusRequest>,
     ) -> Result<Response<pb::ErasureStatusResponse>, Status> {
         let p = auth::principal(&req)?;
-        self.state
-            .erasure_status(&p, req.into_inner())
-            .await
-            .map(Response::new)
+        Ok(Response::new(
+            self.state.erasure_status(&p, req.into_inner()).await?,
+        ))
     }
 
     async fn add_share(
@@ -400,10 +387,9 @@ impl pb::admin_service_server::AdminService for Api {
         req: Request<pb::AddShareRequest>,
     ) -> Result<Response<pb::Share>, Status> {
         let p = auth::principal(&req)?;
-        self.state
-            .add_share(&p, req.into_inner())
-            .await
-            .map(Response::new)
+        Ok(Response::new(
+            self.state.add_share(&p, req.into_inner()).await?,
+        ))
     }
 
     async fn list_shares(
@@ -411,10 +397,9 @@ impl pb::admin_service_server::AdminService for Api {
         req: Request<pb::ListSharesRequest>,
     ) -> Result<Response<pb::ListSharesResponse>, Status> {
         let p = auth::principal(&req)?;
-        self.state
-            .list_shares(&p, req.into_inner())
-            .await
-            .map(Response::new)
+        Ok(Response::new(
+            self.state.list_shares(&p, req.into_inner()).await?,
+        ))
     }
 
     async fn revoke_share(
@@ -422,10 +407,9 @@ impl pb::admin_service_server::AdminService for Api {
         req: Request<pb::RevokeShareRequest>,
     ) -> Result<Response<pb::RevokeShareResponse>, Status> {
         let p = auth::principal(&req)?;
-        self.state
-            .revoke_share(&p, req.into_inner())
-            .await
-            .map(Response::new)
+        Ok(Response::new(
+            self.state.revoke_share(&p, req.into_inner()).await?,
+        ))
     }
 
     async fn add_share_rule(
@@ -433,10 +417,9 @@ impl pb::admin_service_server::AdminService for Api {
         req: Request<pb::AddShareRuleRequest>,
     ) -> Result<Response<pb::ShareRule>, Status> {
         let p = auth::principal(&req)?;
-        self.state
-            .add_share_rule(&p, req.into_inner())
-            .await
-            .map(Response::new)
+        Ok(Response::new(
+            self.state.add_share_rule(&p, req.into_inner()).await?,
+        ))
     }
 
     async fn list_share_rules(
@@ -444,10 +427,9 @@ impl pb::admin_service_server::AdminService for Api {
         req: Request<pb::ListShareRulesRequest>,
     ) -> Result<Response<pb::ListShareRulesResponse>, Status> {
         let p = auth::principal(&req)?;
-        self.state
-            .list_share_rules(&p, req.into_inner())
-            .await
-            .map(Response::new)
+        Ok(Response::new(
+            self.state.list_share_rules(&p, req.into_inner()).await?,
+        ))
     }
 
     async fn remove_share_rule(
@@ -455,10 +437,9 @@ impl pb::admin_service_server::AdminService for Api {
         req: Request<pb::RemoveShareRuleRequest>,
     ) -> Result<Response<pb::RemoveShareRuleResponse>, Status> {
         let p = auth::principal(&req)?;
-        self.state
-            .remove_share_rule(&p, req.into_inner())
-            .await
-            .map(Response::new)
+        Ok(Response::new(
+            self.state.remove_share_rule(&p, req.into_inner()).await?,
+        ))
     }
 
     async fn check_access(
@@ -466,10 +447,9 @@ impl pb::admin_service_server::AdminService for Api {
         req: Request<pb::CheckAccessRequest>,
     ) -> Result<Response<pb::CheckAccessResponse>, Status> {
         let p = auth::principal(&req)?;
-        self.state
-            .check_access(&p, req.into_inner())
-            .await
-            .map(Response::new)
+        Ok(Response::new(
+            self.state.check_access(&p, req.into_inner()).await?,
+        ))
     }
 
     async fn reload_policy(
@@ -477,7 +457,7 @@ impl pb::admin_service_server::AdminService for Api {
         req: Request<pb::ReloadPolicyRequest>,
     ) -> Result<Response<pb::ReloadPolicyResponse>, Status> {
         let p = auth::principal(&req)?;
-        self.state.reload_policy(&p).await.map(Response::new)
+        Ok(Response::new(self.state.reload_policy(&p).await?))
     }
 
     async fn list_audit(
@@ -485,10 +465,9 @@ impl pb::admin_service_server::AdminService for Api {
         req: Request<pb::ListAuditRequest>,
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
         let p = auth::principal(&req)?;
-        self.state
-            .list_audit(&p, req.into_inner())
-            .await
-            .map(Response::new)
+        Ok(Response::new(
+            self.state.list_audit(&p, req.into_inner()).await?,
+        ))
     }
 
     async fn verify_audit(
@@ -496,7 +475,7 @@ impl pb::admin_service_server::AdminService for Api {
         req: Request<pb::VerifyAuditRequest>,
     ) -> Result<Response<pb::VerifyAuditResponse>, Status> {
         let p = auth::principal(&req)?;
-        self.state.verify_audit(&p).await.map(Response::new)
+        Ok(Response::new(self.state.verify_audit(&p).await?))
     }
 
     async fn update_partner_ca(
@@ -504,10 +483,9 @@ impl pb::admin_service_server::AdminService for Api {
         req: Request<pb::UpdatePartnerCaRequest>,
     ) -> Result<Response<pb::Partner>, Status> {
         let p = auth::principal(&req)?;
-        self.state
-            .update_partner_ca(&p, req.into_inner())
-            .await
-            .map(Response::new)
+        Ok(Response::new(
+            self.state.update_partner_ca(&p, req.into_inner()).await?,
+        ))
     }
 
     async fn load_partner_crl(
@@ -516,10 +494,9 @@ impl pb::admin_service_server::AdminService for Api {
     ) -> Result<Response<pb::Partner>, Status> {
         let p = auth::principal(&req)?;
         let r = req.into_inner();
-        self.state
-            .load_partner_crl(&p, &r.org, &r.crl_pem)
-            .await
-            .map(Response::new)
+        Ok(Response::new(
+            self.state.load_partner_crl(&p, &r.org, &r.crl_pem).await?,
+        ))
     }
 
     async fn ping_partner(
@@ -527,10 +504,9 @@ impl pb::admin_service_server::AdminService for Api {
         req: Request<pb::PingPartnerRequest>,
     ) -> Result<Response<pb::PingPartnerResponse>, Status> {
         let p = auth::principal(&req)?;
-        self.state
-            .ping_partner(&p, &req.get_ref().org)
-            .await
-            .map(Response::new)
+        Ok(Response::new(
+            self.state.ping_partner(&p, &req.get_ref().org).await?,
+        ))
     }
 
     async fn add_partner(
@@ -538,10 +514,9 @@ impl pb::admin_service_server::AdminService for Api {
         req: Request<pb::AddPartnerRequest>,
     ) -> Result<Response<pb::Partner>, Status> {
         let p = auth::principal(&req)?;
-        self.state
-            .add_partner(&p, req.into_inner())
-            .await
-            .map(Response::new)
+        Ok(Response::new(
+            self.state.add_partner(&p, req.into_inner()).await?,
+        ))
     }
 
     async fn list_partners(
@@ -549,7 +524,7 @@ impl pb::admin_service_server::AdminService for Api {
         req: Request<pb::ListPartnersRequest>,
     ) -> Result<Response<pb::ListPartnersResponse>, Status> {
         let p = auth::principal(&req)?;
-        self.state.list_partners(&p).await.map(Response::new)
+        Ok(Response::new(self.state.list_partners(&p).await?))
     }
 
     async fn remove_partner(
@@ -557,10 +532,9 @@ impl pb::admin_service_server::AdminService for Api {
         req: Request<pb::RemovePartnerRequest>,
     ) -> Result<Response<pb::RemovePartnerResponse>, Status> {
         let p = auth::principal(&req)?;
-        self.state
-            .remove_partner(&p, &req.get_ref().org)
-            .await
-            .map(Response::new)
+        Ok(Response::new(
+            self.state.remove_partner(&p, &req.get_ref().org).await?,
+        ))
     }
 }
 

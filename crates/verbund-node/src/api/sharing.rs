@@ -14,7 +14,7 @@ use verbund_store::{AuditQuery, ShareOp};
 use crate::auth::{self, RecordAccess};
 use crate::convert::parse_id as parse_uuid;
 use crate::convert::{self, invalid, ms_to_timestamp};
-use crate::error::{domain_status, store_status};
+use crate::error::NodeError;
 use crate::identity::{Principal, parse_principal_uri};
 use crate::state::{NodeState, now_ms};
 
@@ -41,30 +41,25 @@ fn rule_to_pb(r: &ShareRule) -> pb::ShareRule {
     }
 }
 
-fn store_err(e: verbund_store::StoreError) -> Status {
-    match e {
-        verbund_store::StoreError::Domain(d) => domain_status(d),
-        e => store_status(e),
-    }
-}
-
 impl NodeState {
     /// A registered partner (not ourselves), for sharing.
-    async fn partner_org(&self, org: &str) -> Result<String, Status> {
+    async fn partner_org(&self, org: &str) -> Result<String, NodeError> {
         if !verbund_core::schema::is_valid_org_id(org) {
-            return Err(invalid("org", format!("{org:?} is not an organization id")));
+            return Err(invalid("org", format!("{org:?} is not an organization id")).into());
         }
         if org == self.org {
             return Err(invalid(
                 "org",
                 "is this node's own organization, which sees everything by policy already",
-            ));
+            )
+            .into());
         }
-        let partners = self.store.list_partners().await.map_err(store_status)?;
+        let partners = self.store.list_partners().await?;
         if !partners.iter().any(|p| p.org == org) {
             return Err(Status::failed_precondition(format!(
                 "{org} is not a registered partner; add it first (verbund partner add)"
-            )));
+            ))
+            .into());
         }
         Ok(org.to_string())
     }
@@ -91,7 +86,7 @@ impl NodeState {
         &self,
         p: &Principal,
         req: pb::AddShareRequest,
-    ) -> Result<pb::Share, Status> {
+    ) -> Result<pb::Share, NodeError> {
         self.administer(p, "add share").await?;
         let record_id = parse_uuid("record_id", &req.record_id)?;
         let org = self.partner_org(&req.org).await?;
@@ -99,15 +94,15 @@ impl NodeState {
         let rec = self
             .store
             .get(record_id)
-            .await
-            .map_err(store_status)?
+            .await?
             .filter(|r| !r.is_deleted())
             .ok_or_else(|| Status::not_found(format!("record {record_id} not found")))?;
         if rec.owner_org != self.org {
             return Err(Status::failed_precondition(format!(
                 "record {record_id} belongs to {}; only its owner shares it",
                 rec.owner_org
-            )));
+            ))
+            .into());
         }
         // A share the policy turns into nothing is a mistake worth saying so.
         auth::may_share(&self.policy(), &org, rec.kind, &req.profile)
@@ -132,8 +127,7 @@ impl NodeState {
         );
         self.store
             .share(ShareOp::Add(share.clone()), self.tick(), draft)
-            .await
-            .map_err(store_err)?;
+            .await?;
         tracing::info!(record = %record_id, org, profile = %req.profile, by = %p, "shared");
         Ok(share_to_pb(&share))
     }
@@ -142,7 +136,7 @@ impl NodeState {
         &self,
         p: &Principal,
         req: pb::ListSharesRequest,
-    ) -> Result<pb::ListSharesResponse, Status> {
+    ) -> Result<pb::ListSharesResponse, NodeError> {
         self.administer(p, "list shares").await?;
         let record = if req.record_id.is_empty() {
             None
@@ -150,11 +144,7 @@ impl NodeState {
             Some(parse_uuid("record_id", &req.record_id)?)
         };
         let org = (!req.org.is_empty()).then_some(req.org.as_str());
-        let shares = self
-            .store
-            .list_shares(org, record)
-            .await
-            .map_err(store_status)?;
+        let shares = self.store.list_shares(org, record).await?;
         Ok(pb::ListSharesResponse {
             shares: shares.iter().map(share_to_pb).collect(),
         })
@@ -164,14 +154,11 @@ impl NodeState {
         &self,
         p: &Principal,
         req: pb::RevokeShareRequest,
-    ) -> Result<pb::RevokeShareResponse, Status> {
+    ) -> Result<pb::RevokeShareResponse, NodeError> {
         self.administer(p, "revoke share").await?;
         let record_id = parse_uuid("record_id", &req.record_id)?;
         if !verbund_core::schema::is_valid_org_id(&req.org) {
-            return Err(invalid(
-                "org",
-                format!("{:?} is not an organization id", req.org),
-            ));
+            return Err(invalid("org", format!("{:?} is not an organization id", req.org)).into());
         }
         let draft = Self::audit_draft(
             p,
@@ -191,8 +178,7 @@ impl NodeState {
                 self.tick(),
                 draft,
             )
-            .await
-            .map_err(store_err)?;
+            .await?;
         tracing::info!(record = %record_id, org = %req.org, by = %p, "share revoked");
         Ok(pb::RevokeShareResponse {})
     }
@@ -201,7 +187,7 @@ impl NodeState {
         &self,
         p: &Principal,
         req: pb::AddShareRuleRequest,
-    ) -> Result<pb::ShareRule, Status> {
+    ) -> Result<pb::ShareRule, NodeError> {
         self.administer(p, "add share rule").await?;
         let org = self.partner_org(&req.org).await?;
         let rule = RuleMatch::parse(req.rule.trim()).ok_or_else(|| {
@@ -238,8 +224,7 @@ impl NodeState {
         );
         self.store
             .share(ShareOp::AddRule(rule.clone()), self.tick(), draft)
-            .await
-            .map_err(store_err)?;
+            .await?;
         Ok(rule_to_pb(&rule))
     }
 
@@ -247,14 +232,10 @@ impl NodeState {
         &self,
         p: &Principal,
         req: pb::ListShareRulesRequest,
-    ) -> Result<pb::ListShareRulesResponse, Status> {
+    ) -> Result<pb::ListShareRulesResponse, NodeError> {
         self.administer(p, "list share rules").await?;
         let org = (!req.org.is_empty()).then_some(req.org.as_str());
-        let rules = self
-            .store
-            .list_share_rules(org)
-            .await
-            .map_err(store_status)?;
+        let rules = self.store.list_share_rules(org).await?;
         Ok(pb::ListShareRulesResponse {
             rules: rules.iter().map(rule_to_pb).collect(),
         })
@@ -264,7 +245,7 @@ impl NodeState {
         &self,
         p: &Principal,
         req: pb::RemoveShareRuleRequest,
-    ) -> Result<pb::RemoveShareRuleResponse, Status> {
+    ) -> Result<pb::RemoveShareRuleResponse, NodeError> {
         self.administer(p, "remove share rule").await?;
         let id = parse_uuid("id", &req.id)?;
         let draft = Self::audit_draft(
@@ -278,12 +259,14 @@ impl NodeState {
         );
         self.store
             .share(ShareOp::RemoveRule(id), self.tick(), draft)
-            .await
-            .map_err(store_err)?;
+            .await?;
         Ok(pb::RemoveShareRuleResponse {})
     }
 
-    pub async fn reload_policy(&self, p: &Principal) -> Result<pb::ReloadPolicyResponse, Status> {
+    pub async fn reload_policy(
+        &self,
+        p: &Principal,
+    ) -> Result<pb::ReloadPolicyResponse, NodeError> {
         self.administer(p, "reload policy").await?;
         let outcome = self.policy.reload().await;
         let (decision, reason) = match &outcome {
@@ -304,7 +287,8 @@ impl NodeState {
             tracing::error!(error = %e, "the access policy was not reloaded; the previous one stays in force");
             return Err(Status::failed_precondition(format!(
                 "policy not reloaded, the previous one stays in force: {e}"
-            )));
+            ))
+            .into());
         }
         let (model, policy) = self.policy.paths();
         Ok(pb::ReloadPolicyResponse {
@@ -319,7 +303,7 @@ impl NodeState {
         &self,
         p: &Principal,
         req: pb::CheckAccessRequest,
-    ) -> Result<pb::CheckAccessResponse, Status> {
+    ) -> Result<pb::CheckAccessResponse, NodeError> {
         self.administer(p, "check access").await?;
         let who = parse_principal_uri(req.principal.trim())
             .map_err(|e| invalid("principal", e.to_string()))?;
@@ -332,22 +316,19 @@ impl NodeState {
                 return Err(invalid(
                     "action",
                     format!("{other:?} is not read, write, create or delete"),
-                ));
+                )
+                .into());
             }
         };
         let record_id = parse_uuid("record_id", &req.record_id)?;
         let rec = self
             .store
             .get(record_id)
-            .await
-            .map_err(store_status)?
+            .await?
             .ok_or_else(|| Status::not_found(format!("record {record_id} not found")))?;
         let field = req.field.trim();
         if !field.is_empty() && verbund_core::schema::field(rec.kind, field).is_none() {
-            return Err(invalid(
-                "field",
-                format!("{} has no field {field:?}", rec.kind),
-            ));
+            return Err(invalid("field", format!("{} has no field {field:?}", rec.kind)).into());
         }
         let access: RecordAccess = self.access_to(&who, &rec).await?;
         let foreign = who.org != self.org;
@@ -422,15 +403,15 @@ impl NodeState {
         &self,
         p: &Principal,
         req: pb::ListAuditRequest,
-    ) -> Result<pb::ListAuditResponse, Status> {
+    ) -> Result<pb::ListAuditResponse, NodeError> {
         self.administer(p, "list audit").await?;
         let limit = match req.page_size {
-            n if n < 0 => return Err(invalid("page_size", "must not be negative")),
+            n if n < 0 => return Err(invalid("page_size", "must not be negative").into()),
             0 => 100,
             n => i64::from(n).min(1000),
         };
         if req.after_seq < 0 {
-            return Err(invalid("after_seq", "must not be negative"));
+            return Err(invalid("after_seq", "must not be negative").into());
         }
         let time = |field: &str, t: &Option<prost_types::Timestamp>| {
             t.as_ref()
@@ -445,7 +426,7 @@ impl NodeState {
             after_seq: req.after_seq,
             limit: limit + 1,
         };
-        let mut entries = self.store.list_audit(&q).await.map_err(store_status)?;
+        let mut entries = self.store.list_audit(&q).await?;
         let next_after_seq = if entries.len() as i64 > limit {
             entries.truncate(limit as usize);
             entries.last().map_or(0, |e| e.seq)
@@ -474,9 +455,9 @@ impl NodeState {
         })
     }
 
-    pub async fn verify_audit(&self, p: &Principal) -> Result<pb::VerifyAuditResponse, Status> {
+    pub async fn verify_audit(&self, p: &Principal) -> Result<pb::VerifyAuditResponse, NodeError> {
         self.administer(p, "verify audit").await?;
-        let report = self.store.verify_audit().await.map_err(store_status)?;
+        let report = self.store.verify_audit().await?;
         Ok(pb::VerifyAuditResponse {
             intact: report.broken.is_none(),
             checked: report.checked,

@@ -13,7 +13,7 @@ use verbund_store::{ConflictRecord, StoreError};
 use crate::auth;
 use crate::convert;
 use crate::convert::parse_id as parse_uuid;
-use crate::error::{domain_status, store_status};
+use crate::error::NodeError;
 use crate::identity::Principal;
 use crate::pb;
 use crate::state::{NodeState, now_ms};
@@ -51,49 +51,29 @@ fn conflict_to_pb(c: &ConflictRecord) -> pb::Conflict {
 }
 
 impl NodeState {
-    pub async fn sync_status(&self, p: &Principal) -> Result<pb::SyncStatusResponse, Status> {
+    pub async fn sync_status(&self, p: &Principal) -> Result<pb::SyncStatusResponse, NodeError> {
         self.administer(p, "sync status").await?;
         let store = &self.store;
-        let partners = store.list_partners().await.map_err(store_status)?;
+        let partners = store.list_partners().await?;
         let subs: HashMap<String, verbund_store::Subscription> = store
             .list_subscriptions()
-            .await
-            .map_err(store_status)?
+            .await?
             .into_iter()
             .map(|s| (s.owner_org.clone(), s))
             .collect();
-        let depths: HashMap<String, i64> = store
-            .outbox_depths()
-            .await
-            .map_err(store_status)?
-            .into_iter()
-            .collect();
-        let replicas: HashMap<String, i64> = store
-            .replica_counts()
-            .await
-            .map_err(store_status)?
-            .into_iter()
-            .collect();
+        let depths: HashMap<String, i64> = store.outbox_depths().await?.into_iter().collect();
+        let replicas: HashMap<String, i64> = store.replica_counts().await?.into_iter().collect();
         let mut acks: HashMap<String, i64> = store
             .peer_acks()
-            .await
-            .map_err(store_status)?
+            .await?
             .into_iter()
             .map(|a| (a.org, a.acked_cursor))
             .collect();
         acks.extend(self.links.acked());
-        let quarantined: HashMap<String, i64> = store
-            .quarantine_counts()
-            .await
-            .map_err(store_status)?
-            .into_iter()
-            .collect();
+        let quarantined: HashMap<String, i64> =
+            store.quarantine_counts().await?.into_iter().collect();
         let mut quarantine_notes: HashMap<String, String> = HashMap::new();
-        for q in store
-            .list_quarantine(None, 1_000)
-            .await
-            .map_err(store_status)?
-        {
+        for q in store.list_quarantine(None, 1_000).await? {
             quarantine_notes
                 .entry(q.owner_org.clone())
                 .or_insert_with(|| format!("{}: {}", q.record_id, q.reason));
@@ -125,11 +105,7 @@ impl NodeState {
                 };
                 pb::PartnerSyncState {
                     endpoint: partner.endpoint.clone(),
-                    state: if link.state.is_empty() {
-                        "idle".into()
-                    } else {
-                        link.state
-                    },
+                    state: link.state.as_str().to_string(),
                     cursor: sub.cursor,
                     lag: (sub.owner_last_seq - sub.cursor).max(0),
                     outbox_depth: depths.get(&partner.org).copied().unwrap_or(0),
@@ -166,7 +142,7 @@ impl NodeState {
         &self,
         p: &Principal,
         req: pb::ListOutboxRequest,
-    ) -> Result<pb::ListOutboxResponse, Status> {
+    ) -> Result<pb::ListOutboxResponse, NodeError> {
         self.administer(p, "list outbox").await?;
         let state =
             match req.state.as_str() {
@@ -178,8 +154,7 @@ impl NodeState {
         let entries = self
             .store
             .list_outbox(None, state, 1000)
-            .await
-            .map_err(store_status)?
+            .await?
             .into_iter()
             .map(|e| pb::OutboxEntry {
                 key: e.key,
@@ -200,7 +175,7 @@ impl NodeState {
         &self,
         p: &Principal,
         req: pb::ListConflictsRequest,
-    ) -> Result<pb::ListConflictsResponse, Status> {
+    ) -> Result<pb::ListConflictsResponse, NodeError> {
         self.administer(p, "list conflicts").await?;
         let record = match req.record_id.as_str() {
             "" => None,
@@ -209,8 +184,7 @@ impl NodeState {
         let conflicts = self
             .store
             .list_conflicts(record, req.include_resolved)
-            .await
-            .map_err(store_status)?;
+            .await?;
         Ok(pb::ListConflictsResponse {
             conflicts: conflicts.iter().map(conflict_to_pb).collect(),
         })
@@ -222,20 +196,20 @@ impl NodeState {
         &self,
         p: &Principal,
         req: pb::ResolveConflictRequest,
-    ) -> Result<pb::Conflict, Status> {
+    ) -> Result<pb::Conflict, NodeError> {
         self.administer(p, "resolve conflict").await?;
         let id = parse_uuid("id", &req.id)?;
         let c = self
             .store
             .get_conflict(id)
-            .await
-            .map_err(store_status)?
+            .await?
             .ok_or_else(|| Status::not_found(format!("conflict {id} not found")))?;
         if c.resolved_ms.is_some() {
             return Err(Status::failed_precondition(format!(
                 "conflict {id} was resolved already ({})",
                 c.resolution.clone().unwrap_or_default()
-            )));
+            ))
+            .into());
         }
         match req.keep.as_str() {
             "winner" => {}
@@ -243,15 +217,14 @@ impl NodeState {
                 let rec = self
                     .store
                     .get(c.record_id)
-                    .await
-                    .map_err(store_status)?
+                    .await?
                     .filter(|r| !r.is_deleted())
                     .ok_or_else(|| {
                         Status::not_found(format!("record {} not found", c.record_id))
                     })?;
                 let field = c.conflict.field.clone();
                 if let Err(why) = auth::may_resolve(&self.policy(), p, rec.kind, &field) {
-                    return Err(Status::permission_denied(why.0));
+                    return Err(Status::permission_denied(why.0).into());
                 }
                 let mut patch = verbund_core::FieldMap::new();
                 if let Some(v) = c.conflict.loser.value.clone() {
@@ -263,23 +236,17 @@ impl NodeState {
                     .update(rec.kind, rec.id, move |cur| {
                         plan_update(cur, &mask, patch, stamp(cur), now_ms())
                     })
-                    .await
-                    .map_err(|e| match e {
-                        StoreError::Domain(d) => domain_status(d),
-                        e => store_status(e),
-                    })?;
+                    .await?;
             }
-            _ => return Err(convert::invalid("keep", "must be winner or loser")),
+            _ => return Err(convert::invalid("keep", "must be winner or loser").into()),
         }
         self.store
             .mark_conflict_resolved(id, &p.uri(), &req.keep, now_ms())
-            .await
-            .map_err(store_status)?;
+            .await?;
         let c = self
             .store
             .get_conflict(id)
-            .await
-            .map_err(store_status)?
+            .await?
             .ok_or_else(|| Status::not_found(format!("conflict {id} not found")))?;
         Ok(conflict_to_pb(&c))
     }
@@ -288,20 +255,20 @@ impl NodeState {
         &self,
         p: &Principal,
         req: pb::EraseRecordRequest,
-    ) -> Result<pb::ErasureStatusResponse, Status> {
+    ) -> Result<pb::ErasureStatusResponse, NodeError> {
         self.administer(p, "erase record").await?;
         let id = parse_uuid("id", &req.id)?;
         let rec = self
             .store
             .get(id)
-            .await
-            .map_err(store_status)?
+            .await?
             .ok_or_else(|| Status::not_found(format!("record {id} not found")))?;
         if rec.owner_org != self.org {
             return Err(Status::failed_precondition(format!(
                 "record {id} belongs to {}; erasure is done by its owner and reaches every copy",
                 rec.owner_org
-            )));
+            ))
+            .into());
         }
         let stamp = self.stamper();
         self.store
@@ -311,10 +278,9 @@ impl NodeState {
             .await
             .map_err(|e| match e {
                 StoreError::Domain(DomainError::NotFound { .. }) => {
-                    Status::not_found(format!("record {id} not found"))
+                    Status::not_found(format!("record {id} not found")).into()
                 }
-                StoreError::Domain(d) => domain_status(d),
-                e => store_status(e),
+                e => NodeError::from(e),
             })?;
         tracing::info!(record = %id, by = %p, "record erased; partners are told");
         self.scrub_after_erasure();
@@ -348,24 +314,22 @@ impl NodeState {
         &self,
         p: &Principal,
         req: pb::ErasureStatusRequest,
-    ) -> Result<pb::ErasureStatusResponse, Status> {
+    ) -> Result<pb::ErasureStatusResponse, NodeError> {
         self.administer(p, "erasure status").await?;
         let id = parse_uuid("id", &req.id)?;
         self.erasure_report(id).await
     }
 
-    async fn erasure_report(&self, id: Uuid) -> Result<pb::ErasureStatusResponse, Status> {
+    async fn erasure_report(&self, id: Uuid) -> Result<pb::ErasureStatusResponse, NodeError> {
         let erasure = self
             .store
             .erasure(id)
-            .await
-            .map_err(store_status)?
+            .await?
             .ok_or_else(|| Status::not_found(format!("record {id} was not erased")))?;
         let receivers = self
             .store
             .deliveries_of_record(id)
-            .await
-            .map_err(store_status)?
+            .await?
             .into_iter()
             .map(|d| pb::ErasureReceipt {
                 state: if d.erasure_acked_ms.is_some() {

@@ -3,36 +3,29 @@
 
 use std::collections::HashMap;
 
-use tonic::Status;
 use uuid::Uuid;
 use verbund_core::access::{self, Reach};
 use verbund_core::{Record, RecordKind};
 
 use super::{Reached, RecordAccess, reached_access, record_access};
-use crate::error::store_status;
+use crate::error::NodeError;
 use crate::identity::Principal;
 use crate::state::NodeState;
 
 impl NodeState {
     /// Every record `org` reaches through shares and share rules, read fresh from the store.
-    pub async fn reach_of(&self, org: &str) -> Result<Reached, Status> {
+    pub async fn reach_of(&self, org: &str) -> Result<Reached, NodeError> {
         let store = &self.store;
-        let shares = store
-            .list_shares(Some(org), None)
-            .await
-            .map_err(store_status)?;
-        let rules = store
-            .list_share_rules(Some(org))
-            .await
-            .map_err(store_status)?;
+        let shares = store.list_shares(Some(org), None).await?;
+        let rules = store.list_share_rules(Some(org)).await?;
         let ids: Vec<Uuid> = shares.iter().map(|s| s.record_id).collect();
-        let mut direct = store.get_many(&ids).await.map_err(store_status)?;
+        let mut direct = store.get_many(&ids).await?;
         for rule in &rules {
             let found = match &rule.rule {
                 access::RuleMatch::CaseAssigned => store.cases_assigned_to(org).await,
                 access::RuleMatch::AccountTag(tag) => store.accounts_mentioning(tag).await,
             };
-            direct.extend(found.map_err(store_status)?);
+            direct.extend(found?);
         }
         let directly_shared: Vec<&Record> = direct
             .iter()
@@ -43,26 +36,18 @@ impl NodeState {
             .filter(|r| r.kind == RecordKind::Account)
             .map(|r| r.id.to_string())
             .collect();
-        let mut children = store
-            .records_of_accounts(&accounts)
-            .await
-            .map_err(store_status)?;
+        let mut children = store.records_of_accounts(&accounts).await?;
         let parents: Vec<String> = directly_shared
             .iter()
             .map(|r| r.id.to_string())
             .chain(children.iter().map(|r| r.id.to_string()))
             .collect();
-        children.extend(
-            store
-                .activities_related_to(&parents)
-                .await
-                .map_err(store_status)?,
-        );
+        children.extend(store.activities_related_to(&parents).await?);
         let targets: Vec<Uuid> = directly_shared
             .iter()
             .flat_map(|r| access::reference_targets(r))
             .collect();
-        let referenced = store.get_many(&targets).await.map_err(store_status)?;
+        let referenced = store.get_many(&targets).await?;
         let grants = access::reach(org, &shares, &rules, &direct, &children, &referenced);
         Ok(self.own_reached(grants, direct.into_iter().chain(children).chain(referenced)))
     }
@@ -87,13 +72,13 @@ impl NodeState {
     /// computed from the records around them only (their parents, the records they belong
     /// to, the records that refer to them, and those records' shares), so the cost follows
     /// the number of records asked about, not the number shared with `org`.
-    pub async fn reach_for(&self, org: &str, ids: &[Uuid]) -> Result<Reached, Status> {
-        let targets = self.store.get_many(ids).await.map_err(store_status)?;
+    pub async fn reach_for(&self, org: &str, ids: &[Uuid]) -> Result<Reached, NodeError> {
+        let targets = self.store.get_many(ids).await?;
         self.reach_around(org, &targets).await
     }
 
     /// `reach_for` of records the caller has loaded already.
-    pub async fn reach_around(&self, org: &str, targets: &[Record]) -> Result<Reached, Status> {
+    pub async fn reach_around(&self, org: &str, targets: &[Record]) -> Result<Reached, NodeError> {
         let store = &self.store;
         let ids: Vec<Uuid> = targets.iter().map(|r| r.id).collect();
         let id_of = |r: &Record, f: &str| r.text(f).and_then(|t| Uuid::parse_str(t).ok());
@@ -102,16 +87,16 @@ impl NodeState {
             .iter()
             .filter_map(|r| id_of(r, "related_id"))
             .collect();
-        let related = store.get_many(&related_ids).await.map_err(store_status)?;
+        let related = store.get_many(&related_ids).await?;
         let account_ids: Vec<Uuid> = targets
             .iter()
             .chain(&related)
             .filter_map(|r| id_of(r, "account_id"))
             .collect();
-        let accounts = store.get_many(&account_ids).await.map_err(store_status)?;
+        let accounts = store.get_many(&account_ids).await?;
         // Records that may refer to a target (making it visible as a reference).
         let id_texts: Vec<String> = ids.iter().map(Uuid::to_string).collect();
-        let referrers = store.dependents_of(&id_texts).await.map_err(store_status)?;
+        let referrers = store.dependents_of(&id_texts).await?;
         let mut direct: Vec<Record> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for r in targets
@@ -125,21 +110,15 @@ impl NodeState {
             }
         }
         let all: Vec<Uuid> = direct.iter().map(|r| r.id).collect();
-        let shares = store
-            .shares_of_records(org, &all)
-            .await
-            .map_err(store_status)?;
-        let rules = store
-            .list_share_rules(Some(org))
-            .await
-            .map_err(store_status)?;
+        let shares = store.shares_of_records(org, &all).await?;
+        let rules = store.list_share_rules(Some(org)).await?;
         let children: Vec<Record> = targets.iter().chain(&related).cloned().collect();
         let grants = access::reach(org, &shares, &rules, &direct, &children, targets);
         Ok(self.own_reached(grants, direct))
     }
 
     /// The access of `p` to a stored record (reading the reach for a foreign caller).
-    pub async fn access_to(&self, p: &Principal, rec: &Record) -> Result<RecordAccess, Status> {
+    pub async fn access_to(&self, p: &Principal, rec: &Record) -> Result<RecordAccess, NodeError> {
         let policy = self.policy();
         if self.is_own(p) {
             return Ok(record_access(&policy, &self.org, p, rec, &[]));

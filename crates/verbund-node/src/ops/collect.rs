@@ -125,9 +125,10 @@ async fn refresh(
         let label = || vec![("partner", org.clone())];
         let link = links
             .get(&org)
-            .map(|l| l.state.clone())
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "idle".to_string());
+            .map(|l| l.state)
+            .unwrap_or_default()
+            .as_str()
+            .to_string();
         m.link_state
             .get_or_create(&vec![("partner", org.clone()), ("state", link)])
             .set(1);

@@ -32,3 +32,7 @@ CREATE TABLE share_snapshots (
 -- Partner side: how far the snapshot at `cursor` has come (the last record id taken;
 -- empty: the change at `cursor` is applied completely).
 ALTER TABLE subscriptions ADD COLUMN snapshot_after TEXT NOT NULL DEFAULT '';
+
+-- Partner side: the newest owner state held per owner (checked at every connect: an owner
+-- behind it was restored from a backup), read from the index, not by scanning the replicas.
+CREATE INDEX replicas_owner_seq ON replicas (owner_org, owner_seq);

@@ -51,18 +51,17 @@ macro_rules! backend_reads {
             Ok((row.try_get("seq")?, row.try_get("hash")?))
         }
 
-        pub async fn get(pool: &$pool, id: Uuid) -> Result<Option<Record>> {
+        /// Reads of records on one connection, from the pool or holding the writer's
+        /// transaction (`Tx` derefs to it): `RecordReads` for this database's connection.
+        pub async fn record_on(conn: &mut <$db as sqlx::Database>::Connection, id: Uuid) -> Result<Option<Record>> {
             let row = sqlx::query("SELECT id, kind, owner_org, created_at_ms, updated_at_ms, deleted_version, seq, fields, versions FROM records WHERE id = $1")
                 .bind(id.to_string())
-                .fetch_optional(pool)
+                .fetch_optional(&mut *conn)
                 .await?;
             row.map(|r| record_row(&r)?.into_record()).transpose()
         }
 
-        pub async fn get_many(pool: &$pool, ids: &[Uuid]) -> Result<Vec<Record>> {
-            if ids.is_empty() {
-                return Ok(Vec::new());
-            }
+        pub async fn records_on(conn: &mut <$db as sqlx::Database>::Connection, ids: &[Uuid]) -> Result<Vec<Record>> {
             let mut out = Vec::with_capacity(ids.len());
             // Bounded statements: SQLite limits the number of bound parameters.
             for chunk in ids.chunks(500) {
@@ -73,11 +72,22 @@ macro_rules! backend_reads {
                     sep.push_bind(id.to_string());
                 }
                 qb.push(")");
-                for r in qb.build().fetch_all(pool).await? {
+                for r in qb.build().fetch_all(&mut *conn).await? {
                     out.push(record_row(&r)?.into_record()?);
                 }
             }
             Ok(out)
+        }
+
+        pub async fn get(pool: &$pool, id: Uuid) -> Result<Option<Record>> {
+            pool.acquire().await?.record(id).await
+        }
+
+        pub async fn get_many(pool: &$pool, ids: &[Uuid]) -> Result<Vec<Record>> {
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            pool.acquire().await?.records(ids).await
         }
 
         pub async fn list(pool: &$pool, q: &ListQuery) -> Result<Vec<Record>> {
@@ -167,7 +177,7 @@ macro_rules! backend_reads {
             .bind(&p.ca_pem)
             .bind(&p.fingerprint)
             .bind(&p.endpoint)
-            .bind(&p.status)
+            .bind(p.status.as_str())
             .bind(p.added_at_ms)
             .bind(p.last_contact_ms)
             .execute(pool)
@@ -189,12 +199,14 @@ macro_rules! backend_reads {
             .await?;
             rows.iter()
                 .map(|r| {
+                    let status: String = r.try_get("status")?;
                     Ok(Partner {
                         org: r.try_get("org")?,
                         ca_pem: r.try_get("ca_pem")?,
                         fingerprint: r.try_get("fingerprint")?,
                         endpoint: r.try_get("endpoint")?,
-                        status: r.try_get("status")?,
+                        status: PartnerStatus::parse(&status)
+                            .ok_or_else(|| StoreError::Corrupt(format!("partner status {status:?}")))?,
                         added_at_ms: r.try_get("added_at_ms")?,
                         last_contact_ms: r.try_get("last_contact_ms")?,
                         crl_pem: r.try_get("crl_pem")?,

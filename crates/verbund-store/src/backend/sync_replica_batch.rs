@@ -85,11 +85,7 @@ macro_rules! backend_sync_replica_batch {
                     blank_changes: BTreeSet::new(),
                 };
                 for chunk in ids.chunks(IN_CHUNK) {
-                    let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT ");
-                    qb.push(RECORD_COLUMNS).push(" FROM records WHERE id IN (");
-                    in_list(&mut qb, chunk);
-                    for row in qb.build().fetch_all(&mut **tx).await? {
-                        let rec = record_row(&row)?.into_record()?;
+                    for rec in tx.records(chunk).await? {
                         work.records.insert(rec.id, Some(rec));
                     }
                     let mut qb: QueryBuilder<$db> = QueryBuilder::new(

@@ -141,15 +141,11 @@ macro_rules! backend_writer {
             }
         }
 
+        /// The record `id` of `kind` as this transaction sees it (the readers' read, `RecordReads`).
         async fn load(tx: &mut Tx, kind: RecordKind, id: Uuid) -> Result<Record> {
-            let row = sqlx::query("SELECT id, kind, owner_org, created_at_ms, updated_at_ms, deleted_version, seq, fields, versions FROM records WHERE id = $1 AND kind = $2")
-                .bind(id.to_string())
-                .bind(kind.as_str())
-                .fetch_optional(&mut **tx)
-                .await?;
-            match row {
-                Some(row) => record_row(&row)?.into_record(),
-                None => Err(DomainError::NotFound { kind, id: id.to_string() }.into()),
+            match tx.record(id).await? {
+                Some(rec) if rec.kind == kind => Ok(rec),
+                _ => Err(DomainError::NotFound { kind, id: id.to_string() }.into()),
             }
         }
 

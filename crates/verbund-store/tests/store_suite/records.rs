@@ -88,6 +88,11 @@ pub(super) async fn create_and_get_round_trip(f: &Fixture) {
     assert_eq!(got.seq, 1);
     assert_eq!(got.versions.len(), got.fields.len());
     assert!(f.store.get(Uuid::now_v7()).await.unwrap().is_none());
+    // The read trait is the same read.
+    let mut reader = f.store.clone();
+    use verbund_store::RecordReads;
+    assert_eq!(reader.record(acc.id).await.unwrap(), Some(acc.clone()));
+    assert_eq!(reader.records(&[acc.id]).await.unwrap(), vec![acc.clone()]);
     let many = f.store.get_many(&[acc.id, Uuid::now_v7()]).await.unwrap();
     assert_eq!(many, vec![acc]);
 }

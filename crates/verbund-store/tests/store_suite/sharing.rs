@@ -219,7 +219,7 @@ pub(super) async fn partner_registry(f: &Fixture) {
         ca_pem: "-----BEGIN CERTIFICATE-----\n...\n".into(),
         fingerprint: "ab".repeat(32),
         endpoint: "https://globex.example:7443".into(),
-        status: "active".into(),
+        status: verbund_store::PartnerStatus::Active,
         added_at_ms: 5,
         last_contact_ms: None,
         crl_pem: None,

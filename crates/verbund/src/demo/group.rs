@@ -96,7 +96,11 @@ pub(super) async fn group_demo(
         let g = get(mueller.to_string());
         async move {
             g.await
-                .is_some_and(|c| c.sources.len() == 2 && !c.persons.is_empty())
+                // Both accounts, and the person of each as one (the contact arrives after
+                // its account: it is a change of its own).
+                .is_some_and(|c| {
+                    c.sources.len() == 2 && c.persons.iter().any(|p| p.sources.len() == 2)
+                })
         }
     })
     .await?;

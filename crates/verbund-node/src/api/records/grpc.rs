@@ -11,38 +11,40 @@ macro_rules! record_service {
         impl $trait for Api {
             async fn $create(&self, req: Request<$create_req>) -> Result<Response<$msg>, Status> {
                 let p = auth::principal(&req)?;
-                self.state
-                    .create(&p, req.into_inner().$create_field)
-                    .await
-                    .map(Response::new)
+                Ok(Response::new(
+                    self.state
+                        .create(&p, req.into_inner().$create_field)
+                        .await?,
+                ))
             }
             async fn $get(
                 &self,
                 req: Request<pb::GetRecordRequest>,
             ) -> Result<Response<$msg>, Status> {
                 let p = auth::principal(&req)?;
-                self.state
-                    .get::<$msg>(&p, &req.get_ref().id)
-                    .await
-                    .map(Response::new)
+                Ok(Response::new(
+                    self.state.get::<$msg>(&p, &req.get_ref().id).await?,
+                ))
             }
             async fn $update(&self, req: Request<$update_req>) -> Result<Response<$msg>, Status> {
                 let p = auth::principal(&req)?;
                 let r = req.into_inner();
-                self.state
-                    .update(&p, &r.id, r.$update_field, r.update_mask)
-                    .await
-                    .map(Response::new)
+                Ok(Response::new(
+                    self.state
+                        .update(&p, &r.id, r.$update_field, r.update_mask)
+                        .await?,
+                ))
             }
             async fn $delete(
                 &self,
                 req: Request<pb::DeleteRecordRequest>,
             ) -> Result<Response<pb::DeleteRecordResponse>, Status> {
                 let p = auth::principal(&req)?;
-                self.state
-                    .delete(&p, <$msg as RecordMessage>::KIND, &req.get_ref().id)
-                    .await
-                    .map(Response::new)
+                Ok(Response::new(
+                    self.state
+                        .delete(&p, <$msg as RecordMessage>::KIND, &req.get_ref().id)
+                        .await?,
+                ))
             }
             async fn $list(&self, req: Request<$list_req>) -> Result<Response<$list_resp>, Status> {
                 let p = auth::principal(&req)?;
@@ -224,10 +226,9 @@ impl pb::search_service_server::SearchService for Api {
         req: Request<pb::SearchRequest>,
     ) -> Result<Response<pb::SearchResponse>, Status> {
         let p = auth::principal(&req)?;
-        self.state
-            .search(&p, req.into_inner())
-            .await
-            .map(Response::new)
+        Ok(Response::new(
+            self.state.search(&p, req.into_inner()).await?,
+        ))
     }
 }
 

@@ -24,7 +24,7 @@ use crate::api::Api;
 use crate::auth;
 use crate::convert::parse_id;
 use crate::convert::{self, RecordMessage, invalid};
-use crate::error::{domain_status, store_status};
+use crate::error::NodeError;
 use crate::identity::Principal;
 use crate::state::{NodeState, now_ms};
 
@@ -45,7 +45,7 @@ impl NodeState {
         record_id: Option<String>,
         fields: Vec<String>,
         message: String,
-    ) -> Status {
+    ) -> NodeError {
         let draft = Self::audit_draft(
             p,
             action,
@@ -55,14 +55,16 @@ impl NodeState {
             "deny",
             message.clone(),
         );
-        self.deny(draft, Status::permission_denied(message)).await
+        self.deny(draft, Status::permission_denied(message))
+            .await
+            .into()
     }
 
     pub async fn create<M: RecordMessage>(
         &self,
         p: &Principal,
         msg: Option<M>,
-    ) -> Result<M, Status> {
+    ) -> Result<M, NodeError> {
         let kind = M::KIND;
         let msg = msg.ok_or_else(|| invalid(kind.as_str(), "is required"))?;
         let fields = msg.to_fields()?;
@@ -101,7 +103,7 @@ impl NodeState {
                 );
                 return Err(self
                     .deny(draft, invalid("related_id", format!("no account or contact or lead or opportunity or service_case with id {related_id}")))
-                    .await);
+                    .await.into());
             }
             if let Err(why) = auth::may_add_activity(p, target_kind, &access) {
                 return Err(self
@@ -135,8 +137,7 @@ impl NodeState {
                 },
                 audit,
             )
-            .await
-            .map_err(store_status)?;
+            .await?;
         tracing::debug!(kind = %kind, id = %rec.id, principal = %p, "created");
         let access = self.access_to(p, &rec).await?;
         Ok(M::from_record(&project(&rec, &access.readable)))
@@ -150,13 +151,12 @@ impl NodeState {
         kind: RecordKind,
         id: &str,
         action: &str,
-    ) -> Result<(Record, auth::RecordAccess), Status> {
+    ) -> Result<(Record, auth::RecordAccess), NodeError> {
         let uuid = parse_id("id", id)?;
         let found = self
             .store
             .get(uuid)
-            .await
-            .map_err(store_status)?
+            .await?
             .filter(|r| r.kind == kind && !r.is_deleted());
         if self.is_own(p) {
             let rec = found.ok_or_else(|| not_found(kind, id))?;
@@ -184,12 +184,12 @@ impl NodeState {
                     "deny",
                     "not shared with the organization, or no such record",
                 );
-                Err(self.deny(draft, not_found(kind, id)).await)
+                Err(self.deny(draft, not_found(kind, id)).await.into())
             }
         }
     }
 
-    pub async fn get<M: RecordMessage>(&self, p: &Principal, id: &str) -> Result<M, Status> {
+    pub async fn get<M: RecordMessage>(&self, p: &Principal, id: &str) -> Result<M, NodeError> {
         let (rec, access) = self.read_visible(p, M::KIND, id, "read").await?;
         if !self.is_own(p) {
             let fields = access.readable.iter().cloned().collect();
@@ -213,14 +213,14 @@ impl NodeState {
         id: &str,
         msg: Option<M>,
         mask: Option<prost_types::FieldMask>,
-    ) -> Result<M, Status> {
+    ) -> Result<M, NodeError> {
         let kind = M::KIND;
         let field = kind.as_str();
         let msg = msg.ok_or_else(|| invalid(field, "is required"))?;
         let meta_id = msg.meta().map(|m| m.id.as_str()).unwrap_or("");
         let id = match (id.is_empty(), meta_id.is_empty()) {
             (false, false) if id != meta_id => {
-                return Err(invalid("id", format!("differs from {field}.meta.id")));
+                return Err(invalid("id", format!("differs from {field}.meta.id")).into());
             }
             (true, false) => meta_id,
             _ => id,
@@ -231,8 +231,7 @@ impl NodeState {
         // Canonical field names from here on: authorization, audit and the planner all see the
         // same names (a path with stray spaces must not slip past the write check).
         let mask = prost_types::FieldMask {
-            paths: verbund_core::write::check_mask(kind, &mask.paths)
-                .map_err(domain_status)?
+            paths: verbund_core::write::check_mask(kind, &mask.paths)?
                 .into_iter()
                 .map(str::to_string)
                 .collect(),
@@ -299,8 +298,8 @@ impl NodeState {
             )
             .await
             .map_err(|e| match e {
-                StoreError::Domain(DomainError::NotFound { .. }) => not_found(kind, id),
-                e => store_status(e),
+                StoreError::Domain(DomainError::NotFound { .. }) => not_found(kind, id).into(),
+                e => NodeError::from(e),
             })?;
         // The same grants still apply: a partner cannot write the fields that decide its reach,
         // and the own organization's access does not depend on grants. No second reach.
@@ -317,7 +316,7 @@ impl NodeState {
         mask: Vec<String>,
         patch: verbund_core::FieldMap,
         access: &auth::RecordAccess,
-    ) -> Result<M, Status> {
+    ) -> Result<M, NodeError> {
         let kind = rec.kind;
         if let Some(f) = mask
             .iter()
@@ -326,29 +325,27 @@ impl NodeState {
             return Err(Status::permission_denied(format!(
                 "{f}: only the owner {} writes this field of its {kind} records",
                 rec.owner_org
-            )));
+            ))
+            .into());
         }
         // The owner told us which fields we may propose: refuse the others up front (the owner
         // checks again, so a list that is out of date is corrected by its verdict).
-        let writable = match self
-            .store
-            .replica_info(rec.id)
-            .await
-            .map_err(store_status)?
-        {
+        let writable = match self.store.replica_info(rec.id).await? {
             Some(info) if info.state == verbund_store::CopyState::Live => info.writable,
             _ => {
                 return Err(Status::not_found(format!(
                     "{kind} {} is no longer shared with us",
                     rec.id
-                )));
+                ))
+                .into());
             }
         };
         if let Some(f) = mask.iter().find(|f| !writable.contains(f)) {
             return Err(Status::permission_denied(format!(
                 "{f}: {} does not let {} write this field of its {kind} records",
                 rec.owner_org, self.org
-            )));
+            ))
+            .into());
         }
         let key = Uuid::now_v7().to_string();
         let clock = self.clock.clone();
@@ -362,9 +359,9 @@ impl NodeState {
             .await
             .map_err(|e| match e {
                 StoreError::Domain(DomainError::NotFound { .. }) => {
-                    Status::not_found(format!("{kind} {id} is no longer shared with us"))
+                    Status::not_found(format!("{kind} {id} is no longer shared with us")).into()
                 }
-                e => store_status(e),
+                e => NodeError::from(e),
             })?;
         self.links.outbox_changed();
         tracing::debug!(principal = %p, record = %id, key, "replica edited; queued for its owner");
@@ -376,9 +373,9 @@ impl NodeState {
         p: &Principal,
         kind: RecordKind,
         id: &str,
-    ) -> Result<pb::DeleteRecordResponse, Status> {
+    ) -> Result<pb::DeleteRecordResponse, NodeError> {
         let uuid = parse_id("id", id)?;
-        if let Some(rec) = self.store.get(uuid).await.map_err(store_status)?
+        if let Some(rec) = self.store.get(uuid).await?
             && rec.owner_org != self.org
             && self.is_own(p)
         {
@@ -386,7 +383,8 @@ impl NodeState {
                 return Err(Status::failed_precondition(format!(
                     "{kind} {uuid} belongs to {}; only its owner deletes it",
                     rec.owner_org
-                )));
+                ))
+                .into());
             }
         }
         if let Err(why) = auth::may_delete(&self.policy(), &self.org, p, kind) {
@@ -403,8 +401,8 @@ impl NodeState {
             })
             .await
             .map_err(|e| match e {
-                StoreError::Domain(DomainError::NotFound { .. }) => not_found(kind, id),
-                e => store_status(e),
+                StoreError::Domain(DomainError::NotFound { .. }) => not_found(kind, id).into(),
+                e => NodeError::from(e),
             })?;
         Ok(pb::DeleteRecordResponse {
             meta: Some(convert::meta_of(&rec)),

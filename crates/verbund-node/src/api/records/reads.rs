@@ -163,7 +163,7 @@ impl NodeState {
     pub(crate) async fn foreign_visible(
         &self,
         p: &Principal,
-    ) -> Result<(Vec<(Record, auth::RecordAccess)>, auth::Reached), Status> {
+    ) -> Result<(Vec<(Record, auth::RecordAccess)>, auth::Reached), NodeError> {
         let policy = self.policy();
         let reached = self.reach_of(&p.org).await?;
         let mut out = Vec::new();
@@ -182,7 +182,7 @@ impl NodeState {
         p: &Principal,
         options: Option<pb::ListOptions>,
         filter: ListFilter,
-    ) -> Result<(Vec<M>, String), Status> {
+    ) -> Result<(Vec<M>, String), NodeError> {
         let kind = M::KIND;
         let options = options.unwrap_or_default();
         let limit = page_size(options.page_size)?;
@@ -210,7 +210,7 @@ impl NodeState {
                 after_id,
                 limit: limit + 1,
             };
-            let mut records = self.store.list(&q).await.map_err(store_status)?;
+            let mut records = self.store.list(&q).await?;
             let next = next_page(&mut records, limit, fp, |r| r);
             let shown = self.own_visible(p, records);
             return Ok((shown.iter().map(|(r, _)| M::from_record(r)).collect(), next));
@@ -229,8 +229,8 @@ impl NodeState {
         &self,
         p: &Principal,
         req: pb::SearchRequest,
-    ) -> Result<pb::SearchResponse, Status> {
-        let needles = search_needles(&req.query).map_err(domain_status)?;
+    ) -> Result<pb::SearchResponse, NodeError> {
+        let needles = search_needles(&req.query)?;
         let limit = page_size(req.page_size)?;
         let mut kinds = req
             .kinds
@@ -253,7 +253,7 @@ impl NodeState {
                 after_id,
                 limit: limit + 1,
             };
-            let mut records = self.store.search(&q).await.map_err(store_status)?;
+            let mut records = self.store.search(&q).await?;
             let next_page_token = next_page(&mut records, limit, fp, |r| r);
             let shown = self.own_visible(p, records);
             return Ok(pb::SearchResponse {
@@ -281,12 +281,12 @@ impl NodeState {
         &self,
         p: &Principal,
         batch: &[verbund_core::Change],
-    ) -> Result<Vec<pb::ChangeEvent>, Status> {
+    ) -> Result<Vec<pb::ChangeEvent>, NodeError> {
         let ids: Vec<Uuid> = batch.iter().map(|c| c.record_id).collect();
         let policy = self.policy();
         // Own organization: the records themselves; foreign: what it reaches.
         let reached = if self.is_own(p) {
-            let recs = self.store.get_many(&ids).await.map_err(store_status)?;
+            let recs = self.store.get_many(&ids).await?;
             auth::Reached {
                 grants: Default::default(),
                 records: recs.into_iter().map(|r| (r.id, r)).collect(),
@@ -381,7 +381,7 @@ impl NodeState {
                 let batch = match state.store.changes_after(cursor, &kinds, WATCH_BATCH).await {
                     Ok(b) => b,
                     Err(e) => {
-                        let _ = tx.send(Err(store_status(e))).await;
+                        let _ = tx.send(Err(NodeError::from(e).into())).await;
                         return;
                     }
                 };
@@ -397,8 +397,8 @@ impl NodeState {
                 };
                 let events = match state.visible_events(&principal, &batch).await {
                     Ok(ev) => ev,
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
                         return;
                     }
                 };

@@ -22,8 +22,12 @@ struct Truth {
 impl NodeState {
     /// What `p` should hold of each of `ids` (absent: nothing), through the enforcement
     /// point, reading only those records and the records around them.
-    async fn truth_of(&self, p: &Principal, ids: &[Uuid]) -> Result<HashMap<Uuid, Truth>, Status> {
-        let records = self.store.get_many(ids).await.map_err(store_status)?;
+    async fn truth_of(
+        &self,
+        p: &Principal,
+        ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, Truth>, NodeError> {
+        let records = self.store.get_many(ids).await?;
         let reached = self.reach_around(&p.org, &records).await?;
         let policy = self.policy();
         let mut out = HashMap::new();
@@ -52,23 +56,20 @@ impl NodeState {
         &self,
         p: &Principal,
         req: pb::DigestRequest,
-    ) -> Result<pb::DigestResponse, Status> {
+    ) -> Result<pb::DigestResponse, NodeError> {
         // Read before anything is compared: the repairs reflect at least this state.
         let as_of_seq = *self.store.subscribe_commits().borrow();
-        self.store.backfill_digests().await.map_err(store_status)?;
+        self.store.backfill_digests().await?;
         let policy = self.policy().fingerprint().to_string();
         if req.detail_buckets.is_empty() {
             if req.buckets.len() != merge::DIGEST_BUCKETS {
                 return Err(convert::invalid(
                     "buckets",
                     format!("must hold {} sums", merge::DIGEST_BUCKETS),
-                ));
+                )
+                .into());
             }
-            let ours = self
-                .store
-                .delivery_bucket_sums(&p.org, &policy)
-                .await
-                .map_err(store_status)?;
+            let ours = self.store.delivery_bucket_sums(&p.org, &policy).await?;
             let differing: Vec<u32> = ours
                 .iter()
                 .zip(&req.buckets)
@@ -89,7 +90,7 @@ impl NodeState {
         }
         let buckets: BTreeSet<u32> = req.detail_buckets.iter().copied().collect();
         if buckets.iter().any(|b| *b as usize >= merge::DIGEST_BUCKETS) {
-            return Err(convert::invalid("detail_buckets", "bucket out of range"));
+            return Err(convert::invalid("detail_buckets", "bucket out of range").into());
         }
         let mut theirs = HashMap::new();
         for e in &req.entries {
@@ -103,8 +104,7 @@ impl NodeState {
         let ledger: HashMap<Uuid, verbund_store::Delivery> = self
             .store
             .live_deliveries_in(&p.org, &bucket_list)
-            .await
-            .map_err(store_status)?
+            .await?
             .into_iter()
             .map(|d| (d.record_id, d))
             .collect();
@@ -149,25 +149,18 @@ impl NodeState {
         let held: HashMap<Uuid, verbund_store::Delivery> = self
             .store
             .deliveries_of(&p.org, &extra)
-            .await
-            .map_err(store_status)?
+            .await?
             .into_iter()
             .map(|d| (d.record_id, d))
             .collect();
         for id in &extra {
             let found = match held.get(id) {
-                Some(_) => self.store.get(*id).await.map_err(store_status)?,
+                Some(_) => self.store.get(*id).await?,
                 None => None,
             };
             let (item, state) = match found {
                 Some(r) if r.owner_org == self.org && r.is_deleted() => {
-                    if self
-                        .store
-                        .erasure(*id)
-                        .await
-                        .map_err(store_status)?
-                        .is_some()
-                    {
+                    if self.store.erasure(*id).await?.is_some() {
                         (erase(*id, r.kind), DeliveryState::Erased)
                     } else {
                         (
@@ -195,8 +188,7 @@ impl NodeState {
         }
         self.store
             .record_deliveries(&p.org, notes, now_ms(), &policy, Vec::new())
-            .await
-            .map_err(store_status)?;
+            .await?;
         Ok(pb::DigestResponse {
             differing_buckets: Vec::new(),
             repairs,

@@ -20,7 +20,7 @@ use verbund_store::{DeliveryNote, DeliveryState, ShareSnapshot, VerdictOutcome};
 use crate::api::Api;
 use crate::auth::{self};
 use crate::convert;
-use crate::error::{domain_status, store_status};
+use crate::error::NodeError;
 use crate::identity::{Principal, PrincipalKind};
 use crate::pb;
 use crate::state::{NodeState, now_ms};
@@ -80,67 +80,6 @@ fn tombstone(rec: &Record) -> Record {
     }
 }
 
-/// The edits of one proposed change, checked: known fields, present versions.
-fn edits_from_pb(
-    org: &str,
-    kind: RecordKind,
-    change: &pb::ProposedChange,
-) -> Result<Vec<FieldEdit>, Status> {
-    if change.edits.is_empty() {
-        return Err(convert::invalid(
-            "changes.edits",
-            "must name at least one field",
-        ));
-    }
-    let names: Vec<String> = change.edits.iter().map(|e| e.name.clone()).collect();
-    let canonical = verbund_core::write::check_mask(kind, &names).map_err(domain_status)?;
-    if canonical.len() != names.len() {
-        return Err(convert::invalid(
-            "changes.edits",
-            "names a field more than once",
-        ));
-    }
-    // Versions carry the node that made them: a partner stamps only as itself.
-    let own_prefix = format!("{org}/");
-    change
-        .edits
-        .iter()
-        .zip(canonical)
-        .map(|(e, name)| {
-            let version = hlc_from_pb("changes.edits.version", e.version.as_ref())?;
-            if !version.node.starts_with(&own_prefix) {
-                return Err(convert::invalid(
-                    "changes.edits.version",
-                    format!("node_id must be one of {org}'s nodes ({own_prefix}…)"),
-                ));
-            }
-            Ok(FieldEdit {
-                field: name.to_string(),
-                value: value_from_pb(e.value.as_ref()),
-                version,
-                base: e
-                    .base
-                    .as_ref()
-                    .map(|b| hlc_from_pb("changes.edits.base", Some(b)))
-                    .transpose()?,
-            })
-        })
-        .collect()
-}
-
-/// The records a batch of changes touched, in order, and whether who may see them may have
-/// changed (anything but an update of fields that decide no access). A snapshot row names a
-/// share rule, not a record: its records come as a snapshot.
-fn changed_records(changes: &[Change]) -> (Vec<Uuid>, bool) {
-    let mut ids = Vec::with_capacity(changes.len());
-    let mut reach_changed = false;
-    for c in changes.iter().filter(|c| c.op != ChangeOp::Snapshot) {
-        reach_changed |= c.op != ChangeOp::Update || c.fields.keys().any(|f| controls_access(f));
-        ids.push(c.record_id);
-    }
-    (ids, reach_changed)
-}
-
 impl NodeState {
     /// Federation calls come only from partner nodes.
     fn federation_caller<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
@@ -164,7 +103,7 @@ impl NodeState {
         p: &Principal,
         changed: Vec<Uuid>,
         reach_changed: bool,
-    ) -> Result<Outgoing, Status> {
+    ) -> Result<Outgoing, NodeError> {
         let mut ids: Vec<Uuid> = Vec::new();
         let mut seen = BTreeSet::new();
         for id in changed {
@@ -174,7 +113,7 @@ impl NodeState {
         }
         if reach_changed {
             // The records it refers to (shown with it as references) are looked at again.
-            let changed = self.store.get_many(&ids).await.map_err(store_status)?;
+            let changed = self.store.get_many(&ids).await?;
             for r in &changed {
                 for target in verbund_core::access::reference_targets(r) {
                     if seen.insert(target) {
@@ -186,11 +125,7 @@ impl NodeState {
             // records hanging off it along (contacts of an account, activities of a case).
             let mut frontier: Vec<String> = ids.iter().map(Uuid::to_string).collect();
             for _ in 0..2 {
-                let found = self
-                    .store
-                    .dependents_of(&frontier)
-                    .await
-                    .map_err(store_status)?;
+                let found = self.store.dependents_of(&frontier).await?;
                 frontier = found
                     .iter()
                     .filter(|r| seen.insert(r.id))
@@ -205,14 +140,13 @@ impl NodeState {
             }
         }
         let policy = self.policy();
-        let targets = self.store.get_many(&ids).await.map_err(store_status)?;
+        let targets = self.store.get_many(&ids).await?;
         let reached = self.reach_around(&p.org, &targets).await?;
         let records: HashMap<Uuid, Record> = targets.into_iter().map(|r| (r.id, r)).collect();
         let delivered: HashMap<Uuid, verbund_store::Delivery> = self
             .store
             .deliveries_of(&p.org, &ids)
-            .await
-            .map_err(store_status)?
+            .await?
             .into_iter()
             .map(|d| (d.record_id, d))
             .collect();
@@ -235,13 +169,7 @@ impl NodeState {
                 })
             };
             if rec.is_deleted() {
-                let erased = held.is_some()
-                    && self
-                        .store
-                        .erasure(id)
-                        .await
-                        .map_err(store_status)?
-                        .is_some();
+                let erased = held.is_some() && self.store.erasure(id).await?.is_some();
                 if erased {
                     // Whoever held the data, live or revoked since, purges it.
                     items.push(erase(id, rec.kind));
@@ -281,522 +209,6 @@ impl NodeState {
             items,
             ledger,
             policy,
-        })
-    }
-
-    /// Sends partner `p` what the records `ids` mean for it, as the batch that brings it to
-    /// `position` (cursor, its mark, the snapshot position). The ledger rows and the batch's
-    /// audit entry commit together (one writer job, one fsync) before the batch leaves.
-    /// False: the stream is over (the partner went, or an error was sent to it).
-    async fn send_batch(
-        &self,
-        p: &Principal,
-        ids: Vec<Uuid>,
-        reach_changed: bool,
-        position: (i64, &str, &str),
-        owner_last_seq: i64,
-        tx: &mpsc::Sender<Result<pb::SyncBatch, Status>>,
-    ) -> bool {
-        let (cursor, mark, snapshot_after) = position;
-        let Outgoing {
-            items,
-            ledger,
-            policy,
-        } = match self.items_of(p, ids, reach_changed).await {
-            Ok(found) => found,
-            Err(status) => {
-                let _ = tx.send(Err(status)).await;
-                return false;
-            }
-        };
-        let audit = if items.is_empty() {
-            Vec::new()
-        } else {
-            vec![NodeState::audit_draft(
-                p,
-                "sync",
-                None,
-                None,
-                Vec::new(),
-                "allow",
-                if snapshot_after.is_empty() {
-                    format!("{} record(s) sent, changes up to {cursor}", items.len())
-                } else {
-                    format!(
-                        "{} record(s) sent of the snapshot at change {cursor}",
-                        items.len()
-                    )
-                },
-            )]
-        };
-        if let Err(e) = self
-            .store
-            .record_deliveries(&p.org, ledger, now_ms(), &policy, audit)
-            .await
-        {
-            let _ = tx.send(Err(store_status(e))).await;
-            return false;
-        }
-        let batch = pb::SyncBatch {
-            items,
-            cursor,
-            owner_last_seq,
-            heartbeat: false,
-            cursor_mark: mark.to_string(),
-            reset: false,
-            snapshot_after: snapshot_after.to_string(),
-        };
-        tx.send(Ok(batch)).await.is_ok()
-    }
-
-    /// Streams the owner's changes after `after_seq` to partner `p`, then follows new commits.
-    pub fn subscribe(
-        self: &Arc<Self>,
-        p: &Principal,
-        req: pb::SubscribeRequest,
-    ) -> Result<ReceiverStream<Result<pb::SyncBatch, Status>>, Status> {
-        if req.after_seq < 0 {
-            return Err(convert::invalid("after_seq", "must not be negative"));
-        }
-        if req.snapshot_after.len() > 64 {
-            return Err(convert::invalid(
-                "snapshot_after",
-                "must be a record id as sent with a batch",
-            ));
-        }
-        let max_batch = match req.max_batch as usize {
-            0 => DEFAULT_BATCH,
-            n => n.min(MAX_BATCH),
-        };
-        let mut cursor = req.after_seq;
-        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        let state = self.clone();
-        let principal = p.clone();
-        let mut stopping = self.stopping();
-        let deadline = tokio::time::Instant::now() + self.watch_max_age();
-        tokio::spawn(async move {
-            let mut notify = state.store.subscribe_commits();
-            // The partner's cursor must name a change of ours with the mark we sent with it.
-            // If it does not (we were restored from a backup and reuse or have not reached
-            // those sequence numbers), the partner starts over: a reset batch, then all of it.
-            let mut mark = String::new();
-            if cursor > 0 {
-                let at_cursor = match state.store.changes_after(cursor - 1, &[], 1).await {
-                    Ok(c) => c.into_iter().find(|c| c.seq == cursor),
-                    Err(e) => {
-                        let _ = tx.send(Err(store_status(e))).await;
-                        return;
-                    }
-                };
-                let ours = at_cursor.map(|c| merge::change_mark(c.seq, &c.record_id, &c.hlc));
-                let same = match &ours {
-                    Some(m) => req.cursor_mark.is_empty() || *m == req.cursor_mark,
-                    None => false,
-                };
-                if same {
-                    mark = ours.unwrap_or_default();
-                } else {
-                    tracing::warn!(
-                        partner = %principal.org,
-                        cursor,
-                        "the partner's cursor does not match our history (were we restored from a backup?); it starts over"
-                    );
-                    let reset = pb::SyncBatch {
-                        items: Vec::new(),
-                        cursor: 0,
-                        owner_last_seq: *notify.borrow(),
-                        heartbeat: false,
-                        cursor_mark: String::new(),
-                        reset: true,
-                        snapshot_after: String::new(),
-                    };
-                    if tx.send(Ok(reset)).await.is_err() {
-                        return;
-                    }
-                    cursor = 0;
-                }
-            }
-            // Erasures it has not acknowledged yet go first (it may have been offline).
-            match state.store.pending_erasures(&principal.org).await {
-                Ok(pending) if !pending.is_empty() => {
-                    let batch = pb::SyncBatch {
-                        items: pending.iter().map(|d| erase(d.record_id, d.kind)).collect(),
-                        cursor: 0,
-                        owner_last_seq: *notify.borrow(),
-                        heartbeat: false,
-                        cursor_mark: String::new(),
-                        reset: false,
-                        snapshot_after: String::new(),
-                    };
-                    if tx.send(Ok(batch)).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    let _ = tx.send(Err(store_status(e))).await;
-                    return;
-                }
-            }
-            // A snapshot in progress: what it is about and the last record id sent of it. The
-            // partner may come back in the middle of one (its cursor names the snapshot's
-            // change and how far it got).
-            let mut snapshot: Option<(ShareSnapshot, String)> = None;
-            if cursor > 0 && !req.snapshot_after.is_empty() {
-                match state.store.share_snapshot(cursor).await {
-                    Ok(Some(snap)) if snap.org == principal.org => {
-                        snapshot = Some((snap, req.snapshot_after.clone()));
-                    }
-                    Ok(_) => {
-                        let _ = tx
-                            .send(Err(convert::invalid(
-                                "snapshot_after",
-                                "the change at after_seq is not a snapshot for your organization",
-                            )))
-                            .await;
-                        return;
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(store_status(e))).await;
-                        return;
-                    }
-                }
-            }
-            loop {
-                if *stopping.borrow() || tokio::time::Instant::now() >= deadline {
-                    return;
-                }
-                if let Some((snap, after)) = snapshot.as_mut() {
-                    // The next records of the rule, in id order; fewer than a batch: the last.
-                    let ids = match state
-                        .store
-                        .rule_members_after(&snap.org, &snap.rule, after, max_batch as i64)
-                        .await
-                    {
-                        Ok(ids) => ids,
-                        Err(e) => {
-                            let _ = tx.send(Err(store_status(e))).await;
-                            return;
-                        }
-                    };
-                    let position = match ids.last() {
-                        Some(last) if ids.len() == max_batch => last.to_string(),
-                        _ => String::new(),
-                    };
-                    let owner_last_seq = *notify.borrow();
-                    let sent = state
-                        .send_batch(
-                            &principal,
-                            ids,
-                            true,
-                            (cursor, &mark, &position),
-                            owner_last_seq,
-                            &tx,
-                        )
-                        .await;
-                    if !sent {
-                        return;
-                    }
-                    if position.is_empty() {
-                        snapshot = None;
-                    } else {
-                        *after = position;
-                    }
-                    continue;
-                }
-                let changes = match state
-                    .store
-                    .changes_after(cursor, &[], max_batch as i64)
-                    .await
-                {
-                    Ok(c) => c,
-                    Err(e) => {
-                        let _ = tx.send(Err(store_status(e))).await;
-                        return;
-                    }
-                };
-                if changes.is_empty() {
-                    tokio::select! {
-                        _ = notify.changed() => {}
-                        _ = tokio::time::sleep(HEARTBEAT) => {
-                            let beat = pb::SyncBatch {
-                                items: Vec::new(),
-                                cursor,
-                                owner_last_seq: *notify.borrow(),
-                                heartbeat: true,
-                                cursor_mark: mark.clone(),
-                                reset: false,
-                                snapshot_after: String::new(),
-                            };
-                            if tx.send(Ok(beat)).await.is_err() {
-                                return;
-                            }
-                        }
-                        _ = tx.closed() => return,
-                        _ = stopping.changed() => return,
-                        _ = tokio::time::sleep_until(deadline) => return,
-                    }
-                    continue;
-                }
-                // A snapshot of a rule for this partner cuts the batch: the changes before it
-                // go first, then the snapshot, then the changes after it.
-                let mut cut = None;
-                for (i, c) in changes.iter().enumerate() {
-                    if c.op != ChangeOp::Snapshot {
-                        continue;
-                    }
-                    match state.store.share_snapshot(c.seq).await {
-                        Ok(Some(snap)) if snap.org == principal.org => {
-                            cut = Some((i, snap));
-                            break;
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            let _ = tx.send(Err(store_status(e))).await;
-                            return;
-                        }
-                    }
-                }
-                let head = match &cut {
-                    Some((i, _)) => &changes[..*i],
-                    None => &changes[..],
-                };
-                if let Some(last) = head.last() {
-                    let (end, end_mark) = (
-                        last.seq,
-                        merge::change_mark(last.seq, &last.record_id, &last.hlc),
-                    );
-                    let (ids, reach_changed) = changed_records(head);
-                    let owner_last_seq = *notify.borrow();
-                    let sent = state
-                        .send_batch(
-                            &principal,
-                            ids,
-                            reach_changed,
-                            (end, &end_mark, ""),
-                            owner_last_seq,
-                            &tx,
-                        )
-                        .await;
-                    if !sent {
-                        return;
-                    }
-                    cursor = end;
-                    mark = end_mark;
-                }
-                if let Some((i, snap)) = cut {
-                    let c = &changes[i];
-                    cursor = c.seq;
-                    mark = merge::change_mark(c.seq, &c.record_id, &c.hlc);
-                    snapshot = Some((snap, String::new()));
-                }
-            }
-        });
-        Ok(ReceiverStream::new(rx))
-    }
-
-    /// Decides one proposed change; the verdict is stored under its idempotency key. A
-    /// refusal on the merits is a rejected verdict; a transient failure (the store, the
-    /// audit log) fails the whole Push so the partner retries (decided keys stay decided).
-    async fn push_one(
-        &self,
-        p: &Principal,
-        change: &pb::ProposedChange,
-    ) -> Result<pb::Verdict, Status> {
-        // Read before anything is decided: the verdict reflects at least this state.
-        let as_of_seq = *self.store.subscribe_commits().borrow();
-        match self.push_checked(p, change, as_of_seq).await {
-            Ok(v) => Ok(v),
-            Err(status)
-                if matches!(
-                    status.code(),
-                    tonic::Code::InvalidArgument
-                        | tonic::Code::NotFound
-                        | tonic::Code::PermissionDenied
-                        | tonic::Code::FailedPrecondition
-                ) =>
-            {
-                if status.code() != tonic::Code::NotFound {
-                    // Refused before any record was looked at (malformed, forged): a denial.
-                    // NOT_FOUND was audited where it was decided.
-                    let draft = Self::audit_draft(
-                        p,
-                        "push",
-                        convert::kind_from_pb("kind", change.kind).ok(),
-                        Some(convert::clip(&change.record_id, 40)),
-                        Vec::new(),
-                        "deny",
-                        format!("push rejected: {}", convert::clip(status.message(), 120)),
-                    );
-                    self.audit(vec![draft]).await?;
-                }
-                Ok(pb::Verdict {
-                    key: change.key.clone(),
-                    outcome: pb::VerdictOutcome::Rejected as i32,
-                    reason: format!("{}: {}", status.code(), status.message()),
-                    record: None,
-                    // Not shared (or gone): the partner's copy goes, as with a revoke.
-                    revoked: status.code() == tonic::Code::NotFound,
-                    as_of_seq,
-                })
-            }
-            Err(status) => Err(status),
-        }
-    }
-
-    async fn push_checked(
-        &self,
-        p: &Principal,
-        change: &pb::ProposedChange,
-        as_of_seq: i64,
-    ) -> Result<pb::Verdict, Status> {
-        if change.key.is_empty() || change.key.len() > 128 {
-            return Err(convert::invalid(
-                "changes.key",
-                "must be 1 to 128 characters",
-            ));
-        }
-        let id = Uuid::parse_str(&change.record_id)
-            .map_err(|_| convert::invalid("changes.record_id", "not a UUID"))?;
-        let kind = convert::kind_from_pb("changes.kind", change.kind)?;
-        let edits = edits_from_pb(&p.org, kind, change)?;
-        if let Some(stored) = self
-            .store
-            .push_verdict(&p.org, &change.key)
-            .await
-            .map_err(store_status)?
-        {
-            // A retry: the same verdict, nothing applied twice.
-            let rec = self
-                .store
-                .get(stored.record_id)
-                .await
-                .map_err(store_status)?;
-            return self.verdict(p, &change.key, &stored, rec, as_of_seq).await;
-        }
-        let now = now_ms();
-        for e in &edits {
-            if let Some(reason) = merge::too_far_ahead(
-                &e.version,
-                now.max(0) as u64,
-                self.max_clock_skew_ms,
-                &self.org,
-            ) {
-                // Not decided (and not stored): the clocks may agree again, and the partner
-                // re-stamps the edit once its clock is right. Only this change waits.
-                let draft = Self::audit_draft(
-                    p,
-                    "push",
-                    Some(kind),
-                    Some(id.to_string()),
-                    vec![e.field.clone()],
-                    "deny",
-                    "push deferred: the version is beyond the clock-skew bound",
-                );
-                self.audit(vec![draft]).await?;
-                return Ok(pb::Verdict {
-                    key: change.key.clone(),
-                    outcome: pb::VerdictOutcome::Deferred as i32,
-                    reason: format!("{}: {reason}", e.field),
-                    record: None,
-                    revoked: false,
-                    as_of_seq,
-                });
-            }
-        }
-        let not_shared = || Status::not_found(format!("{kind} {id} is not shared with {}", p.org));
-        let rec = match self.store.get(id).await.map_err(store_status)? {
-            Some(r) if r.kind == kind && r.owner_org == self.org => r,
-            _ => return Err(not_shared()),
-        };
-        let access = self.access_to(p, &rec).await?;
-        if !access.visible() {
-            let draft = Self::audit_draft(
-                p,
-                "push",
-                Some(kind),
-                Some(id.to_string()),
-                edits.iter().map(|e| e.field.clone()).collect(),
-                "deny",
-                "not shared",
-            );
-            return Err(self.deny(draft, not_shared()).await);
-        }
-        for e in &edits {
-            self.observe(&e.version);
-        }
-        let audit = vec![Self::audit_draft(
-            p,
-            "push",
-            Some(kind),
-            Some(id.to_string()),
-            edits.iter().map(|e| e.field.clone()).collect(),
-            "allow",
-            auth::reason_of(&access),
-        )];
-        let (policy, node_org, who, grants, org) = (
-            self.policy(),
-            self.org.clone(),
-            p.clone(),
-            access.grants.clone(),
-            p.org.clone(),
-        );
-        let (rec, stored) = self
-            .store
-            .merge_push(
-                &p.org,
-                &change.key,
-                kind,
-                id,
-                move |cur| {
-                    let now_access = auth::record_access(&policy, &node_org, &who, cur, &grants);
-                    merge::plan_merge(
-                        cur,
-                        now_access.visible(),
-                        &now_access.writable,
-                        &org,
-                        &edits,
-                        now,
-                    )
-                },
-                audit,
-            )
-            .await
-            .map_err(store_status)?;
-        self.verdict(p, &change.key, &stored, Some(rec), as_of_seq)
-            .await
-    }
-
-    async fn verdict(
-        &self,
-        p: &Principal,
-        key: &str,
-        stored: &verbund_store::StoredVerdict,
-        rec: Option<Record>,
-        as_of_seq: i64,
-    ) -> Result<pb::Verdict, Status> {
-        let record = match rec {
-            Some(r) if !r.is_deleted() => {
-                let access = self.access_to(p, &r).await?;
-                access
-                    .visible()
-                    .then(|| state_to_pb(&project(&r, &access.readable), &access.writable))
-            }
-            _ => None,
-        };
-        // The partner no longer sees the record (unshared, deleted): its copy goes.
-        let revoked = record.is_none();
-        Ok(pb::Verdict {
-            key: key.to_string(),
-            outcome: match stored.outcome {
-                VerdictOutcome::Applied => pb::VerdictOutcome::Applied,
-                VerdictOutcome::AppliedWithConflict => pb::VerdictOutcome::AppliedWithConflict,
-                VerdictOutcome::Rejected => pb::VerdictOutcome::Rejected,
-            } as i32,
-            reason: stored.reason.clone(),
-            record,
-            revoked,
-            as_of_seq,
         })
     }
 }
@@ -887,7 +299,7 @@ impl pb::federation_server::Federation for Api {
             store
                 .ack_erasures(&p.org, &ids, now)
                 .await
-                .map_err(store_status)?;
+                .map_err(NodeError::from)?;
         }
         Ok(Response::new(pb::AckResponse {}))
     }
@@ -920,7 +332,10 @@ impl pb::federation_server::Federation for Api {
             .digest(&p, req.into_inner())
             .await
             .map(Response::new)
+            .map_err(Status::from)
     }
 }
 
 mod anti_entropy;
+mod push;
+mod stream;

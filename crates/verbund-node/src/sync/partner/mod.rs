@@ -16,6 +16,7 @@ use uuid::Uuid;
 use verbund_core::sync as merge;
 use verbund_store::{QuarantineItem, ReplicaBatch, ReplicaItem, VerdictApply, VerdictOutcome};
 
+use crate::link_state::LinkState;
 use crate::pb;
 use crate::pb::federation_client::FederationClient;
 use crate::state::{NodeState, now_ms};
@@ -119,7 +120,7 @@ async fn run_link(state: Arc<NodeState>, org: String) {
         let lease = match state.store.try_link_lease(&org).await {
             Ok(Some(lease)) => lease,
             Ok(None) => {
-                state.links.set(&org, |s| s.state = "standby".into());
+                state.links.set(&org, |s| s.state = LinkState::Standby);
                 tokio::time::sleep(LEASE_RETRY).await;
                 continue;
             }
@@ -127,7 +128,7 @@ async fn run_link(state: Arc<NodeState>, org: String) {
                 let msg = format!("cannot take the link's lease: {e}");
                 tracing::warn!(partner = %org, error = %msg, "sync link waits");
                 state.links.set(&org, |s| {
-                    s.state = "backing-off".into();
+                    s.state = LinkState::BackingOff;
                     s.last_error = msg.clone();
                     s.last_error_ms = now_ms();
                 });
@@ -136,7 +137,7 @@ async fn run_link(state: Arc<NodeState>, org: String) {
                 continue;
             }
         };
-        state.links.set(&org, |s| s.state = "connecting".into());
+        state.links.set(&org, |s| s.state = LinkState::Connecting);
         let started = tokio::time::Instant::now();
         let outcome = tokio::select! {
             outcome = session(&state, &org) => outcome,
@@ -158,9 +159,9 @@ async fn run_link(state: Arc<NodeState>, org: String) {
             last_error = msg.clone();
             state.links.set(&org, |s| {
                 s.state = if incompatible {
-                    "incompatible".into()
+                    LinkState::Incompatible
                 } else {
-                    "backing-off".into()
+                    LinkState::BackingOff
                 };
                 s.last_error = msg.clone();
                 s.last_error_ms = now_ms();
@@ -222,7 +223,7 @@ async fn session(state: &Arc<NodeState>, org: &str) -> Result<()> {
         .into());
     }
     state.links.set(org, |s| {
-        s.state = "connected".into();
+        s.state = LinkState::Connected;
         s.last_error.clear();
         s.push_error.clear();
         s.repair_error.clear();
