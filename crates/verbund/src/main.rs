@@ -1,9 +1,5 @@
 //! `verbund`: the node and its command-line client.
 
-/// The process allocator (see the root Cargo.toml for why).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 mod backup;
 mod bench;
 mod bench_consolidation;

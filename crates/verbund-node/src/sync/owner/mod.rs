@@ -111,6 +111,8 @@ impl NodeState {
                 ids.push(id);
             }
         }
+        // Records read on the way are kept: the batch reads each record once.
+        let mut loaded: HashMap<Uuid, Record> = HashMap::new();
         if reach_changed {
             // The records it refers to (shown with it as references) are looked at again.
             let changed = self.store.get_many(&ids).await?;
@@ -121,26 +123,33 @@ impl NodeState {
                     }
                 }
             }
+            loaded.extend(changed.into_iter().map(|r| (r.id, r)));
             // A record that moved, appeared, vanished or changed its sharing takes the
             // records hanging off it along (contacts of an account, activities of a case).
             let mut frontier: Vec<String> = ids.iter().map(Uuid::to_string).collect();
             for _ in 0..2 {
                 let found = self.store.dependents_of(&frontier).await?;
-                frontier = found
-                    .iter()
-                    .filter(|r| seen.insert(r.id))
-                    .map(|r| {
+                frontier = Vec::new();
+                for r in found {
+                    if seen.insert(r.id) {
                         ids.push(r.id);
-                        r.id.to_string()
-                    })
-                    .collect();
+                        frontier.push(r.id.to_string());
+                        loaded.insert(r.id, r);
+                    }
+                }
                 if frontier.is_empty() {
                     break;
                 }
             }
         }
         let policy = self.policy();
-        let targets = self.store.get_many(&ids).await?;
+        let missing: Vec<Uuid> = ids
+            .iter()
+            .filter(|id| !loaded.contains_key(id))
+            .copied()
+            .collect();
+        let mut targets: Vec<Record> = self.store.get_many(&missing).await?;
+        targets.extend(loaded.into_values());
         let reached = self.reach_around(&p.org, &targets).await?;
         let records: HashMap<Uuid, Record> = targets.into_iter().map(|r| (r.id, r)).collect();
         let delivered: HashMap<Uuid, verbund_store::Delivery> = self

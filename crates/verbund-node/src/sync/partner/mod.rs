@@ -269,16 +269,37 @@ async fn session(state: &Arc<NodeState>, org: &str) -> Result<()> {
         .await
         .map_err(|s| anyhow!("subscribe refused: {}: {}", s.code(), s.message()))?
         .into_inner();
+    // Acknowledgements go off the apply path: the receiver applies batch after batch, and
+    // the acknowledger sends the latest applied cursor (with the erasures carried out)
+    // whenever it moved, coalescing those that came while it was sending.
+    let (applied_tx, mut applied_rx) = tokio::sync::watch::channel(None::<i64>);
+    let last_applied = applied_rx.clone();
     let receive = {
-        let (state, mut client) = (state.clone(), client.clone());
+        let state = state.clone();
         async move {
             while let Some(batch) = stream
                 .message()
                 .await
                 .map_err(|s| anyhow!("stream: {}: {}", s.code(), s.message()))?
             {
-                apply_batch(&state, &mut client, org, batch).await?;
+                if let Some(cursor) = apply_batch(&state, org, batch).await? {
+                    applied_tx.send_replace(Some(cursor));
+                }
             }
+            Ok::<(), anyhow::Error>(())
+        }
+    };
+    let acknowledger = {
+        let (state, mut client) = (state.clone(), client.clone());
+        async move {
+            while applied_rx.changed().await.is_ok() {
+                let applied = *applied_rx.borrow_and_update();
+                if let Some(cursor) = applied {
+                    acknowledge(&state, &mut client, org, cursor).await?;
+                }
+            }
+            // The receiver ended; its outcome ends the session.
+            std::future::pending::<()>().await;
             Ok::<(), anyhow::Error>(())
         }
     };
@@ -346,22 +367,26 @@ async fn session(state: &Arc<NodeState>, org: &str) -> Result<()> {
             Ok::<(), anyhow::Error>(())
         }
     };
-    tokio::select! {
+    let outcome = tokio::select! {
         r = receive => r,
+        r = acknowledger => r,
         r = push => r,
         r = repair => r,
+    };
+    // A stream that ended cleanly (the owner's stream age) has its last batch acknowledged.
+    let last = *last_applied.borrow();
+    if outcome.is_ok()
+        && let Some(cursor) = last
+    {
+        acknowledge(state, &mut client, org, cursor).await?;
     }
+    outcome
 }
 
-/// Applies one batch of the owner's stream (with the cursor, in one transaction), then
-/// acknowledges the cursor and any erasures carried out. Items we cannot take go into
-/// quarantine in the same transaction; everything else flows.
-async fn apply_batch(
-    state: &NodeState,
-    client: &mut FederationClient<Channel>,
-    org: &str,
-    batch: pb::SyncBatch,
-) -> Result<()> {
+/// Applies one batch of the owner's stream (with the cursor, in one transaction). Items we
+/// cannot take go into quarantine in the same transaction; everything else flows. Returns
+/// the cursor to acknowledge (None: a heartbeat that brought nothing).
+async fn apply_batch(state: &NodeState, org: &str, batch: pb::SyncBatch) -> Result<Option<i64>> {
     let (items, quarantine) = convert_items(state, org, &batch.items, "s");
     let had_items = !batch.items.is_empty();
     let erases = items.iter().any(|i| matches!(i, ReplicaItem::Erase { .. }));
@@ -395,9 +420,9 @@ async fn apply_batch(
         state.scrub_after_erasure();
     }
     if batch.heartbeat && !had_items {
-        return Ok(());
+        return Ok(None);
     }
-    acknowledge(state, client, org, batch.cursor).await
+    Ok(Some(batch.cursor))
 }
 
 /// The record an item is about, as sent (clipped: it may be anything).
