@@ -213,6 +213,7 @@ fn metrics_and_health_are_served_without_a_certificate_and_move_after_a_write() 
                 == Some(0.0)
             && v("verbund_partner_lag_changes{partner=\"globex\",direction=\"outbound\"}")
                 == Some(0.0)
+            && v("verbund_partner_snapshot_in_progress{partner=\"globex\"}") == Some(0.0)
             && v("verbund_partner_outbox_depth{partner=\"globex\"}") == Some(0.0)
             && v("verbund_partner_rejected_edits{partner=\"globex\"}") == Some(0.0)
             && v("verbund_partner_erasures_unacknowledged{partner=\"globex\"}") == Some(0.0)
@@ -232,6 +233,7 @@ fn metrics_and_health_are_served_without_a_certificate_and_move_after_a_write() 
         ("verbund_db_pool_max_connections", "gauge"),
         ("verbund_partner_link_state", "gauge"),
         ("verbund_partner_lag_changes", "gauge"),
+        ("verbund_partner_snapshot_in_progress", "gauge"),
         ("verbund_partner_outbox_depth", "gauge"),
         ("verbund_partner_rejected_edits", "gauge"),
         ("verbund_partner_replicas", "gauge"),

@@ -69,6 +69,10 @@ async fn what_leaves_a_share_during_its_snapshot_does_not_stay_with_the_partner(
     wait_until("globex's link is healthy", || link_healthy(&globex, "acme"));
     let status = status_of(&globex, "acme");
     assert_eq!(status["replicas"].as_i64(), Some(N as i64 + 1), "{status}");
+    assert_eq!(
+        status["snapshot_after"], "",
+        "no snapshot in progress: {status}"
+    );
 
     // A restart of either side changes nothing of it.
     acme.kill();

@@ -162,6 +162,7 @@ pub async fn run(cmd: PartnerCommand) -> Result<()> {
                             "partner_quarantined": p.partner_quarantined,
                             "partner_quarantine_note": p.partner_quarantine_note,
                             "history_note": p.history_note,
+                            "snapshot_after": p.snapshot_after,
                             "node_clock_note": status.clock_note})
                     })
                     .collect();
@@ -200,6 +201,12 @@ pub async fn run(cmd: PartnerCommand) -> Result<()> {
                     }
                     if !p.history_note.is_empty() {
                         println!("  {}", p.history_note);
+                    }
+                    if !p.snapshot_after.is_empty() {
+                        println!(
+                            "  taking in {}'s snapshot of a share rule: up to record {}",
+                            p.org, p.snapshot_after
+                        );
                     }
                 }
             }

@@ -128,6 +128,7 @@ impl NodeState {
                         .map(|q| q.1.clone())
                         .unwrap_or_default(),
                     history_note: sub.history_note.clone(),
+                    snapshot_after: sub.snapshot_after.clone(),
                     org: partner.org,
                 }
             })

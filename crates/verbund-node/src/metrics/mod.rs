@@ -41,6 +41,7 @@ pub struct Metrics {
     pub(crate) pool_max: Gauge,
     pub(crate) link_state: Family<Labels, Gauge>,
     pub(crate) lag: Family<Labels, Gauge>,
+    pub(crate) snapshot_in_progress: Family<Labels, Gauge>,
     pub(crate) outbox_depth: Family<Labels, Gauge>,
     pub(crate) rejected_edits: Family<Labels, Gauge>,
     pub(crate) replicas: Family<Labels, Gauge>,
@@ -79,6 +80,7 @@ impl Metrics {
             pool_max: Gauge::default(),
             link_state: Family::default(),
             lag: Family::default(),
+            snapshot_in_progress: Family::default(),
             outbox_depth: Family::default(),
             rejected_edits: Family::default(),
             replicas: Family::default(),
@@ -144,6 +146,11 @@ impl Metrics {
             "partner_lag_changes",
             "Changes behind: inbound = the partner's changes we have not applied; outbound = our changes the partner has not acknowledged",
             m.lag.clone(),
+        );
+        r.register(
+            "partner_snapshot_in_progress",
+            "1 while a partner's snapshot of a share rule (its records in id order) is being taken in",
+            m.snapshot_in_progress.clone(),
         );
         r.register(
             "partner_outbox_depth",

@@ -111,6 +111,7 @@ async fn refresh(
     for family in [
         &m.link_state,
         &m.lag,
+        &m.snapshot_in_progress,
         &m.outbox_depth,
         &m.rejected_edits,
         &m.replicas,
@@ -142,6 +143,10 @@ async fn refresh(
                 ("direction", "inbound".to_string()),
             ])
             .set(inbound);
+        let in_snapshot = subs.get(&org).is_some_and(|s| !s.snapshot_after.is_empty());
+        m.snapshot_in_progress
+            .get_or_create(&label())
+            .set(i64::from(in_snapshot));
         if let Some(acked) = acks.get(&org) {
             m.lag
                 .get_or_create(&vec![
