@@ -153,10 +153,22 @@ async fn pin(
 }
 
 async fn replicas(admin: &Channel) -> Result<i64> {
-    let s = pb::admin_service_client::AdminServiceClient::new(admin.clone())
-        .sync_status(pb::SyncStatusRequest {})
-        .await?
-        .into_inner();
+    let mut client = pb::admin_service_client::AdminServiceClient::new(admin.clone());
+    // A poll racing the node's connection-age GOAWAY is asked again (see create_accounts).
+    let mut attempt = 0;
+    let s = loop {
+        match client.sync_status(pb::SyncStatusRequest {}).await {
+            Ok(r) => break r.into_inner(),
+            Err(s)
+                if attempt < 5
+                    && matches!(s.code(), tonic::Code::Cancelled | tonic::Code::Unavailable) =>
+            {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(s) => return Err(s.into()),
+        }
+    };
     Ok(s.partners.iter().map(|p| p.replicas).sum())
 }
 
@@ -174,17 +186,34 @@ async fn create_accounts(admin: &Channel, n: usize, quiet: bool) -> Result<Vec<S
                 if i >= n {
                     return Ok::<(), anyhow::Error>(());
                 }
-                let m = c
-                    .create_account(pb::CreateAccountRequest {
-                        account: Some(pb::Account {
-                            name: Some(format!("Sync Bench {i}")),
-                            city: Some("Hamburg".into()),
-                            tags: vec!["bench".into()],
-                            ..Default::default()
-                        }),
-                    })
-                    .await?
-                    .into_inner();
+                let request = pb::CreateAccountRequest {
+                    account: Some(pb::Account {
+                        name: Some(format!("Sync Bench {i}")),
+                        city: Some("Hamburg".into()),
+                        tags: vec!["bench".into()],
+                        ..Default::default()
+                    }),
+                };
+                // The node closes a connection after its maximum age (GOAWAY); a call racing
+                // that is CANCELLED or UNAVAILABLE and is sent again (at worst one account
+                // more: the share is measured until the partner holds at least `n`).
+                let mut attempt = 0;
+                let m = loop {
+                    match c.create_account(request.clone()).await {
+                        Ok(r) => break r.into_inner(),
+                        Err(s)
+                            if attempt < 5
+                                && matches!(
+                                    s.code(),
+                                    tonic::Code::Cancelled | tonic::Code::Unavailable
+                                ) =>
+                        {
+                            attempt += 1;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        Err(s) => return Err(s.into()),
+                    }
+                };
                 if let Some(meta) = m.meta {
                     ids.lock().unwrap_or_else(|p| p.into_inner()).push(meta.id);
                 }
