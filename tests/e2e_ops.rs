@@ -46,19 +46,11 @@ fn value(metrics: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn metrics_and_health_are_served_without_a_certificate_and_move_after_a_write() {
     let mut acme = TestNode::init("acme");
     acme.append_policy("g2, globex, partner");
-    let ops = format!("127.0.0.1:{}", free_port());
+    let ops = format!("127.0.0.1:{}", fixed_port());
     let cfg = std::fs::read_to_string(acme.config()).unwrap();
     let cfg = cfg.replace(
         "enabled = true\nlisten = \"127.0.0.1:0\"",
@@ -102,7 +94,7 @@ fn metrics_and_health_are_served_without_a_certificate_and_move_after_a_write() 
     let o = support::verbund(&["health", "--ops", &ops, "--ready"]);
     assert!(o.status.success(), "{}", support::stderr(&o));
     assert!(support::stdout(&o).contains("database: ok"));
-    let closed = format!("127.0.0.1:{}", free_port());
+    let closed = format!("127.0.0.1:{}", fixed_port());
     let o = support::verbund(&["health", "--ops", &closed]);
     assert!(!o.status.success());
 
@@ -255,7 +247,7 @@ fn metrics_and_health_are_served_without_a_certificate_and_move_after_a_write() 
 #[test]
 fn readiness_fails_and_names_the_check_when_the_node_certificate_has_expired() {
     let mut acme = TestNode::init("acme");
-    let ops = format!("127.0.0.1:{}", free_port());
+    let ops = format!("127.0.0.1:{}", fixed_port());
     let cfg = std::fs::read_to_string(acme.config()).unwrap().replace(
         "enabled = true\nlisten = \"127.0.0.1:0\"",
         &format!("enabled = true\nlisten = \"{ops}\""),

@@ -11,14 +11,6 @@ use support::federation::*;
 use support::postgres::fresh_schema;
 use support::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Rewrites a line `key = …` of the section `[section]` of a node.toml.
 fn set_line(config: &Path, section: &str, key: &str, value: &str) {
     let text = std::fs::read_to_string(config).unwrap();
@@ -63,7 +55,7 @@ async fn the_standby_process_takes_over_the_link_when_its_holder_is_killed() {
 
     // acme: one node, two processes on one database.
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = fixed_port();
     let o = verbund(&[
         "init",
         "--org",
@@ -98,13 +90,13 @@ async fn the_standby_process_takes_over_the_link_when_its_holder_is_killed() {
         &lone.config(),
         "node",
         "listen",
-        &format!("\"127.0.0.1:{}\"", free_port()),
+        &format!("\"127.0.0.1:{}\"", fixed_port()),
     );
     set_line(
         &lone.config(),
         "ops",
         "listen",
-        &format!("\"127.0.0.1:{}\"", free_port()),
+        &format!("\"127.0.0.1:{}\"", fixed_port()),
     );
     let refused = lone.try_run();
     assert!(
@@ -115,7 +107,7 @@ async fn the_standby_process_takes_over_the_link_when_its_holder_is_killed() {
     let copy = tempfile::tempdir().unwrap();
     copy_dir(&first.home(), &copy.path().join("acme"));
     let mut second = TestNode::adopt("acme", copy);
-    let port2 = free_port();
+    let port2 = fixed_port();
     second.endpoint = format!("https://127.0.0.1:{port2}");
     set_line(
         &second.config(),
@@ -127,7 +119,7 @@ async fn the_standby_process_takes_over_the_link_when_its_holder_is_killed() {
         &second.config(),
         "ops",
         "listen",
-        &format!("\"127.0.0.1:{}\"", free_port()),
+        &format!("\"127.0.0.1:{}\"", fixed_port()),
     );
     second.run();
 

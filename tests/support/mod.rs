@@ -21,6 +21,42 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_verbund")
 }
 
+/// A free loopback port for a node that must keep its address across restarts.
+///
+/// Chosen below the kernel's ephemeral range: a port handed out by `bind(…:0)` is in that
+/// range, and between picking it and the node binding it, any outbound connection of any
+/// process (another test's node dialing a partner) may take it as its source port; that made
+/// a node fail to start with "Address already in use". Below the range only other callers of
+/// this function compete, and each checks by binding.
+pub fn fixed_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (start, end) = if low > 12000 {
+        (10000, low)
+    } else {
+        (61000, 65535)
+    };
+    let span = end - start;
+    // Spread test processes over the range so that they rarely probe the same ports.
+    let seed = std::process::id().wrapping_mul(7919)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (start + seed.wrapping_add(n.wrapping_mul(104_729)) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {start}..{end}");
+}
+
 /// Runs the CLI and returns its output.
 pub fn verbund(args: &[&str]) -> Output {
     Command::new(bin())
@@ -78,11 +114,7 @@ impl TestNode {
     /// its endpoint across restarts), not started.
     pub fn init_fixed(org: &str) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = fixed_port();
         let o = verbund(&[
             "init",
             "--org",
