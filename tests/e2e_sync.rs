@@ -657,3 +657,96 @@ async fn the_federation_api_serves_partner_nodes_only_their_share() {
         "nothing was erased"
     );
 }
+
+/// The upserts of a partner's stream until one of `until` arrives, as (id, field names).
+async fn upserts_until(
+    stream: &mut tonic::Streaming<verbund_node::pb::SyncBatch>,
+    until: &str,
+) -> Vec<(String, BTreeSet<String>)> {
+    use verbund_node::pb;
+    let mut got = Vec::new();
+    loop {
+        let batch = tokio::time::timeout(Duration::from_secs(60), stream.next())
+            .await
+            .expect("the owner's stream went quiet")
+            .expect("the owner's stream ended")
+            .expect("the owner's stream failed");
+        for item in batch.items {
+            if let Some(pb::sync_item::Item::Upsert(st)) = item.item {
+                let names = st.fields.iter().map(|f| f.name.clone()).collect();
+                let done = st.id == until;
+                got.push((st.id, names));
+                if done {
+                    return got;
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_is_sent_nothing_when_only_fields_it_cannot_read_change() {
+    use verbund_node::pb;
+    let mut acme = TestNode::init_fixed("acme");
+    acme.append_policy("g2, globex, partner");
+    let globex = TestNode::init_fixed("globex");
+    acme.run();
+    pin(&acme, &globex);
+    // A joint deal: globex sees the deal, and of its account only the name (reference).
+    let account = create(&acme, "account", &["name=Verdeckt AG", "city=Ulm"]);
+    let deal = create(
+        &acme,
+        "opportunity",
+        &[
+            &format!("account_id={account}"),
+            "name=Verdeckt deal",
+            "stage=qualification",
+        ],
+    );
+    share(&acme, &deal, "globex", "joint-deal");
+
+    let node = verbund_node::client::connect(
+        &acme.endpoint,
+        &identity_from(&acme, &globex, "tls/node.crt", "tls/node.key"),
+    )
+    .await
+    .unwrap();
+    let mut stream = pb::federation_client::FederationClient::new(node)
+        .subscribe(pb::SubscribeRequest {
+            after_seq: 0,
+            max_batch: 0,
+            cursor_mark: String::new(),
+            snapshot_after: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut first = upserts_until(&mut stream, &deal).await;
+    if !first.iter().any(|(id, _)| *id == account) {
+        first.extend(upserts_until(&mut stream, &account).await);
+    }
+    let of_account: Vec<_> = first.iter().filter(|(id, _)| *id == account).collect();
+    assert!(
+        of_account
+            .iter()
+            .all(|(_, names)| names.iter().all(|n| n == "name")),
+        "only the name of the deal's account: {of_account:?}"
+    );
+
+    // The city changes (globex cannot read it), then the deal (it can): the stream, in
+    // order, brings the deal and nothing about the account.
+    update(&acme, "account", &account, &["city=Bonn"]);
+    update(&acme, "opportunity", &deal, &["next_step=Angebot"]);
+    let got = upserts_until(&mut stream, &deal).await;
+    assert!(
+        got.iter().all(|(id, _)| *id != account),
+        "a change globex cannot see was sent: {got:?}"
+    );
+    // A change it can see still comes.
+    update(&acme, "account", &account, &["name=Sichtbar AG"]);
+    let got = upserts_until(&mut stream, &account).await;
+    assert_eq!(
+        got.last().map(|(_, n)| n.clone()),
+        Some(["name".to_string()].into())
+    );
+}

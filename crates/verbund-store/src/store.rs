@@ -576,7 +576,34 @@ impl Store {
 
     /// Records by id (tombstones included), in no particular order; unknown ids are skipped.
     pub async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<Record>> {
-        dispatch!(self, get_many(ids))
+        let Some(cache) = &self.cache else {
+            return dispatch!(self, get_many(ids));
+        };
+        // What the cache holds comes from it (the sync stream reads the records a write has
+        // just changed); the rest in one query. A few are kept in the cache; a bulk read (a
+        // snapshot batch) is not, as it would only push out the records in use.
+        const FILL_AT_MOST: usize = 16;
+        let mut found = Vec::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        let mut seen = std::collections::HashSet::with_capacity(ids.len());
+        for id in ids.iter().filter(|id| seen.insert(**id)) {
+            match cache.get(id) {
+                Some(r) => found.push(r),
+                None => missing.push(*id),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        let generation = cache.generation();
+        let loaded = dispatch!(self, get_many(&missing))?;
+        if loaded.len() <= FILL_AT_MOST {
+            for r in &loaded {
+                cache.fill(r, generation);
+            }
+        }
+        found.extend(loaded);
+        Ok(found)
     }
 }
 

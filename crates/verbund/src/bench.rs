@@ -87,6 +87,16 @@ impl Drop for SpawnedNode {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // To read a run afterwards: the node logs are kept in this directory.
+        if let Some(dir) = std::env::var_os("VERBUND_BENCH_KEEP_LOGS") {
+            if let Some(name) = self.log.file_name() {
+                let to = std::path::Path::new(&dir).join(name);
+                match std::fs::copy(&self.log, &to) {
+                    Ok(_) => eprintln!("node log kept: {}", to.display()),
+                    Err(e) => eprintln!("could not keep {}: {e}", self.log.display()),
+                }
+            }
+        }
     }
 }
 
@@ -144,10 +154,13 @@ async fn spawn_processes(
 /// `verbund run --config <config>`; the endpoint it serves on.
 async fn start_process(config: &std::path::Path, log: &std::path::Path) -> Result<(Child, String)> {
     let exe = std::env::current_exe().context("locating the verbund binary")?;
+    // Warnings and errors by default (counted in the results); a finer filter to look into a
+    // run, e.g. VERBUND_BENCH_NODE_LOG="warn,verbund_node=debug" (and VERBUND_BENCH_KEEP_LOGS).
+    let filter = std::env::var("VERBUND_BENCH_NODE_LOG").unwrap_or_else(|_| "warn".into());
     let mut child = Command::new(exe)
         .args(["run", "--config"])
         .arg(config)
-        .env("VERBUND_LOG", "warn")
+        .env("VERBUND_LOG", filter)
         .stdin(Stdio::null())
         .stderr(std::fs::File::create(log).context("creating the node's log")?)
         .stdout(Stdio::piped())

@@ -39,6 +39,9 @@ pub const MAX_PUSH: usize = 500;
 
 pub const CAPABILITIES: &[&str] = &["subscribe", "push", "digest", "erasure"];
 
+/// The fields each record had changed by a batch of plain updates.
+type UpdatedFields = HashMap<Uuid, BTreeSet<String>>;
+
 /// What a batch of changes means for one partner: the items to send, and the rows its
 /// delivery ledger must note first (computed under the policy with this fingerprint).
 struct Outgoing {
@@ -96,14 +99,17 @@ impl NodeState {
     /// projection of each, a revoke for a record it held and no longer sees, a tombstone or
     /// an erasure for one it held that was deleted or erased; and the rows the partner's
     /// delivery ledger must note before anything is sent (only what changes there).
-    /// `reach_changed`: who may see them may have changed, so the records around them are
-    /// looked at again.
+    /// `updated`: None when who may see them may have changed, so the records around them
+    /// are looked at again; else the fields each record had changed, and a record the
+    /// partner holds whose changed fields it may not read is not sent at all (nothing it can
+    /// see changed, and it must not learn that something it cannot see did).
     async fn items_of(
         &self,
         p: &Principal,
         changed: Vec<Uuid>,
-        reach_changed: bool,
+        updated: Option<&UpdatedFields>,
     ) -> Result<Outgoing, NodeError> {
+        let reach_changed = updated.is_none();
         let mut ids: Vec<Uuid> = Vec::new();
         let mut seen = BTreeSet::new();
         for id in changed {
@@ -150,6 +156,14 @@ impl NodeState {
             .collect();
         let mut targets: Vec<Record> = self.store.get_many(&missing).await?;
         targets.extend(loaded.into_values());
+        if !targets.iter().any(|r| r.owner_org == self.org) {
+            // Only replicas of other owners (our apply of their streams): nothing to pass on.
+            return Ok(Outgoing {
+                items: Vec::new(),
+                ledger: Vec::new(),
+                policy: policy.fingerprint().to_string(),
+            });
+        }
         let reached = self.reach_around(&p.org, &targets).await?;
         let records: HashMap<Uuid, Record> = targets.into_iter().map(|r| (r.id, r)).collect();
         let delivered: HashMap<Uuid, verbund_store::Delivery> = self
@@ -190,6 +204,13 @@ impl NodeState {
                 continue;
             }
             let access = auth::reached_access(&policy, &self.org, p, rec, &reached);
+            let unseen_update = held == Some(DeliveryState::Live)
+                && updated
+                    .and_then(|u| u.get(&id))
+                    .is_some_and(|fields| fields.iter().all(|f| !access.readable.contains(f)));
+            if access.visible() && unseen_update {
+                continue;
+            }
             if access.visible() {
                 let projected = project(rec, &access.readable);
                 let digest = merge::record_digest(&projected.versions, false);

@@ -4,45 +4,85 @@
 
 use super::*;
 
-/// The records a batch of changes touched, in order, and whether who may see them may have
-/// changed (anything but an update of fields that decide no access). A snapshot row names a
-/// share rule, not a record: its records come as a snapshot.
-fn changed_records(changes: &[Change]) -> (Vec<Uuid>, bool) {
+/// The records a batch of changes touched, in order; and, when every change of the batch is
+/// an update of fields that decide no access (so who may see what cannot have changed), the
+/// fields each record had changed: None otherwise. A snapshot row names a share rule, not a
+/// record: its records come as a snapshot.
+fn changed_records(changes: &[Change]) -> (Vec<Uuid>, Option<UpdatedFields>) {
     let mut ids = Vec::with_capacity(changes.len());
-    let mut reach_changed = false;
+    let mut updated = Some(UpdatedFields::new());
     for c in changes.iter().filter(|c| c.op != ChangeOp::Snapshot) {
-        reach_changed |= c.op != ChangeOp::Update || c.fields.keys().any(|f| controls_access(f));
         ids.push(c.record_id);
+        if c.op != ChangeOp::Update || c.fields.keys().any(|f| controls_access(f)) {
+            updated = None;
+        }
+        if let Some(u) = updated.as_mut() {
+            u.entry(c.record_id)
+                .or_default()
+                .extend(c.fields.keys().cloned());
+        }
     }
-    (ids, reach_changed)
+    (ids, updated)
+}
+
+/// What became of a batch.
+#[derive(Debug, PartialEq, Eq)]
+enum Sent {
+    Sent,
+    /// Nothing in it for the partner: not sent, only the stream's cursor moved (see
+    /// `cursor_only`).
+    Held,
+    /// The stream is over (the partner went, or an error was sent to it).
+    Over,
+}
+
+/// A batch without items that only moves the partner's cursor (a heartbeat, or changes with
+/// nothing in them for it).
+fn cursor_only(cursor: i64, mark: &str, owner_last_seq: i64, heartbeat: bool) -> pb::SyncBatch {
+    pb::SyncBatch {
+        items: Vec::new(),
+        cursor,
+        owner_last_seq,
+        heartbeat,
+        cursor_mark: mark.to_string(),
+        reset: false,
+        snapshot_after: String::new(),
+    }
 }
 
 impl NodeState {
     /// Sends partner `p` what the records `ids` mean for it, as the batch that brings it to
     /// `position` (cursor, its mark, the snapshot position). The ledger rows and the batch's
     /// audit entry commit together (one writer job, one fsync) before the batch leaves.
-    /// False: the stream is over (the partner went, or an error was sent to it).
+    /// `may_hold`: a batch with nothing for the partner is not sent at all. Sending it would
+    /// make the partner commit its cursor (an fsync on its side for nothing) and tell it
+    /// when changes it cannot see happen; the cursor goes with the next batch or heartbeat.
+    #[allow(clippy::too_many_arguments)]
     async fn send_batch(
         &self,
         p: &Principal,
         ids: Vec<Uuid>,
-        reach_changed: bool,
+        updated: Option<UpdatedFields>,
         position: (i64, &str, &str),
         owner_last_seq: i64,
+        may_hold: bool,
         tx: &mpsc::Sender<Result<pb::SyncBatch, Status>>,
-    ) -> bool {
+    ) -> Sent {
         let (cursor, mark, snapshot_after) = position;
         let Outgoing {
             items,
             ledger,
             policy,
-        } = match self.items_of(p, ids, reach_changed).await {
+        } = match self.items_of(p, ids, updated.as_ref()).await {
             Ok(found) => found,
             Err(e) => {
                 let _ = tx.send(Err(e.into())).await;
-                return false;
+                return Sent::Over;
             }
         };
+        if may_hold && items.is_empty() && ledger.is_empty() {
+            return Sent::Held;
+        }
         let audit = if items.is_empty() {
             Vec::new()
         } else {
@@ -69,7 +109,7 @@ impl NodeState {
             .await
         {
             let _ = tx.send(Err(NodeError::from(e).into())).await;
-            return false;
+            return Sent::Over;
         }
         let batch = pb::SyncBatch {
             items,
@@ -80,7 +120,11 @@ impl NodeState {
             reset: false,
             snapshot_after: snapshot_after.to_string(),
         };
-        tx.send(Ok(batch)).await.is_ok()
+        if tx.send(Ok(batch)).await.is_ok() {
+            Sent::Sent
+        } else {
+            Sent::Over
+        }
     }
 
     /// Streams the owner's changes after `after_seq` to partner `p`, then follows new commits.
@@ -196,6 +240,8 @@ impl NodeState {
                     }
                 }
             }
+            // Since when the partner's cursor lags behind ours (batches held back).
+            let mut held_since: Option<tokio::time::Instant> = None;
             loop {
                 if *stopping.borrow() || tokio::time::Instant::now() >= deadline {
                     return;
@@ -222,15 +268,17 @@ impl NodeState {
                         .send_batch(
                             &principal,
                             ids,
-                            true,
+                            None,
                             (cursor, &mark, &position),
                             owner_last_seq,
+                            false,
                             &tx,
                         )
                         .await;
-                    if !sent {
+                    if sent == Sent::Over {
                         return;
                     }
+                    held_since = None;
                     if position.is_empty() {
                         snapshot = None;
                     } else {
@@ -253,18 +301,11 @@ impl NodeState {
                     tokio::select! {
                         _ = notify.changed() => {}
                         _ = tokio::time::sleep(HEARTBEAT) => {
-                            let beat = pb::SyncBatch {
-                                items: Vec::new(),
-                                cursor,
-                                owner_last_seq: *notify.borrow(),
-                                heartbeat: true,
-                                cursor_mark: mark.clone(),
-                                reset: false,
-                                snapshot_after: String::new(),
-                            };
+                            let beat = cursor_only(cursor, &mark, *notify.borrow(), true);
                             if tx.send(Ok(beat)).await.is_err() {
                                 return;
                             }
+                            held_since = None;
                         }
                         _ = tx.closed() => return,
                         _ = stopping.changed() => return,
@@ -300,20 +341,35 @@ impl NodeState {
                         last.seq,
                         merge::change_mark(last.seq, &last.record_id, &last.hlc),
                     );
-                    let (ids, reach_changed) = changed_records(head);
+                    let (ids, updated) = changed_records(head);
                     let owner_last_seq = *notify.borrow();
                     let sent = state
                         .send_batch(
                             &principal,
                             ids,
-                            reach_changed,
+                            updated,
                             (end, &end_mark, ""),
                             owner_last_seq,
+                            true,
                             &tx,
                         )
                         .await;
-                    if !sent {
-                        return;
+                    match sent {
+                        Sent::Over => return,
+                        Sent::Sent => held_since = None,
+                        Sent::Held => {
+                            // Changes keep coming and none is for the partner: its cursor
+                            // still moves now and then, so that a reconnect does not go
+                            // through all of them again.
+                            let since = *held_since.get_or_insert_with(tokio::time::Instant::now);
+                            if since.elapsed() >= HEARTBEAT {
+                                let advance = cursor_only(end, &end_mark, owner_last_seq, false);
+                                if tx.send(Ok(advance)).await.is_err() {
+                                    return;
+                                }
+                                held_since = None;
+                            }
+                        }
                     }
                     cursor = end;
                     mark = end_mark;
@@ -327,5 +383,58 @@ impl NodeState {
             }
         });
         Ok(ReceiverStream::new(rx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use verbund_core::{Hlc, Value};
+
+    fn change(id: Uuid, op: ChangeOp, fields: &[&str]) -> Change {
+        Change {
+            seq: 1,
+            record_id: id,
+            kind: RecordKind::Account,
+            op,
+            hlc: Hlc::new(1, 0, "acme/node1"),
+            fields: fields
+                .iter()
+                .map(|f| (f.to_string(), Some(Value::Text("x".into()))))
+                .collect(),
+            at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn plain_updates_name_the_fields_each_record_had_changed() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let (ids, updated) = changed_records(&[
+            change(a, ChangeOp::Update, &["city"]),
+            change(b, ChangeOp::Update, &["name"]),
+            change(a, ChangeOp::Update, &["phone"]),
+        ]);
+        assert_eq!(ids, vec![a, b, a]);
+        let updated = updated.expect("only plain updates");
+        assert_eq!(
+            updated[&a],
+            ["city".to_string(), "phone".to_string()].into()
+        );
+        assert_eq!(updated[&b], ["name".to_string()].into());
+    }
+
+    #[test]
+    fn anything_that_may_change_who_sees_what_names_no_fields() {
+        let a = Uuid::now_v7();
+        for other in [
+            change(a, ChangeOp::Create, &["name"]),
+            change(a, ChangeOp::Delete, &[]),
+            change(a, ChangeOp::Access, &[]),
+            change(a, ChangeOp::Update, &["assigned_org"]),
+        ] {
+            let (_, updated) =
+                changed_records(&[change(a, ChangeOp::Update, &["city"]), other.clone()]);
+            assert!(updated.is_none(), "{other:?}");
+        }
     }
 }
