@@ -9,8 +9,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use support::TestNode;
 use support::federation::{create, pin, share, wait_until};
+use support::{TestNode, fixed_port};
 use verbund_node::pb;
 
 /// A plain HTTP/1.1 GET: status code and body.
