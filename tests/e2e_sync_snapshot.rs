@@ -64,15 +64,15 @@ async fn what_leaves_a_share_during_its_snapshot_does_not_stay_with_the_partner(
         get(&globex, "contact", &person).is_none() && get(&globex, "account", &moved).is_none()
     });
     assert!(get(&globex, "account", &hq).is_some());
-    // The snapshot is over: the partner's cursor names no snapshot position any more, and
-    // the link is healthy on both sides.
-    wait_until("globex's link is healthy", || link_healthy(&globex, "acme"));
+    // The snapshot ends: the partner's cursor names no snapshot position any more, and the
+    // link is healthy on both sides. (Waited for, not asserted at once: an anti-entropy round
+    // begun just before the snapshot's change may repair records ahead of the stream, so the
+    // partner can hold them all while the snapshot's last batches are still on their way.)
+    wait_until("the snapshot is over and globex's link is healthy", || {
+        link_healthy(&globex, "acme") && status_of(&globex, "acme")["snapshot_after"] == ""
+    });
     let status = status_of(&globex, "acme");
     assert_eq!(status["replicas"].as_i64(), Some(N as i64 + 1), "{status}");
-    assert_eq!(
-        status["snapshot_after"], "",
-        "no snapshot in progress: {status}"
-    );
 
     // A restart of either side changes nothing of it.
     acme.kill();
