@@ -1,7 +1,7 @@
 //! A share rule's records reach its partner as a snapshot (streamed in id order from one
 //! change-log row). What leaves the share while the snapshot runs (the rule removed, a
 //! record untagged, a person erased) does not stay with the partner, and the snapshot of
-//! the rule added again brings exactly what it matches then.
+//! the rule added again brings exactly what it matches then. On SQLite and on PostgreSQL.
 
 mod support;
 
@@ -21,9 +21,21 @@ async fn first_replicas(globex: &TestNode) -> i64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn what_leaves_a_share_during_its_snapshot_does_not_stay_with_the_partner() {
+async fn what_leaves_a_share_during_its_snapshot_does_not_stay_with_the_partner_on_sqlite() {
+    what_leaves_a_share_during_its_snapshot_does_not_stay_with_the_partner(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_leaves_a_share_during_its_snapshot_does_not_stay_with_the_partner_on_postgresql() {
+    if Backend::Postgres.available("PostgreSQL sync test (changes during a snapshot)") {
+        what_leaves_a_share_during_its_snapshot_does_not_stay_with_the_partner(Backend::Postgres)
+            .await;
+    }
+}
+
+async fn what_leaves_a_share_during_its_snapshot_does_not_stay_with_the_partner(backend: Backend) {
     const N: usize = 6000;
-    let (mut acme, mut globex) = owner_and_partner();
+    let (mut acme, mut globex) = owner_and_partner_on(backend);
 
     bulk_accounts(&acme, N, "bulk").await;
     let hq = create(&acme, "account", &["name=Zentrale Bulk", "tags=bulk"]);
