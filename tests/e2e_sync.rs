@@ -1,7 +1,9 @@
 //! Federation sync end to end: real node processes of an owner (acme), a partner company
 //! (globex), a service supplier (fixit) and a second partner that is also a supplier
 //! (repairco), pinned to each other, over mutual TLS on loopback. Everything is checked the
-//! way a user would see it: records read through each node's own API and CLI.
+//! way a user would see it: records read through each node's own API and CLI. The federation
+//! scenario and the kill -9 during an initial share run twice: every node on SQLite, and every
+//! node on PostgreSQL (a fresh schema each; skipped, loudly, without VERBUND_TEST_POSTGRES_URL).
 
 mod support;
 
@@ -20,15 +22,16 @@ struct Federation {
 }
 
 /// Four organizations; acme's policy gives globex the partner role, fixit the supplier role,
-/// repairco both. Everyone pins acme and acme pins everyone.
-fn federation() -> Federation {
-    let mut acme = TestNode::init_fixed("acme");
+/// repairco both. Everyone pins acme and acme pins everyone. Every node's database is on
+/// `backend`.
+fn federation(backend: Backend) -> Federation {
+    let mut acme = TestNode::init_fixed_on("acme", backend);
     acme.append_policy(
         "g2, globex, partner\ng2, fixit, supplier\ng2, repairco, partner\ng2, repairco, supplier",
     );
-    let mut globex = TestNode::init_fixed("globex");
-    let mut fixit = TestNode::init_fixed("fixit");
-    let mut repairco = TestNode::init_fixed("repairco");
+    let mut globex = TestNode::init_fixed_on("globex", backend);
+    let mut fixit = TestNode::init_fixed_on("fixit", backend);
+    let mut repairco = TestNode::init_fixed_on("repairco", backend);
     for n in [&mut acme, &mut globex, &mut fixit, &mut repairco] {
         n.run();
     }
@@ -45,13 +48,26 @@ fn federation() -> Federation {
 }
 
 #[test]
-fn replicas_follow_the_owner_through_edits_conflicts_outages_revokes_and_erasure() {
+fn replicas_follow_the_owner_through_edits_conflicts_outages_revokes_and_erasure_on_sqlite() {
+    replicas_follow_the_owner_through_edits_conflicts_outages_revokes_and_erasure(Backend::Sqlite);
+}
+
+#[test]
+fn replicas_follow_the_owner_through_edits_conflicts_outages_revokes_and_erasure_on_postgresql() {
+    if Backend::Postgres.available("PostgreSQL sync test (four nodes)") {
+        replicas_follow_the_owner_through_edits_conflicts_outages_revokes_and_erasure(
+            Backend::Postgres,
+        );
+    }
+}
+
+fn replicas_follow_the_owner_through_edits_conflicts_outages_revokes_and_erasure(backend: Backend) {
     let Federation {
         mut acme,
         mut globex,
         fixit,
         mut repairco,
-    } = federation();
+    } = federation(backend);
 
     // --- share → replica appears (only the partner's projection)
     let account = create(
@@ -346,9 +362,27 @@ async fn all_events(node: &TestNode) -> Vec<verbund_node::pb::ChangeEvent> {
 use tokio_stream::StreamExt as _;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_large_initial_share_survives_kill_9_of_either_side_and_arrives_exactly_once() {
+async fn a_large_initial_share_survives_kill_9_of_either_side_and_arrives_exactly_once_on_sqlite() {
+    a_large_initial_share_survives_kill_9_of_either_side_and_arrives_exactly_once(Backend::Sqlite)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_initial_share_survives_kill_9_of_either_side_and_arrives_exactly_once_on_postgresql()
+ {
+    if Backend::Postgres.available("PostgreSQL sync test (kill -9 during an initial share)") {
+        a_large_initial_share_survives_kill_9_of_either_side_and_arrives_exactly_once(
+            Backend::Postgres,
+        )
+        .await;
+    }
+}
+
+async fn a_large_initial_share_survives_kill_9_of_either_side_and_arrives_exactly_once(
+    backend: Backend,
+) {
     const N: usize = 3000;
-    let (mut acme, mut globex) = owner_and_partner();
+    let (mut acme, mut globex) = owner_and_partner_on(backend);
 
     // Partner killed in the middle of the initial share.
     bulk_accounts(&acme, N, "bulk").await;

@@ -2,7 +2,8 @@
 //! delete of a shared record, a clock running an hour ahead (on the partner, then on the
 //! owner), an owner restored from a backup, and erased data on disk. Each test checks what
 //! a user would see: records through each node's CLI, `partner status`, `outbox list`, and
-//! the database files themselves.
+//! the database files themselves. Each runs with every node on SQLite and again with every
+//! node on PostgreSQL (a schema each), except the restore from a backup (SQLite's files).
 
 mod support;
 
@@ -14,12 +15,12 @@ use support::*;
 const HOUR_MS: &str = "3600000";
 
 /// acme (owner) with globex as a partner company and fixit as a supplier, pinned both ways;
-/// fixed ports so nodes keep their endpoint across restarts.
-fn owner_with_partners() -> (TestNode, TestNode, TestNode) {
-    let mut acme = TestNode::init_fixed("acme");
+/// fixed ports so nodes keep their endpoint across restarts; every database on `backend`.
+fn owner_with_partners(backend: Backend) -> (TestNode, TestNode, TestNode) {
+    let mut acme = TestNode::init_fixed_on("acme", backend);
     acme.append_policy("g2, globex, partner\ng2, fixit, supplier");
-    let mut globex = TestNode::init_fixed("globex");
-    let mut fixit = TestNode::init_fixed("fixit");
+    let mut globex = TestNode::init_fixed_on("globex", backend);
+    let mut fixit = TestNode::init_fixed_on("fixit", backend);
     for n in [&mut acme, &mut globex, &mut fixit] {
         n.run();
     }
@@ -59,8 +60,19 @@ fn restart_with_clock(node: &mut TestNode, offset_ms: Option<&str>) {
 }
 
 #[test]
-fn a_deleted_shared_record_leaves_every_holder_and_the_links_stay_healthy() {
-    let (acme, mut globex, fixit) = owner_with_partners();
+fn a_deleted_shared_record_leaves_every_holder_and_the_links_stay_healthy_on_sqlite() {
+    a_deleted_shared_record_leaves_every_holder_and_the_links_stay_healthy(Backend::Sqlite);
+}
+
+#[test]
+fn a_deleted_shared_record_leaves_every_holder_and_the_links_stay_healthy_on_postgresql() {
+    if Backend::Postgres.available("PostgreSQL sync test (a deleted shared record)") {
+        a_deleted_shared_record_leaves_every_holder_and_the_links_stay_healthy(Backend::Postgres);
+    }
+}
+
+fn a_deleted_shared_record_leaves_every_holder_and_the_links_stay_healthy(backend: Backend) {
+    let (acme, mut globex, fixit) = owner_with_partners(backend);
     let (account, deal) = shared_deal(&acme, &globex, "Loesch");
     let case = create(
         &acme,
@@ -115,8 +127,23 @@ fn a_deleted_shared_record_leaves_every_holder_and_the_links_stay_healthy() {
 }
 
 #[test]
-fn a_partner_clock_an_hour_ahead_defers_only_its_edits_and_recovers_after_the_fix() {
-    let (acme, mut globex, _fixit) = owner_with_partners();
+fn a_partner_clock_an_hour_ahead_defers_only_its_edits_and_recovers_after_the_fix_on_sqlite() {
+    a_partner_clock_an_hour_ahead_defers_only_its_edits_and_recovers_after_the_fix(Backend::Sqlite);
+}
+
+#[test]
+fn a_partner_clock_an_hour_ahead_defers_only_its_edits_and_recovers_after_the_fix_on_postgresql() {
+    if Backend::Postgres.available("PostgreSQL sync test (a partner's clock ahead)") {
+        a_partner_clock_an_hour_ahead_defers_only_its_edits_and_recovers_after_the_fix(
+            Backend::Postgres,
+        );
+    }
+}
+
+fn a_partner_clock_an_hour_ahead_defers_only_its_edits_and_recovers_after_the_fix(
+    backend: Backend,
+) {
+    let (acme, mut globex, _fixit) = owner_with_partners(backend);
     let (_, deal) = shared_deal(&acme, &globex, "Skew");
 
     restart_with_clock(&mut globex, Some(HOUR_MS));
@@ -168,8 +195,27 @@ fn a_partner_clock_an_hour_ahead_defers_only_its_edits_and_recovers_after_the_fi
 }
 
 #[test]
-fn an_owner_clock_an_hour_ahead_is_quarantined_at_the_partner_and_recovers_after_the_fix() {
-    let (mut acme, globex, _fixit) = owner_with_partners();
+fn an_owner_clock_an_hour_ahead_is_quarantined_at_the_partner_and_recovers_after_the_fix_on_sqlite()
+{
+    an_owner_clock_an_hour_ahead_is_quarantined_at_the_partner_and_recovers_after_the_fix(
+        Backend::Sqlite,
+    );
+}
+
+#[test]
+fn an_owner_clock_an_hour_ahead_is_quarantined_at_the_partner_and_recovers_after_the_fix_on_postgresql()
+ {
+    if Backend::Postgres.available("PostgreSQL sync test (an owner's clock ahead)") {
+        an_owner_clock_an_hour_ahead_is_quarantined_at_the_partner_and_recovers_after_the_fix(
+            Backend::Postgres,
+        );
+    }
+}
+
+fn an_owner_clock_an_hour_ahead_is_quarantined_at_the_partner_and_recovers_after_the_fix(
+    backend: Backend,
+) {
+    let (mut acme, globex, _fixit) = owner_with_partners(backend);
     let (_, deal) = shared_deal(&acme, &globex, "Vorlauf");
 
     restart_with_clock(&mut acme, Some(HOUR_MS));
@@ -218,9 +264,11 @@ fn an_owner_clock_an_hour_ahead_is_quarantined_at_the_partner_and_recovers_after
     );
 }
 
+/// SQLite only: the backup is a copy of the node's directory, database file included
+/// (`verbund backup` and `restore` are SQLite's; PostgreSQL has pg_dump and pg_restore).
 #[test]
 fn partners_of_an_owner_restored_from_a_backup_converge_and_offer_lost_edits_again() {
-    let (mut acme, globex, _fixit) = owner_with_partners();
+    let (mut acme, globex, _fixit) = owner_with_partners(Backend::Sqlite);
     let (account, deal) = shared_deal(&acme, &globex, "Sicherung");
     let kept = create(
         &acme,
@@ -316,9 +364,35 @@ fn files_holding(dir: &Path, needle: &[u8]) -> Vec<String> {
     found
 }
 
+/// Where `node`'s database holds `needle`: on SQLite the files of its directory; on
+/// PostgreSQL the tables of its schema with a visible row holding it (dead row versions stay
+/// in PostgreSQL's files until vacuumed, as the README says, and the files are the server's).
+fn places_holding(node: &TestNode, needle: &str) -> Vec<String> {
+    match &node.pg {
+        None => files_holding(&node.home(), needle.as_bytes()),
+        Some(schema) => schema
+            .tables_holding(needle)
+            .into_iter()
+            .map(|(table, rows)| format!("{}.{table} ({rows} rows)", schema.name))
+            .collect(),
+    }
+}
+
 #[test]
-fn erased_personal_data_is_gone_from_the_database_files_of_every_node() {
-    let (acme, globex, _fixit) = owner_with_partners();
+fn erased_personal_data_is_gone_from_the_database_files_of_every_node_on_sqlite() {
+    erased_personal_data_is_gone_from_the_database_of_every_node(Backend::Sqlite);
+}
+
+/// On PostgreSQL, through SQL: no visible row of any table of either node holds the person.
+#[test]
+fn erased_personal_data_is_gone_from_the_database_tables_of_every_node_on_postgresql() {
+    if Backend::Postgres.available("PostgreSQL sync test (erased personal data)") {
+        erased_personal_data_is_gone_from_the_database_of_every_node(Backend::Postgres);
+    }
+}
+
+fn erased_personal_data_is_gone_from_the_database_of_every_node(backend: Backend) {
+    let (acme, globex, _fixit) = owner_with_partners(backend);
     let (account, _) = shared_deal(&acme, &globex, "Privat");
     let email = "zq.erase.7731@kunde.example";
     let last_name = "Xylophonova";
@@ -338,7 +412,7 @@ fn erased_personal_data_is_gone_from_the_database_files_of_every_node() {
     });
     for node in [&acme, &globex] {
         assert!(
-            !files_holding(&node.home(), email.as_bytes()).is_empty(),
+            !places_holding(node, email).is_empty(),
             "the test looks in the right place: {} holds the address before",
             node.org
         );
@@ -356,10 +430,9 @@ fn erased_personal_data_is_gone_from_the_database_files_of_every_node() {
             .as_array()
             .is_some_and(|r| r.iter().all(|r| r["state"] == "acknowledged"))
     });
-    wait_until("no database file of either node holds the person", || {
-        [&acme, &globex].iter().all(|n| {
-            files_holding(&n.home(), email.as_bytes()).is_empty()
-                && files_holding(&n.home(), last_name.as_bytes()).is_empty()
-        })
+    wait_until("no database of either node holds the person", || {
+        [&acme, &globex]
+            .iter()
+            .all(|n| places_holding(n, email).is_empty() && places_holding(n, last_name).is_empty())
     });
 }

@@ -1,7 +1,7 @@
 //! A share rule's records reach its partner as a snapshot (streamed in id order from one
 //! change-log row). What leaves the share while the snapshot runs (the rule removed, a
 //! record untagged, a person erased) does not stay with the partner, and the snapshot of
-//! the rule added again brings exactly what it matches then.
+//! the rule added again brings exactly what it matches then. On SQLite and on PostgreSQL.
 
 mod support;
 
@@ -21,9 +21,21 @@ async fn first_replicas(globex: &TestNode) -> i64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn what_leaves_a_share_during_its_snapshot_does_not_stay_with_the_partner() {
+async fn what_leaves_a_share_during_its_snapshot_does_not_stay_with_the_partner_on_sqlite() {
+    what_leaves_a_share_during_its_snapshot_does_not_stay_with_the_partner(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_leaves_a_share_during_its_snapshot_does_not_stay_with_the_partner_on_postgresql() {
+    if Backend::Postgres.available("PostgreSQL sync test (changes during a snapshot)") {
+        what_leaves_a_share_during_its_snapshot_does_not_stay_with_the_partner(Backend::Postgres)
+            .await;
+    }
+}
+
+async fn what_leaves_a_share_during_its_snapshot_does_not_stay_with_the_partner(backend: Backend) {
     const N: usize = 6000;
-    let (mut acme, mut globex) = owner_and_partner();
+    let (mut acme, mut globex) = owner_and_partner_on(backend);
 
     bulk_accounts(&acme, N, "bulk").await;
     let hq = create(&acme, "account", &["name=Zentrale Bulk", "tags=bulk"]);
@@ -64,15 +76,15 @@ async fn what_leaves_a_share_during_its_snapshot_does_not_stay_with_the_partner(
         get(&globex, "contact", &person).is_none() && get(&globex, "account", &moved).is_none()
     });
     assert!(get(&globex, "account", &hq).is_some());
-    // The snapshot is over: the partner's cursor names no snapshot position any more, and
-    // the link is healthy on both sides.
-    wait_until("globex's link is healthy", || link_healthy(&globex, "acme"));
+    // The snapshot ends: the partner's cursor names no snapshot position any more, and the
+    // link is healthy on both sides. (Waited for, not asserted at once: an anti-entropy round
+    // begun just before the snapshot's change may repair records ahead of the stream, so the
+    // partner can hold them all while the snapshot's last batches are still on their way.)
+    wait_until("the snapshot is over and globex's link is healthy", || {
+        link_healthy(&globex, "acme") && status_of(&globex, "acme")["snapshot_after"] == ""
+    });
     let status = status_of(&globex, "acme");
     assert_eq!(status["replicas"].as_i64(), Some(N as i64 + 1), "{status}");
-    assert_eq!(
-        status["snapshot_after"], "",
-        "no snapshot in progress: {status}"
-    );
 
     // A restart of either side changes nothing of it.
     acme.kill();

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{TestNode, stderr, stdout, verbund};
+use super::{Backend, TestNode, stderr, stdout, verbund};
 
 /// How long a test waits for a state before it fails.
 pub const WAIT: Duration = Duration::from_secs(90);
@@ -184,9 +184,14 @@ pub fn replicas(node: &TestNode, owner: &str) -> i64 {
 
 /// acme and globex, running and pinned to each other; globex is acme's partner.
 pub fn owner_and_partner() -> (TestNode, TestNode) {
-    let mut acme = TestNode::init_fixed("acme");
+    owner_and_partner_on(Backend::Sqlite)
+}
+
+/// `owner_and_partner` with both databases on `backend`.
+pub fn owner_and_partner_on(backend: Backend) -> (TestNode, TestNode) {
+    let mut acme = TestNode::init_fixed_on("acme", backend);
     acme.append_policy("g2, globex, partner");
-    let mut globex = TestNode::init_fixed("globex");
+    let mut globex = TestNode::init_fixed_on("globex", backend);
     acme.run();
     globex.run();
     pin(&acme, &globex);

@@ -75,6 +75,26 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Where a test node keeps its data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded default: a file in the node's directory.
+    Sqlite,
+    /// A fresh schema of its own on the server of VERBUND_TEST_POSTGRES_URL.
+    Postgres,
+}
+
+impl Backend {
+    /// Whether a test named `what` can run on this backend: SQLite always; PostgreSQL only
+    /// when VERBUND_TEST_POSTGRES_URL is set (otherwise it says SKIPPED loudly on stderr).
+    pub fn available(self, what: &str) -> bool {
+        match self {
+            Backend::Sqlite => true,
+            Backend::Postgres => postgres::available(what),
+        }
+    }
+}
+
 /// An organization directory made by `verbund init`, and its running node.
 pub struct TestNode {
     pub org: String,
@@ -83,6 +103,8 @@ pub struct TestNode {
     pub endpoint: String,
     /// Extra environment for the node process (e.g. `VERBUND_CLOCK_OFFSET_MS`).
     pub env: Vec<(String, String)>,
+    /// The node's PostgreSQL schema (None: SQLite), dropped after the node is killed.
+    pub pg: Option<postgres::NodeSchema>,
 }
 
 impl TestNode {
@@ -105,6 +127,7 @@ impl TestNode {
             child: None,
             endpoint: String::new(),
             env: Vec::new(),
+            pg: None,
         };
         node.run();
         node
@@ -113,23 +136,37 @@ impl TestNode {
     /// `verbund init` for a new organization listening on a fixed free port (so that it keeps
     /// its endpoint across restarts), not started.
     pub fn init_fixed(org: &str) -> TestNode {
+        TestNode::init_fixed_on(org, Backend::Sqlite)
+    }
+
+    /// `init_fixed` with the node's database on `backend` (PostgreSQL: a fresh schema of its
+    /// own; the test must have checked `backend.available(…)`).
+    pub fn init_fixed_on(org: &str, backend: Backend) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
         let port = fixed_port();
-        let o = verbund(&[
+        let home = dir.path().join(org);
+        let listen = format!("127.0.0.1:{port}");
+        let pg = (backend == Backend::Postgres).then(|| postgres::NodeSchema::create(org));
+        let mut args = vec![
             "init",
             "--org",
             org,
             "--dir",
-            dir.path().join(org).to_str().unwrap(),
+            home.to_str().unwrap(),
             "--listen",
-            &format!("127.0.0.1:{port}"),
+            &listen,
             // Not the default beside the node port: that one may be another test's port.
             "--ops-listen",
             "127.0.0.1:0",
-        ]);
+        ];
+        if let Some(schema) = &pg {
+            args.extend(["--database-url", &schema.url]);
+        }
+        let o = verbund(&args);
         assert!(o.status.success(), "init failed: {}", stderr(&o));
         let mut node = TestNode::adopt(org, dir);
         node.endpoint = format!("https://127.0.0.1:{port}");
+        node.pg = pg;
         node
     }
 
@@ -171,6 +208,7 @@ impl TestNode {
             child: None,
             endpoint: String::new(),
             env: Vec::new(),
+            pg: None,
         }
     }
 
