@@ -88,13 +88,14 @@ impl Drop for SpawnedNode {
         let _ = self.child.kill();
         let _ = self.child.wait();
         // To read a run afterwards: the node logs are kept in this directory.
-        if let Some(dir) = std::env::var_os("VERBUND_BENCH_KEEP_LOGS") {
-            if let Some(name) = self.log.file_name() {
-                let to = std::path::Path::new(&dir).join(name);
-                match std::fs::copy(&self.log, &to) {
-                    Ok(_) => eprintln!("node log kept: {}", to.display()),
-                    Err(e) => eprintln!("could not keep {}: {e}", self.log.display()),
-                }
+        if let (Some(dir), Some(name)) = (
+            std::env::var_os("VERBUND_BENCH_KEEP_LOGS"),
+            self.log.file_name(),
+        ) {
+            let to = std::path::Path::new(&dir).join(name);
+            match std::fs::copy(&self.log, &to) {
+                Ok(_) => eprintln!("node log kept: {}", to.display()),
+                Err(e) => eprintln!("could not keep {}: {e}", self.log.display()),
             }
         }
     }

@@ -332,7 +332,8 @@ macro_rules! backend_sync_reads {
             let sql = if table_outbox {
                 "SELECT owner_org, COUNT(*) AS n FROM outbox WHERE state = 'pending' GROUP BY owner_org"
             } else {
-                "SELECT owner_org, COUNT(*) AS n FROM replicas WHERE state = 'live' GROUP BY owner_org"
+                // Kept by triggers on `replicas` (migration 0022): one row per owner, no scan.
+                "SELECT owner_org, live AS n FROM replica_counts WHERE live > 0"
             };
             sqlx::query(sql).fetch_all(pool).await?.iter().map(|r| Ok((r.try_get("owner_org")?, r.try_get("n")?))).collect()
         }

@@ -7,6 +7,30 @@ use verbund_core::{Hlc, RecordKind};
 
 use super::{Fixture, fm, text};
 
+/// The live replicas of `owner` as counted by the triggers (`replica_counts`), and as found
+/// by reading them: both must agree.
+async fn live_replicas(f: &Fixture, owner: &str) -> i64 {
+    let counted = f
+        .store
+        .replica_counts()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|(o, _)| o == owner)
+        .map_or(0, |(_, n)| n);
+    let found = f
+        .store
+        .replica_digests_in(owner, &all_buckets())
+        .await
+        .unwrap()
+        .len() as i64;
+    assert_eq!(
+        counted, found,
+        "replica_counts of {owner} disagrees with the replicas"
+    );
+    counted
+}
+
 pub(super) async fn sync_partner_applies_batches_once_and_shows_pending_edits(f: &Fixture) {
     use verbund_store::{ReplicaBatch, ReplicaItem, ReplicaState, VerdictApply, VerdictOutcome};
     let r = Uuid::now_v7();
@@ -47,6 +71,7 @@ pub(super) async fn sync_partner_applies_batches_once_and_shows_pending_edits(f:
         (shown.owner_org.as_str(), &shown.fields["name"]),
         ("globex", &text("N1"))
     );
+    assert_eq!(live_replicas(f, "globex").await, 1);
     assert_eq!(
         f.store
             .subscription("globex")
@@ -187,6 +212,7 @@ pub(super) async fn sync_partner_applies_batches_once_and_shows_pending_edits(f:
         .unwrap();
     let gone = f.store.get(r).await.unwrap().unwrap();
     assert!(gone.is_deleted() && gone.fields.is_empty());
+    assert_eq!(live_replicas(f, "globex").await, 0);
     assert!(
         f.store
             .replica_digests_in("globex", &all_buckets())
@@ -216,6 +242,7 @@ pub(super) async fn sync_partner_applies_batches_once_and_shows_pending_edits(f:
         .await
         .unwrap();
     assert!(!f.store.get(r).await.unwrap().unwrap().is_deleted());
+    assert_eq!(live_replicas(f, "globex").await, 1);
 
     // Erasure of something never received: remembered, so a late batch cannot bring it in.
     let u = Uuid::now_v7();
@@ -231,6 +258,7 @@ pub(super) async fn sync_partner_applies_batches_once_and_shows_pending_edits(f:
         .await
         .unwrap();
     assert!(f.store.get(u).await.unwrap().is_none());
+    assert_eq!(live_replicas(f, "globex").await, 1);
     f.store.mark_erasures_acked(&[u]).await.unwrap();
     assert!(f.store.unacked_erasures("globex").await.unwrap().is_empty());
 
@@ -393,6 +421,7 @@ pub(super) async fn sync_partner_quarantine_revoking_verdicts_and_history_reset(
     f.store.apply_verdict(verdict("k2", 6)).await.unwrap();
     let gone = f.store.get(r).await.unwrap().unwrap();
     assert!(gone.is_deleted() && gone.fields.is_empty(), "{gone:?}");
+    live_replicas(f, "globex").await;
 
     // The owner's history changes under our cursor (a restore): the cursor starts over, the
     // owner's older state is taken as it is, and our edit it no longer has is offered again.
@@ -416,6 +445,7 @@ pub(super) async fn sync_partner_quarantine_revoking_verdicts_and_history_reset(
     reset.cursor_mark = String::new();
     reset.reset_for_org = Some("acme".into());
     f.store.apply_replica_batch(reset).await.unwrap();
+    live_replicas(f, "globex").await;
     let sub = cursor().await;
     assert_eq!((sub.cursor, sub.cursor_mark.as_str()), (0, ""));
     assert!(

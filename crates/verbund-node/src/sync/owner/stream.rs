@@ -27,7 +27,7 @@ fn changed_records(changes: &[Change]) -> (Vec<Uuid>, Option<UpdatedFields>) {
 
 /// What became of a batch.
 #[derive(Debug, PartialEq, Eq)]
-enum Sent {
+enum BatchFate {
     Sent,
     /// Nothing in it for the partner: not sent, only the stream's cursor moved (see
     /// `cursor_only`).
@@ -67,7 +67,7 @@ impl NodeState {
         owner_last_seq: i64,
         may_hold: bool,
         tx: &mpsc::Sender<Result<pb::SyncBatch, Status>>,
-    ) -> Sent {
+    ) -> BatchFate {
         let (cursor, mark, snapshot_after) = position;
         let Outgoing {
             items,
@@ -77,11 +77,11 @@ impl NodeState {
             Ok(found) => found,
             Err(e) => {
                 let _ = tx.send(Err(e.into())).await;
-                return Sent::Over;
+                return BatchFate::Over;
             }
         };
         if may_hold && items.is_empty() && ledger.is_empty() {
-            return Sent::Held;
+            return BatchFate::Held;
         }
         let audit = if items.is_empty() {
             Vec::new()
@@ -109,7 +109,7 @@ impl NodeState {
             .await
         {
             let _ = tx.send(Err(NodeError::from(e).into())).await;
-            return Sent::Over;
+            return BatchFate::Over;
         }
         let batch = pb::SyncBatch {
             items,
@@ -121,9 +121,9 @@ impl NodeState {
             snapshot_after: snapshot_after.to_string(),
         };
         if tx.send(Ok(batch)).await.is_ok() {
-            Sent::Sent
+            BatchFate::Sent
         } else {
-            Sent::Over
+            BatchFate::Over
         }
     }
 
@@ -275,7 +275,7 @@ impl NodeState {
                             &tx,
                         )
                         .await;
-                    if sent == Sent::Over {
+                    if sent == BatchFate::Over {
                         return;
                     }
                     held_since = None;
@@ -355,9 +355,9 @@ impl NodeState {
                         )
                         .await;
                     match sent {
-                        Sent::Over => return,
-                        Sent::Sent => held_since = None,
-                        Sent::Held => {
+                        BatchFate::Over => return,
+                        BatchFate::Sent => held_since = None,
+                        BatchFate::Held => {
                             // Changes keep coming and none is for the partner: its cursor
                             // still moves now and then, so that a reconnect does not go
                             // through all of them again.
