@@ -635,7 +635,16 @@ impl Store {
         kinds: &[RecordKind],
         limit: i64,
     ) -> Result<Vec<Change>> {
-        dispatch!(self, changes_after(after_seq, kinds, limit))
+        let mut changes = dispatch!(self, changes_after(after_seq, kinds, limit))?;
+        if self.cache.is_some() {
+            // The writer updates the record cache after its commit and publishes the commit
+            // after that: a change is handed out only once published, so that whoever reads
+            // its records next (the sync stream, Watch) gets them as committed, never the
+            // cached state before it.
+            let published = *self.commits.borrow();
+            changes.retain(|c| c.seq <= published);
+        }
+        Ok(changes)
     }
 
     pub async fn last_seq(&self) -> Result<i64> {
