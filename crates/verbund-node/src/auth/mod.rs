@@ -29,6 +29,7 @@ use crate::tls::ConnInfo;
 mod decide;
 mod reach;
 pub use decide::*;
+pub use reach::Referrers;
 
 /// The principal of a request, established at the TLS handshake.
 pub fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {

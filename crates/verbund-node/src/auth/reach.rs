@@ -12,6 +12,14 @@ use crate::error::NodeError;
 use crate::identity::Principal;
 use crate::state::NodeState;
 
+/// The live records referring to the records `of` (as account, contact or related record),
+/// looked up already.
+#[derive(Default)]
+pub struct Referrers {
+    pub of: std::collections::HashSet<Uuid>,
+    pub records: Vec<Record>,
+}
+
 impl NodeState {
     /// Every record `org` reaches through shares and share rules, read fresh from the store.
     pub async fn reach_of(&self, org: &str) -> Result<Reached, NodeError> {
@@ -79,6 +87,18 @@ impl NodeState {
 
     /// `reach_for` of records the caller has loaded already.
     pub async fn reach_around(&self, org: &str, targets: &[Record]) -> Result<Reached, NodeError> {
+        self.reach_around_known(org, targets, &Referrers::default())
+            .await
+    }
+
+    /// `reach_around`, where the records referring to some targets are known already (the
+    /// sync stream looked them up while following dependents): only the rest are looked up.
+    pub async fn reach_around_known(
+        &self,
+        org: &str,
+        targets: &[Record],
+        known: &Referrers,
+    ) -> Result<Reached, NodeError> {
         let store = &self.store;
         let ids: Vec<Uuid> = targets.iter().map(|r| r.id).collect();
         let id_of = |r: &Record, f: &str| r.text(f).and_then(|t| Uuid::parse_str(t).ok());
@@ -95,8 +115,17 @@ impl NodeState {
             .collect();
         let accounts = store.get_many(&account_ids).await?;
         // Records that may refer to a target (making it visible as a reference).
-        let id_texts: Vec<String> = ids.iter().map(Uuid::to_string).collect();
-        let referrers = store.dependents_of(&id_texts).await?;
+        let id_texts: Vec<String> = ids
+            .iter()
+            .filter(|id| !known.of.contains(id))
+            .map(Uuid::to_string)
+            .collect();
+        let mut referrers = if id_texts.is_empty() {
+            Vec::new()
+        } else {
+            store.dependents_of(&id_texts).await?
+        };
+        referrers.extend(known.records.iter().cloned());
         let mut direct: Vec<Record> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for r in targets

@@ -119,6 +119,8 @@ impl NodeState {
         }
         // Records read on the way are kept: the batch reads each record once.
         let mut loaded: HashMap<Uuid, Record> = HashMap::new();
+        // What refers to which records, as found here, so that the reach does not ask again.
+        let mut referrers = auth::Referrers::default();
         if reach_changed {
             // The records it refers to (shown with it as references) are looked at again.
             let changed = self.store.get_many(&ids).await?;
@@ -135,8 +137,12 @@ impl NodeState {
             let mut frontier: Vec<String> = ids.iter().map(Uuid::to_string).collect();
             for _ in 0..2 {
                 let found = self.store.dependents_of(&frontier).await?;
+                referrers
+                    .of
+                    .extend(frontier.iter().filter_map(|t| Uuid::parse_str(t).ok()));
                 frontier = Vec::new();
                 for r in found {
+                    referrers.records.push(r.clone());
                     if seen.insert(r.id) {
                         ids.push(r.id);
                         frontier.push(r.id.to_string());
@@ -164,7 +170,9 @@ impl NodeState {
                 policy: policy.fingerprint().to_string(),
             });
         }
-        let reached = self.reach_around(&p.org, &targets).await?;
+        let reached = self
+            .reach_around_known(&p.org, &targets, &referrers)
+            .await?;
         let records: HashMap<Uuid, Record> = targets.into_iter().map(|r| (r.id, r)).collect();
         let delivered: HashMap<Uuid, verbund_store::Delivery> = self
             .store
