@@ -663,3 +663,72 @@ async fn concurrent_updates_keep_versions_in_commit_order() {
         "the stored value is the last committed one"
     );
 }
+
+/// `verbund watch` follows until its limit even though the node ends every stream and
+/// connection after `max_connection_age_secs` (here 2 s): it resumes after the last event
+/// it showed, so nothing is lost and nothing shown twice.
+#[test]
+fn the_cli_watch_outlives_the_nodes_stream_and_connection_age() {
+    use std::process::{Command, Stdio};
+    let mut node = TestNode::init("acme");
+    let cfg = std::fs::read_to_string(node.config()).unwrap();
+    assert!(cfg.contains("max_connection_age_secs = 600"), "{cfg}");
+    std::fs::write(
+        node.config(),
+        cfg.replace(
+            "max_connection_age_secs = 600",
+            "max_connection_age_secs = 2",
+        ),
+    )
+    .unwrap();
+    node.run();
+    let before = support::federation::create(&node, "account", &["name=Vorher AG"]);
+    let after_seq = support::federation::get(&node, "account", &before).unwrap()["seq"]
+        .as_i64()
+        .unwrap();
+    let config = node.config();
+    let watch = Command::new(support::bin())
+        .args([
+            "watch",
+            "--after-seq",
+            &after_seq.to_string(),
+            "--limit",
+            "3",
+            "--json",
+            "--config",
+            config.to_str().unwrap(),
+            "--node",
+            &node.endpoint,
+        ])
+        .env("VERBUND_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ids = Vec::new();
+    for name in ["Eins AG", "Zwei AG", "Drei AG"] {
+        ids.push(support::federation::create(
+            &node,
+            "account",
+            &[&format!("name={name}")],
+        ));
+        // Past the node's stream and connection age: each create lands on a new stream.
+        std::thread::sleep(std::time::Duration::from_millis(2_500));
+    }
+    let out = watch.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seen: Vec<&str> = events
+        .iter()
+        .map(|e| e["record_id"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        seen,
+        ids.iter().map(String::as_str).collect::<Vec<_>>(),
+        "{events:#?}"
+    );
+}

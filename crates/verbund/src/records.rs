@@ -557,31 +557,72 @@ pub async fn search(conn: &Conn, query: String, kinds: Vec<String>, page_size: i
     Ok(())
 }
 
+/// A Watch that the node ended or that broke with the connection (the node closes streams
+/// and connections at `max_connection_age_secs`, restarts, a network blip) is resumed after
+/// the last event shown, so `watch` follows until Ctrl-C (or `--limit`), like `tail -F`.
+fn watch_may_resume(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Cancelled
+    )
+}
+
 pub async fn watch(conn: &Conn, after_seq: i64, limit: Option<usize>) -> Result<()> {
+    const BACKOFF_FIRST: std::time::Duration = std::time::Duration::from_millis(200);
+    const BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(10);
     let mut c = pb::change_service_client::ChangeServiceClient::new(conn.channel().await?);
-    let mut stream = c
-        .watch(pb::WatchRequest {
-            after_seq,
-            kinds: vec![],
-        })
-        .await?
-        .into_inner();
     if !conn.json {
         // On stderr, so piped output stays events only.
         eprintln!(
             "changes after sequence number {after_seq}: the history first, then each new change as it is committed (Ctrl-C to stop)"
         );
     }
+    let mut last = after_seq;
     let mut n = 0;
-    while let Some(ev) = stream.next().await {
-        let ev = ev?;
-        output::print_event(&ev, conn.json);
-        n += 1;
-        if limit.is_some_and(|l| n >= l) {
-            break;
+    let mut backoff = BACKOFF_FIRST;
+    loop {
+        let opened = c
+            .watch(pb::WatchRequest {
+                after_seq: last,
+                kinds: vec![],
+            })
+            .await;
+        let mut stream = match opened {
+            Ok(s) => s.into_inner(),
+            Err(status) if watch_may_resume(&status) => {
+                eprintln!(
+                    "the node is not reachable ({}); trying again in {:.1} s",
+                    status.message(),
+                    backoff.as_secs_f64()
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+            Err(status) => return Err(status.into()),
+        };
+        while let Some(ev) = stream.next().await {
+            let ev = match ev {
+                Ok(ev) => ev,
+                // A connection torn down mid-stream (h2 reports some of these as UNKNOWN).
+                Err(status)
+                    if watch_may_resume(&status) || status.code() == tonic::Code::Unknown =>
+                {
+                    break;
+                }
+                Err(status) => return Err(status.into()),
+            };
+            backoff = BACKOFF_FIRST;
+            last = last.max(ev.seq);
+            output::print_event(&ev, conn.json);
+            n += 1;
+            if limit.is_some_and(|l| n >= l) {
+                return Ok(());
+            }
         }
+        // Ended by the node (its stream age, a restart): go on after the last event shown.
+        tracing::debug!(after_seq = last, "watch stream ended; resuming");
     }
-    Ok(())
 }
 
 pub async fn whoami(conn: &Conn) -> Result<()> {
