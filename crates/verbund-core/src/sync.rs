@@ -233,6 +233,15 @@ pub fn bucket_of(id: &Uuid) -> usize {
 /// A digest of one record's versions (and whether it is a tombstone): two copies with the
 /// same versions have the same digest.
 pub fn record_digest(versions: &VersionMap, deleted: bool) -> u64 {
+    record_digest_of(versions.iter(), deleted)
+}
+
+/// `record_digest` of versions given in name order (e.g. a projection's, filtered from a
+/// record's without copying it).
+pub fn record_digest_of<'a>(
+    versions: impl Iterator<Item = (&'a String, &'a crate::Hlc)>,
+    deleted: bool,
+) -> u64 {
     let mut h = Sha256::new();
     h.update([u8::from(deleted)]);
     for (name, v) in versions {

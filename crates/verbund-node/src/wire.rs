@@ -57,6 +57,23 @@ pub fn value_from_pb(v: Option<&pb::FieldValue>) -> Option<Value> {
 
 /// The owner's projection of `rec` for a partner, on the wire.
 pub fn state_to_pb(rec: &Record, writable: &BTreeSet<String>) -> pb::RecordState {
+    state_to_pb_where(rec, |_| true, writable)
+}
+
+/// `state_to_pb(&project(rec, readable), writable)` without copying the record first.
+pub fn projected_state_to_pb(
+    rec: &Record,
+    readable: &BTreeSet<String>,
+    writable: &BTreeSet<String>,
+) -> pb::RecordState {
+    state_to_pb_where(rec, |name| readable.contains(name), writable)
+}
+
+fn state_to_pb_where(
+    rec: &Record,
+    shown: impl Fn(&str) -> bool,
+    writable: &BTreeSet<String>,
+) -> pb::RecordState {
     pb::RecordState {
         id: rec.id.to_string(),
         kind: convert::kind_to_pb(rec.kind) as i32,
@@ -66,6 +83,7 @@ pub fn state_to_pb(rec: &Record, writable: &BTreeSet<String>) -> pb::RecordState
         fields: rec
             .versions
             .iter()
+            .filter(|(name, _)| shown(name))
             .map(|(name, version)| pb::VersionedField {
                 name: name.clone(),
                 value: rec.fields.get(name).map(value_to_pb),
@@ -135,5 +153,53 @@ pub fn item_to_store(owner: &str, item: &pb::SyncItem) -> Result<ReplicaItem, St
             id: parse(&e.record_id)?,
         }),
         None => Err(convert::invalid("item", "is empty")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use verbund_core::access::project;
+    use verbund_core::{Hlc, Value};
+
+    #[test]
+    fn a_projection_built_in_place_is_the_projected_record_s() {
+        let mut rec = Record {
+            id: Uuid::now_v7(),
+            kind: verbund_core::RecordKind::Account,
+            owner_org: "acme".into(),
+            created_at_ms: 1,
+            updated_at_ms: 2,
+            deleted: None,
+            seq: 7,
+            fields: Default::default(),
+            versions: Default::default(),
+        };
+        for (i, name) in ["city", "name", "phone", "website"].iter().enumerate() {
+            rec.fields
+                .insert(name.to_string(), Value::Text(format!("{name} {i}")));
+            rec.versions
+                .insert(name.to_string(), Hlc::new(10 + i as u64, 0, "acme/node1"));
+        }
+        // A version without a value (a cleared field) counts as well.
+        rec.versions
+            .insert("domain".into(), Hlc::new(20, 1, "acme/node1"));
+        let readable: BTreeSet<String> = ["name", "domain", "website"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let writable: BTreeSet<String> = ["name".to_string()].into();
+        let projected = project(&rec, &readable);
+        assert_eq!(
+            projected_state_to_pb(&rec, &readable, &writable),
+            state_to_pb(&projected, &writable)
+        );
+        assert_eq!(
+            verbund_core::sync::record_digest_of(
+                rec.versions.iter().filter(|(n, _)| readable.contains(*n)),
+                false
+            ),
+            verbund_core::sync::record_digest(&projected.versions, false)
+        );
     }
 }

@@ -24,7 +24,7 @@ use crate::error::NodeError;
 use crate::identity::{Principal, PrincipalKind};
 use crate::pb;
 use crate::state::{NodeState, now_ms};
-use crate::wire::{hlc_from_pb, state_to_pb, value_from_pb};
+use crate::wire::{hlc_from_pb, projected_state_to_pb, state_to_pb, value_from_pb};
 
 /// Items per batch unless the partner asks for fewer; and the most it may ask for.
 pub const DEFAULT_BATCH: usize = 2_000;
@@ -220,9 +220,21 @@ impl NodeState {
                 continue;
             }
             if access.visible() {
-                let projected = project(rec, &access.readable);
-                let digest = merge::record_digest(&projected.versions, false);
-                items.push(upsert(&projected, &access.writable));
+                // The projection goes out as it is built: no copy of the record first.
+                let readable = &access.readable;
+                let digest = merge::record_digest_of(
+                    rec.versions
+                        .iter()
+                        .filter(|(name, _)| readable.contains(*name)),
+                    false,
+                );
+                items.push(pb::SyncItem {
+                    item: Some(pb::sync_item::Item::Upsert(projected_state_to_pb(
+                        rec,
+                        readable,
+                        &access.writable,
+                    ))),
+                });
                 note(DeliveryState::Live, Some(digest));
             } else if held == Some(DeliveryState::Live) {
                 items.push(revoke(

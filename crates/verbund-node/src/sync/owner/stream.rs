@@ -25,6 +25,9 @@ fn changed_records(changes: &[Change]) -> (Vec<Uuid>, Option<UpdatedFields>) {
     (ids, updated)
 }
 
+/// How long a caught-up stream waits for more before it sends a cursor held back.
+const HELD_QUIET: Duration = Duration::from_secs(1);
+
 /// What became of a batch.
 #[derive(Debug, PartialEq, Eq)]
 enum BatchFate {
@@ -298,10 +301,18 @@ impl NodeState {
                     }
                 };
                 if changes.is_empty() {
+                    // Caught up. A cursor held back goes out once things are quiet, as a batch
+                    // the partner acknowledges (it does not acknowledge heartbeats), so that
+                    // both sides see it caught up; otherwise a heartbeat now and then.
+                    let (wait, heartbeat) = if held_since.is_some() {
+                        (HELD_QUIET, false)
+                    } else {
+                        (HEARTBEAT, true)
+                    };
                     tokio::select! {
                         _ = notify.changed() => {}
-                        _ = tokio::time::sleep(HEARTBEAT) => {
-                            let beat = cursor_only(cursor, &mark, *notify.borrow(), true);
+                        _ = tokio::time::sleep(wait) => {
+                            let beat = cursor_only(cursor, &mark, *notify.borrow(), heartbeat);
                             if tx.send(Ok(beat)).await.is_err() {
                                 return;
                             }
