@@ -568,12 +568,7 @@ async fn the_federation_api_serves_partner_nodes_only_their_share() {
 
     // Subscribe: only the shared record, only readable fields.
     let mut stream = fed
-        .subscribe(pb::SubscribeRequest {
-            after_seq: 0,
-            max_batch: 0,
-            cursor_mark: String::new(),
-            snapshot_after: String::new(),
-        })
+        .subscribe(pb::SubscribeRequest::default()) // from the beginning
         .await
         .unwrap()
         .into_inner();
@@ -746,12 +741,7 @@ async fn a_partner_is_sent_nothing_when_only_fields_it_cannot_read_change() {
     .await
     .unwrap();
     let mut stream = pb::federation_client::FederationClient::new(node)
-        .subscribe(pb::SubscribeRequest {
-            after_seq: 0,
-            max_batch: 0,
-            cursor_mark: String::new(),
-            snapshot_after: String::new(),
-        })
+        .subscribe(pb::SubscribeRequest::default()) // from the beginning
         .await
         .unwrap()
         .into_inner();

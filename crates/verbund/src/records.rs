@@ -601,6 +601,8 @@ pub async fn watch(conn: &Conn, after_seq: i64, limit: Option<usize>) -> Result<
             }
             Err(status) => return Err(status.into()),
         };
+        // Set again by every event: only an empty stream makes the next open wait.
+        let mut backoff_pending = true;
         while let Some(ev) = stream.next().await {
             let ev = match ev {
                 Ok(ev) => ev,
@@ -613,6 +615,7 @@ pub async fn watch(conn: &Conn, after_seq: i64, limit: Option<usize>) -> Result<
                 Err(status) => return Err(status.into()),
             };
             backoff = BACKOFF_FIRST;
+            backoff_pending = false;
             last = last.max(ev.seq);
             output::print_event(&ev, conn.json);
             n += 1;
@@ -620,8 +623,14 @@ pub async fn watch(conn: &Conn, after_seq: i64, limit: Option<usize>) -> Result<
                 return Ok(());
             }
         }
-        // Ended by the node (its stream age, a restart): go on after the last event shown.
+        // Ended by the node (its stream age, a restart) or broken: go on after the last
+        // event shown; a stream that brought nothing waits first, so a node that keeps
+        // ending streams at once is not called in a tight loop.
         tracing::debug!(after_seq = last, "watch stream ended; resuming");
+        if backoff_pending {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
     }
 }
 

@@ -102,7 +102,7 @@ impl NodeState {
     /// `updated`: None when who may see them may have changed, so the records around them
     /// are looked at again; else the fields each record had changed, and a record the
     /// partner holds whose changed fields it may not read is not sent at all (nothing it can
-    /// see changed, and it must not learn that something it cannot see did).
+    /// see changed, and it is not told which record changed in what it cannot see).
     async fn items_of(
         &self,
         p: &Principal,

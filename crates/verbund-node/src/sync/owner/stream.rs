@@ -43,13 +43,11 @@ enum BatchFate {
 /// nothing in them for it).
 fn cursor_only(cursor: i64, mark: &str, owner_last_seq: i64, heartbeat: bool) -> pb::SyncBatch {
     pb::SyncBatch {
-        items: Vec::new(),
         cursor,
         owner_last_seq,
         heartbeat,
         cursor_mark: mark.to_string(),
-        reset: false,
-        snapshot_after: String::new(),
+        ..Default::default()
     }
 }
 
@@ -58,8 +56,10 @@ impl NodeState {
     /// `position` (cursor, its mark, the snapshot position). The ledger rows and the batch's
     /// audit entry commit together (one writer job, one fsync) before the batch leaves.
     /// `may_hold`: a batch with nothing for the partner is not sent at all. Sending it would
-    /// make the partner commit its cursor (an fsync on its side for nothing) and tell it
-    /// when changes it cannot see happen; the cursor goes with the next batch or heartbeat.
+    /// make the partner commit its cursor (an fsync on its side for nothing) at the moment
+    /// of each change it cannot see; the cursor goes with the next batch, or once the stream
+    /// is quiet (it still says that the owner's change log moved: the cursor is the owner's
+    /// sequence number, not yet one per partner).
     #[allow(clippy::too_many_arguments)]
     async fn send_batch(
         &self,
@@ -183,13 +183,9 @@ impl NodeState {
                         "the partner's cursor does not match our history (were we restored from a backup?); it starts over"
                     );
                     let reset = pb::SyncBatch {
-                        items: Vec::new(),
-                        cursor: 0,
                         owner_last_seq: *notify.borrow(),
-                        heartbeat: false,
-                        cursor_mark: String::new(),
                         reset: true,
-                        snapshot_after: String::new(),
+                        ..Default::default()
                     };
                     if tx.send(Ok(reset)).await.is_err() {
                         return;
@@ -200,14 +196,11 @@ impl NodeState {
             // Erasures it has not acknowledged yet go first (it may have been offline).
             match state.store.pending_erasures(&principal.org).await {
                 Ok(pending) if !pending.is_empty() => {
+                    // Cursor 0: these move no cursor of the partner's.
                     let batch = pb::SyncBatch {
                         items: pending.iter().map(|d| erase(d.record_id, d.kind)).collect(),
-                        cursor: 0,
                         owner_last_seq: *notify.borrow(),
-                        heartbeat: false,
-                        cursor_mark: String::new(),
-                        reset: false,
-                        snapshot_after: String::new(),
+                        ..Default::default()
                     };
                     if tx.send(Ok(batch)).await.is_err() {
                         return;
