@@ -774,3 +774,139 @@ async fn a_partner_is_sent_nothing_when_only_fields_it_cannot_read_change() {
         Some(["name".to_string()].into())
     );
 }
+
+/// The next batch of `stream` within `wait`, if any.
+async fn batch_within(
+    stream: &mut tonic::Streaming<verbund_node::pb::SyncBatch>,
+    wait: Duration,
+) -> Option<verbund_node::pb::SyncBatch> {
+    match tokio::time::timeout(wait, stream.next()).await {
+        Err(_) => None,
+        Ok(next) => Some(
+            next.expect("the owner's stream ended")
+                .expect("the owner's stream failed"),
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partners_cursor_says_nothing_of_changes_it_cannot_see() {
+    use verbund_node::pb;
+    let mut acme = TestNode::init_fixed("acme");
+    acme.append_policy("g2, globex, partner");
+    let globex = TestNode::init_fixed("globex");
+    acme.run();
+    pin(&acme, &globex);
+    let account = create(&acme, "account", &["name=Leise AG", "city=Ulm"]);
+    let deal = create(
+        &acme,
+        "opportunity",
+        &[
+            &format!("account_id={account}"),
+            "name=Leise deal",
+            "stage=qualification",
+        ],
+    );
+    share(&acme, &deal, "globex", "joint-deal");
+
+    let node = verbund_node::client::connect(
+        &acme.endpoint,
+        &identity_from(&acme, &globex, "tls/node.crt", "tls/node.key"),
+    )
+    .await
+    .unwrap();
+    let mut client = pb::federation_client::FederationClient::new(node);
+    let mut stream = client
+        .subscribe(pb::SubscribeRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    // Everything there is for globex, and the position it brings it to.
+    let mut cursor = 0;
+    let mut seen_deal = false;
+    while let Some(batch) = batch_within(&mut stream, Duration::from_secs(3)).await {
+        cursor = cursor.max(batch.cursor);
+        seen_deal |= batch
+            .items
+            .iter()
+            .any(|i| matches!(&i.item, Some(pb::sync_item::Item::Upsert(st)) if st.id == deal));
+    }
+    assert!(seen_deal && cursor > 0, "the deal came, with a cursor");
+    let hello = || {
+        let mut client = client.clone();
+        async move {
+            client
+                .hello(pb::HelloRequest {
+                    protocol_version: verbund_core::sync::PROTOCOL_VERSION,
+                    org: "globex".into(),
+                    capabilities: Vec::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .last_seq
+        }
+    };
+    let told_before = hello().await;
+
+    // Many changes globex cannot see: a field it cannot read, and records not shared.
+    for i in 0..12 {
+        update(&acme, "account", &account, &[&format!("city=Ort {i}")]);
+        create(&acme, "account", &[&format!("name=Intern {i}")]);
+    }
+    // Past the time the owner waits before noting them: globex is sent no batch that moves
+    // its cursor (a heartbeat repeats it), and Hello tells it the same as before.
+    while let Some(batch) = batch_within(&mut stream, Duration::from_secs(3)).await {
+        assert!(batch.items.is_empty(), "sent: {:?}", batch.items);
+        assert_eq!(
+            (batch.cursor, batch.heartbeat),
+            (cursor, true),
+            "globex's cursor moved with changes it cannot see"
+        );
+    }
+    assert_eq!(
+        hello().await,
+        told_before,
+        "Hello's last_seq moved with changes globex cannot see"
+    );
+
+    // A change it can see moves its cursor; the deal's state comes with the same stamp.
+    update(&acme, "opportunity", &deal, &["next_step=Angebot"]);
+    let batch = loop {
+        let batch = batch_within(&mut stream, Duration::from_secs(60))
+            .await
+            .expect("the deal's change came");
+        if !batch.items.is_empty() {
+            break batch;
+        }
+    };
+    assert!(batch.cursor > cursor, "{} after {cursor}", batch.cursor);
+    for item in &batch.items {
+        if let Some(pb::sync_item::Item::Upsert(st)) = &item.item {
+            assert_eq!(st.owner_seq, batch.cursor, "{}", st.id);
+        }
+    }
+    let (cursor, mark) = (batch.cursor, batch.cursor_mark.clone());
+    drop(stream);
+
+    // More hidden changes, then globex comes back with its cursor: nothing to send, no
+    // starting over, and its position still covers them (its cursor does not move).
+    for i in 0..6 {
+        update(&acme, "account", &account, &[&format!("city=Dorf {i}")]);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut again = client
+        .subscribe(pb::SubscribeRequest {
+            after_seq: cursor,
+            cursor_mark: mark.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(batch) = batch_within(&mut again, Duration::from_secs(3)).await {
+        assert!(!batch.reset, "a known position started over");
+        assert!(batch.items.is_empty(), "sent again: {:?}", batch.items);
+        assert_eq!(batch.cursor, cursor);
+    }
+}

@@ -8,6 +8,7 @@ pub mod currency;
 pub mod hlc;
 pub mod model;
 pub mod schema;
+pub mod stamp;
 pub mod sync;
 pub mod write;
 

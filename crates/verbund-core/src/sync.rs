@@ -493,21 +493,6 @@ pub fn too_far_ahead(version: &Hlc, now_ms: u64, max_skew_ms: u64, here: &str) -
     })
 }
 
-/// The mark of the owner's change at `seq`: an opaque digest that a partner keeps with its
-/// cursor and sends back, so an owner whose history changed (restored from a backup) is
-/// noticed. It reveals nothing about the change (which record, when).
-pub fn change_mark(seq: i64, record_id: &Uuid, version: &Hlc) -> String {
-    let mut h = Sha256::new();
-    h.update(seq.to_be_bytes());
-    h.update(record_id.as_bytes());
-    h.update(version.to_string().as_bytes());
-    hex_of(&h.finalize()[..16])
-}
-
-fn hex_of(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -643,15 +628,5 @@ mod tests {
             why.starts_with("globex's clock is about 3600 s ahead of acme's"),
             "{why}"
         );
-    }
-
-    #[test]
-    fn change_marks_tell_changes_apart_and_reveal_nothing() {
-        let id = Uuid::now_v7();
-        let m = change_mark(7, &id, &h(10, "acme/n"));
-        assert_eq!(m, change_mark(7, &id, &h(10, "acme/n")));
-        assert_ne!(m, change_mark(7, &id, &h(11, "acme/n")));
-        assert_ne!(m, change_mark(8, &id, &h(10, "acme/n")));
-        assert!(!m.contains(&id.to_string()) && m.len() == 32);
     }
 }

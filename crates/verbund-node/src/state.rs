@@ -41,6 +41,9 @@ pub struct NodeState {
     pub consolidation: std::sync::OnceLock<Arc<crate::consolidation::ConsolidatedView>>,
     /// The node's metrics (served by the ops endpoint).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Owner side: each partner's stamp clock (its stream positions, the order of the
+    /// states it receives).
+    pub(crate) stamps: PartnerStamps,
 }
 
 /// The node's wall clock in milliseconds. `VERBUND_CLOCK_OFFSET_MS` (signed) shifts it: a
@@ -59,6 +62,27 @@ pub(crate) fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
         .saturating_add(offset)
+}
+
+/// The stamp clocks of all partners (each loaded from the store on first use; used by the
+/// owner side of sync, `sync/owner/stamps.rs`).
+#[derive(Default)]
+pub(crate) struct PartnerStamps {
+    pub(crate) clocks: std::sync::Mutex<
+        std::collections::HashMap<
+            String,
+            Arc<tokio::sync::Mutex<Option<verbund_core::stamp::StampClock>>>,
+        >,
+    >,
+}
+
+/// The node's wall clock in microseconds (shifted like `now_ms`).
+pub(crate) fn now_us() -> i64 {
+    let sub_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::from(d.subsec_micros() % 1_000))
+        .unwrap_or(0);
+    now_ms().saturating_mul(1_000).saturating_add(sub_ms)
 }
 
 /// What a node is, beyond its store and trust anchors (from `node.toml`).
@@ -126,6 +150,7 @@ impl NodeState {
             links: Arc::new(crate::link_state::Links::default()),
             consolidation: std::sync::OnceLock::new(),
             metrics,
+            stamps: Default::default(),
         });
         if let Some(ahead_ms) = ran_ahead {
             state.recover_clock(limit, ahead_ms).await?;

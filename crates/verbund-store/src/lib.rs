@@ -28,7 +28,8 @@ mod sync_types;
 pub use sync_types::*;
 mod sync_notes;
 pub use sync_notes::{
-    BucketSum, CopyState, DeliveryNote, DeliveryState, OutboxState, PeerAck, ReplicaInfo, SyncNote,
+    BucketSum, CopyState, DeliveryNote, DeliveryState, OutboxState, PeerAck, ReplicaInfo,
+    StreamPosition, SyncNote,
 };
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

@@ -28,8 +28,9 @@ impl Store {
             .map(|_| ())
     }
 
-    /// Owner: notes in the delivery ledger what partner `org` is about to hold, and the
-    /// batch's audit entries, in one commit (before the batch leaves).
+    /// Owner: notes in the delivery ledger what partner `org` is about to hold, the batch's
+    /// audit entries, and the stream position the batch brings it to, in one commit (before
+    /// the batch leaves).
     pub async fn record_deliveries(
         &self,
         org: &str,
@@ -37,8 +38,9 @@ impl Store {
         at_ms: i64,
         policy: &str,
         audit: Vec<AuditDraft>,
+        position: Option<StreamPosition>,
     ) -> Result<()> {
-        if rows.is_empty() && audit.is_empty() {
+        if rows.is_empty() && audit.is_empty() && position.is_none() {
             return Ok(());
         }
         let (org, policy) = (org.to_string(), policy.to_string());
@@ -47,8 +49,42 @@ impl Store {
             rows,
             at_ms,
             policy,
+            position,
         };
         self.note(note, audit).await
+    }
+
+    /// Owner: partner `org`'s stream position `stream_pos` (its latest) now covers our
+    /// changes up to `owner_seq`.
+    pub async fn move_position(&self, org: &str, stream_pos: i64, owner_seq: i64) -> Result<()> {
+        let org = org.to_string();
+        let note = SyncNote::PositionMoved {
+            org,
+            stream_pos,
+            owner_seq,
+        };
+        self.note(note, Vec::new()).await
+    }
+
+    /// Owner: what partner `org`'s cursor `stream_pos` stands for (None: not a position we
+    /// gave it, or one it has acknowledged a later one since).
+    pub async fn stream_position(
+        &self,
+        org: &str,
+        stream_pos: i64,
+    ) -> Result<Option<StreamPosition>> {
+        dispatch!(self, stream_position(org, stream_pos))
+    }
+
+    /// Owner: the stamps given out to partner `org` stay at or below this (0: none yet).
+    pub async fn stamps_reserved(&self, org: &str) -> Result<i64> {
+        dispatch!(self, stamps_reserved(org))
+    }
+
+    pub async fn reserve_stamps(&self, org: &str, reserved: i64) -> Result<()> {
+        let org = org.to_string();
+        self.note(SyncNote::StampsReserved { org, reserved }, Vec::new())
+            .await
     }
 
     pub async fn ack_erasures(&self, org: &str, ids: &[Uuid], at_ms: i64) -> Result<()> {

@@ -136,6 +136,16 @@ pub struct PeerAck {
     pub acked_ms: i64,
 }
 
+/// Owner side: a position of a partner's stream, as its cursor names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamPosition {
+    pub stream_pos: i64,
+    /// Our changes up to this one are in the partner's hands at this position.
+    pub owner_seq: i64,
+    /// The token sent with the cursor (the partner sends it back on Subscribe).
+    pub mark: String,
+}
+
 /// A sync bookkeeping write, run by the writer like any other write.
 #[derive(Clone, Debug)]
 pub enum SyncNote {
@@ -146,8 +156,19 @@ pub enum SyncNote {
         at_ms: i64,
         /// Fingerprint of the policy the projections were computed under.
         policy: String,
+        /// The stream position the batch brings the partner to.
+        position: Option<StreamPosition>,
     },
-    /// Owner: the cursor partner `org` acknowledged.
+    /// Owner: partner `org`'s stream position `stream_pos` now covers our changes up to
+    /// `owner_seq` (nothing after its batch was for it).
+    PositionMoved {
+        org: String,
+        stream_pos: i64,
+        owner_seq: i64,
+    },
+    /// Owner: the stamps given out to partner `org` stay at or below `reserved`.
+    StampsReserved { org: String, reserved: i64 },
+    /// Owner: the cursor partner `org` acknowledged (its positions before it are dropped).
     PeerAck {
         org: String,
         cursor: i64,

@@ -148,12 +148,18 @@ async fn refresh(
             .get_or_create(&label())
             .set(i64::from(in_snapshot));
         if let Some(acked) = acks.get(&org) {
+            // The partner's cursor is a position of its stream: ours is what it covers.
+            let covered = store
+                .stream_position(&org, *acked)
+                .await?
+                .map(|at| at.owner_seq)
+                .unwrap_or(0);
             m.lag
                 .get_or_create(&vec![
                     ("partner", org.clone()),
                     ("direction", "outbound".to_string()),
                 ])
-                .set((last_seq - acked).max(0));
+                .set((last_seq - covered).max(0));
         }
         let get = |m: &HashMap<String, i64>| m.get(&org).copied().unwrap_or(0);
         m.outbox_depth.get_or_create(&label()).set(get(&depths));

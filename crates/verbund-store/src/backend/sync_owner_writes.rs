@@ -114,18 +114,54 @@ macro_rules! backend_sync_owner_writes {
         /// chunk of rows).
         async fn sync_note(tx: &mut Tx, note: SyncNote) -> Result<OpOutput> {
             match note {
-                SyncNote::Deliveries { org, rows, at_ms, policy } => record_deliveries(tx, &org, &rows, at_ms, &policy).await?,
+                SyncNote::Deliveries { org, rows, at_ms, policy, position } => {
+                    record_deliveries(tx, &org, &rows, at_ms, &policy).await?;
+                    if let Some(p) = position {
+                        sqlx::query("INSERT INTO stream_positions (org, stream_pos, owner_seq, mark) VALUES ($1, $2, $3, $4)")
+                            .bind(&org)
+                            .bind(p.stream_pos)
+                            .bind(p.owner_seq)
+                            .bind(&p.mark)
+                            .execute(&mut **tx)
+                            .await?;
+                    }
+                }
+                SyncNote::PositionMoved { org, stream_pos, owner_seq } => {
+                    sqlx::query("UPDATE stream_positions SET owner_seq = $3 WHERE org = $1 AND stream_pos = $2 AND owner_seq < $3")
+                        .bind(org)
+                        .bind(stream_pos)
+                        .bind(owner_seq)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                SyncNote::StampsReserved { org, reserved } => {
+                    sqlx::query(
+                        "INSERT INTO stream_stamps (org, reserved) VALUES ($1, $2) \
+                         ON CONFLICT (org) DO UPDATE SET reserved = excluded.reserved WHERE stream_stamps.reserved < excluded.reserved",
+                    )
+                    .bind(org)
+                    .bind(reserved)
+                    .execute(&mut **tx)
+                    .await?;
+                }
                 SyncNote::BackfillDigests { limit } => backfill_digests(tx, limit).await?,
                 SyncNote::PeerAck { org, cursor, at_ms } => {
                     sqlx::query(
                         "INSERT INTO sync_peers (org, acked_cursor, acked_ms) VALUES ($1, $2, $3) \
                          ON CONFLICT (org) DO UPDATE SET acked_cursor = excluded.acked_cursor, acked_ms = excluded.acked_ms",
                     )
-                    .bind(org)
+                    .bind(&org)
                     .bind(cursor)
                     .bind(at_ms)
                     .execute(&mut **tx)
                     .await?;
+                    // The partner holds this position durably: it never resumes from an
+                    // earlier one (unless restored from a backup, and then it starts over).
+                    sqlx::query("DELETE FROM stream_positions WHERE org = $1 AND stream_pos < $2")
+                        .bind(&org)
+                        .bind(cursor)
+                        .execute(&mut **tx)
+                        .await?;
                 }
                 SyncNote::ErasuresAcked { org, ids, at_ms } => {
                     for chunk in ids.chunks(500) {

@@ -187,6 +187,24 @@ macro_rules! backend_sync_reads {
                 .collect()
         }
 
+        pub async fn stream_position(pool: &$pool, org: &str, stream_pos: i64) -> Result<Option<StreamPosition>> {
+            let row = sqlx::query("SELECT owner_seq, mark FROM stream_positions WHERE org = $1 AND stream_pos = $2")
+                .bind(org)
+                .bind(stream_pos)
+                .fetch_optional(pool)
+                .await?;
+            row.map(|r| Ok(StreamPosition { stream_pos, owner_seq: r.try_get("owner_seq")?, mark: r.try_get("mark")? }))
+                .transpose()
+        }
+
+        pub async fn stamps_reserved(pool: &$pool, org: &str) -> Result<i64> {
+            let n: Option<i64> = sqlx::query_scalar("SELECT reserved FROM stream_stamps WHERE org = $1")
+                .bind(org)
+                .fetch_optional(pool)
+                .await?;
+            Ok(n.unwrap_or(0))
+        }
+
         pub async fn erasure(pool: &$pool, id: Uuid) -> Result<Option<Erasure>> {
             let row = sqlx::query("SELECT record_id, kind, erased_ms, erased_by FROM erasures WHERE record_id = $1")
                 .bind(id.to_string())

@@ -116,7 +116,7 @@ pub(super) async fn sync_owner_merges_once_keeps_conflicts_and_erases(f: &Fixtur
         .unwrap();
     for org in ["globex", "fixit"] {
         f.store
-            .record_deliveries(org, vec![live_note(c.id)], 20, "p1", Vec::new())
+            .record_deliveries(org, vec![live_note(c.id)], 20, "p1", Vec::new(), None)
             .await
             .unwrap();
     }
@@ -167,7 +167,14 @@ pub(super) async fn sync_owner_merges_once_keeps_conflicts_and_erases(f: &Fixtur
     assert_eq!(f.store.pending_erasures("fixit").await.unwrap().len(), 1);
     // A delivery racing the erasure is still owed the erasure.
     f.store
-        .record_deliveries("umbrella", vec![live_note(c.id)], 50, "p1", Vec::new())
+        .record_deliveries(
+            "umbrella",
+            vec![live_note(c.id)],
+            50,
+            "p1",
+            Vec::new(),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(f.store.pending_erasures("umbrella").await.unwrap().len(), 1);
@@ -184,4 +191,65 @@ fn live_note(id: uuid::Uuid) -> verbund_store::DeliveryNote {
         state: verbund_store::DeliveryState::Live,
         digest: Some(7),
     }
+}
+
+/// A partner's stream positions: each stands for our changes up to a sequence number, the
+/// latest can be moved on in place, an acknowledgement forgets the older ones; and the stamp
+/// reservation only grows.
+pub(super) async fn sync_owner_keeps_stream_positions_and_stamp_reservations(f: &Fixture) {
+    use verbund_store::StreamPosition;
+    let position = |stream_pos: i64, owner_seq: i64, mark: &str| StreamPosition {
+        stream_pos,
+        owner_seq,
+        mark: mark.to_string(),
+    };
+    assert_eq!(f.store.stream_position("globex", 100).await.unwrap(), None);
+    for p in [position(100, 0, "m100"), position(200, 7, "m200")] {
+        f.store
+            .record_deliveries("globex", Vec::new(), 10, "", Vec::new(), Some(p))
+            .await
+            .unwrap();
+    }
+    // Another partner's positions are its own.
+    f.store
+        .record_deliveries(
+            "fixit",
+            Vec::new(),
+            10,
+            "",
+            Vec::new(),
+            Some(position(200, 3, "other")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        f.store.stream_position("globex", 100).await.unwrap(),
+        Some(position(100, 0, "m100"))
+    );
+    assert_eq!(f.store.stream_position("globex", 150).await.unwrap(), None);
+    // Changes with nothing for the partner move its latest position on, not its cursor.
+    f.store.move_position("globex", 200, 42).await.unwrap();
+    assert_eq!(
+        f.store.stream_position("globex", 200).await.unwrap(),
+        Some(position(200, 42, "m200"))
+    );
+    assert_eq!(
+        f.store.stream_position("fixit", 200).await.unwrap(),
+        Some(position(200, 3, "other"))
+    );
+    // Acknowledged 200: 100 is never asked for again.
+    f.store.record_peer_ack("globex", 200, 20).await.unwrap();
+    assert_eq!(f.store.stream_position("globex", 100).await.unwrap(), None);
+    assert_eq!(
+        f.store.stream_position("globex", 200).await.unwrap(),
+        Some(position(200, 42, "m200"))
+    );
+
+    assert_eq!(f.store.stamps_reserved("globex").await.unwrap(), 0);
+    f.store.reserve_stamps("globex", 5_000).await.unwrap();
+    f.store.reserve_stamps("globex", 9_000).await.unwrap();
+    // A stale reservation (a slower writer) never lowers it.
+    f.store.reserve_stamps("globex", 6_000).await.unwrap();
+    assert_eq!(f.store.stamps_reserved("globex").await.unwrap(), 9_000);
+    assert_eq!(f.store.stamps_reserved("fixit").await.unwrap(), 0);
 }

@@ -57,11 +57,14 @@ impl NodeState {
         p: &Principal,
         req: pb::DigestRequest,
     ) -> Result<pb::DigestResponse, NodeError> {
-        // Read before anything is compared: the repairs reflect at least this state.
-        let as_of_seq = *self.store.subscribe_commits().borrow();
         self.store.backfill_digests().await?;
+        // What is compared and repaired is read under the partner's stamp lock, and stamped
+        // with it: a partner whose cursor is not beyond that stamp takes the repairs (its
+        // stream's states were read before them), and keeps them over older states.
+        let mut lock = self.stamp_lock(&p.org).await?;
         let policy = self.policy().fingerprint().to_string();
         if req.detail_buckets.is_empty() {
+            let as_of_seq = lock.next(self).await?;
             if req.buckets.len() != merge::DIGEST_BUCKETS {
                 return Err(convert::invalid(
                     "buckets",
@@ -186,8 +189,11 @@ impl NodeState {
                 });
             }
         }
+        let as_of_seq = lock.next(self).await?;
+        drop(lock);
+        stamp_items(&mut repairs, as_of_seq);
         self.store
-            .record_deliveries(&p.org, notes, now_ms(), &policy, Vec::new())
+            .record_deliveries(&p.org, notes, now_ms(), &policy, Vec::new(), None)
             .await?;
         Ok(pb::DigestResponse {
             differing_buckets: Vec::new(),

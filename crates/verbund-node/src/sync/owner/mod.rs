@@ -15,7 +15,7 @@ use uuid::Uuid;
 use verbund_core::access::{controls_access, project};
 use verbund_core::sync::{self as merge, FieldEdit};
 use verbund_core::{Change, ChangeOp, Record, RecordKind};
-use verbund_store::{DeliveryNote, DeliveryState, ShareSnapshot, VerdictOutcome};
+use verbund_store::{DeliveryNote, DeliveryState, ShareSnapshot, StreamPosition, VerdictOutcome};
 
 use crate::api::Api;
 use crate::auth::{self};
@@ -287,11 +287,19 @@ impl pb::federation_server::Federation for Api {
                 ),
             ));
         }
+        // Not our change sequence number: the bound of the stamps the partner may hold of us.
+        // One it holds beyond it comes from a history we lost (restored from a backup).
+        let last_seq = self
+            .state
+            .stamp_lock(&p.org)
+            .await
+            .map_err(Status::from)?
+            .reserved();
         Ok(Response::new(pb::HelloResponse {
             protocol_version: merge::PROTOCOL_VERSION,
             org: self.state.org.clone(),
             capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
-            last_seq: *self.state.store.subscribe_commits().borrow(),
+            last_seq,
         }))
     }
 
@@ -388,4 +396,7 @@ impl pb::federation_server::Federation for Api {
 
 mod anti_entropy;
 mod push;
+mod stamps;
 mod stream;
+
+use stamps::stamp_items;

@@ -55,8 +55,10 @@ impl NodeState {
         p: &Principal,
         change: &pb::ProposedChange,
     ) -> Result<pb::Verdict, Status> {
-        // Read before anything is decided: the verdict reflects at least this state.
-        let as_of_seq = *self.store.subscribe_commits().borrow();
+        // Stamped before anything is decided: a refusal reflects at least the state of then
+        // (a partner whose cursor is beyond it was sent something read later, and keeps its
+        // copy; the stream tells it if it must go).
+        let as_of_seq = self.stamp_now(&p.org).await.map_err(Status::from)?;
         // The status it would get decides: a refusal on the merits becomes a verdict.
         match self
             .push_checked(p, change, as_of_seq)
@@ -116,8 +118,7 @@ impl NodeState {
         let edits = edits_from_pb(&p.org, kind, change)?;
         if let Some(stored) = self.store.push_verdict(&p.org, &change.key).await? {
             // A retry: the same verdict, nothing applied twice.
-            let rec = self.store.get(stored.record_id).await?;
-            return self.verdict(p, &change.key, &stored, rec, as_of_seq).await;
+            return self.verdict(p, &change.key, &stored).await;
         }
         let now = now_ms();
         for e in &edits {
@@ -186,7 +187,7 @@ impl NodeState {
             access.grants.clone(),
             p.org.clone(),
         );
-        let (rec, stored) = self
+        let (_, stored) = self
             .store
             .merge_push(
                 &p.org,
@@ -207,8 +208,7 @@ impl NodeState {
                 audit,
             )
             .await?;
-        self.verdict(p, &change.key, &stored, Some(rec), as_of_seq)
-            .await
+        self.verdict(p, &change.key, &stored).await
     }
 
     async fn verdict(
@@ -216,10 +216,13 @@ impl NodeState {
         p: &Principal,
         key: &str,
         stored: &verbund_store::StoredVerdict,
-        rec: Option<Record>,
-        as_of_seq: i64,
     ) -> Result<pb::Verdict, NodeError> {
-        let record = match rec {
+        // The record as it is now, read and stamped under the partner's stamp lock: the
+        // stamp orders it among the states the partner receives (stream, repairs), and a
+        // partner whose cursor is beyond it keeps its copy rather than apply a revoke.
+        let mut lock = self.stamp_lock(&p.org).await?;
+        let rec = self.store.get(stored.record_id).await?;
+        let mut record = match rec {
             Some(r) if !r.is_deleted() => {
                 let access = self.access_to(p, &r).await?;
                 access
@@ -228,6 +231,11 @@ impl NodeState {
             }
             _ => None,
         };
+        let as_of_seq = lock.next(self).await?;
+        drop(lock);
+        if let Some(st) = record.as_mut() {
+            st.owner_seq = as_of_seq;
+        }
         // The partner no longer sees the record (unshared, deleted): its copy goes.
         let revoked = record.is_none();
         Ok(pb::Verdict {

@@ -25,67 +25,83 @@ fn changed_records(changes: &[Change]) -> (Vec<Uuid>, Option<UpdatedFields>) {
     (ids, updated)
 }
 
-/// How long a caught-up stream waits for more before it sends a cursor held back.
+/// How long a caught-up stream waits for more before it notes that the partner's position
+/// covers the changes it was not sent.
 const HELD_QUIET: Duration = Duration::from_secs(1);
 
 /// What became of a batch.
 #[derive(Debug, PartialEq, Eq)]
 enum BatchFate {
-    Sent,
-    /// Nothing in it for the partner: not sent, only the stream's cursor moved (see
-    /// `cursor_only`).
+    /// Sent: the partner's position is now this stamp, with this mark.
+    Sent(i64, String),
+    /// Nothing in it for the partner: not sent; the partner's position covers it once noted
+    /// (`move_position`).
     Held,
     /// The stream is over (the partner went, or an error was sent to it).
     Over,
 }
 
-/// A batch without items that only moves the partner's cursor (a heartbeat, or changes with
-/// nothing in them for it).
-fn cursor_only(cursor: i64, mark: &str, owner_last_seq: i64, heartbeat: bool) -> pb::SyncBatch {
+/// A batch without items (a heartbeat, or the first position of a stream).
+fn cursor_only(position: i64, mark: &str, heartbeat: bool) -> pb::SyncBatch {
     pb::SyncBatch {
-        cursor,
-        owner_last_seq,
+        cursor: position,
+        owner_last_seq: position,
         heartbeat,
         cursor_mark: mark.to_string(),
         ..Default::default()
     }
 }
 
+/// A fresh mark for a stream position (random: it says nothing but which position it is).
+fn new_mark() -> String {
+    Uuid::new_v4().simple().to_string()
+}
+
 impl NodeState {
     /// Sends partner `p` what the records `ids` mean for it, as the batch that brings it to
-    /// `position` (cursor, its mark, the snapshot position). The ledger rows and the batch's
-    /// audit entry commit together (one writer job, one fsync) before the batch leaves.
-    /// `may_hold`: a batch with nothing for the partner is not sent at all. Sending it would
-    /// make the partner commit its cursor (an fsync on its side for nothing) at the moment
-    /// of each change it cannot see; the cursor goes with the next batch, or once the stream
-    /// is quiet (it still says that the owner's change log moved: the cursor is the owner's
-    /// sequence number, not yet one per partner).
+    /// a new position of its stream: a stamp (see `stamps.rs`) that covers our changes up to
+    /// `owner_seq` (and, while a snapshot is in progress, its records up to
+    /// `snapshot_after`). The ledger rows, the batch's audit entry and the position commit
+    /// together (one writer job, one fsync) before the batch leaves. `more`: the stream has
+    /// more to send right away (the partner's lag shows 1 until it comes).
+    /// `may_hold`: a batch with nothing for the partner is not sent at all, and its position
+    /// does not move: the partner learns nothing of changes it cannot see, not even that
+    /// they happened.
     #[allow(clippy::too_many_arguments)]
     async fn send_batch(
         &self,
         p: &Principal,
         ids: Vec<Uuid>,
         updated: Option<UpdatedFields>,
-        position: (i64, &str, &str),
-        owner_last_seq: i64,
+        (owner_seq, snapshot_after): (i64, &str),
+        more: bool,
         may_hold: bool,
         tx: &mpsc::Sender<Result<pb::SyncBatch, Status>>,
     ) -> BatchFate {
-        let (cursor, mark, snapshot_after) = position;
-        let Outgoing {
-            items,
-            ledger,
-            policy,
-        } = match self.items_of(p, ids, updated.as_ref()).await {
-            Ok(found) => found,
+        let stamped = async {
+            // The states are read and stamped under the partner's lock (their order).
+            let mut lock = self.stamp_lock(&p.org).await?;
+            let mut out = self.items_of(p, ids, updated.as_ref()).await?;
+            if may_hold && out.items.is_empty() && out.ledger.is_empty() {
+                return Ok::<_, NodeError>(None);
+            }
+            let stamp = lock.next(self).await?;
+            stamp_items(&mut out.items, stamp);
+            Ok(Some((stamp, out)))
+        };
+        let (position, out) = match stamped.await {
+            Ok(Some(found)) => found,
+            Ok(None) => return BatchFate::Held,
             Err(e) => {
                 let _ = tx.send(Err(e.into())).await;
                 return BatchFate::Over;
             }
         };
-        if may_hold && items.is_empty() && ledger.is_empty() {
-            return BatchFate::Held;
-        }
+        let Outgoing {
+            items,
+            ledger,
+            policy,
+        } = out;
         let audit = if items.is_empty() {
             Vec::new()
         } else {
@@ -97,18 +113,24 @@ impl NodeState {
                 Vec::new(),
                 "allow",
                 if snapshot_after.is_empty() {
-                    format!("{} record(s) sent, changes up to {cursor}", items.len())
+                    format!("{} record(s) sent, changes up to {owner_seq}", items.len())
                 } else {
                     format!(
-                        "{} record(s) sent of the snapshot at change {cursor}",
+                        "{} record(s) sent of the snapshot at change {owner_seq}",
                         items.len()
                     )
                 },
             )]
         };
+        let mark = new_mark();
+        let noted = StreamPosition {
+            stream_pos: position,
+            owner_seq,
+            mark: mark.clone(),
+        };
         if let Err(e) = self
             .store
-            .record_deliveries(&p.org, ledger, now_ms(), &policy, audit)
+            .record_deliveries(&p.org, ledger, now_ms(), &policy, audit, Some(noted))
             .await
         {
             let _ = tx.send(Err(NodeError::from(e).into())).await;
@@ -116,21 +138,38 @@ impl NodeState {
         }
         let batch = pb::SyncBatch {
             items,
-            cursor,
-            owner_last_seq,
+            cursor: position,
+            owner_last_seq: position + i64::from(more),
             heartbeat: false,
-            cursor_mark: mark.to_string(),
+            cursor_mark: mark.clone(),
             reset: false,
             snapshot_after: snapshot_after.to_string(),
         };
         if tx.send(Ok(batch)).await.is_ok() {
-            BatchFate::Sent
+            BatchFate::Sent(position, mark)
         } else {
             BatchFate::Over
         }
     }
 
-    /// Streams the owner's changes after `after_seq` to partner `p`, then follows new commits.
+    /// A partner without a position (new, or starting over) gets one first, covering none
+    /// of our changes, so that changes it is never sent can move it on in place.
+    async fn first_position(&self, p: &Principal) -> Result<(i64, String), NodeError> {
+        let position = self.stamp_now(&p.org).await?;
+        let mark = new_mark();
+        let noted = StreamPosition {
+            stream_pos: position,
+            owner_seq: 0,
+            mark: mark.clone(),
+        };
+        self.store
+            .record_deliveries(&p.org, Vec::new(), now_ms(), "", Vec::new(), Some(noted))
+            .await?;
+        Ok((position, mark))
+    }
+
+    /// Streams the owner's changes after the partner's position `after_seq` to partner `p`,
+    /// then follows new commits.
     pub fn subscribe(
         self: &Arc<Self>,
         p: &Principal,
@@ -149,7 +188,10 @@ impl NodeState {
             0 => DEFAULT_BATCH,
             n => n.min(MAX_BATCH),
         };
-        let mut cursor = req.after_seq;
+        // The partner's position (its cursor) and what it stands for here: our changes up to
+        // `cursor` are in its hands.
+        let mut position = req.after_seq;
+        let mut cursor = 0;
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let state = self.clone();
         let principal = p.clone();
@@ -157,40 +199,38 @@ impl NodeState {
         let deadline = tokio::time::Instant::now() + self.watch_max_age();
         tokio::spawn(async move {
             let mut notify = state.store.subscribe_commits();
-            // The partner's cursor must name a change of ours with the mark we sent with it.
-            // If it does not (we were restored from a backup and reuse or have not reached
-            // those sequence numbers), the partner starts over: a reset batch, then all of it.
+            // The partner's cursor must be a position we gave it, with the mark we sent with
+            // it. If it is not (we were restored from a backup, or it comes from before this
+            // version), the partner starts over: a reset batch, then all of it.
             let mut mark = String::new();
-            if cursor > 0 {
-                let at_cursor = match state.store.changes_after(cursor - 1, &[], 1).await {
-                    Ok(c) => c.into_iter().find(|c| c.seq == cursor),
+            if position > 0 {
+                let known = match state.store.stream_position(&principal.org, position).await {
+                    Ok(known) => known,
                     Err(e) => {
                         let _ = tx.send(Err(NodeError::from(e).into())).await;
                         return;
                     }
                 };
-                let ours = at_cursor.map(|c| merge::change_mark(c.seq, &c.record_id, &c.hlc));
-                let same = match &ours {
-                    Some(m) => req.cursor_mark.is_empty() || *m == req.cursor_mark,
-                    None => false,
-                };
-                if same {
-                    mark = ours.unwrap_or_default();
-                } else {
-                    tracing::warn!(
-                        partner = %principal.org,
-                        cursor,
-                        "the partner's cursor does not match our history (were we restored from a backup?); it starts over"
-                    );
-                    let reset = pb::SyncBatch {
-                        owner_last_seq: *notify.borrow(),
-                        reset: true,
-                        ..Default::default()
-                    };
-                    if tx.send(Ok(reset)).await.is_err() {
-                        return;
+                match known {
+                    Some(at) if req.cursor_mark.is_empty() || at.mark == req.cursor_mark => {
+                        cursor = at.owner_seq;
+                        mark = at.mark;
                     }
-                    cursor = 0;
+                    _ => {
+                        tracing::warn!(
+                            partner = %principal.org,
+                            position,
+                            "the partner's cursor is not a position we know (were we restored from a backup?); it starts over"
+                        );
+                        let reset = pb::SyncBatch {
+                            reset: true,
+                            ..Default::default()
+                        };
+                        if tx.send(Ok(reset)).await.is_err() {
+                            return;
+                        }
+                        position = 0;
+                    }
                 }
             }
             // Erasures it has not acknowledged yet go first (it may have been offline).
@@ -199,7 +239,6 @@ impl NodeState {
                     // Cursor 0: these move no cursor of the partner's.
                     let batch = pb::SyncBatch {
                         items: pending.iter().map(|d| erase(d.record_id, d.kind)).collect(),
-                        owner_last_seq: *notify.borrow(),
                         ..Default::default()
                     };
                     if tx.send(Ok(batch)).await.is_err() {
@@ -212,9 +251,27 @@ impl NodeState {
                     return;
                 }
             }
+            if position == 0 {
+                match state.first_position(&principal).await {
+                    Ok((first, first_mark)) => {
+                        if tx
+                            .send(Ok(cursor_only(first, &first_mark, false)))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        (position, mark) = (first, first_mark);
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                }
+            }
             // A snapshot in progress: what it is about and the last record id sent of it. The
-            // partner may come back in the middle of one (its cursor names the snapshot's
-            // change and how far it got).
+            // partner may come back in the middle of one (its position stands for the
+            // snapshot's change and it says how far it got).
             let mut snapshot: Option<(ShareSnapshot, String)> = None;
             if cursor > 0 && !req.snapshot_after.is_empty() {
                 match state.store.share_snapshot(cursor).await {
@@ -225,7 +282,7 @@ impl NodeState {
                         let _ = tx
                             .send(Err(convert::invalid(
                                 "snapshot_after",
-                                "the change at after_seq is not a snapshot for your organization",
+                                "the position after_seq is not in a snapshot for your organization",
                             )))
                             .await;
                         return;
@@ -236,7 +293,8 @@ impl NodeState {
                     }
                 }
             }
-            // Since when the partner's cursor lags behind ours (batches held back).
+            // Since when our cursor is ahead of what the partner's position is noted to cover
+            // (changes with nothing for it).
             let mut held_since: Option<tokio::time::Instant> = None;
             loop {
                 if *stopping.borrow() || tokio::time::Instant::now() >= deadline {
@@ -255,30 +313,31 @@ impl NodeState {
                             return;
                         }
                     };
-                    let position = match ids.last() {
+                    let next_after = match ids.last() {
                         Some(last) if ids.len() == max_batch => last.to_string(),
                         _ => String::new(),
                     };
-                    let owner_last_seq = *notify.borrow();
                     let sent = state
                         .send_batch(
                             &principal,
                             ids,
                             None,
-                            (cursor, &mark, &position),
-                            owner_last_seq,
+                            (cursor, &next_after),
+                            !next_after.is_empty(),
                             false,
                             &tx,
                         )
                         .await;
-                    if sent == BatchFate::Over {
-                        return;
+                    match sent {
+                        BatchFate::Sent(at, at_mark) => (position, mark) = (at, at_mark),
+                        BatchFate::Held => {}
+                        BatchFate::Over => return,
                     }
                     held_since = None;
-                    if position.is_empty() {
+                    if next_after.is_empty() {
                         snapshot = None;
                     } else {
-                        *after = position;
+                        *after = next_after;
                     }
                     continue;
                 }
@@ -294,22 +353,25 @@ impl NodeState {
                     }
                 };
                 if changes.is_empty() {
-                    // Caught up. A cursor held back goes out once things are quiet, as a batch
-                    // the partner acknowledges (it does not acknowledge heartbeats), so that
-                    // both sides see it caught up; otherwise a heartbeat now and then.
-                    let (wait, heartbeat) = if held_since.is_some() {
-                        (HELD_QUIET, false)
+                    // Caught up. Once things are quiet, the partner's position is noted to
+                    // cover the changes held back (nothing is sent for them); otherwise a
+                    // heartbeat now and then.
+                    let wait = if held_since.is_some() {
+                        HELD_QUIET
                     } else {
-                        (HEARTBEAT, true)
+                        HEARTBEAT
                     };
                     tokio::select! {
                         _ = notify.changed() => {}
                         _ = tokio::time::sleep(wait) => {
-                            let beat = cursor_only(cursor, &mark, *notify.borrow(), heartbeat);
-                            if tx.send(Ok(beat)).await.is_err() {
+                            if held_since.take().is_some() {
+                                if let Err(e) = state.store.move_position(&principal.org, position, cursor).await {
+                                    let _ = tx.send(Err(NodeError::from(e).into())).await;
+                                    return;
+                                }
+                            } else if tx.send(Ok(cursor_only(position, &mark, true))).await.is_err() {
                                 return;
                             }
-                            held_since = None;
                         }
                         _ = tx.closed() => return,
                         _ = stopping.changed() => return,
@@ -341,34 +403,30 @@ impl NodeState {
                     None => &changes[..],
                 };
                 if let Some(last) = head.last() {
-                    let (end, end_mark) = (
-                        last.seq,
-                        merge::change_mark(last.seq, &last.record_id, &last.hlc),
-                    );
+                    let end = last.seq;
                     let (ids, updated) = changed_records(head);
-                    let owner_last_seq = *notify.borrow();
+                    let more = cut.is_some() || changes.len() == max_batch;
                     let sent = state
-                        .send_batch(
-                            &principal,
-                            ids,
-                            updated,
-                            (end, &end_mark, ""),
-                            owner_last_seq,
-                            true,
-                            &tx,
-                        )
+                        .send_batch(&principal, ids, updated, (end, ""), more, true, &tx)
                         .await;
                     match sent {
                         BatchFate::Over => return,
-                        BatchFate::Sent => held_since = None,
+                        BatchFate::Sent(at, at_mark) => {
+                            (position, mark) = (at, at_mark);
+                            held_since = None;
+                        }
                         BatchFate::Held => {
-                            // Changes keep coming and none is for the partner: its cursor
-                            // still moves now and then, so that a reconnect does not go
-                            // through all of them again.
+                            // Changes keep coming and none is for the partner: its position
+                            // is still noted to cover them now and then, so that a reconnect
+                            // does not go through all of them again.
                             let since = *held_since.get_or_insert_with(tokio::time::Instant::now);
                             if since.elapsed() >= HEARTBEAT {
-                                let advance = cursor_only(end, &end_mark, owner_last_seq, false);
-                                if tx.send(Ok(advance)).await.is_err() {
+                                if let Err(e) = state
+                                    .store
+                                    .move_position(&principal.org, position, end)
+                                    .await
+                                {
+                                    let _ = tx.send(Err(NodeError::from(e).into())).await;
                                     return;
                                 }
                                 held_since = None;
@@ -376,12 +434,9 @@ impl NodeState {
                         }
                     }
                     cursor = end;
-                    mark = end_mark;
                 }
                 if let Some((i, snap)) = cut {
-                    let c = &changes[i];
-                    cursor = c.seq;
-                    mark = merge::change_mark(c.seq, &c.record_id, &c.hlc);
+                    cursor = changes[i].seq;
                     snapshot = Some((snap, String::new()));
                 }
             }
