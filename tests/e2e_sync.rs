@@ -910,3 +910,107 @@ async fn a_partners_cursor_says_nothing_of_changes_it_cannot_see() {
         assert_eq!(batch.cursor, cursor);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_organizations_user_is_shown_no_sequence_numbers_of_ours() {
+    use verbund_node::pb;
+    let mut acme = TestNode::init_fixed("acme");
+    acme.append_policy("g2, globex, partner");
+    let globex = TestNode::init_fixed("globex");
+    acme.run();
+    pin(&acme, &globex);
+    // Through a joint deal globex reads the account's name, not its city.
+    let account = create(&acme, "account", &["name=Zaehl AG", "city=Ulm"]);
+    let deal = create(
+        &acme,
+        "opportunity",
+        &[
+            &format!("account_id={account}"),
+            "name=Zaehl deal",
+            "stage=qualification",
+        ],
+    );
+    share(&acme, &deal, "globex", "joint-deal");
+    let user = verbund_node::client::connect(
+        &acme.endpoint,
+        &identity_from(&acme, &globex, "users/admin.crt", "users/admin.key"),
+    )
+    .await
+    .unwrap();
+    let mut accounts = pb::account_service_client::AccountServiceClient::new(user.clone());
+    let get = |mut c: pb::account_service_client::AccountServiceClient<_>| {
+        let id = account.clone();
+        async move {
+            c.get_account(pb::GetRecordRequest { id })
+                .await
+                .unwrap()
+                .into_inner()
+                .meta
+                .unwrap()
+        }
+    };
+    let before = get(accounts.clone()).await;
+    assert_eq!(before.seq, 0, "our sequence number was shown: {before:?}");
+    // A change globex cannot read moves nothing it is shown.
+    update(&acme, "account", &account, &["city=Bonn"]);
+    let after = get(accounts.clone()).await;
+    assert_eq!(
+        (after.seq, after.update_time),
+        (0, before.update_time),
+        "globex saw that its account changed in a field it cannot read"
+    );
+    update(&acme, "account", &account, &["name=Zaehl SE"]);
+    let renamed = accounts
+        .get_account(pb::GetRecordRequest {
+            id: account.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .meta
+        .unwrap();
+    assert!(renamed.update_time.unwrap().seconds >= before.update_time.unwrap().seconds);
+    assert_ne!(
+        renamed.field_versions["name"],
+        before.field_versions["name"]
+    );
+
+    // Watch: globex's events carry tokens, not our sequence numbers, and resume from them.
+    let watch = |after_seq: i64, ch: tonic::transport::Channel| async move {
+        let mut stream = pb::change_service_client::ChangeServiceClient::new(ch)
+            .watch(pb::WatchRequest {
+                after_seq,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while let Ok(Ok(Some(ev))) = tokio::time::timeout_at(deadline, stream.message()).await {
+            got.push((ev.seq, ev.record_id));
+        }
+        Ok::<_, tonic::Status>(got)
+    };
+    let theirs = watch(0, user.clone()).await.unwrap();
+    let ours = watch(0, acme.admin().await).await.unwrap();
+    let our_seqs: BTreeSet<i64> = ours.iter().map(|(s, _)| *s).collect();
+    assert!(
+        theirs.len() >= 3,
+        "globex watches the deal and the account's name: {theirs:?}"
+    );
+    for (seq, id) in &theirs {
+        assert!(
+            !our_seqs.contains(seq),
+            "globex was shown our sequence number {seq} ({id})"
+        );
+        assert!(*id == deal || *id == account, "{id}");
+    }
+    let resumed = watch(theirs[0].0, user.clone()).await.unwrap();
+    assert_eq!(resumed, theirs[1..], "resuming after globex's first event");
+    // A number that is not a token of ours (e.g. one of our sequence numbers) is refused.
+    let e = watch(*our_seqs.iter().max().unwrap(), user.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("after_seq"), "{e}");
+}

@@ -294,6 +294,22 @@ pub fn project(rec: &Record, readable: &BTreeSet<String>) -> Record {
     out
 }
 
+/// What another organization is shown of `rec`: its readable fields (`project`), and
+/// metadata that says nothing about changes it cannot see: no sequence number of ours (0),
+/// and as update time the time of the newest version it can read (or the delete).
+pub fn project_for_other_org(rec: &Record, readable: &BTreeSet<String>) -> Record {
+    let mut out = project(rec, readable);
+    out.seq = 0;
+    let newest = out
+        .versions
+        .values()
+        .chain(out.deleted.as_ref())
+        .map(|v| i64::try_from(v.physical_ms).unwrap_or(i64::MAX))
+        .max();
+    out.updated_at_ms = newest.unwrap_or(out.created_at_ms).max(out.created_at_ms);
+    out
+}
+
 /// Fields that decide who can see a record (assignment, tags, the links to its parent). Only
 /// the owning organization may write them: a partner could otherwise share records with
 /// itself or move them out of someone else's reach.
@@ -309,6 +325,34 @@ mod tests {
     use super::*;
     use crate::hlc::Hlc;
     use crate::model::FieldMap;
+
+    #[test]
+    fn another_org_is_not_shown_when_a_field_it_cannot_read_changed() {
+        let mut r = rec(
+            RecordKind::Account,
+            &[
+                ("name", Value::Text("A".into())),
+                ("city", Value::Text("Ulm".into())),
+            ],
+        );
+        r.created_at_ms = 1_000;
+        r.versions
+            .insert("name".into(), Hlc::new(2_000, 0, "acme/n"));
+        r.versions
+            .insert("city".into(), Hlc::new(9_000, 3, "acme/n"));
+        r.updated_at_ms = 9_000;
+        r.seq = 77;
+        let name_only: BTreeSet<String> = ["name".to_string()].into();
+        let shown = project_for_other_org(&r, &name_only);
+        assert_eq!((shown.seq, shown.updated_at_ms), (0, 2_000));
+        assert!(!shown.fields.contains_key("city"));
+        r.deleted = Some(Hlc::new(12_000, 0, "acme/n"));
+        assert_eq!(project_for_other_org(&r, &name_only).updated_at_ms, 12_000);
+        assert_eq!(
+            project_for_other_org(&r, &BTreeSet::new()).updated_at_ms,
+            12_000
+        );
+    }
 
     fn rec(kind: RecordKind, fields: &[(&str, Value)]) -> Record {
         let fields: FieldMap = fields

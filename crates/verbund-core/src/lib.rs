@@ -10,6 +10,7 @@ pub mod model;
 pub mod schema;
 pub mod stamp;
 pub mod sync;
+pub mod token;
 pub mod write;
 
 pub use hlc::{Hlc, HlcClock};

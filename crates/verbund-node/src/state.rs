@@ -44,6 +44,8 @@ pub struct NodeState {
     /// Owner side: each partner's stamp clock (its stream positions, the order of the
     /// states it receives).
     pub(crate) stamps: PartnerStamps,
+    /// Seals the Watch positions shown to other organizations' callers (`verbund_core::token`).
+    pub(crate) watch_tokens: verbund_core::token::TokenKey,
 }
 
 /// The node's wall clock in milliseconds. `VERBUND_CLOCK_OFFSET_MS` (signed) shifts it: a
@@ -130,6 +132,8 @@ impl NodeState {
                 clock.restore(&last);
             }
         }
+        let watch_tokens =
+            verbund_core::token::TokenKey::from_secret(&store.node_secret("watch-token").await?);
         let (stopping, _) = watch::channel(false);
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let batch_metrics = metrics.clone();
@@ -151,6 +155,7 @@ impl NodeState {
             consolidation: std::sync::OnceLock::new(),
             metrics,
             stamps: Default::default(),
+            watch_tokens,
         });
         if let Some(ahead_ms) = ran_ahead {
             state.recover_clock(limit, ahead_ms).await?;

@@ -18,7 +18,7 @@ use verbund_core::{DomainError, Record, RecordKind};
 use verbund_proto::v1 as pb;
 use verbund_store::{ListQuery, SearchQuery, StoreError};
 
-use verbund_core::access::project;
+use verbund_core::access::{project, project_for_other_org};
 
 use crate::api::Api;
 use crate::auth;
@@ -140,7 +140,7 @@ impl NodeState {
             .await?;
         tracing::debug!(kind = %kind, id = %rec.id, principal = %p, "created");
         let access = self.access_to(p, &rec).await?;
-        Ok(M::from_record(&project(&rec, &access.readable)))
+        Ok(M::from_record(&self.shown(p, &rec, &access.readable)))
     }
 
     /// A live record of `kind` that `p` may see, with its access; NOT_FOUND for a foreign
@@ -204,7 +204,7 @@ impl NodeState {
             )])
             .await?;
         }
-        Ok(M::from_record(&project(&rec, &access.readable)))
+        Ok(M::from_record(&self.shown(p, &rec, &access.readable)))
     }
 
     pub async fn update<M: RecordMessage>(
@@ -304,7 +304,7 @@ impl NodeState {
         // The same grants still apply: a partner cannot write the fields that decide its reach,
         // and the own organization's access does not depend on grants. No second reach.
         let after = auth::record_access(&self.policy(), &self.org, p, &rec, &access.grants);
-        Ok(M::from_record(&project(&rec, &after.readable)))
+        Ok(M::from_record(&self.shown(p, &rec, &after.readable)))
     }
 
     /// A local edit of another organization's record we hold a replica of: shown at once,

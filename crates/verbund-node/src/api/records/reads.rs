@@ -142,6 +142,22 @@ impl NodeState {
         self.audit(drafts).await
     }
 
+    /// What caller `p` is shown of `rec`: the fields it may read; another organization also
+    /// gets no sequence number of ours and an update time of what it can read
+    /// (`project_for_other_org`).
+    pub(crate) fn shown(
+        &self,
+        p: &Principal,
+        rec: &Record,
+        readable: &std::collections::BTreeSet<String>,
+    ) -> Record {
+        if self.is_own(p) {
+            project(rec, readable)
+        } else {
+            project_for_other_org(rec, readable)
+        }
+    }
+
     /// The records among `candidates` that an own-organization principal may see, projected.
     pub(crate) fn own_visible(
         &self,
@@ -170,7 +186,7 @@ impl NodeState {
         for rec in reached.records.values() {
             let access = auth::reached_access(&policy, &self.org, p, rec, &reached);
             if access.visible() {
-                out.push((project(rec, &access.readable), access));
+                out.push((project_for_other_org(rec, &access.readable), access));
             }
         }
         out.sort_by_key(|(r, _)| r.id);
@@ -319,9 +335,15 @@ impl NodeState {
             if changed.is_empty() && c.op == verbund_core::ChangeOp::Update {
                 continue;
             }
-            let projected = project(rec, &access.readable);
+            let projected = self.shown(p, rec, &access.readable);
             events.push(pb::ChangeEvent {
-                seq: c.seq,
+                // Another organization gets a sealed token, so that the events it sees do
+                // not count the changes it does not see.
+                seq: if self.is_own(p) {
+                    c.seq
+                } else {
+                    self.watch_tokens.seal(c.seq)
+                },
                 kind: convert::kind_to_pb(c.kind) as i32,
                 record_id: c.record_id.to_string(),
                 op: match c.op {
@@ -358,7 +380,22 @@ impl NodeState {
             .map(|k| convert::kind_from_pb("kinds", *k))
             .collect::<Result<Vec<_>, _>>()?;
         let last = *self.store.subscribe_commits().borrow();
-        if self.is_own(p) && req.after_seq > last {
+        let own = self.is_own(p);
+        // Another organization's positions are sealed sequence numbers (see `visible_events`).
+        let after_seq = match req.after_seq {
+            0 => 0,
+            _ if own => req.after_seq,
+            token => match self.watch_tokens.open(token) {
+                Some(seq) if seq <= last => seq,
+                _ => {
+                    return Err(invalid(
+                        "after_seq",
+                        "is not the seq of an event this node sent you",
+                    ));
+                }
+            },
+        };
+        if own && after_seq > last {
             // E.g. a cursor from before a restore from backup: skipping ahead would hide changes.
             return Err(Status::out_of_range(format!(
                 "after_seq {} is beyond the last change {last} of this node",
@@ -369,7 +406,7 @@ impl NodeState {
         let (tx, rx) = mpsc::channel(128);
         let state = self.clone();
         let principal = p.clone();
-        let mut cursor = req.after_seq;
+        let mut cursor = after_seq;
         let mut stopping = state.stopping.subscribe();
         let deadline = tokio::time::Instant::now() + self.watch_max_age;
         tokio::spawn(async move {
