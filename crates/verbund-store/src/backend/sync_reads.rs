@@ -428,7 +428,9 @@ macro_rules! backend_sync_reads {
 
         /// Live records that refer to one of `ids` as account, contact or related record.
         pub async fn dependents_of(pool: &$pool, ids: &[String]) -> Result<Vec<Record>> {
-            let mut out = live_by_column(pool, RefColumn::AccountId, ids, None, None).await?;
+            // An account's own `account_id` is its id: it is not its own dependent (reading
+            // it back here cost a snapshot batch its own records a second time).
+            let mut out = live_by_column(pool, RefColumn::AccountId, ids, None, Some(RecordKind::Account)).await?;
             out.extend(live_by_column(pool, RefColumn::ContactId, ids, None, None).await?);
             out.extend(live_by_column(pool, RefColumn::RelatedId, ids, None, None).await?);
             Ok(out)
