@@ -179,9 +179,10 @@ pub fn reach(
     shares: &[Share],
     rules: &[ShareRule],
     direct: &[Record],
-    children: &[Record],
+    children: &[impl std::borrow::Borrow<Record>],
     referenced: &[Record],
 ) -> Reach {
+    use std::borrow::Borrow;
     let mut out: Reach = BTreeMap::new();
     let mut seen = BTreeSet::new();
     for rec in direct {
@@ -209,7 +210,11 @@ pub fn reach(
     // Records of shared accounts first (contacts, opportunities, cases, activities, by their
     // account_id): activities may hang off them. The profile decides which kinds show.
     let mut child_grants: Vec<(Uuid, Grant)> = Vec::new();
-    for rec in children.iter().filter(|r| !r.is_deleted()) {
+    for rec in children
+        .iter()
+        .map(Borrow::borrow)
+        .filter(|r| !r.is_deleted())
+    {
         if rec.kind == RecordKind::Account {
             continue;
         }
@@ -228,7 +233,11 @@ pub fn reach(
     for (id, g) in child_grants.drain(..) {
         out.entry(id).or_default().push(g);
     }
-    for rec in children.iter().filter(|r| !r.is_deleted()) {
+    for rec in children
+        .iter()
+        .map(Borrow::borrow)
+        .filter(|r| !r.is_deleted())
+    {
         if rec.kind != RecordKind::Activity {
             continue;
         }
@@ -405,14 +414,24 @@ mod tests {
             &shares,
             &[],
             std::slice::from_ref(&opp),
-            &[],
+            &[] as &[Record],
             std::slice::from_ref(&account),
         );
         assert_eq!(r[&opp.id][0].profile, "joint-deal");
         assert_eq!(r[&account.id].len(), 1);
         assert_eq!(r[&account.id][0].profile, REFERENCE_PROFILE);
         // Nobody else reaches anything.
-        assert!(reach("initech", &shares, &[], &[opp], &[], &[account]).is_empty());
+        assert!(
+            reach(
+                "initech",
+                &shares,
+                &[],
+                &[opp],
+                &[] as &[Record],
+                &[account]
+            )
+            .is_empty()
+        );
     }
 
     #[test]

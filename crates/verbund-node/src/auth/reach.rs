@@ -108,10 +108,14 @@ impl NodeState {
             .filter_map(|r| id_of(r, "related_id"))
             .collect();
         let related = store.get_many(&related_ids).await?;
+        // An account's `account_id` is its own id: what is loaded already is not read again.
+        let loaded: std::collections::HashSet<Uuid> =
+            targets.iter().chain(&related).map(|r| r.id).collect();
         let account_ids: Vec<Uuid> = targets
             .iter()
             .chain(&related)
             .filter_map(|r| id_of(r, "account_id"))
+            .filter(|id| !loaded.contains(id))
             .collect();
         let accounts = store.get_many(&account_ids).await?;
         // Records that may refer to a target (making it visible as a reference).
@@ -141,7 +145,7 @@ impl NodeState {
         let all: Vec<Uuid> = direct.iter().map(|r| r.id).collect();
         let shares = store.shares_of_records(org, &all).await?;
         let rules = store.list_share_rules(Some(org)).await?;
-        let children: Vec<Record> = targets.iter().chain(&related).cloned().collect();
+        let children: Vec<&Record> = targets.iter().chain(&related).collect();
         let grants = access::reach(org, &shares, &rules, &direct, &children, targets);
         Ok(self.own_reached(grants, direct))
     }
