@@ -713,33 +713,48 @@ async fn upserts_until(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_partner_is_sent_nothing_when_only_fields_it_cannot_read_change() {
-    use verbund_node::pb;
+/// A running owner `acme` that shares a joint deal with `globex`: globex sees the deal, and
+/// of its account (`name`, city Ulm) only the name. Returns both nodes, the account and the
+/// deal, and a connection to acme as globex's `who` ("tls/node" or "users/admin").
+async fn joint_deal(
+    name: &str,
+    who: &str,
+) -> (
+    TestNode,
+    TestNode,
+    String,
+    String,
+    tonic::transport::Channel,
+) {
     let mut acme = TestNode::init_fixed("acme");
     acme.append_policy("g2, globex, partner");
     let globex = TestNode::init_fixed("globex");
     acme.run();
     pin(&acme, &globex);
-    // A joint deal: globex sees the deal, and of its account only the name (reference).
-    let account = create(&acme, "account", &["name=Verdeckt AG", "city=Ulm"]);
+    let account = create(&acme, "account", &[&format!("name={name} AG"), "city=Ulm"]);
     let deal = create(
         &acme,
         "opportunity",
         &[
             &format!("account_id={account}"),
-            "name=Verdeckt deal",
+            &format!("name={name} deal"),
             "stage=qualification",
         ],
     );
     share(&acme, &deal, "globex", "joint-deal");
-
-    let node = verbund_node::client::connect(
+    let channel = verbund_node::client::connect(
         &acme.endpoint,
-        &identity_from(&acme, &globex, "tls/node.crt", "tls/node.key"),
+        &identity_from(&acme, &globex, &format!("{who}.crt"), &format!("{who}.key")),
     )
     .await
     .unwrap();
+    (acme, globex, account, deal, channel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_is_sent_nothing_when_only_fields_it_cannot_read_change() {
+    use verbund_node::pb;
+    let (acme, _globex, account, deal, node) = joint_deal("Verdeckt", "tls/node").await;
     let mut stream = pb::federation_client::FederationClient::new(node)
         .subscribe(pb::SubscribeRequest::default()) // from the beginning
         .await
@@ -792,29 +807,7 @@ async fn batch_within(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partners_cursor_says_nothing_of_changes_it_cannot_see() {
     use verbund_node::pb;
-    let mut acme = TestNode::init_fixed("acme");
-    acme.append_policy("g2, globex, partner");
-    let globex = TestNode::init_fixed("globex");
-    acme.run();
-    pin(&acme, &globex);
-    let account = create(&acme, "account", &["name=Leise AG", "city=Ulm"]);
-    let deal = create(
-        &acme,
-        "opportunity",
-        &[
-            &format!("account_id={account}"),
-            "name=Leise deal",
-            "stage=qualification",
-        ],
-    );
-    share(&acme, &deal, "globex", "joint-deal");
-
-    let node = verbund_node::client::connect(
-        &acme.endpoint,
-        &identity_from(&acme, &globex, "tls/node.crt", "tls/node.key"),
-    )
-    .await
-    .unwrap();
+    let (acme, _globex, account, deal, node) = joint_deal("Leise", "tls/node").await;
     let mut client = pb::federation_client::FederationClient::new(node);
     let mut stream = client
         .subscribe(pb::SubscribeRequest::default())
@@ -914,29 +907,8 @@ async fn a_partners_cursor_says_nothing_of_changes_it_cannot_see() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_organizations_user_is_shown_no_sequence_numbers_of_ours() {
     use verbund_node::pb;
-    let mut acme = TestNode::init_fixed("acme");
-    acme.append_policy("g2, globex, partner");
-    let globex = TestNode::init_fixed("globex");
-    acme.run();
-    pin(&acme, &globex);
-    // Through a joint deal globex reads the account's name, not its city.
-    let account = create(&acme, "account", &["name=Zaehl AG", "city=Ulm"]);
-    let deal = create(
-        &acme,
-        "opportunity",
-        &[
-            &format!("account_id={account}"),
-            "name=Zaehl deal",
-            "stage=qualification",
-        ],
-    );
-    share(&acme, &deal, "globex", "joint-deal");
-    let user = verbund_node::client::connect(
-        &acme.endpoint,
-        &identity_from(&acme, &globex, "users/admin.crt", "users/admin.key"),
-    )
-    .await
-    .unwrap();
+    // Through the joint deal globex reads the account's name, not its city.
+    let (acme, _globex, account, deal, user) = joint_deal("Zaehl", "users/admin").await;
     let mut accounts = pb::account_service_client::AccountServiceClient::new(user.clone());
     let get = |mut c: pb::account_service_client::AccountServiceClient<_>| {
         let id = account.clone();

@@ -181,28 +181,7 @@ impl Store {
     /// for, the same ever after (also by other processes of the node).
     pub async fn node_secret(&self, name: &str) -> Result<String> {
         let fresh = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
-        let insert =
-            "INSERT INTO node_secrets (name, secret) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
-        let select = "SELECT secret FROM node_secrets WHERE name = $1";
-        let secret: String = match &self.backend {
-            Backend::Sqlite(p) => {
-                sqlx::query(insert)
-                    .bind(name)
-                    .bind(&fresh)
-                    .execute(p)
-                    .await?;
-                sqlx::query_scalar(select).bind(name).fetch_one(p).await?
-            }
-            Backend::Postgres(p) => {
-                sqlx::query(insert)
-                    .bind(name)
-                    .bind(&fresh)
-                    .execute(p)
-                    .await?;
-                sqlx::query_scalar(select).bind(name).fetch_one(p).await?
-            }
-        };
-        Ok(secret)
+        dispatch!(self, node_secret(name, &fresh))
     }
 
     async fn with_backend(backend: Backend) -> Result<Store> {

@@ -250,6 +250,16 @@ macro_rules! backend_reads {
             Ok(())
         }
 
+        /// The stored secret `name`, or `fresh` stored as it if there is none yet.
+        pub async fn node_secret(pool: &$pool, name: &str, fresh: &str) -> Result<String> {
+            sqlx::query("INSERT INTO node_secrets (name, secret) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+                .bind(name)
+                .bind(fresh)
+                .execute(pool)
+                .await?;
+            Ok(sqlx::query_scalar("SELECT secret FROM node_secrets WHERE name = $1").bind(name).fetch_one(pool).await?)
+        }
+
         pub async fn last_seq(pool: &$pool) -> Result<i64> {
             Ok(sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM changes").fetch_one(pool).await?)
         }

@@ -252,4 +252,10 @@ pub(super) async fn sync_owner_keeps_stream_positions_and_stamp_reservations(f: 
     f.store.reserve_stamps("globex", 6_000).await.unwrap();
     assert_eq!(f.store.stamps_reserved("globex").await.unwrap(), 9_000);
     assert_eq!(f.store.stamps_reserved("fixit").await.unwrap(), 0);
+
+    // A node secret is made up once and kept; another name has its own.
+    let key = f.store.node_secret("watch-token").await.unwrap();
+    assert_eq!(key.len(), 64);
+    assert_eq!(f.store.node_secret("watch-token").await.unwrap(), key);
+    assert_ne!(f.store.node_secret("other").await.unwrap(), key);
 }
