@@ -814,17 +814,21 @@ async fn a_partners_cursor_says_nothing_of_changes_it_cannot_see() {
         .await
         .unwrap()
         .into_inner();
-    // Everything there is for globex, and the position it brings it to.
-    let mut cursor = 0;
-    let mut seen_deal = false;
-    while let Some(batch) = batch_within(&mut stream, Duration::from_secs(3)).await {
-        cursor = cursor.max(batch.cursor);
-        seen_deal |= batch
+    // Everything there is for globex (three changes: one batch), and the position it brings
+    // it to.
+    let cursor = loop {
+        let batch = batch_within(&mut stream, Duration::from_secs(60))
+            .await
+            .expect("the deal came");
+        let has_deal = batch
             .items
             .iter()
             .any(|i| matches!(&i.item, Some(pb::sync_item::Item::Upsert(st)) if st.id == deal));
-    }
-    assert!(seen_deal && cursor > 0, "the deal came, with a cursor");
+        if has_deal {
+            break batch.cursor;
+        }
+    };
+    assert!(cursor > 0, "the deal came with a cursor");
     let hello = || {
         let mut client = client.clone();
         async move {
@@ -887,7 +891,6 @@ async fn a_partners_cursor_says_nothing_of_changes_it_cannot_see() {
     for i in 0..6 {
         update(&acme, "account", &account, &[&format!("city=Dorf {i}")]);
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
     let mut again = client
         .subscribe(pb::SubscribeRequest {
             after_seq: cursor,
@@ -948,20 +951,32 @@ async fn another_organizations_user_is_shown_no_sequence_numbers_of_ours() {
     );
 
     // Watch: globex's events carry tokens, not our sequence numbers, and resume from them.
-    let watch = |after_seq: i64, ch: tonic::transport::Channel| async move {
-        let mut stream = pb::change_service_client::ChangeServiceClient::new(ch)
-            .watch(pb::WatchRequest {
-                after_seq,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        let mut got = Vec::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while let Ok(Ok(Some(ev))) = tokio::time::timeout_at(deadline, stream.message()).await {
-            got.push((ev.seq, ev.record_id));
+    let watch = |after_seq: i64, ch: tonic::transport::Channel| {
+        let account = account.clone();
+        async move {
+            let mut stream = pb::change_service_client::ChangeServiceClient::new(ch)
+                .watch(pb::WatchRequest {
+                    after_seq,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            // Up to the account's rename, the last change of all (visible to both).
+            let mut got = Vec::new();
+            loop {
+                let ev = tokio::time::timeout(Duration::from_secs(60), stream.message())
+                    .await
+                    .expect("the watch went quiet before the rename")?
+                    .expect("the watch ended before the rename");
+                let rename = ev.record_id == account
+                    && ev.op == pb::ChangeOp::Update as i32
+                    && ev.changed_fields.iter().any(|f| f == "name");
+                got.push((ev.seq, ev.record_id));
+                if rename {
+                    return Ok::<_, tonic::Status>(got);
+                }
+            }
         }
-        Ok::<_, tonic::Status>(got)
     };
     let theirs = watch(0, user.clone()).await.unwrap();
     let ours = watch(0, acme.admin().await).await.unwrap();

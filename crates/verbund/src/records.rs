@@ -616,7 +616,9 @@ pub async fn watch(conn: &Conn, after_seq: i64, limit: Option<usize>) -> Result<
             };
             backoff = BACKOFF_FIRST;
             backoff_pending = false;
-            last = last.max(ev.seq);
+            // The event's own seq, not the highest so far: another organization's events
+            // carry tokens, which are not ordered (events come in order either way).
+            last = ev.seq;
             output::print_event(&ev, conn.json);
             n += 1;
             if limit.is_some_and(|l| n >= l) {
