@@ -14,7 +14,7 @@
 //! - nothing is written when validation fails (the plan is computed before any statement that
 //!   modifies data, and an error rolls the transaction back).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -565,6 +565,21 @@ impl Store {
         dispatch!(self, dependents_of(ids))
     }
 
+    /// Of `ids`, those that may bear on what `org` shares (see the backend's comment): its
+    /// own records, and those of `foreign` (records other organizations own) only when one
+    /// of `org` hangs off them.
+    pub async fn bearing_on_own(
+        &self,
+        ids: Vec<Uuid>,
+        foreign: &BTreeSet<Uuid>,
+        org: &str,
+    ) -> Result<Vec<Uuid>> {
+        if !ids.iter().any(|id| foreign.contains(id)) {
+            return Ok(ids);
+        }
+        dispatch!(self, bearing_on_own(ids, foreign, org))
+    }
+
     /// A record by id, tombstones included.
     pub async fn get(&self, id: Uuid) -> Result<Option<Record>> {
         let Some(cache) = &self.cache else {
@@ -652,6 +667,23 @@ impl Store {
             changes.retain(|c| c.seq <= published);
         }
         Ok(changes)
+    }
+
+    /// `changes_after` (all kinds) for the sync stream of `org`, with the ids among them of
+    /// records another organization owns (our replicas of theirs).
+    pub async fn stream_changes_after(
+        &self,
+        after_seq: i64,
+        org: &str,
+        limit: i64,
+    ) -> Result<(Vec<Change>, BTreeSet<Uuid>)> {
+        let (mut changes, foreign) = dispatch!(self, stream_changes_after(after_seq, org, limit))?;
+        if self.cache.is_some() {
+            // Handed out only once published: see `changes_after`.
+            let published = *self.commits.borrow();
+            changes.retain(|c| c.seq <= published);
+        }
+        Ok((changes, foreign))
     }
 
     pub async fn last_seq(&self) -> Result<i64> {

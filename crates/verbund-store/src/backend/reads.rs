@@ -168,6 +168,39 @@ macro_rules! backend_reads {
                 .collect()
         }
 
+        /// `changes_after` for the sync stream of `org`: also the ids among them of records
+        /// another organization owns (our replicas of theirs), found in the same query.
+        pub async fn stream_changes_after(pool: &$pool, after_seq: i64, org: &str, limit: i64) -> Result<(Vec<Change>, BTreeSet<Uuid>)> {
+            let rows = sqlx::query(
+                "SELECT c.seq, c.record_id, c.kind, c.op, c.hlc, c.fields, c.at_ms, r.owner_org FROM changes c \
+                 LEFT JOIN records r ON r.id = c.record_id WHERE c.seq > $1 ORDER BY c.seq LIMIT $2",
+            )
+            .bind(after_seq)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            let mut changes = Vec::with_capacity(rows.len());
+            let mut foreign = BTreeSet::new();
+            for r in &rows {
+                let change = ChangeRow {
+                    seq: r.try_get("seq")?,
+                    record_id: r.try_get("record_id")?,
+                    kind: r.try_get("kind")?,
+                    op: r.try_get("op")?,
+                    hlc: r.try_get("hlc")?,
+                    fields: r.try_get("fields")?,
+                    at_ms: r.try_get("at_ms")?,
+                }
+                .into_change()?;
+                let owner: Option<String> = r.try_get("owner_org")?;
+                if owner.is_some_and(|o| o != org) {
+                    foreign.insert(change.record_id);
+                }
+                changes.push(change);
+            }
+            Ok((changes, foreign))
+        }
+
         pub async fn add_partner(pool: &$pool, p: &Partner) -> Result<()> {
             let r = sqlx::query(
                 "INSERT INTO partners (org, ca_pem, fingerprint, endpoint, status, added_at_ms, last_contact_ms) \

@@ -350,7 +350,7 @@ macro_rules! backend_sync_reads {
             let sql = if table_outbox {
                 "SELECT owner_org, COUNT(*) AS n FROM outbox WHERE state = 'pending' GROUP BY owner_org"
             } else {
-                // Kept by triggers on `replicas` (migration 0022): one row per owner, no scan.
+                // Kept by the replica batch (migration 0025): one row per owner, no scan.
                 "SELECT owner_org, live AS n FROM replica_counts WHERE live > 0"
             };
             sqlx::query(sql).fetch_all(pool).await?.iter().map(|r| Ok((r.try_get("owner_org")?, r.try_get("n")?))).collect()
@@ -434,6 +434,50 @@ macro_rules! backend_sync_reads {
             out.extend(live_by_column(pool, RefColumn::ContactId, ids, None, None).await?);
             out.extend(live_by_column(pool, RefColumn::RelatedId, ids, None, None).await?);
             Ok(out)
+        }
+
+        /// (id, owner) of the live records `dependents_of` finds for `ids`, without reading
+        /// the records themselves.
+        async fn dependent_owners(pool: &$pool, ids: &[String]) -> Result<Vec<(String, String)>> {
+            let mut out = Vec::new();
+            for column in [RefColumn::AccountId, RefColumn::ContactId, RefColumn::RelatedId] {
+                for chunk in ids.chunks(500) {
+                    let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT id, owner_org FROM records WHERE deleted_version IS NULL AND ");
+                    qb.push(column.sql()).push(" IN (");
+                    let mut sep = qb.separated(", ");
+                    for id in chunk {
+                        sep.push_bind(id.clone());
+                    }
+                    qb.push(")");
+                    if matches!(column, RefColumn::AccountId) {
+                        qb.push(" AND kind <> 'account'");
+                    }
+                    for r in qb.build().fetch_all(pool).await? {
+                        out.push((r.try_get("id")?, r.try_get("owner_org")?));
+                    }
+                }
+            }
+            Ok(out)
+        }
+
+        /// Of `ids`, those that may bear on what `org` shares: its own records, and those of
+        /// `foreign` (records other organizations own) only when a record of `org` hangs off
+        /// one of them, directly or through one more record (then all are kept). A partner's
+        /// apply of its owner's stream fills the change log with the owner's records; our
+        /// own stream passes them by without reading them.
+        pub async fn bearing_on_own(pool: &$pool, ids: Vec<Uuid>, foreign: &BTreeSet<Uuid>, org: &str) -> Result<Vec<Uuid>> {
+            let mut frontier: Vec<String> = foreign.iter().map(Uuid::to_string).collect();
+            for _ in 0..2 {
+                let found = dependent_owners(pool, &frontier).await?;
+                if found.iter().any(|(_, owner)| owner == org) {
+                    return Ok(ids);
+                }
+                frontier = found.into_iter().map(|(id, _)| id).collect();
+                if frontier.is_empty() {
+                    break;
+                }
+            }
+            Ok(ids.into_iter().filter(|id| !foreign.contains(id)).collect())
         }
     };
 }

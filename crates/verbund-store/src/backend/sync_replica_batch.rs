@@ -38,6 +38,13 @@ macro_rules! backend_sync_replica_batch {
             replica_writes: BTreeMap<Uuid, ReplicaWrite>,
             /// Records whose change-log values go (revoked, erased).
             blank_changes: BTreeSet<Uuid>,
+            /// The replicas of ours that are live in the database as it stands in this
+            /// transaction: the live count per owner (`replica_counts`) moves by what the
+            /// batch changes of them, once per batch (a trigger per row cost more than the
+            /// row's own insert).
+            live_in_db: HashSet<Uuid>,
+            /// What the batch changed of our live count so far (written at `flush`).
+            live_delta: i64,
         }
 
         fn in_list(qb: &mut QueryBuilder<$db>, ids: &[Uuid]) {
@@ -83,6 +90,8 @@ macro_rules! backend_sync_replica_batch {
                     record_writes: BTreeMap::new(),
                     replica_writes: BTreeMap::new(),
                     blank_changes: BTreeSet::new(),
+                    live_in_db: HashSet::new(),
+                    live_delta: 0,
                 };
                 for chunk in ids.chunks(IN_CHUNK) {
                     for rec in tx.records(chunk).await? {
@@ -94,7 +103,11 @@ macro_rules! backend_sync_replica_batch {
                     in_list(&mut qb, chunk);
                     for row in qb.build().fetch_all(&mut **tx).await? {
                         let id: String = row.try_get("record_id")?;
-                        work.replicas.insert(parse_id(&id)?, Some(replica_from_row(&row)?));
+                        let (id, replica) = (parse_id(&id)?, replica_from_row(&row)?);
+                        if replica.state == CopyState::Live && replica.owner_org == work.owner {
+                            work.live_in_db.insert(id);
+                        }
+                        work.replicas.insert(id, Some(replica));
                     }
                     let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT record_id, edits FROM outbox WHERE state = 'pending' AND record_id IN (");
                     in_list(&mut qb, chunk);
@@ -322,6 +335,9 @@ macro_rules! backend_sync_replica_batch {
                         .bind(verbund_core::sync::bucket_of(&id) as i64)
                         .execute(&mut **tx)
                         .await?;
+                        if self.live_in_db.remove(&id) {
+                            self.live_delta -= 1;
+                        }
                         let row = existing.map(|r| ReplicaRow { state, ..r }).unwrap_or(ReplicaRow {
                             owner_org: self.owner.clone(),
                             state,
@@ -369,6 +385,20 @@ macro_rules! backend_sync_replica_batch {
             /// Writes what the batch changed: multi-row upserts of replicas and records, and
             /// the change-log values of revoked and erased records blanked.
             async fn flush(self, tx: &mut Tx) -> Result<()> {
+                let mut live_delta = self.live_delta;
+                for (id, w) in &self.replica_writes {
+                    live_delta += i64::from(w.state == CopyState::Live) - i64::from(self.live_in_db.contains(id));
+                }
+                if live_delta != 0 {
+                    sqlx::query(
+                        "INSERT INTO replica_counts (owner_org, live) VALUES ($1, $2) \
+                         ON CONFLICT (owner_org) DO UPDATE SET live = replica_counts.live + excluded.live",
+                    )
+                    .bind(&self.owner)
+                    .bind(live_delta)
+                    .execute(&mut **tx)
+                    .await?;
+                }
                 let replicas: Vec<(Uuid, ReplicaWrite)> = self.replica_writes.into_iter().collect();
                 for chunk in replicas.chunks(ROWS_CHUNK) {
                     let mut rows = Vec::with_capacity(chunk.len());

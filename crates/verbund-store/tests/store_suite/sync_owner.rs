@@ -259,3 +259,88 @@ pub(super) async fn sync_owner_keeps_stream_positions_and_stamp_reservations(f: 
     assert_eq!(f.store.node_secret("watch-token").await.unwrap(), key);
     assert_ne!(f.store.node_secret("other").await.unwrap(), key);
 }
+
+/// Our stream passes other owners' records by unless one of ours hangs off them, directly
+/// or through one more record.
+pub(super) async fn sync_owner_passes_by_other_owners_records(f: &Fixture) {
+    use verbund_core::Value;
+    let t = |s: &str| Value::Text(s.into());
+    let as_org = |org: &'static str, kind: RecordKind, fields: Vec<(&'static str, Value)>| {
+        let fields: Vec<(&str, Value)> = fields;
+        let plan = verbund_core::write::plan_create(
+            kind,
+            uuid::Uuid::now_v7(),
+            org,
+            super::fm(&fields),
+            f.hlc(),
+            1_000,
+        )
+        .unwrap();
+        async move { f.store.create(plan).await.unwrap() }
+    };
+    let ours = as_org("acme", RecordKind::Account, vec![("name", t("Eigen"))]).await;
+    let lone = as_org("globex", RecordKind::Account, vec![("name", t("Fremd"))]).await;
+    // The stream's read of the change log tells which records are another's.
+    let foreign = || async {
+        let (changes, foreign) = f.store.stream_changes_after(0, "acme", 100).await.unwrap();
+        assert!(changes.iter().any(|c| c.record_id == ours.id));
+        foreign
+    };
+    let theirs = foreign().await;
+    assert_eq!(theirs, [lone.id].into());
+    let all = vec![ours.id, lone.id];
+    assert_eq!(
+        f.store.bearing_on_own(all, &theirs, "acme").await.unwrap(),
+        [ours.id]
+    );
+    assert!(
+        f.store
+            .bearing_on_own(vec![lone.id], &theirs, "acme")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Their contact at their account, our activity at the contact: two steps away.
+    let their_contact = as_org(
+        "globex",
+        RecordKind::Contact,
+        vec![
+            ("last_name", t("Weber")),
+            ("account_id", t(&lone.id.to_string())),
+        ],
+    )
+    .await;
+    let theirs = foreign().await;
+    assert_eq!(theirs, [lone.id, their_contact.id].into());
+    assert!(
+        f.store
+            .bearing_on_own(vec![lone.id], &theirs, "acme")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    as_org(
+        "acme",
+        RecordKind::Activity,
+        vec![
+            ("channel", t("call")),
+            ("related_id", t(&their_contact.id.to_string())),
+        ],
+    )
+    .await;
+    let both = vec![ours.id, lone.id];
+    assert_eq!(
+        f.store
+            .bearing_on_own(both.clone(), &theirs, "acme")
+            .await
+            .unwrap(),
+        both
+    );
+    assert_eq!(
+        f.store
+            .bearing_on_own(vec![their_contact.id], &theirs, "acme")
+            .await
+            .unwrap(),
+        [their_contact.id]
+    );
+}

@@ -7,7 +7,7 @@ use verbund_core::{Hlc, RecordKind};
 
 use super::{Fixture, fm, text};
 
-/// The live replicas of `owner` as counted by the triggers (`replica_counts`), and as found
+/// The live replicas of `owner` as counted (`replica_counts`, kept by the replica batch), and as found
 /// by reading them: both must agree.
 async fn live_replicas(f: &Fixture, owner: &str) -> i64 {
     let counted = f
@@ -261,6 +261,34 @@ pub(super) async fn sync_partner_applies_batches_once_and_shows_pending_edits(f:
     assert_eq!(live_replicas(f, "globex").await, 1);
     f.store.mark_erasures_acked(&[u]).await.unwrap();
     assert!(f.store.unacked_erasures("globex").await.unwrap().is_empty());
+
+    // The live count moves by what one batch changes in all: a new copy, a revoke and a new
+    // share of the same record, then an erasure and a late copy of it in one batch.
+    let mut other = state("Other", None, 12);
+    other.id = Uuid::now_v7();
+    f.store
+        .apply_replica_batch(batch(
+            12,
+            vec![
+                ReplicaItem::Upsert(other.clone()),
+                ReplicaItem::Revoke { id: r },
+                ReplicaItem::Upsert(state("N2", None, 12)),
+            ],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(live_replicas(f, "globex").await, 2);
+    f.store
+        .apply_replica_batch(batch(
+            13,
+            vec![
+                ReplicaItem::Erase { id: other.id },
+                ReplicaItem::Upsert(other.clone()),
+            ],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(live_replicas(f, "globex").await, 1);
 
     // An owner can never overwrite a record of ours.
     let mine = f

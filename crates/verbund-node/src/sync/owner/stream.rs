@@ -341,9 +341,9 @@ impl NodeState {
                     }
                     continue;
                 }
-                let changes = match state
+                let (changes, foreign) = match state
                     .store
-                    .changes_after(cursor, &[], max_batch as i64)
+                    .stream_changes_after(cursor, &state.org, max_batch as i64)
                     .await
                 {
                     Ok(c) => c,
@@ -405,6 +405,15 @@ impl NodeState {
                 if let Some(last) = head.last() {
                     let end = last.seq;
                     let (ids, updated) = changed_records(head);
+                    // Other owners' records (our replicas of them) pass by unread unless a
+                    // record of ours hangs off them.
+                    let ids = match state.store.bearing_on_own(ids, &foreign, &state.org).await {
+                        Ok(ids) => ids,
+                        Err(e) => {
+                            let _ = tx.send(Err(NodeError::from(e).into())).await;
+                            return;
+                        }
+                    };
                     let more = cut.is_some() || changes.len() == max_batch;
                     let sent = state
                         .send_batch(&principal, ids, updated, (end, ""), more, true, &tx)
