@@ -87,11 +87,11 @@ impl RecordCache {
     }
 
     /// Records just committed by the writer.
-    pub fn committed<'a>(&self, records: impl Iterator<Item = &'a Record>) {
+    pub fn committed(&self, records: impl IntoIterator<Item = Record>) {
         let mut inner = self.lock();
         inner.generation += 1;
         for r in records {
-            Self::insert(&mut inner, r.clone(), self.budget);
+            Self::insert(&mut inner, r, self.budget);
         }
     }
 
@@ -159,7 +159,7 @@ mod tests {
         let c = RecordCache::new(100_000);
         let g = c.generation();
         // The writer commits seq 2 while a reader still holds seq 1 from the database.
-        c.committed([rec(2)].iter());
+        c.committed([rec(2)]);
         c.fill(&rec(1), g);
         assert_eq!(c.get(&Uuid::nil()).unwrap().seq, 2);
     }
@@ -174,7 +174,7 @@ mod tests {
             let mut r = rec(i);
             r.id = Uuid::now_v7();
             ids.push(r.id);
-            c.committed([r].iter());
+            c.committed([r.clone()]);
             assert!(c.bytes() <= budget, "over budget after {i}");
         }
         let held: usize = c.lock().map.values().map(|(_, n)| *n).sum();
@@ -185,7 +185,7 @@ mod tests {
         let before = c.bytes();
         let mut again = rec(2_000);
         again.id = last;
-        c.committed([again].iter());
+        c.committed([again.clone()]);
         assert_eq!(c.bytes(), before);
         assert_eq!(c.get(&last).unwrap().seq, 2_000);
     }
@@ -196,7 +196,7 @@ mod tests {
         let mut big = rec(1);
         big.fields
             .insert("notes".into(), Value::Text("x".repeat(10_000)));
-        c.committed([big].iter());
+        c.committed([big.clone()]);
         assert!(c.get(&Uuid::nil()).is_none());
         assert_eq!(c.bytes(), 0);
     }

@@ -13,28 +13,26 @@ macro_rules! backend_sync_replica_batch {
         const IN_CHUNK: usize = 1000;
         const ROWS_CHUNK: usize = 500;
 
-        /// A replica row as it will be written.
+        /// What a replica row written by the batch has beside its `ReplicaRow` (which stays
+        /// in `ReplicaWork::replicas`, the one copy of its values).
         struct ReplicaWrite {
-            owner: String,
             kind: RecordKind,
-            state: CopyState,
-            fields: FieldMap,
-            versions: verbund_core::VersionMap,
             writable: Vec<String>,
-            owner_seq: i64,
             at_ms: i64,
         }
 
         /// The rows a batch of replica items reads and writes (see the module comment).
         struct ReplicaWork {
             owner: String,
-            /// `records` rows by id as they stand in this transaction (None: no row).
+            /// `records` rows by id as they stand in this transaction (None: no row); the
+            /// rows the batch writes are written from here (one copy of each, taken, not
+            /// cloned: copying records cost more than writing them).
             records: HashMap<Uuid, Option<Record>>,
             replicas: HashMap<Uuid, Option<ReplicaRow>>,
             /// Pending outbox edits per record, in outbox order.
             pending: HashMap<Uuid, Vec<verbund_core::sync::FieldEdit>>,
             /// Record rows to write, with an activity's derived account.
-            record_writes: BTreeMap<Uuid, (Record, Option<Option<String>>)>,
+            record_writes: BTreeMap<Uuid, Option<Option<String>>>,
             replica_writes: BTreeMap<Uuid, ReplicaWrite>,
             /// Records whose change-log values go (revoked, erased).
             blank_changes: BTreeSet<Uuid>,
@@ -137,21 +135,10 @@ macro_rules! backend_sync_replica_batch {
                 self.records.get(&id).and_then(Option::as_ref).is_some_and(|r| r.owner_org != self.owner)
             }
 
-            #[allow(clippy::too_many_arguments)]
-            fn save_replica(&mut self, id: Uuid, kind: RecordKind, state: CopyState, fields: FieldMap, versions: verbund_core::VersionMap, writable: Vec<String>, owner_seq: i64, at_ms: i64, reset_from: Option<BTreeMap<String, verbund_core::sync::FieldState>>) {
-                self.replicas.insert(
-                    id,
-                    Some(ReplicaRow {
-                        owner_org: self.owner.clone(),
-                        state,
-                        owner_seq,
-                        shadow_fields: fields.clone(),
-                        shadow_versions: versions.clone(),
-                        reset_from,
-                    }),
-                );
-                let owner = self.owner.clone();
-                self.replica_writes.insert(id, ReplicaWrite { owner, kind, state, fields, versions, writable, owner_seq, at_ms });
+            /// Keeps `row` as the replica of `id` and writes it at `flush`.
+            fn save_replica(&mut self, id: Uuid, row: ReplicaRow, write: ReplicaWrite) {
+                self.replicas.insert(id, Some(row));
+                self.replica_writes.insert(id, write);
             }
 
             /// The account an activity related to `related` rolls up to.
@@ -176,22 +163,23 @@ macro_rules! backend_sync_replica_batch {
                 })
             }
 
-            /// Shows `next` as the record's row if it differs from `current`, with a
-            /// change-log row for local watchers.
-            async fn show(&mut self, tx: &mut Tx, current: Option<Record>, mut next: Record, seq: &mut i64, out: &mut OpOutput) -> Result<()> {
-                if let Some(cur) = &current {
+            /// Shows `next` as the record's row if it differs from the row as it stands, with
+            /// a change-log row for local watchers.
+            async fn show(&mut self, tx: &mut Tx, mut next: Record, seq: &mut i64, out: &mut OpOutput) -> Result<()> {
+                let current = self.records.get(&next.id).and_then(Option::as_ref);
+                if let Some(cur) = current {
                     if cur.fields == next.fields && cur.versions == next.versions && cur.deleted == next.deleted {
                         return Ok(());
                     }
                 }
                 let mut changed = BTreeMap::new();
                 for name in next.versions.keys() {
-                    let before = current.as_ref().and_then(|c| c.versions.get(name));
+                    let before = current.and_then(|c| c.versions.get(name));
                     if before != next.versions.get(name) {
                         changed.insert(name.clone(), next.fields.get(name).cloned());
                     }
                 }
-                let op = match (&current, next.deleted.is_some()) {
+                let op = match (current, next.deleted.is_some()) {
                     (_, true) => ChangeOp::Delete,
                     (None, false) => ChangeOp::Create,
                     (Some(c), false) if c.deleted.is_some() => ChangeOp::Create,
@@ -223,9 +211,8 @@ macro_rules! backend_sync_replica_batch {
                     fields: if next.deleted.is_some() { BTreeMap::new() } else { changed },
                     at_ms: next.updated_at_ms,
                 });
-                self.records.insert(next.id, Some(next.clone()));
-                self.record_writes.insert(next.id, (next.clone(), activity_account));
-                out.written.push(next);
+                self.record_writes.insert(next.id, activity_account);
+                self.records.insert(next.id, Some(next));
                 Ok(())
             }
 
@@ -236,8 +223,8 @@ macro_rules! backend_sync_replica_batch {
                     if r.state == CopyState::Live {
                         let pending = self.pending.get(&id).cloned().unwrap_or_default();
                         let (fields, versions) = verbund_core::sync::overlay((&r.shadow_fields, &r.shadow_versions), pending.iter());
-                        let next = Record { fields, versions, ..cur.clone() };
-                        self.show(tx, Some(cur), next, seq, out).await?;
+                        let next = Record { fields, versions, ..cur };
+                        self.show(tx, next, seq, out).await?;
                     }
                 }
                 Ok(())
@@ -246,13 +233,13 @@ macro_rules! backend_sync_replica_batch {
             /// Takes in the owner's state of a record and shows it with our pending edits.
             /// `from_stream`: only the owner's ordered stream may bring back a revoked replica
             /// (a verdict or a repair computed before the revoke must not).
-            async fn take_in(&mut self, tx: &mut Tx, st: ReplicaState, from_stream: bool, at_ms: i64, seq: &mut i64, out: &mut OpOutput) -> Result<()> {
+            async fn take_in(&mut self, tx: &mut Tx, mut st: ReplicaState, from_stream: bool, at_ms: i64, seq: &mut i64, out: &mut OpOutput) -> Result<()> {
                 if st.owner_org != self.owner || self.foreign_collision(st.id) {
                     tracing::warn!(record = %st.id, owner = %self.owner, "ignored a replica that would overwrite a record of another owner");
                     return Ok(());
                 }
-                let existing = self.replica(st.id);
-                if let Some(r) = &existing {
+                let existing = self.replicas.get(&st.id).and_then(Option::as_ref);
+                if let Some(r) = existing {
                     if r.state.is_erased() {
                         // Erased: replaying an old batch must never bring the record back.
                         return Ok(());
@@ -268,8 +255,13 @@ macro_rules! backend_sync_replica_batch {
                         return Ok(());
                     }
                 }
-                let current = self.record(st.id);
-                let (shadow_f, shadow_v) = match (&st.deleted, &existing) {
+                if let Some(held) = existing.and_then(|r| r.reset_from.clone()) {
+                    // The owner's history was reset: what it no longer has of ours goes out again.
+                    let offered = reoffer(tx, &self.owner, st.id, st.kind, &held, Some(&st), at_ms).await?;
+                    self.pending.entry(st.id).or_default().extend(offered);
+                }
+                let existing = self.replicas.get(&st.id).and_then(Option::as_ref);
+                let (shadow_f, shadow_v) = match (&st.deleted, existing) {
                     (Some(_), _) => (FieldMap::new(), verbund_core::VersionMap::new()),
                     (None, Some(r)) if r.state == CopyState::Live => verbund_core::sync::take_owner_state(
                         (&r.shadow_fields, &r.shadow_versions),
@@ -278,29 +270,36 @@ macro_rules! backend_sync_replica_batch {
                         st.owner_seq,
                     )
                     .unwrap_or_else(|| (r.shadow_fields.clone(), r.shadow_versions.clone())),
-                    (None, _) => (st.fields.clone(), st.versions.clone()),
+                    // A first copy (or one back from a revoke): the owner's state as it came.
+                    (None, _) => (std::mem::take(&mut st.fields), std::mem::take(&mut st.versions)),
                 };
-                let state = if st.deleted.is_some() { CopyState::Deleted } else { CopyState::Live };
-                self.save_replica(st.id, st.kind, state, shadow_f.clone(), shadow_v.clone(), st.writable.clone(), st.owner_seq, at_ms, None);
-                if let Some(held) = existing.and_then(|r| r.reset_from) {
-                    // The owner's history was reset: what it no longer has of ours goes out again.
-                    let offered = reoffer(tx, &self.owner, st.id, st.kind, &held, Some(&st), at_ms).await?;
-                    self.pending.entry(st.id).or_default().extend(offered);
-                }
-                let pending = if st.deleted.is_some() { Vec::new() } else { self.pending.get(&st.id).cloned().unwrap_or_default() };
+                let pending: &[verbund_core::sync::FieldEdit] = match self.pending.get(&st.id) {
+                    Some(p) if st.deleted.is_none() => p,
+                    _ => &[],
+                };
                 let (fields, versions) = verbund_core::sync::overlay((&shadow_f, &shadow_v), pending.iter());
+                let state = if st.deleted.is_some() { CopyState::Deleted } else { CopyState::Live };
+                let row = ReplicaRow {
+                    owner_org: self.owner.clone(),
+                    state,
+                    owner_seq: st.owner_seq,
+                    shadow_fields: shadow_f,
+                    shadow_versions: shadow_v,
+                    reset_from: None,
+                };
+                self.save_replica(st.id, row, ReplicaWrite { kind: st.kind, writable: std::mem::take(&mut st.writable), at_ms });
                 let next = Record {
                     id: st.id,
                     kind: st.kind,
                     owner_org: self.owner.clone(),
                     created_at_ms: st.created_at_ms,
                     updated_at_ms: st.updated_at_ms,
-                    deleted: st.deleted.clone(),
+                    deleted: st.deleted,
                     seq: 0,
                     fields,
                     versions,
                 };
-                self.show(tx, current, next, seq, out).await
+                self.show(tx, next, seq, out).await
             }
 
             /// Removes our copy of a record (revoked or erased): a value-free tombstone stays
@@ -358,7 +357,15 @@ macro_rules! backend_sync_replica_batch {
                         self.pending.entry(id).or_default().extend(offered);
                     }
                 }
-                self.save_replica(id, kind, state, FieldMap::new(), verbund_core::VersionMap::new(), Vec::new(), seq_held, at_ms, reset_from);
+                let row = ReplicaRow {
+                    owner_org: self.owner.clone(),
+                    state,
+                    owner_seq: seq_held,
+                    shadow_fields: FieldMap::new(),
+                    shadow_versions: verbund_core::VersionMap::new(),
+                    reset_from,
+                };
+                self.save_replica(id, row, ReplicaWrite { kind, writable: Vec::new(), at_ms });
                 let had_pending = self.pending.remove(&id).is_some_and(|p| !p.is_empty());
                 if erased {
                     // Our own edits of an erased person go too: they hold personal data.
@@ -377,17 +384,25 @@ macro_rules! backend_sync_replica_batch {
                     fields: FieldMap::new(),
                     versions: verbund_core::VersionMap::new(),
                     updated_at_ms: at_ms,
-                    ..cur.clone()
+                    ..cur
                 };
-                self.show(tx, Some(cur), next, seq, out).await
+                self.show(tx, next, seq, out).await
             }
 
             /// Writes what the batch changed: multi-row upserts of replicas and records, and
-            /// the change-log values of revoked and erased records blanked.
-            async fn flush(self, tx: &mut Tx) -> Result<()> {
+            /// the change-log values of revoked and erased records blanked. The records
+            /// written go to `out` (for the record cache).
+            async fn flush(mut self, tx: &mut Tx, out: &mut OpOutput) -> Result<()> {
+                let mut replicas = Vec::with_capacity(self.replica_writes.len());
+                for (id, w) in std::mem::take(&mut self.replica_writes) {
+                    let Some(Some(row)) = self.replicas.remove(&id) else {
+                        return Err(StoreError::Corrupt(format!("replica {id} to write is not in its batch")));
+                    };
+                    replicas.push((id, w, row));
+                }
                 let mut live_delta = self.live_delta;
-                for (id, w) in &self.replica_writes {
-                    live_delta += i64::from(w.state == CopyState::Live) - i64::from(self.live_in_db.contains(id));
+                for (id, _, row) in &replicas {
+                    live_delta += i64::from(row.state == CopyState::Live) - i64::from(self.live_in_db.contains(id));
                 }
                 if live_delta != 0 {
                     sqlx::query(
@@ -399,26 +414,25 @@ macro_rules! backend_sync_replica_batch {
                     .execute(&mut **tx)
                     .await?;
                 }
-                let replicas: Vec<(Uuid, ReplicaWrite)> = self.replica_writes.into_iter().collect();
                 for chunk in replicas.chunks(ROWS_CHUNK) {
                     let mut rows = Vec::with_capacity(chunk.len());
-                    for (id, w) in chunk {
+                    for (id, w, row) in chunk {
                         // Only a live copy counts in anti-entropy's bucket sums.
-                        let digest = (w.state == CopyState::Live).then(|| verbund_core::sync::record_digest(&w.versions, false));
-                        rows.push((id, w, fields_to_json(&w.fields)?, versions_to_json(&w.versions), fields_to_json(&w.writable)?, digest));
+                        let digest = (row.state == CopyState::Live).then(|| verbund_core::sync::record_digest(&row.shadow_versions, false));
+                        rows.push((id, w, row, fields_to_json(&row.shadow_fields)?, versions_to_json(&row.shadow_versions), fields_to_json(&w.writable)?, digest));
                     }
                     let mut qb: QueryBuilder<$db> = QueryBuilder::new(
                         "INSERT INTO replicas (record_id, owner_org, kind, state, shadow_fields, shadow_versions, writable, owner_seq, updated_ms, digest, sum_part, bucket) ",
                     );
-                    qb.push_values(rows, |mut b, (id, w, fields, versions, writable, digest)| {
+                    qb.push_values(rows, |mut b, (id, w, row, fields, versions, writable, digest)| {
                         b.push_bind(id.to_string())
-                            .push_bind(w.owner.clone())
+                            .push_bind(row.owner_org.clone())
                             .push_bind(w.kind.as_str())
-                            .push_bind(w.state.as_str())
+                            .push_bind(row.state.as_str())
                             .push_bind(fields)
                             .push_bind(versions)
                             .push_bind(writable)
-                            .push_bind(w.owner_seq)
+                            .push_bind(row.owner_seq)
                             .push_bind(w.at_ms)
                             .push_bind(digest.map(|d| d as i64))
                             .push_bind(digest.map(|d| verbund_core::sync::sum_part(id, d) as i64))
@@ -431,7 +445,13 @@ macro_rules! backend_sync_replica_batch {
                     );
                     qb.build().execute(&mut **tx).await?;
                 }
-                let records: Vec<(Record, Option<Option<String>>)> = self.record_writes.into_values().collect();
+                let mut records = Vec::with_capacity(self.record_writes.len());
+                for (id, activity_account) in std::mem::take(&mut self.record_writes) {
+                    let Some(Some(rec)) = self.records.remove(&id) else {
+                        return Err(StoreError::Corrupt(format!("record {id} to write is not in its batch")));
+                    };
+                    records.push((rec, activity_account));
+                }
                 for chunk in records.chunks(ROWS_CHUNK) {
                     let mut rows = Vec::with_capacity(chunk.len());
                     for (rec, activity_account) in chunk {
@@ -480,6 +500,7 @@ macro_rules! backend_sync_replica_batch {
                     in_list(&mut qb, chunk);
                     qb.build().execute(&mut **tx).await?;
                 }
+                out.written.extend(records.into_iter().map(|(rec, _)| rec));
                 Ok(())
             }
         }
@@ -533,7 +554,7 @@ macro_rules! backend_sync_replica_batch {
                     ReplicaItem::Erase { id } => work.purge(tx, id, true, batch.at_ms, seq, &mut out).await?,
                 }
             }
-            work.flush(tx).await?;
+            work.flush(tx, &mut out).await?;
             for q in &batch.quarantine {
                 sqlx::query(
                     "INSERT INTO quarantine (owner_org, record_id, item, reason, first_ms, last_ms, attempts) VALUES ($1, $2, $3, $4, $5, $5, 1) \

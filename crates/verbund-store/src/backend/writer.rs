@@ -295,7 +295,7 @@ macro_rules! backend_writer {
             match outcome {
                 Ok((results, written, last_seq)) => {
                     if let Some(cache) = cache {
-                        cache.committed(written.iter());
+                        cache.committed(written);
                     }
                     // Wake change streams whether or not the writers' callers still wait.
                     commits.send_if_modified(|seq| {
