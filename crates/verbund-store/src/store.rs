@@ -670,7 +670,8 @@ impl Store {
     }
 
     /// `changes_after` (all kinds) for the sync stream of `org`, with the ids among them of
-    /// records another organization owns (our replicas of theirs).
+    /// records another organization owns (our replicas of theirs); their changes come
+    /// without field values (the stream sends nothing of another owner's records).
     pub async fn stream_changes_after(
         &self,
         after_seq: i64,

@@ -226,6 +226,19 @@ pub(crate) fn rss_kib(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// CPU time (user + system, all threads) a process has used so far, in seconds. Linux
+/// reports it in clock ticks of USER_HZ, which is 100 on every Linux ABI we run on.
+pub(crate) fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    // After the name: state (3), ..., utime (14), stime (15).
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
 struct PhaseResult {
     name: &'static str,
     ops: usize,
@@ -524,4 +537,29 @@ async fn share_with_partner(
         ca_pem: cfg.read(&cfg.tls.ca_cert)?,
         cert_and_key: Some((user.cert_pem, user.key_pem)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_cpu_time_is_read_and_grows_with_work() {
+        let pid = std::process::id();
+        let before = cpu_secs(pid).expect("this process's CPU time");
+        // Work until the kernel has counted at least one more clock tick (10 ms) of it; the
+        // minute is only a guard against a reading that never moves.
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        let mut after = before;
+        while after <= before && start.elapsed() < Duration::from_secs(60) {
+            for _ in 0..100_000 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            }
+            after = cpu_secs(pid).expect("this process's CPU time");
+        }
+        std::hint::black_box(x);
+        assert!(after > before, "{before} s, then {after} s");
+        assert_eq!(cpu_secs(u32::MAX), None);
+    }
 }

@@ -16,7 +16,7 @@ use tonic::transport::Channel;
 use verbund_node::client::{ClientIdentity, connect};
 use verbund_node::pb;
 
-use crate::bench::{percentile, rss_kib, spawn_org};
+use crate::bench::{cpu_secs, percentile, rss_kib, spawn_org};
 
 #[derive(Args)]
 pub struct SyncArgs {
@@ -295,6 +295,12 @@ pub async fn sync(a: SyncArgs) -> Result<()> {
 
     // 1. Initial share.
     let ids = create_accounts(&owner, a.records, quiet).await?;
+    // CPU time of each node during the share: what a record costs each side, a figure that
+    // moves less with the machine's other load than the wall-clock rate does.
+    let node_pids: Vec<u32> = std::iter::once(owner_proc.child.id())
+        .chain(partner_procs.iter().map(|p| p.child.id()))
+        .collect();
+    let cpu_before: Vec<Option<f64>> = node_pids.iter().map(|p| cpu_secs(*p)).collect();
     let started = Instant::now();
     for i in 0..a.partners {
         owner_admin
@@ -337,6 +343,11 @@ pub async fn sync(a: SyncArgs) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let share_secs = started.elapsed().as_secs_f64();
+    let share_cpu: Vec<Option<f64>> = node_pids
+        .iter()
+        .zip(&cpu_before)
+        .map(|(p, before)| Some(cpu_secs(*p)? - (*before)?))
+        .collect();
     let band_rates = bands[0].rates();
     if !quiet {
         eprintln!(
@@ -474,7 +485,7 @@ pub async fn sync(a: SyncArgs) -> Result<()> {
             .map(|(i, p)| (partner_org(i), p)),
     );
     let mut reports = Vec::new();
-    for (org, p) in nodes {
+    for ((org, p), cpu) in nodes.zip(&share_cpu) {
         let (warn, error) = log_counts(&p.log);
         reports.push((
             org,
@@ -482,15 +493,19 @@ pub async fn sync(a: SyncArgs) -> Result<()> {
             warn,
             error,
             log_excerpt(&p.log, 5),
+            *cpu,
         ));
     }
+    // Microseconds of a node's CPU per record shared.
+    let us_per_record = |cpu: f64| cpu * 1e6 / a.records as f64;
     if a.json {
         let nodes: Vec<_> = reports
             .iter()
-            .map(|(org, rss, warn, error, _)| {
+            .map(|(org, rss, warn, error, _, cpu)| {
                 serde_json::json!({
                     "org": org, "rss_kib": rss.map(|r| r.0), "peak_rss_kib": rss.map(|r| r.1),
                     "log_warnings": warn, "log_errors": error,
+                    "share_cpu_secs": cpu, "share_cpu_us_per_record": cpu.map(us_per_record),
                 })
             })
             .collect();
@@ -536,11 +551,14 @@ pub async fn sync(a: SyncArgs) -> Result<()> {
             a.samples
         );
         let mib = |kib: u64| kib as f64 / 1024.0;
-        for (org, rss, warn, error, excerpt) in &reports {
+        for (org, rss, warn, error, excerpt, cpu) in &reports {
             let rss = rss
                 .map(|(now, peak)| format!("RSS {:.1} MiB (peak {:.1} MiB)", mib(now), mib(peak)))
                 .unwrap_or_else(|| "RSS not measured".into());
-            println!("{org:<20} {rss}; log: {warn} warning(s), {error} error(s)");
+            let cpu = cpu
+                .map(|c| format!("share CPU {c:.2} s ({:.0} µs/record)", us_per_record(c)))
+                .unwrap_or_else(|| "share CPU not measured".into());
+            println!("{org:<20} {rss}; {cpu}; log: {warn} warning(s), {error} error(s)");
             for line in excerpt {
                 println!("    {line}");
             }

@@ -172,11 +172,14 @@ macro_rules! backend_reads {
         /// another organization owns (our replicas of theirs), found in the same query.
         pub async fn stream_changes_after(pool: &$pool, after_seq: i64, org: &str, limit: i64) -> Result<(Vec<Change>, BTreeSet<Uuid>)> {
             let rows = sqlx::query(
-                "SELECT c.seq, c.record_id, c.kind, c.op, c.hlc, c.fields, c.at_ms, r.owner_org FROM changes c \
-                 LEFT JOIN records r ON r.id = c.record_id WHERE c.seq > $1 ORDER BY c.seq LIMIT $2",
+                // Another owner's record: its values are not read (nothing of it is sent on).
+                "SELECT c.seq, c.record_id, c.kind, c.op, c.hlc, \
+                 CASE WHEN r.owner_org IS NOT NULL AND r.owner_org <> $3 THEN '{}' ELSE c.fields END AS fields, c.at_ms, r.owner_org \
+                 FROM changes c LEFT JOIN records r ON r.id = c.record_id WHERE c.seq > $1 ORDER BY c.seq LIMIT $2",
             )
             .bind(after_seq)
             .bind(limit)
+            .bind(org)
             .fetch_all(pool)
             .await?;
             let mut changes = Vec::with_capacity(rows.len());

@@ -507,12 +507,20 @@ macro_rules! backend_sync_replica_batch {
 
         async fn replica_batch(tx: &mut Tx, batch: ReplicaBatch, seq: &mut i64) -> Result<OpOutput> {
             let mut out = OpOutput::default();
-            let position = sqlx::query("SELECT cursor, snapshot_after FROM subscriptions WHERE owner_org = $1")
-                .bind(&batch.owner_org)
-                .fetch_optional(&mut **tx)
-                .await?
-                .map(|r| Ok::<_, StoreError>((r.try_get::<i64, _>("cursor")?, r.try_get::<String, _>("snapshot_after")?)))
-                .transpose()?;
+            // The position and whether anything of the owner waits in quarantine, in one read
+            // (every statement is a hand-off to SQLite's worker thread: an update's latency).
+            let row = sqlx::query(
+                "SELECT s.cursor, s.snapshot_after, (SELECT COUNT(*) FROM quarantine q WHERE q.owner_org = $1) AS quarantined \
+                 FROM (SELECT 1 AS one) o LEFT JOIN subscriptions s ON s.owner_org = $1",
+            )
+            .bind(&batch.owner_org)
+            .fetch_one(&mut **tx)
+            .await?;
+            let quarantined: i64 = row.try_get("quarantined")?;
+            let position = match (row.try_get::<Option<i64>, _>("cursor")?, row.try_get::<Option<String>, _>("snapshot_after")?) {
+                (Some(cursor), Some(after)) => Some((cursor, after)),
+                _ => None,
+            };
             let stored = position.as_ref().map(|(c, _)| *c);
             let owner = batch.owner_org.clone();
             if let Some(own_org) = &batch.reset_for_org {
@@ -533,10 +541,6 @@ macro_rules! backend_sync_replica_batch {
                     ReplicaItem::Revoke { id } | ReplicaItem::Erase { id } => *id,
                 })
                 .collect();
-            let quarantined: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM quarantine WHERE owner_org = $1")
-                .bind(&owner)
-                .fetch_one(&mut **tx)
-                .await?;
             if quarantined > 0 {
                 // A later item of a record supersedes the one we could not take.
                 for chunk in ids.chunks(IN_CHUNK) {

@@ -404,7 +404,7 @@ impl NodeState {
                 };
                 if let Some(last) = head.last() {
                     let end = last.seq;
-                    let (ids, updated) = changed_records(head);
+                    let (ids, mut updated) = changed_records(head);
                     // Other owners' records (our replicas of them) pass by unread unless a
                     // record of ours hangs off them.
                     let ids = match state.store.bearing_on_own(ids, &foreign, &state.org).await {
@@ -414,6 +414,11 @@ impl NodeState {
                             return;
                         }
                     };
+                    if ids.iter().any(|id| foreign.contains(id)) {
+                        // Their changes came without the fields they changed: what hangs
+                        // off them is looked at in full.
+                        updated = None;
+                    }
                     let more = cut.is_some() || changes.len() == max_batch;
                     let sent = state
                         .send_batch(&principal, ids, updated, (end, ""), more, true, &tx)
