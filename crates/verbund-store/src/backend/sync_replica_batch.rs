@@ -176,7 +176,8 @@ macro_rules! backend_sync_replica_batch {
                 for name in next.versions.keys() {
                     let before = current.and_then(|c| c.versions.get(name));
                     if before != next.versions.get(name) {
-                        changed.insert(name.clone(), next.fields.get(name).cloned());
+                        // Names only: the change log keeps no values (see `append_changes`).
+                        changed.insert(name.clone(), None);
                     }
                 }
                 let op = match (current, next.deleted.is_some()) {
