@@ -152,20 +152,21 @@ macro_rules! backend_reads {
             }
             qb.push(" ORDER BY seq LIMIT ").push_bind(limit);
             let rows = qb.build().fetch_all(pool).await?;
-            rows.iter()
-                .map(|r| {
-                    ChangeRow {
-                        seq: r.try_get("seq")?,
-                        record_id: r.try_get("record_id")?,
-                        kind: r.try_get("kind")?,
-                        op: r.try_get("op")?,
-                        hlc: r.try_get("hlc")?,
-                        fields: r.try_get("fields")?,
-                        at_ms: r.try_get("at_ms")?,
-                    }
-                    .into_change()
-                })
-                .collect()
+            rows.iter().map(change_from_row).collect()
+        }
+
+        /// A change-log row as read (columns seq, record_id, kind, op, hlc, fields, at_ms).
+        fn change_from_row(r: &<$db as sqlx::Database>::Row) -> Result<Change> {
+            ChangeRow {
+                seq: r.try_get("seq")?,
+                record_id: r.try_get("record_id")?,
+                kind: r.try_get("kind")?,
+                op: r.try_get("op")?,
+                hlc: r.try_get("hlc")?,
+                fields: r.try_get("fields")?,
+                at_ms: r.try_get("at_ms")?,
+            }
+            .into_change()
         }
 
         /// `changes_after` for the sync stream of `org`: also the ids among them of records
@@ -185,16 +186,7 @@ macro_rules! backend_reads {
             let mut changes = Vec::with_capacity(rows.len());
             let mut foreign = BTreeSet::new();
             for r in &rows {
-                let change = ChangeRow {
-                    seq: r.try_get("seq")?,
-                    record_id: r.try_get("record_id")?,
-                    kind: r.try_get("kind")?,
-                    op: r.try_get("op")?,
-                    hlc: r.try_get("hlc")?,
-                    fields: r.try_get("fields")?,
-                    at_ms: r.try_get("at_ms")?,
-                }
-                .into_change()?;
+                let change = change_from_row(r)?;
                 let owner: Option<String> = r.try_get("owner_org")?;
                 if owner.is_some_and(|o| o != org) {
                     foreign.insert(change.record_id);
