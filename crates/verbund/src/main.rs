@@ -24,6 +24,11 @@ use verbund_node::client::{ClientIdentity, connect};
 use verbund_node::config::NodeConfig;
 use verbund_node::server::Node;
 
+/// jemalloc serves every allocation of the process, SQLite's too (see Cargo.toml for why).
+#[cfg(all(target_os = "linux", not(target_env = "musl")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "verbund",
