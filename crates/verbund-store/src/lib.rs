@@ -298,7 +298,6 @@ pub struct ListQuery {
 #[derive(Clone, Copy, Debug)]
 enum RefColumn {
     AccountId,
-    ContactId,
     RelatedId,
     AssignedOrg,
 }
@@ -307,7 +306,6 @@ impl RefColumn {
     fn sql(self) -> &'static str {
         match self {
             RefColumn::AccountId => "account_id",
-            RefColumn::ContactId => "contact_id",
             RefColumn::RelatedId => "related_id",
             RefColumn::AssignedOrg => "assigned_org",
         }

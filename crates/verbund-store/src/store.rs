@@ -337,7 +337,7 @@ impl Store {
         rule: &RuleMatch,
         after: &str,
         limit: i64,
-    ) -> Result<Vec<Uuid>> {
+    ) -> Result<Vec<Record>> {
         dispatch!(self, rule_members_after(org, rule, after, limit))
     }
 

@@ -144,27 +144,25 @@ macro_rules! backend_sharing_reads {
 
         /// The next `limit` live records after `after` (by id; empty: from the start) that
         /// `rule` may match for `org`: a superset, which the caller narrows with the rule.
-        /// Ids only, so a snapshot batch holds one batch of records at a time.
-        pub async fn rule_members_after(pool: &$pool, org: &str, rule: &RuleMatch, after: &str, limit: i64) -> Result<Vec<Uuid>> {
-            let ids: Vec<String> = match rule {
+        /// One batch of records at a time.
+        pub async fn rule_members_after(pool: &$pool, org: &str, rule: &RuleMatch, after: &str, limit: i64) -> Result<Vec<Record>> {
+            // Whole rows: the snapshot sends them, and the scan reads them anyway; reading
+            // them again by id cost the owner a second read of every record shared.
+            let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT ");
+            qb.push(RECORD_COLUMNS);
+            match rule {
                 RuleMatch::CaseAssigned => {
-                    sqlx::query_scalar("SELECT id FROM records WHERE kind = 'service_case' AND assigned_org = $1 AND deleted_version IS NULL AND id > $2 ORDER BY id LIMIT $3")
-                        .bind(org)
-                        .bind(after)
-                        .bind(limit)
-                        .fetch_all(pool)
-                        .await?
+                    qb.push(" FROM records WHERE kind = 'service_case' AND assigned_org = ").push_bind(org.to_string());
                 }
                 RuleMatch::AccountTag(tag) => {
-                    sqlx::query_scalar("SELECT id FROM records WHERE kind = 'account' AND deleted_version IS NULL AND fields LIKE $1 ESCAPE '\\' AND id > $2 ORDER BY id LIMIT $3")
-                        .bind(like_pattern(&format!("\"{tag}\"")))
-                        .bind(after)
-                        .bind(limit)
-                        .fetch_all(pool)
-                        .await?
+                    qb.push(" FROM records WHERE kind = 'account' AND fields LIKE ")
+                        .push_bind(like_pattern(&format!("\"{tag}\"")))
+                        .push(" ESCAPE '\\'");
                 }
-            };
-            ids.iter().map(|id| Uuid::parse_str(id).map_err(|e| StoreError::Corrupt(e.to_string()))).collect()
+            }
+            qb.push(" AND deleted_version IS NULL AND id > ").push_bind(after.to_string()).push(" ORDER BY id LIMIT ").push_bind(limit);
+            let rows = qb.build().fetch_all(pool).await?;
+            rows.iter().map(|r| record_row(r)?.into_record()).collect()
         }
     };
 }

@@ -427,12 +427,41 @@ macro_rules! backend_sync_reads {
         }
 
         /// Live records that refer to one of `ids` as account, contact or related record.
+        /// `FROM … WHERE` of the live records referring to the ids of `chunk` (as
+        /// account, contact or related record): one statement for all three columns, so a
+        /// change costs one hand-off to the database, not three. An account's own
+        /// `account_id` is its id: it is not its own dependent (reading it back here cost a
+        /// snapshot batch its own records a second time).
+        fn push_dependents_filter(qb: &mut QueryBuilder<$db>, chunk: &[String]) {
+            qb.push(" FROM records WHERE deleted_version IS NULL AND ((account_id IN (");
+            bind_texts(qb, chunk);
+            qb.push(") AND kind <> 'account') OR contact_id IN (");
+            bind_texts(qb, chunk);
+            qb.push(") OR related_id IN (");
+            bind_texts(qb, chunk);
+            qb.push("))");
+        }
+
+        fn bind_texts(qb: &mut QueryBuilder<$db>, texts: &[String]) {
+            let mut sep = qb.separated(", ");
+            for t in texts {
+                sep.push_bind(t.clone());
+            }
+        }
+
+        /// Ids per statement of `dependents_of`: each is bound three times.
+        const DEPENDENTS_CHUNK: usize = 1000;
+
         pub async fn dependents_of(pool: &$pool, ids: &[String]) -> Result<Vec<Record>> {
-            // An account's own `account_id` is its id: it is not its own dependent (reading
-            // it back here cost a snapshot batch its own records a second time).
-            let mut out = live_by_column(pool, RefColumn::AccountId, ids, None, Some(RecordKind::Account)).await?;
-            out.extend(live_by_column(pool, RefColumn::ContactId, ids, None, None).await?);
-            out.extend(live_by_column(pool, RefColumn::RelatedId, ids, None, None).await?);
+            let mut out = Vec::new();
+            for chunk in ids.chunks(DEPENDENTS_CHUNK) {
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT ");
+                qb.push(RECORD_COLUMNS);
+                push_dependents_filter(&mut qb, chunk);
+                for r in qb.build().fetch_all(pool).await? {
+                    out.push(record_row(&r)?.into_record()?);
+                }
+            }
             Ok(out)
         }
 
@@ -440,21 +469,11 @@ macro_rules! backend_sync_reads {
         /// the records themselves.
         async fn dependent_owners(pool: &$pool, ids: &[String]) -> Result<Vec<(String, String)>> {
             let mut out = Vec::new();
-            for column in [RefColumn::AccountId, RefColumn::ContactId, RefColumn::RelatedId] {
-                for chunk in ids.chunks(500) {
-                    let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT id, owner_org FROM records WHERE deleted_version IS NULL AND ");
-                    qb.push(column.sql()).push(" IN (");
-                    let mut sep = qb.separated(", ");
-                    for id in chunk {
-                        sep.push_bind(id.clone());
-                    }
-                    qb.push(")");
-                    if matches!(column, RefColumn::AccountId) {
-                        qb.push(" AND kind <> 'account'");
-                    }
-                    for r in qb.build().fetch_all(pool).await? {
-                        out.push((r.try_get("id")?, r.try_get("owner_org")?));
-                    }
+            for chunk in ids.chunks(DEPENDENTS_CHUNK) {
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT id, owner_org");
+                push_dependents_filter(&mut qb, chunk);
+                for r in qb.build().fetch_all(pool).await? {
+                    out.push((r.try_get("id")?, r.try_get("owner_org")?));
                 }
             }
             Ok(out)

@@ -48,6 +48,10 @@ struct Outgoing {
     items: Vec<pb::SyncItem>,
     ledger: Vec<DeliveryNote>,
     policy: String,
+    /// Every item is a new state of a record the partner holds live already and keeps:
+    /// no first delivery, revoke, deletion or erasure (see `send_batch`: such a batch may
+    /// leave before its bookkeeping commits).
+    updates_only: bool,
 }
 
 fn upsert(rec: &Record, writable: &BTreeSet<String>) -> pb::SyncItem {
@@ -103,10 +107,12 @@ impl NodeState {
     /// are looked at again; else the fields each record had changed, and a record the
     /// partner holds whose changed fields it may not read is not sent at all (nothing it can
     /// see changed, and it is not told which record changed in what it cannot see).
+    /// `preloaded`: records of `changed` read already (under the partner's stamp lock).
     async fn items_of(
         &self,
         p: &Principal,
         changed: Vec<Uuid>,
+        preloaded: Vec<Record>,
         updated: Option<&UpdatedFields>,
     ) -> Result<Outgoing, NodeError> {
         let reach_changed = updated.is_none();
@@ -118,20 +124,29 @@ impl NodeState {
             }
         }
         // Records read on the way are kept: the batch reads each record once.
-        let mut loaded: HashMap<Uuid, Record> = HashMap::new();
+        let mut loaded: HashMap<Uuid, Record> = preloaded.into_iter().map(|r| (r.id, r)).collect();
         // What refers to which records, as found here, so that the reach does not ask again.
         let mut referrers = auth::Referrers::default();
         if reach_changed {
             // The records it refers to (shown with it as references) are looked at again.
-            let changed = self.store.get_many(&ids).await?;
-            for r in &changed {
-                for target in verbund_core::access::reference_targets(r) {
-                    if seen.insert(target) {
-                        ids.push(target);
-                    }
+            let unread: Vec<Uuid> = ids
+                .iter()
+                .filter(|id| !loaded.contains_key(id))
+                .copied()
+                .collect();
+            let read = self.store.get_many(&unread).await?;
+            loaded.extend(read.into_iter().map(|r| (r.id, r)));
+            let mut targets = Vec::new();
+            for id in &ids {
+                if let Some(r) = loaded.get(id) {
+                    targets.extend(verbund_core::access::reference_targets(r));
                 }
             }
-            loaded.extend(changed.into_iter().map(|r| (r.id, r)));
+            for target in targets {
+                if seen.insert(target) {
+                    ids.push(target);
+                }
+            }
             // A record that moved, appeared, vanished or changed its sharing takes the
             // records hanging off it along (contacts of an account, activities of a case).
             let mut frontier: Vec<String> = ids.iter().map(Uuid::to_string).collect();
@@ -168,6 +183,7 @@ impl NodeState {
                 items: Vec::new(),
                 ledger: Vec::new(),
                 policy: policy.fingerprint().to_string(),
+                updates_only: false,
             });
         }
         let reached = self
@@ -183,6 +199,7 @@ impl NodeState {
             .collect();
         let mut items = Vec::new();
         let mut ledger = Vec::new();
+        let mut updates_only = true;
         for id in ids {
             let Some(rec) = records.get(&id) else {
                 continue;
@@ -200,6 +217,7 @@ impl NodeState {
                 })
             };
             if rec.is_deleted() {
+                updates_only = false;
                 let erased = held.is_some() && self.store.erasure(id).await?.is_some();
                 if erased {
                     // Whoever held the data, live or revoked since, purges it.
@@ -220,6 +238,7 @@ impl NodeState {
                 continue;
             }
             if access.visible() {
+                updates_only &= held == Some(DeliveryState::Live);
                 // The projection goes out as it is built: no copy of the record first.
                 let readable = &access.readable;
                 let digest = merge::record_digest_of(
@@ -237,6 +256,7 @@ impl NodeState {
                 });
                 note(DeliveryState::Live, Some(digest));
             } else if held == Some(DeliveryState::Live) {
+                updates_only = false;
                 items.push(revoke(
                     id,
                     "the record is no longer shared with your organization",
@@ -256,6 +276,7 @@ impl NodeState {
             })
         });
         Ok(Outgoing {
+            updates_only: updates_only && !items.is_empty(),
             items,
             ledger,
             policy,

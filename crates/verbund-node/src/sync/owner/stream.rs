@@ -2,6 +2,7 @@
 //! partner's cursor, projected for it in batches, a share rule's records as a snapshot in
 //! id order, then new commits as they come; heartbeats while idle.
 
+use super::stamps::StampLock;
 use super::*;
 
 /// The records a batch of changes touched, in order; and, when every change of the batch is
@@ -62,7 +63,8 @@ impl NodeState {
     /// a new position of its stream: a stamp (see `stamps.rs`) that covers our changes up to
     /// `owner_seq` (and, while a snapshot is in progress, its records up to
     /// `snapshot_after`). The ledger rows, the batch's audit entry and the position commit
-    /// together (one writer job, one fsync) before the batch leaves. `more`: the stream has
+    /// together (one writer job, one fsync) before the batch leaves; only new states of
+    /// records the partner holds live already go ahead of them. `more`: the stream has
     /// more to send right away (the partner's lag shows 1 until it comes).
     /// `may_hold`: a batch with nothing for the partner is not sent at all, and its position
     /// does not move: the partner learns nothing of changes it cannot see, not even that
@@ -72,6 +74,7 @@ impl NodeState {
         &self,
         p: &Principal,
         ids: Vec<Uuid>,
+        held: Option<(StampLock, Vec<Record>)>,
         updated: Option<UpdatedFields>,
         (owner_seq, snapshot_after): (i64, &str),
         more: bool,
@@ -80,8 +83,11 @@ impl NodeState {
     ) -> BatchFate {
         let stamped = async {
             // The states are read and stamped under the partner's lock (their order).
-            let mut lock = self.stamp_lock(&p.org).await?;
-            let mut out = self.items_of(p, ids, updated.as_ref()).await?;
+            let (mut lock, preloaded) = match held {
+                Some(held) => held,
+                None => (self.stamp_lock(&p.org).await?, Vec::new()),
+            };
+            let mut out = self.items_of(p, ids, preloaded, updated.as_ref()).await?;
             if may_hold && out.items.is_empty() && out.ledger.is_empty() {
                 return Ok::<_, NodeError>(None);
             }
@@ -101,6 +107,7 @@ impl NodeState {
             items,
             ledger,
             policy,
+            updates_only,
         } = out;
         let audit = if items.is_empty() {
             Vec::new()
@@ -128,6 +135,25 @@ impl NodeState {
             owner_seq,
             mark: mark.clone(),
         };
+        // New states of records the partner holds live already leave at once, without a
+        // position (cursor 0: the partner applies them and its cursor stays), while their
+        // bookkeeping commits; then the position follows alone. Should we fail before
+        // that commit, the partner's cursor still stands before these changes and it is
+        // sent them again, so nothing is lost, and the ledger's older digest only makes
+        // anti-entropy send a record once more. A first delivery, a revoke, a deletion or
+        // an erasure waits for its ledger row, which decides what the partner is later
+        // sent of the record.
+        let early = updates_only && snapshot_after.is_empty();
+        let mut items = Some(items);
+        if early {
+            let batch = pb::SyncBatch {
+                items: items.take().unwrap_or_default(),
+                ..Default::default()
+            };
+            if tx.send(Ok(batch)).await.is_err() {
+                return BatchFate::Over;
+            }
+        }
         if let Err(e) = self
             .store
             .record_deliveries(&p.org, ledger, now_ms(), &policy, audit, Some(noted))
@@ -137,7 +163,7 @@ impl NodeState {
             return BatchFate::Over;
         }
         let batch = pb::SyncBatch {
-            items,
+            items: items.unwrap_or_default(),
             cursor: position,
             owner_last_seq: position + i64::from(more),
             heartbeat: false,
@@ -302,17 +328,23 @@ impl NodeState {
                 }
                 if let Some((snap, after)) = snapshot.as_mut() {
                     // The next records of the rule, in id order; fewer than a batch: the last.
-                    let ids = match state
-                        .store
-                        .rule_members_after(&snap.org, &snap.rule, after, max_batch as i64)
-                        .await
-                    {
-                        Ok(ids) => ids,
+                    // Read whole under the partner's stamp lock, like every state it is sent.
+                    let read = async {
+                        let lock = state.stamp_lock(&principal.org).await?;
+                        let members = state
+                            .store
+                            .rule_members_after(&snap.org, &snap.rule, after, max_batch as i64)
+                            .await?;
+                        Ok::<_, NodeError>((lock, members))
+                    };
+                    let (lock, members) = match read.await {
+                        Ok(read) => read,
                         Err(e) => {
-                            let _ = tx.send(Err(NodeError::from(e).into())).await;
+                            let _ = tx.send(Err(e.into())).await;
                             return;
                         }
                     };
+                    let ids: Vec<Uuid> = members.iter().map(|r| r.id).collect();
                     let next_after = match ids.last() {
                         Some(last) if ids.len() == max_batch => last.to_string(),
                         _ => String::new(),
@@ -321,6 +353,7 @@ impl NodeState {
                         .send_batch(
                             &principal,
                             ids,
+                            Some((lock, members)),
                             None,
                             (cursor, &next_after),
                             !next_after.is_empty(),
@@ -421,7 +454,7 @@ impl NodeState {
                     }
                     let more = cut.is_some() || changes.len() == max_batch;
                     let sent = state
-                        .send_batch(&principal, ids, updated, (end, ""), more, true, &tx)
+                        .send_batch(&principal, ids, None, updated, (end, ""), more, true, &tx)
                         .await;
                     match sent {
                         BatchFate::Over => return,

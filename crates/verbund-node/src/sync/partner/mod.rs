@@ -422,6 +422,11 @@ async fn apply_batch(state: &NodeState, org: &str, batch: pb::SyncBatch) -> Resu
     if batch.heartbeat && !had_items {
         return Ok(None);
     }
+    if batch.cursor == 0 && !erases {
+        // Items without a position (new states of records we hold): the batch with the
+        // position follows and is acknowledged.
+        return Ok(None);
+    }
     Ok(Some(batch.cursor))
 }
 
