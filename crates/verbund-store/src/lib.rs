@@ -339,9 +339,37 @@ fn kind_from_db(s: &str) -> Result<RecordKind> {
     RecordKind::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown record kind {s:?}")))
 }
 
+/// The JSON object of field → version text. Written straight into one string: building a
+/// map of strings first cost a partner taking in a share ~3% of its CPU.
 fn versions_to_json(v: &BTreeMap<String, Hlc>) -> String {
-    let m: BTreeMap<&String, String> = v.iter().map(|(k, h)| (k, h.to_string())).collect();
-    serde_json::to_string(&m).unwrap_or_else(|_| "{}".into())
+    let mut out = String::with_capacity(2 + v.len() * 48);
+    let mut text = String::with_capacity(48);
+    out.push('{');
+    for (i, (name, hlc)) in v.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_string(&mut out, name);
+        out.push(':');
+        text.clear();
+        hlc.push_text(&mut text);
+        push_json_string(&mut out, &text);
+    }
+    out.push('}');
+    out
+}
+
+/// `s` as a JSON string literal (quoted and escaped as serde_json escapes it).
+fn push_json_string(out: &mut String, s: &str) {
+    if s.bytes()
+        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b != 0x7f)
+    {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
+    }
 }
 
 fn versions_from_json(s: &str) -> Result<BTreeMap<String, Hlc>> {
@@ -611,6 +639,27 @@ pub fn text_field<'a>(fields: &'a FieldMap, name: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versions_are_written_as_serde_json_writes_the_map_of_their_texts() {
+        let mut v = BTreeMap::new();
+        v.insert(
+            "name".to_string(),
+            Hlc::new(1_764_000_000_123, 3, "acme/node1"),
+        );
+        v.insert(
+            "a \"quoted\" \\ field\n".to_string(),
+            Hlc::new(5, 0, "n\u{1}\u{7f}ü"),
+        );
+        v.insert("ü".to_string(), Hlc::new(u64::MAX, u32::MAX, "x"));
+        for versions in [BTreeMap::new(), v] {
+            let texts: BTreeMap<&String, String> =
+                versions.iter().map(|(k, h)| (k, h.to_string())).collect();
+            let written = versions_to_json(&versions);
+            assert_eq!(written, serde_json::to_string(&texts).unwrap());
+            assert_eq!(versions_from_json(&written).unwrap(), versions);
+        }
+    }
 
     #[test]
     fn like_escapes_wildcards() {
