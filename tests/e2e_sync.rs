@@ -435,6 +435,119 @@ async fn a_large_initial_share_survives_kill_9_of_either_side_and_arrives_exactl
     });
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_in_flight_survive_kill_9_of_the_owner_on_sqlite() {
+    updates_in_flight_survive_kill_9_of_the_owner(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_in_flight_survive_kill_9_of_the_owner_on_postgresql() {
+    if Backend::Postgres.available("PostgreSQL sync test (kill -9 during updates)") {
+        updates_in_flight_survive_kill_9_of_the_owner(Backend::Postgres).await;
+    }
+}
+
+/// Updates of records the partner holds leave the owner before their ledger rows and
+/// position commit. The owner is killed -9 in the middle of a stream of them; once it is
+/// back, the partner holds exactly the owner's last state of every record.
+async fn updates_in_flight_survive_kill_9_of_the_owner(backend: Backend) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use verbund_node::pb;
+    const N: usize = 12;
+    let (mut acme, globex) = owner_and_partner_on(backend);
+    let mut accounts = pb::account_service_client::AccountServiceClient::new(acme.admin().await);
+    let mut ids = Vec::new();
+    for i in 0..N {
+        let created = accounts
+            .create_account(pb::CreateAccountRequest {
+                account: Some(pb::Account {
+                    name: Some(format!("Laufend {i} AG")),
+                    tags: vec!["laufend".into()],
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        ids.push(created.meta.unwrap().id);
+    }
+    add_tag_rule(&acme, "globex", "laufend");
+    wait_until("globex holds every shared account", || {
+        replicas(&globex, "acme") == N as i64
+    });
+
+    // Round after round of updates, until acme is killed under them.
+    let done = Arc::new(AtomicUsize::new(0));
+    let burst = {
+        let (ids, done) = (ids.clone(), done.clone());
+        tokio::spawn(async move {
+            for round in 0.. {
+                for id in &ids {
+                    let updated = accounts
+                        .update_account(pb::UpdateAccountRequest {
+                            id: id.clone(),
+                            account: Some(pb::Account {
+                                city: Some(format!("Ort {round}")),
+                                ..Default::default()
+                            }),
+                            update_mask: Some(prost_types::FieldMask {
+                                paths: vec!["city".into()],
+                            }),
+                        })
+                        .await;
+                    if updated.is_err() {
+                        return; // acme is gone
+                    }
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        })
+    };
+    let start = Instant::now();
+    while done.load(Ordering::SeqCst) < 5 * N && start.elapsed() < WAIT {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        done.load(Ordering::SeqCst) >= 5 * N,
+        "the updates went through"
+    );
+    acme.kill();
+    burst.await.unwrap();
+    acme.run();
+
+    // Whatever acme committed before it died, globex ends up with it, record by record.
+    let mut at_acme = pb::account_service_client::AccountServiceClient::new(acme.admin().await);
+    let mut at_globex = pb::account_service_client::AccountServiceClient::new(globex.admin().await);
+    let start = Instant::now();
+    loop {
+        let mut differing = Vec::new();
+        for id in &ids {
+            let req = || pb::GetRecordRequest { id: id.clone() };
+            let owner = at_acme.get_account(req()).await.unwrap().into_inner().city;
+            let partner = at_globex
+                .get_account(req())
+                .await
+                .unwrap()
+                .into_inner()
+                .city;
+            assert!(owner.is_some(), "acme kept {id}'s updates");
+            if owner != partner {
+                differing.push((id.clone(), owner, partner));
+            }
+        }
+        if differing.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "globex did not converge after acme's restart: {differing:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(replicas(&globex, "acme"), N as i64);
+}
+
 fn identity_from(
     host: &TestNode,
     node: &TestNode,
