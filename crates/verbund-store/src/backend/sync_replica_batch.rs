@@ -415,12 +415,34 @@ macro_rules! backend_sync_replica_batch {
                     .execute(&mut **tx)
                     .await?;
                 }
+                let mut records = Vec::with_capacity(self.record_writes.len());
+                for (id, activity_account) in std::mem::take(&mut self.record_writes) {
+                    let Some(Some(rec)) = self.records.remove(&id) else {
+                        return Err(StoreError::Corrupt(format!("record {id} to write is not in its batch")));
+                    };
+                    records.push((rec, activity_account));
+                }
+                // The records' JSON, encoded once: a replica without pending edits holds the
+                // same fields and versions as its record, and takes the same text.
+                let mut record_json = Vec::with_capacity(records.len());
+                for (rec, _) in &records {
+                    record_json.push((fields_to_json(&rec.fields)?, versions_to_json(&rec.versions)));
+                }
+                let record_at: HashMap<Uuid, usize> = records.iter().enumerate().map(|(i, (rec, _))| (rec.id, i)).collect();
                 for chunk in replicas.chunks(ROWS_CHUNK) {
                     let mut rows = Vec::with_capacity(chunk.len());
                     for (id, w, row) in chunk {
                         // Only a live copy counts in anti-entropy's bucket sums.
                         let digest = (row.state == CopyState::Live).then(|| verbund_core::sync::record_digest(&row.shadow_versions, false));
-                        rows.push((id, w, row, fields_to_json(&row.shadow_fields)?, versions_to_json(&row.shadow_versions), fields_to_json(&w.writable)?, digest));
+                        let same = record_at.get(id).filter(|&&i| {
+                            let rec = &records[i].0;
+                            rec.fields == row.shadow_fields && rec.versions == row.shadow_versions
+                        });
+                        let (fields, versions) = match same {
+                            Some(&i) => record_json[i].clone(),
+                            None => (fields_to_json(&row.shadow_fields)?, versions_to_json(&row.shadow_versions)),
+                        };
+                        rows.push((id, w, row, fields, versions, fields_to_json(&w.writable)?, digest));
                     }
                     let mut qb: QueryBuilder<$db> = QueryBuilder::new(
                         "INSERT INTO replicas (record_id, owner_org, kind, state, shadow_fields, shadow_versions, writable, owner_seq, updated_ms, digest, sum_part, bucket) ",
@@ -446,13 +468,7 @@ macro_rules! backend_sync_replica_batch {
                     );
                     qb.build().execute(&mut **tx).await?;
                 }
-                let mut records = Vec::with_capacity(self.record_writes.len());
-                for (id, activity_account) in std::mem::take(&mut self.record_writes) {
-                    let Some(Some(rec)) = self.records.remove(&id) else {
-                        return Err(StoreError::Corrupt(format!("record {id} to write is not in its batch")));
-                    };
-                    records.push((rec, activity_account));
-                }
+                let mut record_json = record_json.into_iter();
                 for chunk in records.chunks(ROWS_CHUNK) {
                     let mut rows = Vec::with_capacity(chunk.len());
                     for (rec, activity_account) in chunk {
@@ -460,7 +476,10 @@ macro_rules! backend_sync_replica_batch {
                         if let Some(account) = activity_account {
                             idx.filter.account_id = account.clone();
                         }
-                        rows.push((rec, idx, fields_to_json(&rec.fields)?, versions_to_json(&rec.versions)));
+                        let (fields, versions) = record_json
+                            .next()
+                            .ok_or_else(|| StoreError::Corrupt(format!("record {} to write has no encoding", rec.id)))?;
+                        rows.push((rec, idx, fields, versions));
                     }
                     let mut qb: QueryBuilder<$db> = QueryBuilder::new(
                         "INSERT INTO records (id, kind, owner_org, created_at_ms, updated_at_ms, deleted_version, seq, fields, versions, \
