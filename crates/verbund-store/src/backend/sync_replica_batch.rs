@@ -79,6 +79,12 @@ macro_rules! backend_sync_replica_batch {
         impl ReplicaWork {
             /// Loads the rows of `ids`: one query per table and chunk of ids.
             async fn load(tx: &mut Tx, owner: &str, ids: &[Uuid]) -> Result<ReplicaWork> {
+                Self::load_with(tx, owner, ids, true).await
+            }
+
+            /// `load`; `pending_edits`: false when this transaction has seen that no outbox
+            /// edit is pending at all, so there is none to read.
+            async fn load_with(tx: &mut Tx, owner: &str, ids: &[Uuid], pending_edits: bool) -> Result<ReplicaWork> {
                 let ids: Vec<Uuid> = ids.iter().copied().collect::<BTreeSet<_>>().into_iter().collect();
                 let mut work = ReplicaWork {
                     owner: owner.to_string(),
@@ -106,6 +112,9 @@ macro_rules! backend_sync_replica_batch {
                             work.live_in_db.insert(id);
                         }
                         work.replicas.insert(id, Some(replica));
+                    }
+                    if !pending_edits {
+                        continue;
                     }
                     let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT record_id, edits FROM outbox WHERE state = 'pending' AND record_id IN (");
                     in_list(&mut qb, chunk);
@@ -527,16 +536,19 @@ macro_rules! backend_sync_replica_batch {
 
         async fn replica_batch(tx: &mut Tx, batch: ReplicaBatch, seq: &mut i64) -> Result<OpOutput> {
             let mut out = OpOutput::default();
-            // The position and whether anything of the owner waits in quarantine, in one read
-            // (every statement is a hand-off to SQLite's worker thread: an update's latency).
+            // The position, whether anything of the owner waits in quarantine and whether any
+            // edit of ours is pending, in one read (every statement is a hand-off to SQLite's
+            // worker thread: an update's latency).
             let row = sqlx::query(
-                "SELECT s.cursor, s.snapshot_after, (SELECT COUNT(*) FROM quarantine q WHERE q.owner_org = $1) AS quarantined \
+                "SELECT s.cursor, s.snapshot_after, (SELECT COUNT(*) FROM quarantine q WHERE q.owner_org = $1) AS quarantined, \
+                 (SELECT COUNT(*) FROM (SELECT 1 FROM outbox WHERE state = 'pending' LIMIT 1) p) AS pending_edits \
                  FROM (SELECT 1 AS one) o LEFT JOIN subscriptions s ON s.owner_org = $1",
             )
             .bind(&batch.owner_org)
             .fetch_one(&mut **tx)
             .await?;
             let quarantined: i64 = row.try_get("quarantined")?;
+            let pending_edits: i64 = row.try_get("pending_edits")?;
             let position = match (row.try_get::<Option<i64>, _>("cursor")?, row.try_get::<Option<String>, _>("snapshot_after")?) {
                 (Some(cursor), Some(after)) => Some((cursor, after)),
                 _ => None,
@@ -570,7 +582,9 @@ macro_rules! backend_sync_replica_batch {
                     qb.build().execute(&mut **tx).await?;
                 }
             }
-            let mut work = ReplicaWork::load(tx, &owner, &ids).await?;
+            // A reset may just have offered our edits again (`reset_owner`): read them then.
+            let pending_edits = pending_edits > 0 || batch.reset_for_org.is_some();
+            let mut work = ReplicaWork::load_with(tx, &owner, &ids, pending_edits).await?;
             for item in batch.items {
                 match item {
                     ReplicaItem::Upsert(st) => work.take_in(tx, st, from_stream, batch.at_ms, seq, &mut out).await?,
