@@ -206,6 +206,7 @@ impl HlcClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn the_text_form_is_pushed_as_display_writes_it() {
@@ -220,7 +221,6 @@ mod tests {
             assert_eq!(pushed[1..].parse::<Hlc>().ok(), Some(h));
         }
     }
-    use proptest::prelude::*;
 
     #[test]
     fn text_round_trip_and_order() {

@@ -426,7 +426,6 @@ macro_rules! backend_sync_reads {
             .transpose()
         }
 
-        /// Live records that refer to one of `ids` as account, contact or related record.
         /// `FROM … WHERE` of the live records referring to the ids of `chunk` (as
         /// account, contact or related record): one statement for all three columns, so a
         /// change costs one hand-off to the database, not three. An account's own
@@ -452,6 +451,8 @@ macro_rules! backend_sync_reads {
         /// Ids per statement of `dependents_of`: each is bound three times.
         const DEPENDENTS_CHUNK: usize = 1000;
 
+        /// Live records that refer to one of `ids` as account, contact or related record
+        /// (each once, whichever columns match).
         pub async fn dependents_of(pool: &$pool, ids: &[String]) -> Result<Vec<Record>> {
             let mut out = Vec::new();
             for chunk in ids.chunks(DEPENDENTS_CHUNK) {
