@@ -266,6 +266,21 @@ pub struct AuditReport {
     pub broken: Option<audit::ChainBreak>,
 }
 
+/// A window of the change log as the sync stream of one organization reads it.
+#[derive(Clone, Debug, Default)]
+pub struct StreamChanges {
+    /// The changes that may bear on what the organization shares, in order.
+    pub changes: Vec<Change>,
+    /// The ids among them of records another organization owns (our replicas of theirs).
+    pub foreign: BTreeSet<Uuid>,
+    /// How far the log was looked through: every change up to here is in `changes` or
+    /// bears on nothing the organization shares.
+    pub scanned_to: i64,
+    /// The last change committed (and published) when the window was read: the stream has
+    /// more to read while `scanned_to` is below it.
+    pub last: i64,
+}
+
 /// Filters of `audit list`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AuditQuery {
@@ -276,6 +291,11 @@ pub struct AuditQuery {
     pub after_seq: i64,
     pub limit: i64,
 }
+
+/// Changes one read of the sync stream looks through at most: bounds a read that passes by
+/// many changes bearing on nothing of the organization's (a partner's apply of its owner's
+/// snapshot writes one per record).
+const STREAM_WINDOW: i64 = 20_000;
 
 /// How many queued writes one transaction commits at most.
 const MAX_BATCH: usize = 256;

@@ -669,22 +669,34 @@ impl Store {
         Ok(changes)
     }
 
-    /// `changes_after` (all kinds) for the sync stream of `org`, with the ids among them of
-    /// records another organization owns (our replicas of theirs); their changes come
-    /// without field values (the stream sends nothing of another owner's records).
+    /// `changes_after` (all kinds) for the sync stream of `org`: the next changes after
+    /// `after_seq` that may bear on what it shares, at most `limit`, read from a window of
+    /// at most `STREAM_WINDOW` changes (see `StreamChanges`). Another owner's records come
+    /// without field values (the stream sends nothing of them).
     pub async fn stream_changes_after(
         &self,
         after_seq: i64,
         org: &str,
         limit: i64,
-    ) -> Result<(Vec<Change>, BTreeSet<Uuid>)> {
-        let (mut changes, foreign) = dispatch!(self, stream_changes_after(after_seq, org, limit))?;
-        if self.cache.is_some() {
-            // Handed out only once published: see `changes_after`.
-            let published = *self.commits.borrow();
-            changes.retain(|c| c.seq <= published);
+    ) -> Result<StreamChanges> {
+        // Handed out only once published (see `changes_after`); without the record cache,
+        // what is committed. The writer commits in the order of the change log, so every
+        // change up to `last` is there to read.
+        let last = match self.cache {
+            Some(_) => *self.commits.borrow(),
+            None => self.last_seq().await?,
+        };
+        let upto = last.min(after_seq.saturating_add(STREAM_WINDOW));
+        if upto <= after_seq {
+            return Ok(StreamChanges {
+                scanned_to: after_seq,
+                last,
+                ..StreamChanges::default()
+            });
         }
-        Ok((changes, foreign))
+        let mut read = dispatch!(self, stream_changes_after(after_seq, upto, org, limit))?;
+        read.last = last;
+        Ok(read)
     }
 
     pub async fn last_seq(&self) -> Result<i64> {

@@ -169,18 +169,29 @@ macro_rules! backend_reads {
             .into_change()
         }
 
-        /// `changes_after` for the sync stream of `org`: also the ids among them of records
-        /// another organization owns (our replicas of theirs), found in the same query.
-        pub async fn stream_changes_after(pool: &$pool, after_seq: i64, org: &str, limit: i64) -> Result<(Vec<Change>, BTreeSet<Uuid>)> {
+        /// `changes_after` for the sync stream of `org`, in the window `(after_seq, upto]`:
+        /// also the ids among them of records another organization owns (our replicas of
+        /// theirs), found in the same query. Another owner's record without any record
+        /// hanging off it is left out in SQL (nothing of it can bear on what we share): a
+        /// partner's apply fills the change log with them, and reading each back cost more
+        /// than applying it. Returns how far the window was looked through: the last change
+        /// returned when `limit` were, else `upto`.
+        pub async fn stream_changes_after(pool: &$pool, after_seq: i64, upto: i64, org: &str, limit: i64) -> Result<StreamChanges> {
             let rows = sqlx::query(
                 // Another owner's record: its values are not read (nothing of it is sent on).
                 "SELECT c.seq, c.record_id, c.kind, c.op, c.hlc, \
                  CASE WHEN r.owner_org IS NOT NULL AND r.owner_org <> $3 THEN '{}' ELSE c.fields END AS fields, c.at_ms, r.owner_org \
-                 FROM changes c LEFT JOIN records r ON r.id = c.record_id WHERE c.seq > $1 ORDER BY c.seq LIMIT $2",
+                 FROM changes c LEFT JOIN records r ON r.id = c.record_id WHERE c.seq > $1 AND c.seq <= $4 \
+                 AND (r.owner_org IS NULL OR r.owner_org = $3 \
+                   OR EXISTS (SELECT 1 FROM records d WHERE d.account_id = c.record_id AND d.kind <> 'account' AND d.deleted_version IS NULL) \
+                   OR EXISTS (SELECT 1 FROM records d WHERE d.contact_id = c.record_id AND d.deleted_version IS NULL) \
+                   OR EXISTS (SELECT 1 FROM records d WHERE d.related_id = c.record_id AND d.deleted_version IS NULL)) \
+                 ORDER BY c.seq LIMIT $2",
             )
             .bind(after_seq)
             .bind(limit)
             .bind(org)
+            .bind(upto)
             .fetch_all(pool)
             .await?;
             let mut changes = Vec::with_capacity(rows.len());
@@ -193,7 +204,11 @@ macro_rules! backend_reads {
                 }
                 changes.push(change);
             }
-            Ok((changes, foreign))
+            let scanned_to = match changes.last() {
+                Some(last) if changes.len() as i64 >= limit => last.seq,
+                _ => upto,
+            };
+            Ok(StreamChanges { changes, foreign, scanned_to, last: upto })
         }
 
         pub async fn add_partner(pool: &$pool, p: &Partner) -> Result<()> {

@@ -1,6 +1,8 @@
 //! Sync, the owner's side: a partner's edits are merged once, conflicts are kept, and
 //! erasure removes what was merged.
 
+use std::collections::BTreeSet;
+
 use verbund_core::{Hlc, RecordKind};
 
 use super::{Fixture, text};
@@ -282,12 +284,20 @@ pub(super) async fn sync_owner_passes_by_other_owners_records(f: &Fixture) {
     let lone = as_org("globex", RecordKind::Account, vec![("name", t("Fremd"))]).await;
     // The stream's read of the change log tells which records are another's.
     let foreign = || async {
-        let (changes, foreign) = f.store.stream_changes_after(0, "acme", 100).await.unwrap();
-        assert!(changes.iter().any(|c| c.record_id == ours.id));
-        foreign
+        let read = f.store.stream_changes_after(0, "acme", 100).await.unwrap();
+        assert!(read.changes.iter().any(|c| c.record_id == ours.id));
+        assert_eq!(
+            read.scanned_to, read.last,
+            "one read looks through all of it"
+        );
+        read
     };
-    let theirs = foreign().await;
-    assert_eq!(theirs, [lone.id].into());
+    // Their lone account bears on nothing of ours: the read passes it by.
+    let read = foreign().await;
+    assert!(read.foreign.is_empty());
+    assert!(!read.changes.iter().any(|c| c.record_id == lone.id));
+    assert_eq!(read.scanned_to, f.store.last_seq().await.unwrap());
+    let theirs: BTreeSet<uuid::Uuid> = [lone.id].into();
     let all = vec![ours.id, lone.id];
     assert_eq!(
         f.store.bearing_on_own(all, &theirs, "acme").await.unwrap(),
@@ -310,8 +320,11 @@ pub(super) async fn sync_owner_passes_by_other_owners_records(f: &Fixture) {
         ],
     )
     .await;
-    let theirs = foreign().await;
-    assert_eq!(theirs, [lone.id, their_contact.id].into());
+    // Their account now has a record hanging off it: the read brings it, and its contact
+    // (a leaf) still passes by.
+    let theirs = foreign().await.foreign;
+    assert_eq!(theirs, [lone.id].into());
+    let theirs: BTreeSet<uuid::Uuid> = [lone.id, their_contact.id].into();
     assert!(
         f.store
             .bearing_on_own(vec![lone.id], &theirs, "acme")
@@ -328,6 +341,8 @@ pub(super) async fn sync_owner_passes_by_other_owners_records(f: &Fixture) {
         ],
     )
     .await;
+    // Both of theirs now have a record hanging off them: the read brings both.
+    assert_eq!(foreign().await.foreign, theirs);
     let both = vec![ours.id, lone.id];
     assert_eq!(
         f.store
@@ -343,4 +358,25 @@ pub(super) async fn sync_owner_passes_by_other_owners_records(f: &Fixture) {
             .unwrap(),
         [their_contact.id]
     );
+    // A read that reaches its limit has looked through the log up to its last change.
+    let last = f.store.last_seq().await.unwrap();
+    let read = f.store.stream_changes_after(0, "acme", 2).await.unwrap();
+    assert_eq!(read.changes.len(), 2);
+    assert_eq!(read.scanned_to, read.changes[1].seq);
+    assert_eq!(read.last, last);
+    let rest = f
+        .store
+        .stream_changes_after(read.scanned_to, "acme", 100)
+        .await
+        .unwrap();
+    assert_eq!(rest.scanned_to, last);
+    assert!(rest.changes.iter().all(|c| c.seq > read.scanned_to));
+    // Nothing after the last change: nothing read, and the window stays where it was.
+    let none = f
+        .store
+        .stream_changes_after(last, "acme", 100)
+        .await
+        .unwrap();
+    assert!(none.changes.is_empty());
+    assert_eq!(none.scanned_to, last);
 }

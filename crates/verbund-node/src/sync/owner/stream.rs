@@ -81,6 +81,9 @@ impl NodeState {
         may_hold: bool,
         tx: &mpsc::Sender<Result<pb::SyncBatch, Status>>,
     ) -> BatchFate {
+        if may_hold && ids.is_empty() {
+            return BatchFate::Held; // nothing to look at, nothing to send
+        }
         let stamped = async {
             // The states are read and stamped under the partner's lock (their order).
             let (mut lock, preloaded) = match held {
@@ -374,7 +377,7 @@ impl NodeState {
                     }
                     continue;
                 }
-                let (changes, foreign) = match state
+                let read = match state
                     .store
                     .stream_changes_after(cursor, &state.org, max_batch as i64)
                     .await
@@ -385,7 +388,8 @@ impl NodeState {
                         return;
                     }
                 };
-                if changes.is_empty() {
+                let (changes, foreign) = (read.changes, read.foreign);
+                if read.scanned_to <= cursor {
                     // Caught up. Once things are quiet, the partner's position is noted to
                     // cover the changes held back (nothing is sent for them); otherwise a
                     // heartbeat now and then.
@@ -431,12 +435,13 @@ impl NodeState {
                         }
                     }
                 }
-                let head = match &cut {
-                    Some((i, _)) => &changes[..*i],
-                    None => &changes[..],
+                // Where the batch before a snapshot ends; without one, where the read ended
+                // (changes it passed by bear on nothing of the partner's).
+                let (head, head_end) = match &cut {
+                    Some((i, _)) => (&changes[..*i], changes[..*i].last().map(|c| c.seq)),
+                    None => (&changes[..], Some(read.scanned_to)),
                 };
-                if let Some(last) = head.last() {
-                    let end = last.seq;
+                if let Some(end) = head_end {
                     let (ids, mut updated) = changed_records(head);
                     // Other owners' records (our replicas of them) pass by unread unless a
                     // record of ours hangs off them.
@@ -452,7 +457,7 @@ impl NodeState {
                         // off them is looked at in full.
                         updated = None;
                     }
-                    let more = cut.is_some() || changes.len() == max_batch;
+                    let more = cut.is_some() || read.scanned_to < read.last;
                     let sent = state
                         .send_batch(&principal, ids, None, updated, (end, ""), more, true, &tx)
                         .await;
