@@ -59,13 +59,127 @@ pub struct Money {
 
 /// One field value. Dates are `YYYY-MM-DD` text, instants are Unix milliseconds, references
 /// are record ids as text. An absent field is simply not in the map.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// Stored and sent as plain JSON: a string, an integer, `{"currency", "minor_units"}` or a
+/// list of strings (untagged). Read by a visitor that takes the variant from the JSON type
+/// directly: serde's derived untagged reader buffers every value and tries the variants in
+/// turn, which cost a copy of each value and an error per miss on every record read.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(untagged)]
 pub enum Value {
     Text(String),
     Int(i64),
     Money(Money),
     List(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+        struct ValueVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for ValueVisitor {
+            type Value = Value;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a text, an integer, an amount of money or a list of texts")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Value, E> {
+                Ok(Value::Text(v.to_string()))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Value, E> {
+                Ok(Value::Text(v))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Value, E> {
+                Ok(Value::Int(v))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Value, E> {
+                i64::try_from(v)
+                    .map(Value::Int)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Value, A::Error> {
+                Money::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(Value::Money)
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Value, A::Error> {
+                // As the untagged reader did: `[currency, minor_units]` is an amount (a
+                // struct may be read from a sequence), texts only are a list.
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<ListItem>()? {
+                    items.push(item);
+                }
+                if let [ListItem::Text(currency), ListItem::Int(minor_units)] = items.as_slice() {
+                    return Ok(Value::Money(Money {
+                        currency: currency.clone(),
+                        minor_units: *minor_units,
+                    }));
+                }
+                items
+                    .into_iter()
+                    .map(|item| match item {
+                        ListItem::Text(t) => Ok(t),
+                        ListItem::Int(i) => Err(serde::de::Error::invalid_type(
+                            serde::de::Unexpected::Signed(i),
+                            &"a list of texts",
+                        )),
+                    })
+                    .collect::<Result<Vec<String>, A::Error>>()
+                    .map(Value::List)
+            }
+        }
+
+        d.deserialize_any(ValueVisitor)
+    }
+}
+
+/// An element of a JSON array read as a `Value`: a text, or an integer (which only an
+/// amount written as `[currency, minor_units]` may hold).
+enum ListItem {
+    Text(String),
+    Int(i64),
+}
+
+impl<'de> Deserialize<'de> for ListItem {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ListItem, D::Error> {
+        struct ItemVisitor;
+
+        impl serde::de::Visitor<'_> for ItemVisitor {
+            type Value = ListItem;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a text or an integer")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ListItem, E> {
+                Ok(ListItem::Text(v.to_string()))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<ListItem, E> {
+                Ok(ListItem::Text(v))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ListItem, E> {
+                Ok(ListItem::Int(v))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ListItem, E> {
+                i64::try_from(v)
+                    .map(ListItem::Int)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+            }
+        }
+
+        d.deserialize_any(ItemVisitor)
+    }
 }
 
 impl Value {
@@ -203,5 +317,112 @@ impl DomainError {
             field: field.into(),
             message: message.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod value_json_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The reader `Value` had before: serde's derived untagged one.
+    #[derive(Debug, PartialEq, Deserialize)]
+    #[serde(untagged)]
+    enum Untagged {
+        Text(String),
+        Int(i64),
+        Money(Money),
+        List(Vec<String>),
+    }
+
+    impl From<Untagged> for Value {
+        fn from(u: Untagged) -> Value {
+            match u {
+                Untagged::Text(t) => Value::Text(t),
+                Untagged::Int(i) => Value::Int(i),
+                Untagged::Money(m) => Value::Money(m),
+                Untagged::List(l) => Value::List(l),
+            }
+        }
+    }
+
+    fn json() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value as J;
+        let leaf = prop_oneof![
+            Just(J::Null),
+            any::<bool>().prop_map(J::Bool),
+            any::<i64>().prop_map(J::from),
+            any::<u64>().prop_map(J::from),
+            (-1e6f64..1e6).prop_map(J::from),
+            "[a-zA-Z0-9 äöü€]{0,8}".prop_map(J::from),
+            Just(J::from("currency")),
+            Just(J::from("minor_units")),
+        ];
+        // Shapes an amount has (as a map or as `[currency, minor_units]`), near misses
+        // included, besides anything at all.
+        let amounts = prop_oneof![
+            ("[A-Z]{3}", any::<i64>()).prop_map(|(c, n)| serde_json::json!([c, n])),
+            ("[A-Z]{3}", any::<i64>(), any::<bool>()).prop_map(|(c, n, more)| if more {
+                serde_json::json!([c, n, c])
+            } else {
+                serde_json::json!([n, c])
+            }),
+            ("[A-Z]{3}", any::<i64>(), "[a-z]{0,3}").prop_map(|(c, n, extra)| {
+                let mut m = serde_json::json!({"currency": c, "minor_units": n});
+                if !extra.is_empty() {
+                    m[extra] = serde_json::json!(1);
+                }
+                m
+            }),
+        ];
+        let any_json = leaf.prop_recursive(2, 8, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(J::Array),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("currency".to_string()),
+                        Just("minor_units".to_string()),
+                        "[a-z]{1,4}"
+                    ],
+                    inner,
+                    0..4
+                )
+                .prop_map(|m| J::Object(m.into_iter().collect())),
+            ]
+        });
+        prop_oneof![any_json, amounts]
+    }
+
+    proptest! {
+        /// Whatever the JSON, the visitor reads what the untagged reader read, and refuses
+        /// what it refused.
+        #[test]
+        fn reads_like_the_untagged_reader(j in json()) {
+            let text = j.to_string();
+            let new = serde_json::from_str::<Value>(&text).ok();
+            let old = serde_json::from_str::<Untagged>(&text).ok().map(Value::from);
+            prop_assert_eq!(new, old, "{}", text);
+        }
+    }
+
+    #[test]
+    fn every_variant_round_trips() {
+        for v in [
+            Value::Text("Köln".into()),
+            Value::Int(-42),
+            Value::Int(i64::MAX),
+            Value::Money(Money {
+                currency: "EUR".into(),
+                minor_units: 1999,
+            }),
+            Value::List(vec!["a".into(), "b".into()]),
+            Value::List(Vec::new()),
+        ] {
+            let text = serde_json::to_string(&v).unwrap();
+            assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), v, "{text}");
+        }
+        assert!(serde_json::from_str::<Value>("1.5").is_err());
+        assert!(serde_json::from_str::<Value>("null").is_err());
+        assert!(serde_json::from_str::<Value>("18446744073709551615").is_err());
     }
 }
