@@ -215,6 +215,9 @@ struct OpOutput {
     /// The op refused what was asked on its merits (a rejected push): the job's audit
     /// entries record a denial with this (value-free) reason.
     denied: Option<String>,
+    /// The changes (by seq) that brought another owner's record here for the first time
+    /// (see migration 0026): our sync streams pass them by unread.
+    first_foreign: Vec<i64>,
 }
 
 impl OpOutput {
@@ -224,6 +227,7 @@ impl OpOutput {
             written: vec![plan.record],
             changes: vec![plan.change],
             denied: None,
+            first_foreign: Vec::new(),
         }
     }
     fn unchanged(current: Record) -> OpOutput {

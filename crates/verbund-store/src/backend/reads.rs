@@ -174,14 +174,15 @@ macro_rules! backend_reads {
         /// theirs), found in the same query. Another owner's record without any record
         /// hanging off it is left out in SQL (nothing of it can bear on what we share): a
         /// partner's apply fills the change log with them, and reading each back cost more
-        /// than applying it. Returns how far the window was looked through: the last change
+        /// than applying it; those that brought the record here first are passed by on
+        /// their `first_foreign` mark, without a look-up. Returns how far the window was looked through: the last change
         /// returned when `limit` were, else `upto`.
         pub async fn stream_changes_after(pool: &$pool, after_seq: i64, upto: i64, org: &str, limit: i64) -> Result<StreamChanges> {
             let rows = sqlx::query(
                 // Another owner's record: its values are not read (nothing of it is sent on).
                 "SELECT c.seq, c.record_id, c.kind, c.op, c.hlc, \
                  CASE WHEN r.owner_org IS NOT NULL AND r.owner_org <> $3 THEN '{}' ELSE c.fields END AS fields, c.at_ms, r.owner_org \
-                 FROM changes c LEFT JOIN records r ON r.id = c.record_id WHERE c.seq > $1 AND c.seq <= $4 \
+                 FROM changes c LEFT JOIN records r ON r.id = c.record_id WHERE c.seq > $1 AND c.seq <= $4 AND NOT c.first_foreign \
                  AND (r.owner_org IS NULL OR r.owner_org = $3 \
                    OR EXISTS (SELECT 1 FROM records d WHERE d.account_id = c.record_id AND d.kind <> 'account' AND d.deleted_version IS NULL) \
                    OR EXISTS (SELECT 1 FROM records d WHERE d.contact_id = c.record_id AND d.deleted_version IS NULL) \

@@ -212,6 +212,10 @@ macro_rules! backend_sync_replica_batch {
                 } else {
                     None
                 };
+                if current.is_none() {
+                    // Its first appearance here: nothing of ours can refer to it yet.
+                    out.first_foreign.push(*seq);
+                }
                 out.changes.push(Change {
                     seq: *seq,
                     record_id: next.id,

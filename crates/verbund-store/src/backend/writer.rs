@@ -32,9 +32,11 @@ macro_rules! backend_writer {
         /// A row names the fields its change wrote, without their values: every reader (the
         /// sync stream, Watch) needs only the names and reads values from the record, so the
         /// log holds no second copy of the data (less to write; nothing personal to erase).
-        async fn append_changes(tx: &mut Tx, changes: &[Change]) -> Result<()> {
+        /// `first_foreign`: the seqs of changes that brought another owner's record here for
+        /// the first time (see migration 0026).
+        async fn append_changes(tx: &mut Tx, changes: &[Change], first_foreign: &HashSet<i64>) -> Result<()> {
             for chunk in changes.chunks(500) {
-                let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO changes (seq, record_id, kind, op, hlc, fields, at_ms) ");
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO changes (seq, record_id, kind, op, hlc, fields, at_ms, first_foreign) ");
                 let mut rows = Vec::with_capacity(chunk.len());
                 for c in chunk {
                     let names: BTreeMap<&String, Option<()>> = c.fields.keys().map(|name| (name, None)).collect();
@@ -47,7 +49,8 @@ macro_rules! backend_writer {
                         .push_bind(c.op.as_str())
                         .push_bind(c.hlc.to_string())
                         .push_bind(fields)
-                        .push_bind(c.at_ms);
+                        .push_bind(c.at_ms)
+                        .push_bind(first_foreign.contains(&c.seq));
                 });
                 qb.build().execute(&mut **tx).await?;
             }
@@ -240,6 +243,7 @@ macro_rules! backend_writer {
                 let mut seq = lock_seq(&mut tx).await?;
                 let mut results = Vec::with_capacity(ops.len());
                 let mut changes = Vec::new();
+                let mut first_foreign = HashSet::new();
                 let mut written = Vec::new();
                 let mut audit_drafts = Vec::new();
                 for (op, mut drafts) in ops {
@@ -271,6 +275,7 @@ macro_rules! backend_writer {
                     match outcome {
                         Ok(out) => {
                             changes.extend(out.changes);
+                            first_foreign.extend(out.first_foreign);
                             written.extend(out.written);
                             if $savepoints {
                                 sqlx::query("RELEASE SAVEPOINT verbund_write").execute(&mut *tx).await?;
@@ -288,7 +293,7 @@ macro_rules! backend_writer {
                         Err(e) => return Err(e),
                     }
                 }
-                append_changes(&mut tx, &changes).await?;
+                append_changes(&mut tx, &changes, &first_foreign).await?;
                 append_audit(&mut tx, audit_drafts).await?;
                 if let Err(e) = tx.commit().await {
                     return Err(StoreError::OutcomeUnknown(e.to_string()));

@@ -196,6 +196,7 @@ on_both!(
     sync_owner_merges_once_keeps_conflicts_and_erases,
     sync_owner_keeps_stream_positions_and_stamp_reservations,
     sync_owner_passes_by_other_owners_records,
+    sync_owner_passes_by_records_new_from_another_owner,
     sync_partner_applies_batches_once_and_shows_pending_edits,
     sync_partner_quarantine_revoking_verdicts_and_history_reset,
     ops_reports_batches_pool_and_counts,

@@ -380,3 +380,81 @@ pub(super) async fn sync_owner_passes_by_other_owners_records(f: &Fixture) {
     assert!(none.changes.is_empty());
     assert_eq!(none.scanned_to, last);
 }
+
+/// A record another owner's stream brings here for the first time is passed by on its mark;
+/// a later change of it is looked at like any other (a record of ours may hang off it by
+/// then).
+pub(super) async fn sync_owner_passes_by_records_new_from_another_owner(f: &Fixture) {
+    use verbund_core::Value;
+    use verbund_store::{ReplicaBatch, ReplicaItem, ReplicaState};
+    let theirs = uuid::Uuid::now_v7();
+    let state = |name: &str, owner_seq: i64| ReplicaState {
+        id: theirs,
+        kind: RecordKind::Account,
+        owner_org: "globex".into(),
+        created_at_ms: 1,
+        updated_at_ms: 2,
+        fields: super::fm(&[("name", Value::Text(name.into()))]),
+        versions: [(
+            "name".to_string(),
+            Hlc::new(1_000 + owner_seq as u64, 0, "globex/n1"),
+        )]
+        .into(),
+        writable: Vec::new(),
+        deleted: None,
+        owner_seq,
+    };
+    let batch = |cursor: i64, st: ReplicaState| ReplicaBatch {
+        owner_org: "globex".into(),
+        cursor,
+        owner_last_seq: 100,
+        at_ms: 3,
+        items: vec![ReplicaItem::Upsert(st)],
+        from_stream: true,
+        ..Default::default()
+    };
+    let start = f.store.last_seq().await.unwrap();
+    f.store
+        .apply_replica_batch(batch(1, state("Fremd", 1)))
+        .await
+        .unwrap();
+    let last = f.store.last_seq().await.unwrap();
+    assert!(
+        last > start,
+        "the replica's first state is in the change log"
+    );
+    let read = f
+        .store
+        .stream_changes_after(start, "acme", 100)
+        .await
+        .unwrap();
+    assert!(read.changes.is_empty(), "{:?}", read.changes);
+    assert_eq!(read.scanned_to, last);
+    // A contact of ours at their account; then their account changes.
+    let plan = verbund_core::write::plan_create(
+        RecordKind::Contact,
+        uuid::Uuid::now_v7(),
+        "acme",
+        super::fm(&[
+            ("last_name", Value::Text("Weber".into())),
+            ("account_id", Value::Text(theirs.to_string())),
+        ]),
+        f.hlc(),
+        1_000,
+    )
+    .unwrap();
+    let ours = f.store.create(plan).await.unwrap();
+    f.store
+        .apply_replica_batch(batch(2, state("Fremd AG", 2)))
+        .await
+        .unwrap();
+    let read = f
+        .store
+        .stream_changes_after(last, "acme", 100)
+        .await
+        .unwrap();
+    let ids: Vec<uuid::Uuid> = read.changes.iter().map(|c| c.record_id).collect();
+    assert_eq!(ids, [ours.id, theirs]);
+    assert_eq!(read.foreign, [theirs].into());
+    assert_eq!(read.scanned_to, f.store.last_seq().await.unwrap());
+}
