@@ -114,10 +114,10 @@ impl<'de> Deserialize<'de> for Value {
                 // As the untagged reader did: `[currency, minor_units]` is an amount (a
                 // struct may be read from a sequence), texts only are a list.
                 let mut items = Vec::new();
-                while let Some(item) = seq.next_element::<ListItem>()? {
+                while let Some(item) = seq.next_element::<Value>()? {
                     items.push(item);
                 }
-                if let [ListItem::Text(currency), ListItem::Int(minor_units)] = items.as_slice() {
+                if let [Value::Text(currency), Value::Int(minor_units)] = items.as_slice() {
                     return Ok(Value::Money(Money {
                         currency: currency.clone(),
                         minor_units: *minor_units,
@@ -126,9 +126,9 @@ impl<'de> Deserialize<'de> for Value {
                 items
                     .into_iter()
                     .map(|item| match item {
-                        ListItem::Text(t) => Ok(t),
-                        ListItem::Int(i) => Err(serde::de::Error::invalid_type(
-                            serde::de::Unexpected::Signed(i),
+                        Value::Text(t) => Ok(t),
+                        _ => Err(serde::de::Error::invalid_type(
+                            serde::de::Unexpected::Other("a value that is not a text"),
                             &"a list of texts",
                         )),
                     })
@@ -138,47 +138,6 @@ impl<'de> Deserialize<'de> for Value {
         }
 
         d.deserialize_any(ValueVisitor)
-    }
-}
-
-/// An element of a JSON array read as a `Value`: a text, or an integer (which only an
-/// amount written as `[currency, minor_units]` may hold).
-enum ListItem {
-    Text(String),
-    Int(i64),
-}
-
-impl<'de> Deserialize<'de> for ListItem {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ListItem, D::Error> {
-        struct ItemVisitor;
-
-        impl serde::de::Visitor<'_> for ItemVisitor {
-            type Value = ListItem;
-
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a text or an integer")
-            }
-
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ListItem, E> {
-                Ok(ListItem::Text(v.to_string()))
-            }
-
-            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<ListItem, E> {
-                Ok(ListItem::Text(v))
-            }
-
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ListItem, E> {
-                Ok(ListItem::Int(v))
-            }
-
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ListItem, E> {
-                i64::try_from(v)
-                    .map(ListItem::Int)
-                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
-            }
-        }
-
-        d.deserialize_any(ItemVisitor)
     }
 }
 
