@@ -174,9 +174,9 @@ macro_rules! backend_reads {
         /// theirs), found in the same query. Another owner's record without any record
         /// hanging off it is left out in SQL (nothing of it can bear on what we share): a
         /// partner's apply fills the change log with them, and reading each back cost more
-        /// than applying it; those that brought the record here first are passed by on
-        /// their `first_foreign` mark, without a look-up. Returns how far the window was looked through: the last change
-        /// returned when `limit` were, else `upto`.
+        /// than applying it. Those that brought the record here first are passed by on
+        /// their `first_foreign` mark, without a look-up. Returns how far the window was
+        /// looked through: the last change returned when `limit` were, else `upto`.
         pub async fn stream_changes_after(pool: &$pool, after_seq: i64, upto: i64, org: &str, limit: i64) -> Result<StreamChanges> {
             let rows = sqlx::query(
                 // Another owner's record: its values are not read (nothing of it is sent on).
