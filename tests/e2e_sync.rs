@@ -1135,3 +1135,90 @@ async fn another_organizations_user_is_shown_no_sequence_numbers_of_ours() {
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
     assert!(e.message().contains("after_seq"), "{e}");
 }
+
+#[test]
+fn a_partners_own_contact_follows_its_rule_when_the_owner_tags_the_account_on_sqlite() {
+    a_partners_own_contact_follows_its_rule_when_the_owner_tags_the_account(Backend::Sqlite);
+}
+
+#[test]
+fn a_partners_own_contact_follows_its_rule_when_the_owner_tags_the_account_on_postgresql() {
+    if Backend::Postgres.available("PostgreSQL sync test (a rule reaching through a replica)") {
+        a_partners_own_contact_follows_its_rule_when_the_owner_tags_the_account(Backend::Postgres);
+    }
+}
+
+/// Three organizations in a chain: acme shares an account with globex; globex keeps a contact
+/// of its own at that account and shares, by rule, what hangs off accounts tagged `vip` with
+/// initech. When acme tags the account, only a change of acme's record reaches globex (its
+/// replica); globex's stream to initech must look at what of its own hangs off it and send
+/// the contact. The account itself, acme's, never passes on to initech; untagging takes the
+/// contact back.
+fn a_partners_own_contact_follows_its_rule_when_the_owner_tags_the_account(backend: Backend) {
+    let mut acme = TestNode::init_fixed_on("acme", backend);
+    // globex's role may read an account's tags here (the default partner role may not).
+    acme.append_policy("g2, globex, partner\np, partner, account, read, tags, always");
+    let mut globex = TestNode::init_fixed_on("globex", backend);
+    globex.append_policy("g2, initech, partner");
+    let mut initech = TestNode::init_fixed_on("initech", backend);
+    for n in [&mut acme, &mut globex, &mut initech] {
+        n.run();
+    }
+    pin(&acme, &globex);
+    pin(&globex, &acme);
+    pin(&globex, &initech);
+    pin(&initech, &globex);
+
+    let account = create(&acme, "account", &["name=Kette AG", "city=Kassel"]);
+    share(&acme, &account, "globex", "partner-account");
+    wait_until("globex holds acme's account", || {
+        get(&globex, "account", &account).is_some()
+    });
+    let contact = create(
+        &globex,
+        "contact",
+        &[
+            &format!("account_id={account}"),
+            "first_name=Jana",
+            "last_name=Glied",
+        ],
+    );
+    // A record of globex's own that initech reaches directly: once it is there, initech's
+    // link is up and has seen everything before it.
+    let marker = create(&globex, "account", &["name=Marker GmbH"]);
+    share(&globex, &marker, "initech", "partner-account");
+    share_rule(&globex, "initech", "account-tag:vip", "partner-account");
+    wait_until("initech holds globex's marker account", || {
+        get(&initech, "account", &marker).is_some()
+    });
+    assert!(
+        get(&initech, "contact", &contact).is_none(),
+        "the contact's account is not tagged yet"
+    );
+
+    update(&acme, "account", &account, &["tags=vip"]);
+    wait_until("globex's replica is tagged", || {
+        field(&globex, "account", &account, "tags").is_some_and(|t| t.contains("vip"))
+    });
+    wait_until(
+        "initech holds globex's contact at the tagged account",
+        || get(&initech, "contact", &contact).is_some(),
+    );
+    let shown = get(&initech, "contact", &contact).unwrap();
+    assert_eq!(shown["owner_org"], "globex");
+    assert_eq!(shown["fields"]["last_name"], "Glied");
+    assert!(
+        get(&initech, "account", &account).is_none(),
+        "acme's account passed on to a third organization"
+    );
+
+    // Untagged: the rule no longer reaches the account, so the contact is revoked.
+    update(&acme, "account", &account, &["tags="]);
+    wait_until("globex's replica is untagged", || {
+        field(&globex, "account", &account, "tags").is_none_or(|t| !t.contains("vip"))
+    });
+    wait_until("initech's copy of the contact is revoked", || {
+        get(&initech, "contact", &contact).is_none()
+    });
+    assert!(get(&initech, "account", &marker).is_some());
+}
