@@ -11,6 +11,9 @@ use std::sync::Mutex;
 use uuid::Uuid;
 use verbund_core::{Record, Value};
 
+/// The most records of one commit that are cached (see [`RecordCache::committed`]).
+pub const CACHE_AT_MOST: usize = 64;
+
 #[derive(Debug)]
 pub struct RecordCache {
     inner: Mutex<Inner>,
@@ -86,10 +89,21 @@ impl RecordCache {
         }
     }
 
-    /// Records just committed by the writer.
-    pub fn committed(&self, records: impl IntoIterator<Item = Record>) {
+    /// Records just committed by the writer. A bulk write (a partner's apply of a share's
+    /// batch) only takes its records' old copies out: caching thousands of records no one
+    /// has asked for would push out the ones in use, and cost the writer the copies.
+    pub fn committed(&self, records: Vec<Record>) {
         let mut inner = self.lock();
         inner.generation += 1;
+        if records.len() > CACHE_AT_MOST {
+            for r in &records {
+                if let Some((_, old)) = inner.map.remove(&r.id) {
+                    inner.bytes -= old;
+                }
+            }
+            drop(inner);
+            return; // the records are dropped outside the lock
+        }
         for r in records {
             Self::insert(&mut inner, r, self.budget);
         }
@@ -154,12 +168,38 @@ mod tests {
         }
     }
 
+    fn rec_of(id: u128, seq: i64) -> Record {
+        Record {
+            id: Uuid::from_u128(id),
+            ..rec(seq)
+        }
+    }
+
+    #[test]
+    fn a_bulk_commit_takes_old_copies_out_and_caches_none() {
+        let c = RecordCache::new(10_000_000);
+        c.committed(vec![rec_of(1, 1), rec_of(2, 1)]);
+        assert_eq!(c.get(&Uuid::from_u128(1)).map(|r| r.seq), Some(1));
+        let bulk: Vec<Record> = (1..=(CACHE_AT_MOST as u128 + 1))
+            .map(|i| rec_of(i, 2))
+            .collect();
+        c.committed(bulk);
+        // The old copies are gone (a read goes to the database), and nothing new came in.
+        assert!(c.get(&Uuid::from_u128(1)).is_none());
+        assert!(c.get(&Uuid::from_u128(2)).is_none());
+        assert!(c.get(&Uuid::from_u128(3)).is_none());
+        assert_eq!(c.bytes(), 0);
+        // A small commit is cached as before.
+        c.committed(vec![rec_of(3, 3)]);
+        assert_eq!(c.get(&Uuid::from_u128(3)).map(|r| r.seq), Some(3));
+    }
+
     #[test]
     fn a_stale_read_never_overwrites_a_commit() {
         let c = RecordCache::new(100_000);
         let g = c.generation();
         // The writer commits seq 2 while a reader still holds seq 1 from the database.
-        c.committed([rec(2)]);
+        c.committed(vec![rec(2)]);
         c.fill(&rec(1), g);
         assert_eq!(c.get(&Uuid::nil()).unwrap().seq, 2);
     }
@@ -174,7 +214,7 @@ mod tests {
             let mut r = rec(i);
             r.id = Uuid::now_v7();
             ids.push(r.id);
-            c.committed([r.clone()]);
+            c.committed(vec![r.clone()]);
             assert!(c.bytes() <= budget, "over budget after {i}");
         }
         let held: usize = c.lock().map.values().map(|(_, n)| *n).sum();
@@ -185,7 +225,7 @@ mod tests {
         let before = c.bytes();
         let mut again = rec(2_000);
         again.id = last;
-        c.committed([again.clone()]);
+        c.committed(vec![again.clone()]);
         assert_eq!(c.bytes(), before);
         assert_eq!(c.get(&last).unwrap().seq, 2_000);
     }
@@ -196,7 +236,7 @@ mod tests {
         let mut big = rec(1);
         big.fields
             .insert("notes".into(), Value::Text("x".repeat(10_000)));
-        c.committed([big.clone()]);
+        c.committed(vec![big.clone()]);
         assert!(c.get(&Uuid::nil()).is_none());
         assert_eq!(c.bytes(), 0);
     }
