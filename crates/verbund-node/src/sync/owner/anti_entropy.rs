@@ -31,11 +31,12 @@ impl NodeState {
         let reached = self.reach_around(&p.org, &records).await?;
         let policy = self.policy();
         let mut out = HashMap::new();
+        let mut access_of = auth::AccessMemo::new(&policy, &self.org, p, &reached);
         for rec in &records {
             if rec.owner_org != self.org || rec.is_deleted() {
                 continue;
             }
-            let access = auth::reached_access(&policy, &self.org, p, rec, &reached);
+            let access = access_of.access(rec);
             if !access.visible() {
                 continue;
             }

@@ -200,6 +200,7 @@ impl NodeState {
         let mut items = Vec::new();
         let mut ledger = Vec::new();
         let mut updates_only = true;
+        let mut access_of = auth::AccessMemo::new(&policy, &self.org, p, &reached);
         for id in ids {
             let Some(rec) = records.get(&id) else {
                 continue;
@@ -229,7 +230,7 @@ impl NodeState {
                 }
                 continue;
             }
-            let access = auth::reached_access(&policy, &self.org, p, rec, &reached);
+            let access = access_of.access(rec);
             let unseen_update = held == Some(DeliveryState::Live)
                 && updated
                     .and_then(|u| u.get(&id))
