@@ -111,12 +111,14 @@ pub struct DeliveryNote {
 }
 
 /// One bucket of a delivery ledger or of the replicas held: the sum of its records'
-/// `sum_part`s (modulo 2^32), and how many of its rows have no digest that counts (none yet,
-/// or computed under another policy): such a bucket must be compared record by record.
+/// `sum_part`s (modulo 2^32), how many of its rows have no digest that counts (none yet,
+/// or computed under another policy: such a bucket must be compared record by record), and
+/// how many rows it has (what comparing it record by record costs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BucketSum {
     pub sum: u64,
     pub unknown: i64,
+    pub rows: i64,
 }
 
 /// What a partner holds of an owner's record, as a local edit needs to know it.

@@ -33,15 +33,16 @@ macro_rules! backend_sync_reads {
 
         const DELIVERY_COLUMNS: &str = "org, record_id, kind, state, first_sent_ms, last_sent_ms, erasure_acked_ms, digest, policy";
 
-        /// 256 bucket sums from rows (bucket, s, unknown).
+        /// 256 bucket sums from rows (bucket, s, unknown, n).
         fn bucket_sums_of(rows: &[<$db as sqlx::Database>::Row]) -> Result<Vec<BucketSum>> {
             let mut out = vec![BucketSum::default(); verbund_core::sync::DIGEST_BUCKETS];
             for r in rows {
                 let bucket: i64 = r.try_get("bucket")?;
                 let sum: Option<i64> = r.try_get("s")?;
                 let unknown: Option<i64> = r.try_get("unknown")?;
+                let rows: i64 = r.try_get("n")?;
                 let slot = usize::try_from(bucket).ok().and_then(|b| out.get_mut(b)).ok_or_else(|| StoreError::Corrupt(format!("bucket {bucket}")))?;
-                *slot = BucketSum { sum: (sum.unwrap_or(0) as u64) & verbund_core::sync::SUM_MASK, unknown: unknown.unwrap_or(0) };
+                *slot = BucketSum { sum: (sum.unwrap_or(0) as u64) & verbund_core::sync::SUM_MASK, unknown: unknown.unwrap_or(0), rows };
             }
             Ok(out)
         }
@@ -51,8 +52,8 @@ macro_rules! backend_sync_reads {
         pub async fn delivery_bucket_sums(pool: &$pool, org: &str, policy: &str) -> Result<Vec<BucketSum>> {
             let rows = sqlx::query(
                 "SELECT bucket, CAST(SUM(sum_part) AS BIGINT) AS s, \
-                 CAST(SUM(CASE WHEN digest IS NULL OR policy IS NULL OR policy <> $2 THEN 1 ELSE 0 END) AS BIGINT) AS unknown \
-                 FROM deliveries WHERE org = $1 AND state = 'live' AND bucket IS NOT NULL GROUP BY bucket",
+                 CAST(SUM(CASE WHEN digest IS NULL OR policy IS NULL OR policy <> $2 THEN 1 ELSE 0 END) AS BIGINT) AS unknown, \
+                 CAST(COUNT(*) AS BIGINT) AS n FROM deliveries WHERE org = $1 AND state = 'live' AND bucket IS NOT NULL GROUP BY bucket",
             )
             .bind(org)
             .bind(policy)
@@ -79,8 +80,8 @@ macro_rules! backend_sync_reads {
         /// Partner: the bucket sums of the live replicas of `owner` we hold.
         pub async fn replica_bucket_sums(pool: &$pool, owner: &str) -> Result<Vec<BucketSum>> {
             let rows = sqlx::query(
-                "SELECT bucket, CAST(SUM(sum_part) AS BIGINT) AS s, CAST(SUM(CASE WHEN digest IS NULL THEN 1 ELSE 0 END) AS BIGINT) AS unknown \
-                 FROM replicas WHERE owner_org = $1 AND state = 'live' AND bucket IS NOT NULL GROUP BY bucket",
+                "SELECT bucket, CAST(SUM(sum_part) AS BIGINT) AS s, CAST(SUM(CASE WHEN digest IS NULL THEN 1 ELSE 0 END) AS BIGINT) AS unknown, \
+                 CAST(COUNT(*) AS BIGINT) AS n FROM replicas WHERE owner_org = $1 AND state = 'live' AND bucket IS NOT NULL GROUP BY bucket",
             )
             .bind(owner)
             .fetch_all(pool)

@@ -128,6 +128,12 @@ pub(super) async fn sync_owner_merges_once_keeps_conflicts_and_erases(f: &Fixtur
     let want = verbund_core::sync::bucket_sums([(&c.id, 7)]);
     assert_eq!(sums.iter().map(|b| b.sum).collect::<Vec<_>>(), want);
     assert!(sums.iter().all(|b| b.unknown == 0));
+    let bucket = verbund_core::sync::bucket_of(&c.id);
+    assert!(
+        sums.iter()
+            .enumerate()
+            .all(|(i, b)| b.rows == i64::from(i == bucket))
+    );
     let reloaded = f.store.delivery_bucket_sums("globex", "p2").await.unwrap();
     assert_eq!(reloaded.iter().map(|b| b.unknown).sum::<i64>(), 1);
     let in_bucket = [verbund_core::sync::bucket_of(&c.id) as u32];

@@ -192,14 +192,9 @@ pub(super) async fn sync_partner_applies_batches_once_and_shows_pending_edits(f:
             verbund_core::sync::record_digest(&owner_state.versions, false)
         )
     );
-    let sums: Vec<u64> = f
-        .store
-        .replica_bucket_sums("globex")
-        .await
-        .unwrap()
-        .iter()
-        .map(|b| b.sum)
-        .collect();
+    let bucket_sums = f.store.replica_bucket_sums("globex").await.unwrap();
+    assert_eq!(bucket_sums.iter().map(|b| b.rows).sum::<i64>(), 1);
+    let sums: Vec<u64> = bucket_sums.iter().map(|b| b.sum).collect();
     assert_eq!(
         sums,
         verbund_core::sync::bucket_sums(held.iter().map(|(id, d)| (id, *d)))

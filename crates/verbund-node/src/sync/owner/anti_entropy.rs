@@ -11,6 +11,32 @@ use super::*;
 /// the partner to come back for the rest).
 const DETAIL_BUCKETS_PER_ROUND: usize = 8;
 
+/// Ledger rows compared record by record per round. A bucket holds 1/256 of what is shared
+/// (about 3,900 rows at 1M), so at scale fewer buckets fit in a round: its memory follows
+/// this bound, not the size of the share. A single bucket over it still goes alone.
+const DETAIL_ROWS_PER_ROUND: i64 = 4_000;
+
+/// The differing buckets (with their ledger rows) to compare in this round, in order: at most
+/// `max_buckets`, and no more rows than `max_rows` unless the first bucket alone has more;
+/// and whether others are left for a later round.
+fn buckets_for_round(
+    differing: &[(u32, i64)],
+    max_buckets: usize,
+    max_rows: i64,
+) -> (Vec<u32>, bool) {
+    let mut picked = Vec::new();
+    let mut rows = 0i64;
+    for &(bucket, n) in differing {
+        if !picked.is_empty() && (picked.len() >= max_buckets || rows.saturating_add(n) > max_rows)
+        {
+            return (picked, true);
+        }
+        rows = rows.saturating_add(n);
+        picked.push(bucket);
+    }
+    (picked, false)
+}
+
 /// What partner `p` should hold of one record: its projection (and the upsert carrying it),
 /// or nothing.
 struct Truth {
@@ -74,19 +100,17 @@ impl NodeState {
                 .into());
             }
             let ours = self.store.delivery_bucket_sums(&p.org, &policy).await?;
-            let differing: Vec<u32> = ours
+            let differing: Vec<(u32, i64)> = ours
                 .iter()
                 .zip(&req.buckets)
                 .enumerate()
                 .filter(|(_, (o, theirs))| o.unknown > 0 || o.sum != **theirs)
-                .map(|(i, _)| i as u32)
+                .map(|(i, (o, _))| (i as u32, o.rows))
                 .collect();
-            let more = differing.len() > DETAIL_BUCKETS_PER_ROUND;
+            let (differing_buckets, more) =
+                buckets_for_round(&differing, DETAIL_BUCKETS_PER_ROUND, DETAIL_ROWS_PER_ROUND);
             return Ok(pb::DigestResponse {
-                differing_buckets: differing
-                    .into_iter()
-                    .take(DETAIL_BUCKETS_PER_ROUND)
-                    .collect(),
+                differing_buckets,
                 repairs: Vec::new(),
                 as_of_seq,
                 more,
@@ -202,5 +226,31 @@ impl NodeState {
             as_of_seq,
             more: false,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::buckets_for_round;
+
+    #[test]
+    fn a_round_takes_differing_buckets_up_to_a_bound_of_rows_and_of_buckets() {
+        // Small buckets (a share of 100k: ~390 rows each): eight per round.
+        let small: Vec<(u32, i64)> = (0..10).map(|b| (b, 390)).collect();
+        assert_eq!(
+            buckets_for_round(&small, 8, 4_000),
+            ((0..8).collect(), true)
+        );
+        // Large ones (1M: ~3,900 rows each): one per round, the next one later.
+        let large = [(3, 3_900), (9, 3_900)];
+        assert_eq!(buckets_for_round(&large, 8, 4_000), (vec![3], true));
+        // A bucket over the bound alone still goes (a round always makes progress).
+        assert_eq!(buckets_for_round(&[(7, 9_000)], 8, 4_000), (vec![7], false));
+        // All of them fit: nothing left.
+        assert_eq!(
+            buckets_for_round(&[(1, 10), (2, 0)], 8, 4_000),
+            (vec![1, 2], false)
+        );
+        assert_eq!(buckets_for_round(&[], 8, 4_000), (vec![], false));
     }
 }
