@@ -178,14 +178,14 @@ pub fn reach(
     org: &str,
     shares: &[Share],
     rules: &[ShareRule],
-    direct: &[Record],
+    direct: &[impl std::borrow::Borrow<Record>],
     children: &[impl std::borrow::Borrow<Record>],
     referenced: &[Record],
 ) -> Reach {
     use std::borrow::Borrow;
     let mut out: Reach = BTreeMap::new();
     let mut seen = BTreeSet::new();
-    for rec in direct {
+    for rec in direct.iter().map(Borrow::borrow) {
         if !seen.insert(rec.id) {
             continue;
         }
@@ -273,11 +273,15 @@ pub fn reach(
     }
     let live_referenced: BTreeSet<Uuid> = referenced
         .iter()
-        .chain(direct)
+        .chain(direct.iter().map(Borrow::borrow))
         .filter(|r| !r.is_deleted())
         .map(|r| r.id)
         .collect();
-    for rec in direct.iter().filter(|r| direct_ids.contains(&r.id)) {
+    for rec in direct
+        .iter()
+        .map(Borrow::borrow)
+        .filter(|r| direct_ids.contains(&r.id))
+    {
         for target in reference_targets(rec) {
             if live_referenced.contains(&target) {
                 out.entry(target).or_default().push(Grant {

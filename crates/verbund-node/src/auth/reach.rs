@@ -93,6 +93,9 @@ impl NodeState {
 
     /// `reach_around`, where the records referring to some targets are known already (the
     /// sync stream looked them up while following dependents): only the rest are looked up.
+    /// The grants are those of our own records; its `records` hold only what `reached_access`
+    /// looks at besides the record itself, the records an activity belongs to: the targets
+    /// are not copied (a sync batch looks at thousands of them).
     pub async fn reach_around_known(
         &self,
         org: &str,
@@ -124,30 +127,49 @@ impl NodeState {
             .filter(|id| !known.of.contains(id))
             .map(Uuid::to_string)
             .collect();
-        let mut referrers = if id_texts.is_empty() {
+        let referrers = if id_texts.is_empty() {
             Vec::new()
         } else {
             store.dependents_of(&id_texts).await?
         };
-        referrers.extend(known.records.iter().cloned());
-        let mut direct: Vec<Record> = Vec::new();
+        let mut direct: Vec<&Record> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for r in targets
             .iter()
             .chain(&related)
             .chain(&accounts)
             .chain(&referrers)
+            .chain(&known.records)
         {
             if seen.insert(r.id) {
-                direct.push(r.clone());
+                direct.push(r);
             }
         }
         let all: Vec<Uuid> = direct.iter().map(|r| r.id).collect();
         let shares = store.shares_of_records(org, &all).await?;
         let rules = store.list_share_rules(Some(org)).await?;
         let children: Vec<&Record> = targets.iter().chain(&related).collect();
-        let grants = access::reach(org, &shares, &rules, &direct, &children, targets);
-        Ok(self.own_reached(grants, direct))
+        let mut grants = access::reach(org, &shares, &rules, &direct, &children, targets);
+        // Only our own records are ever shared (as in `own_reached`).
+        let own: HashMap<Uuid, &Record> = direct
+            .iter()
+            .filter(|r| r.owner_org == self.org)
+            .map(|r| (r.id, *r))
+            .collect();
+        grants.retain(|id, _| own.contains_key(id));
+        let mut records = HashMap::new();
+        for (id, gs) in &grants {
+            if own.get(id).is_some_and(|r| r.kind == RecordKind::Activity) {
+                for g in gs {
+                    if let access::GrantSource::Parent(parent) = g.source
+                        && let Some(pr) = own.get(&parent).filter(|_| grants.contains_key(&parent))
+                    {
+                        records.entry(parent).or_insert_with(|| (*pr).clone());
+                    }
+                }
+            }
+        }
+        Ok(Reached { grants, records })
     }
 
     /// The access of `p` to a stored record (reading the reach for a foreign caller).
