@@ -60,9 +60,14 @@ impl RecordAccess {
     }
 }
 
-/// Everything a foreign organization reaches, with the records themselves.
+/// Everything a foreign organization reaches (of our own records), with the records
+/// themselves.
 pub struct Reached {
     pub grants: Reach,
+    /// From `reach_of`: every reached record. From `reach_around`/`reach_for` (the sync
+    /// stream, anti-entropy, single reads): only what `reached_access` reads besides the
+    /// record asked about, the reached records an activity belongs to; those callers have the
+    /// records themselves, and a sync batch would otherwise copy thousands of them.
     pub records: HashMap<Uuid, Record>,
 }
 
