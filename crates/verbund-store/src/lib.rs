@@ -26,7 +26,9 @@ mod cache;
 use cache::RecordCache;
 mod sync_types;
 pub use sync_types::*;
+mod sum_deltas;
 mod sync_notes;
+use sum_deltas::{DeliverySumDeltas, ReplicaSumDeltas};
 pub use sync_notes::{
     BucketSum, CopyState, DeliveryNote, DeliveryState, OutboxState, PeerAck, ReplicaInfo,
     StreamPosition, SyncNote,
@@ -568,6 +570,7 @@ macro_rules! backend {
 
             backend_writer!($db, $pool, $begin, $savepoints);
             backend_sharing_writes!($db, $pool, $begin, $savepoints);
+            backend_bucket_sums!($db, $pool, $begin, $savepoints);
             backend_sync_owner_writes!($db, $pool, $begin, $savepoints);
             backend_sync_replica_writes!($db, $pool, $begin, $savepoints);
             backend_sync_replica_batch!($db, $pool, $begin, $savepoints);

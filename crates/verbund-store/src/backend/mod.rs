@@ -6,6 +6,8 @@ mod writer;
 #[macro_use]
 mod sharing_writes;
 #[macro_use]
+mod bucket_sums;
+#[macro_use]
 mod sync_owner_writes;
 #[macro_use]
 mod sync_replica_writes;

@@ -96,6 +96,23 @@ macro_rules! backend_sync_owner_writes {
                 .execute(&mut **tx)
                 .await?;
             // Every organization that ever received the record now owes an acknowledgement.
+            // The live rows first: they leave the bucket sums.
+            let was_live = sqlx::query(
+                "UPDATE deliveries SET state = 'erased', erasure_acked_ms = NULL WHERE record_id = $1 AND state = 'live' \
+                 RETURNING org, bucket, sum_part, policy",
+            )
+            .bind(id.to_string())
+            .fetch_all(&mut **tx)
+            .await?;
+            let mut sums = DeliverySumDeltas::default();
+            for row in was_live {
+                let org: String = row.try_get("org")?;
+                let policy: Option<String> = row.try_get("policy")?;
+                if let Some(share) = crate::sum_deltas::share_of(&id, row.try_get("bucket")?, row.try_get("sum_part")?) {
+                    sums.add(&org, share, policy.as_deref(), -1);
+                }
+            }
+            apply_delivery_sums(tx, &sums).await?;
             sqlx::query("UPDATE deliveries SET state = 'erased', erasure_acked_ms = NULL WHERE record_id = $1 AND state <> 'erased'")
                 .bind(id.to_string())
                 .execute(&mut **tx)
@@ -216,15 +233,31 @@ macro_rules! backend_sync_owner_writes {
                 .bind(limit)
                 .fetch_all(&mut **tx)
                 .await?;
+            // A row without a bucket counted in no sum; with one, a live row counts.
+            let mut delivery_sums = DeliverySumDeltas::default();
             for id in ids {
-                let bucket = verbund_core::sync::bucket_of(&Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?) as i64;
-                sqlx::query("UPDATE deliveries SET bucket = $2 WHERE record_id = $1 AND bucket IS NULL")
+                let uuid = Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let bucket = verbund_core::sync::bucket_of(&uuid) as i64;
+                let now_counted = sqlx::query("UPDATE deliveries SET bucket = $2 WHERE record_id = $1 AND bucket IS NULL RETURNING org, state, sum_part, policy")
                     .bind(&id)
                     .bind(bucket)
-                    .execute(&mut **tx)
+                    .fetch_all(&mut **tx)
                     .await?;
+                for row in now_counted {
+                    let state: String = row.try_get("state")?;
+                    if state != DeliveryState::Live.as_str() {
+                        continue;
+                    }
+                    let org: String = row.try_get("org")?;
+                    let policy: Option<String> = row.try_get("policy")?;
+                    if let Some(share) = crate::sum_deltas::share_of(&uuid, Some(bucket), row.try_get("sum_part")?) {
+                        delivery_sums.add(&org, share, policy.as_deref(), 1);
+                    }
+                }
             }
-            let rows = sqlx::query("SELECT record_id, state, shadow_versions FROM replicas WHERE bucket IS NULL LIMIT $1")
+            apply_delivery_sums(tx, &delivery_sums).await?;
+            let mut replica_sums = ReplicaSumDeltas::default();
+            let rows = sqlx::query("SELECT record_id, owner_org, state, shadow_versions FROM replicas WHERE bucket IS NULL LIMIT $1")
                 .bind(limit)
                 .fetch_all(&mut **tx)
                 .await?;
@@ -236,14 +269,21 @@ macro_rules! backend_sync_owner_writes {
                 let digest = (state == CopyState::Live.as_str())
                     .then(|| versions_from_json(&versions).map(|v| verbund_core::sync::record_digest(&v, false)))
                     .transpose()?;
+                let bucket = verbund_core::sync::bucket_of(&uuid) as i64;
+                let sum_part = digest.map(|d| verbund_core::sync::sum_part(&uuid, d) as i64);
                 sqlx::query("UPDATE replicas SET bucket = $2, digest = $3, sum_part = $4 WHERE record_id = $1")
                     .bind(&id)
-                    .bind(verbund_core::sync::bucket_of(&uuid) as i64)
+                    .bind(bucket)
                     .bind(digest.map(|d| d as i64))
-                    .bind(digest.map(|d| verbund_core::sync::sum_part(&uuid, d) as i64))
+                    .bind(sum_part)
                     .execute(&mut **tx)
                     .await?;
+                if state == CopyState::Live.as_str() {
+                    let owner: String = row.try_get("owner_org")?;
+                    replica_sums.add(&owner, (bucket, sum_part.unwrap_or(0), sum_part.is_some()), 1);
+                }
             }
+            apply_replica_sums(tx, &replica_sums).await?;
             Ok(())
         }
 
@@ -252,13 +292,42 @@ macro_rules! backend_sync_owner_writes {
         /// Each live row keeps the digest of the projection sent (and its share of the
         /// bucket sum), so anti-entropy sums buckets in the database.
         async fn record_deliveries(tx: &mut Tx, org: &str, rows: &[DeliveryNote], at_ms: i64, policy: &str) -> Result<()> {
+            let mut sums = DeliverySumDeltas::default();
             for chunk in rows.chunks(500) {
+                // The rows as they stand: what they counted in the bucket sums, and whether
+                // they were erased (an erased row stays so).
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT record_id, state, bucket, sum_part, policy FROM deliveries WHERE org = ");
+                qb.push_bind(org.to_string()).push(" AND record_id IN (");
+                let mut sep = qb.separated(", ");
+                for row in chunk {
+                    sep.push_bind(row.record_id.to_string());
+                }
+                qb.push(")");
+                let mut erased_before = HashSet::new();
+                for old in qb.build().fetch_all(&mut **tx).await? {
+                    let id: String = old.try_get("record_id")?;
+                    let id = Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    let state: String = old.try_get("state")?;
+                    if state == DeliveryState::Erased.as_str() {
+                        erased_before.insert(id);
+                    } else if state == DeliveryState::Live.as_str() {
+                        let policy: Option<String> = old.try_get("policy")?;
+                        if let Some(share) = crate::sum_deltas::share_of(&id, old.try_get("bucket")?, old.try_get("sum_part")?) {
+                            sums.add(org, share, policy.as_deref(), -1);
+                        }
+                    }
+                }
                 let mut qb: QueryBuilder<$db> = QueryBuilder::new(
                     "INSERT INTO deliveries (org, record_id, kind, state, first_sent_ms, last_sent_ms, digest, sum_part, bucket, policy) ",
                 );
                 qb.push_values(chunk, |mut b, row| {
                     let live = row.state == DeliveryState::Live;
                     let digest = row.digest.filter(|_| live);
+                    let sum_part = digest.map(|d| verbund_core::sync::sum_part(&row.record_id, d) as i64);
+                    let bucket = verbund_core::sync::bucket_of(&row.record_id) as i64;
+                    if live && !erased_before.contains(&row.record_id) {
+                        sums.add(org, (bucket, sum_part.unwrap_or(0), sum_part.is_some()), Some(policy), 1);
+                    }
                     b.push_bind(org.to_string())
                         .push_bind(row.record_id.to_string())
                         .push_bind(row.kind.as_str())
@@ -266,8 +335,8 @@ macro_rules! backend_sync_owner_writes {
                         .push_bind(at_ms)
                         .push_bind(at_ms)
                         .push_bind(digest.map(|d| d as i64))
-                        .push_bind(digest.map(|d| verbund_core::sync::sum_part(&row.record_id, d) as i64))
-                        .push_bind(verbund_core::sync::bucket_of(&row.record_id) as i64)
+                        .push_bind(sum_part)
+                        .push_bind(bucket)
                         .push_bind(digest.map(|_| policy.to_string()));
                 });
                 qb.push(
@@ -288,9 +357,20 @@ macro_rules! backend_sync_owner_writes {
                 for row in chunk {
                     sep.push_bind(row.record_id.to_string());
                 }
-                qb.push("))");
-                qb.build().execute(&mut **tx).await?;
+                qb.push(")) RETURNING record_id, bucket, sum_part, policy");
+                for gone in qb.build().fetch_all(&mut **tx).await? {
+                    // Only a row written live above counted; a revoked one did not.
+                    let id: String = gone.try_get("record_id")?;
+                    let id = Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    if chunk.iter().any(|r| r.record_id == id && r.state == DeliveryState::Live) {
+                        let policy: Option<String> = gone.try_get("policy")?;
+                        if let Some(share) = crate::sum_deltas::share_of(&id, gone.try_get("bucket")?, gone.try_get("sum_part")?) {
+                            sums.add(org, share, policy.as_deref(), -1);
+                        }
+                    }
+                }
             }
+            apply_delivery_sums(tx, &sums).await?;
             Ok(())
         }
     };

@@ -47,13 +47,14 @@ macro_rules! backend_sync_reads {
             Ok(out)
         }
 
-        /// Owner: the bucket sums of what partner `org` holds live according to the ledger;
-        /// a row without a digest, or with one computed under another policy, is unknown.
+        /// Owner: the bucket sums of what partner `org` holds live according to the ledger
+        /// (kept in `delivery_sums` as the ledger changes: no ledger row is read); a row
+        /// without a digest, or with one computed under another policy, is unknown.
         pub async fn delivery_bucket_sums(pool: &$pool, org: &str, policy: &str) -> Result<Vec<BucketSum>> {
             let rows = sqlx::query(
-                "SELECT bucket, CAST(SUM(sum_part) AS BIGINT) AS s, \
-                 CAST(SUM(CASE WHEN digest IS NULL OR policy IS NULL OR policy <> $2 THEN 1 ELSE 0 END) AS BIGINT) AS unknown, \
-                 CAST(COUNT(*) AS BIGINT) AS n FROM deliveries WHERE org = $1 AND state = 'live' AND bucket IS NOT NULL GROUP BY bucket",
+                "SELECT bucket, CAST(SUM(CASE WHEN policy = $2 THEN s ELSE 0 END) AS BIGINT) AS s, \
+                 CAST(SUM(CASE WHEN policy = $2 THEN 0 ELSE n END) AS BIGINT) AS unknown, \
+                 CAST(SUM(n) AS BIGINT) AS n FROM delivery_sums WHERE org = $1 GROUP BY bucket",
             )
             .bind(org)
             .bind(policy)
@@ -77,15 +78,13 @@ macro_rules! backend_sync_reads {
             qb.build().fetch_all(pool).await?.iter().map(|r| delivery_row(r)).collect()
         }
 
-        /// Partner: the bucket sums of the live replicas of `owner` we hold.
+        /// Partner: the bucket sums of the live replicas of `owner` we hold (kept in
+        /// `replica_sums` by the replica batch: no replica is read).
         pub async fn replica_bucket_sums(pool: &$pool, owner: &str) -> Result<Vec<BucketSum>> {
-            let rows = sqlx::query(
-                "SELECT bucket, CAST(SUM(sum_part) AS BIGINT) AS s, CAST(SUM(CASE WHEN digest IS NULL THEN 1 ELSE 0 END) AS BIGINT) AS unknown, \
-                 CAST(COUNT(*) AS BIGINT) AS n FROM replicas WHERE owner_org = $1 AND state = 'live' AND bucket IS NOT NULL GROUP BY bucket",
-            )
-            .bind(owner)
-            .fetch_all(pool)
-            .await?;
+            let rows = sqlx::query("SELECT bucket, s, unknown, n FROM replica_sums WHERE owner_org = $1")
+                .bind(owner)
+                .fetch_all(pool)
+                .await?;
             bucket_sums_of(&rows)
         }
 

@@ -39,10 +39,13 @@ macro_rules! backend_sync_replica_batch {
             /// The replicas of ours that are live in the database as it stands in this
             /// transaction: the live count per owner (`replica_counts`) moves by what the
             /// batch changes of them, once per batch (a trigger per row cost more than the
-            /// row's own insert).
-            live_in_db: HashSet<Uuid>,
+            /// row's own insert). With each, its share of the bucket sums (`replica_sums`,
+            /// kept the same way; None: from before buckets were kept, counted in none).
+            live_in_db: HashMap<Uuid, Option<crate::sum_deltas::Share>>,
             /// What the batch changed of our live count so far (written at `flush`).
             live_delta: i64,
+            /// What the batch changed of the bucket sums so far (written at `flush`).
+            sums: ReplicaSumDeltas,
         }
 
         fn in_list(qb: &mut QueryBuilder<$db>, ids: &[Uuid]) {
@@ -94,22 +97,24 @@ macro_rules! backend_sync_replica_batch {
                     record_writes: BTreeMap::new(),
                     replica_writes: BTreeMap::new(),
                     blank_changes: BTreeSet::new(),
-                    live_in_db: HashSet::new(),
+                    live_in_db: HashMap::new(),
                     live_delta: 0,
+                    sums: ReplicaSumDeltas::default(),
                 };
                 for chunk in ids.chunks(IN_CHUNK) {
                     for rec in tx.records(chunk).await? {
                         work.records.insert(rec.id, Some(rec));
                     }
                     let mut qb: QueryBuilder<$db> = QueryBuilder::new(
-                        "SELECT record_id, owner_org, state, owner_seq, shadow_fields, shadow_versions, reset_from FROM replicas WHERE record_id IN (",
+                        "SELECT record_id, owner_org, state, owner_seq, shadow_fields, shadow_versions, reset_from, bucket, sum_part FROM replicas WHERE record_id IN (",
                     );
                     in_list(&mut qb, chunk);
                     for row in qb.build().fetch_all(&mut **tx).await? {
                         let id: String = row.try_get("record_id")?;
                         let (id, replica) = (parse_id(&id)?, replica_from_row(&row)?);
                         if replica.state == CopyState::Live && replica.owner_org == work.owner {
-                            work.live_in_db.insert(id);
+                            let share = crate::sum_deltas::share_of(&id, row.try_get("bucket")?, row.try_get("sum_part")?);
+                            work.live_in_db.insert(id, share);
                         }
                         work.replicas.insert(id, Some(replica));
                     }
@@ -348,8 +353,11 @@ macro_rules! backend_sync_replica_batch {
                         .bind(verbund_core::sync::bucket_of(&id) as i64)
                         .execute(&mut **tx)
                         .await?;
-                        if self.live_in_db.remove(&id) {
+                        if let Some(share) = self.live_in_db.remove(&id) {
                             self.live_delta -= 1;
+                            if let Some(share) = share {
+                                self.sums.add(&self.owner, share, -1);
+                            }
                         }
                         let row = existing.map(|r| ReplicaRow { state, ..r }).unwrap_or(ReplicaRow {
                             owner_org: self.owner.clone(),
@@ -416,7 +424,10 @@ macro_rules! backend_sync_replica_batch {
                 }
                 let mut live_delta = self.live_delta;
                 for (id, _, row) in &replicas {
-                    live_delta += i64::from(row.state == CopyState::Live) - i64::from(self.live_in_db.contains(id));
+                    live_delta += i64::from(row.state == CopyState::Live) - i64::from(self.live_in_db.contains_key(id));
+                    if let Some(Some(share)) = self.live_in_db.get(id) {
+                        self.sums.add(&self.owner, *share, -1);
+                    }
                 }
                 if live_delta != 0 {
                     sqlx::query(
@@ -447,6 +458,10 @@ macro_rules! backend_sync_replica_batch {
                     for (id, w, row) in chunk {
                         // Only a live copy counts in anti-entropy's bucket sums.
                         let digest = (row.state == CopyState::Live).then(|| verbund_core::sync::record_digest(&row.shadow_versions, false));
+                        if let Some(d) = digest {
+                            let share = (verbund_core::sync::bucket_of(id) as i64, verbund_core::sync::sum_part(id, d) as i64, true);
+                            self.sums.add(&row.owner_org, share, 1);
+                        }
                         let same = record_at.get(id).filter(|&&i| {
                             let rec = &records[i].0;
                             rec.fields == row.shadow_fields && rec.versions == row.shadow_versions
@@ -481,6 +496,7 @@ macro_rules! backend_sync_replica_batch {
                     );
                     qb.build().execute(&mut **tx).await?;
                 }
+                apply_replica_sums(tx, &self.sums).await?;
                 let mut record_json = record_json.into_iter();
                 for chunk in records.chunks(ROWS_CHUNK) {
                     let mut rows = Vec::with_capacity(chunk.len());

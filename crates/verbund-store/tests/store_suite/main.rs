@@ -83,6 +83,26 @@ impl Fixture {
             .await
     }
 
+    /// Runs fixed SQL on the test's database past the store (to set up states from older
+    /// versions of the schema).
+    async fn raw_sql(&self, sql: &'static str) {
+        if let Some((url, schema)) = &self.pg_schema {
+            let opts = PgConnectOptions::from_str(url)
+                .unwrap()
+                .options([("search_path", schema.as_str())]);
+            let pool = sqlx::PgPool::connect_with(opts).await.unwrap();
+            sqlx::raw_sql(sql).execute(&pool).await.unwrap();
+            pool.close().await;
+        } else if let Some(dir) = &self._dir {
+            let opts = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(dir.path().join("verbund.db"))
+                .busy_timeout(std::time::Duration::from_secs(10));
+            let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+            sqlx::raw_sql(sql).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+    }
+
     async fn teardown(self) {
         self.store.close().await;
         if let Some((url, schema)) = self.pg_schema {
@@ -195,6 +215,8 @@ on_both!(
     audit_chain_detects_tampering,
     sync_owner_merges_once_keeps_conflicts_and_erases,
     sync_owner_keeps_stream_positions_and_stamp_reservations,
+    sync_owner_keeps_bucket_sums_as_the_ledger_changes,
+    sync_bucket_sums_take_in_rows_from_before_buckets,
     sync_owner_passes_by_other_owners_records,
     sync_owner_passes_by_records_new_from_another_owner,
     sync_partner_applies_batches_once_and_shows_pending_edits,

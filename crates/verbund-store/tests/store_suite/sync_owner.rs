@@ -464,3 +464,184 @@ pub(super) async fn sync_owner_passes_by_records_new_from_another_owner(f: &Fixt
     assert_eq!(read.foreign, [theirs].into());
     assert_eq!(read.scanned_to, f.store.last_seq().await.unwrap());
 }
+
+/// The ledger's bucket sums as kept (`delivery_sums`) must be those of its rows as read: the
+/// sum of the digests of the current policy, and every other live row unknown.
+async fn ledger_sums_agree(f: &Fixture, org: &str, policy: &str) -> Vec<verbund_store::BucketSum> {
+    let kept = f.store.delivery_bucket_sums(org, policy).await.unwrap();
+    let all: Vec<u32> = (0..verbund_core::sync::DIGEST_BUCKETS as u32).collect();
+    let rows = f.store.live_deliveries_in(org, &all).await.unwrap();
+    let counted: Vec<(uuid::Uuid, u64)> = rows
+        .iter()
+        .filter(|r| r.policy.as_deref() == Some(policy))
+        .filter_map(|r| r.digest.map(|d| (r.record_id, d)))
+        .collect();
+    let sums = verbund_core::sync::bucket_sums(counted.iter().map(|(id, d)| (id, *d)));
+    let mut want = vec![verbund_store::BucketSum::default(); verbund_core::sync::DIGEST_BUCKETS];
+    for (b, s) in want.iter_mut().zip(sums) {
+        b.sum = s;
+    }
+    for r in &rows {
+        let b = &mut want[verbund_core::sync::bucket_of(&r.record_id)];
+        b.rows += 1;
+        if r.digest.is_none() || r.policy.as_deref() != Some(policy) {
+            b.unknown += 1;
+        }
+    }
+    assert_eq!(
+        kept, want,
+        "the kept bucket sums of {org} disagree with its ledger"
+    );
+    kept
+}
+
+/// The owner's bucket sums follow every change of the ledger: new rows, new digests, revokes,
+/// a new policy, erasure (with a delivery racing it), without a scan of the ledger.
+pub(super) async fn sync_owner_keeps_bucket_sums_as_the_ledger_changes(f: &Fixture) {
+    use verbund_store::{DeliveryNote, DeliveryState};
+    let note = |id: uuid::Uuid, state: DeliveryState, digest: Option<u64>| DeliveryNote {
+        record_id: id,
+        kind: RecordKind::Contact,
+        state,
+        digest,
+    };
+    let a = f
+        .create(RecordKind::Account, &[("name", text("Kunde"))])
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let c = f
+            .create(
+                RecordKind::Contact,
+                &[
+                    ("account_id", text(&a.id.to_string())),
+                    ("last_name", text(&format!("Muster {i}"))),
+                ],
+            )
+            .await
+            .unwrap();
+        ids.push(c.id);
+    }
+    let live = |range: std::ops::Range<usize>, digest: u64| -> Vec<DeliveryNote> {
+        ids[range]
+            .iter()
+            .map(|id| note(*id, DeliveryState::Live, Some(digest)))
+            .collect()
+    };
+    let deliver = |org: &'static str, rows: Vec<DeliveryNote>, policy: &'static str| async move {
+        f.store
+            .record_deliveries(org, rows, 10, policy, Vec::new(), None)
+            .await
+            .unwrap();
+    };
+    deliver("globex", live(0..30, 7), "p1").await;
+    deliver("fixit", live(10..20, 9), "p1").await;
+    let first = ledger_sums_agree(f, "globex", "p1").await;
+    assert_eq!(first.iter().map(|b| b.rows).sum::<i64>(), 30);
+    assert!(first.iter().all(|b| b.unknown == 0));
+    // New digests for some, the same again for others: each row counts once.
+    deliver("globex", live(0..10, 8), "p1").await;
+    deliver("globex", live(5..15, 8), "p1").await;
+    ledger_sums_agree(f, "globex", "p1").await;
+    // Revoked rows leave the sums; a revoked row sent again comes back.
+    let revokes: Vec<DeliveryNote> = ids[20..25]
+        .iter()
+        .map(|id| note(*id, DeliveryState::Revoked, None))
+        .collect();
+    deliver("globex", revokes, "p1").await;
+    assert_eq!(
+        ledger_sums_agree(f, "globex", "p1")
+            .await
+            .iter()
+            .map(|b| b.rows)
+            .sum::<i64>(),
+        25
+    );
+    deliver("globex", live(24..26, 5), "p1").await;
+    ledger_sums_agree(f, "globex", "p1").await;
+    // A reload: rows sent under p1 count as unknown under p2 until they are sent again.
+    deliver("globex", live(0..5, 6), "p2").await;
+    let reloaded = ledger_sums_agree(f, "globex", "p2").await;
+    assert_eq!(reloaded.iter().map(|b| b.unknown).sum::<i64>(), 26 - 5);
+    ledger_sums_agree(f, "globex", "p1").await;
+    // Erasure takes the record out of every partner's sums.
+    let hlc = f.hlc();
+    let erased = ids[12];
+    f.store
+        .erase(
+            RecordKind::Contact,
+            erased,
+            "verbund://acme/user/admin",
+            move |cur| verbund_core::write::plan_erase(cur, hlc, 30),
+        )
+        .await
+        .unwrap();
+    let after = ledger_sums_agree(f, "globex", "p2").await;
+    assert_eq!(after.iter().map(|b| b.rows).sum::<i64>(), 25);
+    assert_eq!(
+        ledger_sums_agree(f, "fixit", "p1")
+            .await
+            .iter()
+            .map(|b| b.rows)
+            .sum::<i64>(),
+        9
+    );
+    // A delivery racing the erasure is owed the erasure and counts in no sum.
+    deliver("umbrella", live(12..14, 7), "p1").await;
+    let umbrella = ledger_sums_agree(f, "umbrella", "p1").await;
+    assert_eq!(umbrella.iter().map(|b| b.rows).sum::<i64>(), 1);
+    deliver("globex", live(12..13, 7), "p2").await;
+    ledger_sums_agree(f, "globex", "p2").await;
+}
+
+/// Rows from before digests were kept (no bucket) count in no sum until the backfill gives
+/// them a bucket; then the kept sums are those of the rows again, on both sides.
+pub(super) async fn sync_bucket_sums_take_in_rows_from_before_buckets(f: &Fixture) {
+    use verbund_store::{DeliveryNote, DeliveryState};
+    let a = f
+        .create(RecordKind::Account, &[("name", text("Kunde"))])
+        .await
+        .unwrap();
+    let mut rows = Vec::new();
+    for i in 0..12 {
+        let c = f
+            .create(
+                RecordKind::Contact,
+                &[
+                    ("account_id", text(&a.id.to_string())),
+                    ("last_name", text(&format!("Muster {i}"))),
+                ],
+            )
+            .await
+            .unwrap();
+        rows.push(DeliveryNote {
+            record_id: c.id,
+            kind: RecordKind::Contact,
+            state: DeliveryState::Live,
+            digest: Some(3),
+        });
+    }
+    f.store
+        .record_deliveries("globex", rows, 10, "p1", Vec::new(), None)
+        .await
+        .unwrap();
+    // As the ledger stood before digests: no bucket, no digest; the sums as migration 0028
+    // computed them from such a ledger.
+    f.raw_sql(
+        "UPDATE deliveries SET bucket = NULL, digest = NULL, sum_part = NULL, policy = NULL \
+         WHERE record_id IN (SELECT record_id FROM deliveries ORDER BY record_id LIMIT 5); \
+         DELETE FROM delivery_sums; \
+         INSERT INTO delivery_sums (org, bucket, policy, s, n) \
+         SELECT org, bucket, CASE WHEN digest IS NULL OR policy IS NULL THEN '' ELSE policy END, COALESCE(SUM(sum_part), 0), COUNT(*) \
+         FROM deliveries WHERE state = 'live' AND bucket IS NOT NULL \
+         GROUP BY org, bucket, CASE WHEN digest IS NULL OR policy IS NULL THEN '' ELSE policy END;",
+    )
+    .await;
+    let before = f.store.delivery_bucket_sums("globex", "p1").await.unwrap();
+    assert_eq!(before.iter().map(|b| b.rows).sum::<i64>(), 7);
+    f.store.backfill_digests().await.unwrap();
+    let after = ledger_sums_agree(f, "globex", "p1").await;
+    assert_eq!(after.iter().map(|b| b.rows).sum::<i64>(), 12);
+    assert_eq!(after.iter().map(|b| b.unknown).sum::<i64>(), 5);
+}

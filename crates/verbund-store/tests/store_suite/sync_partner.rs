@@ -18,15 +18,35 @@ async fn live_replicas(f: &Fixture, owner: &str) -> i64 {
         .into_iter()
         .find(|(o, _)| o == owner)
         .map_or(0, |(_, n)| n);
-    let found = f
+    let held = f
         .store
         .replica_digests_in(owner, &all_buckets())
         .await
-        .unwrap()
-        .len() as i64;
+        .unwrap();
     assert_eq!(
-        counted, found,
+        counted,
+        held.len() as i64,
         "replica_counts of {owner} disagrees with the replicas"
+    );
+    // So must the bucket sums kept by the replica batch (`replica_sums`).
+    let kept = f.store.replica_bucket_sums(owner).await.unwrap();
+    let sums = verbund_core::sync::bucket_sums(held.iter().map(|(id, d)| (id, *d)));
+    let mut rows = vec![0i64; verbund_core::sync::DIGEST_BUCKETS];
+    for (id, _) in &held {
+        rows[verbund_core::sync::bucket_of(id)] += 1;
+    }
+    let want: Vec<verbund_store::BucketSum> = sums
+        .into_iter()
+        .zip(rows)
+        .map(|(sum, rows)| verbund_store::BucketSum {
+            sum,
+            unknown: 0,
+            rows,
+        })
+        .collect();
+    assert_eq!(
+        kept, want,
+        "replica_sums of {owner} disagrees with the replicas"
     );
     counted
 }
