@@ -399,15 +399,56 @@ fn push_json_string(out: &mut String, s: &str) {
 }
 
 fn versions_from_json(s: &str) -> Result<BTreeMap<String, Hlc>> {
-    let m: BTreeMap<String, String> =
-        serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("versions: {e}")))?;
-    m.into_iter()
-        .map(|(k, v)| {
-            v.parse::<Hlc>()
-                .map(|h| (k, h))
-                .map_err(|e| StoreError::Corrupt(e.to_string()))
-        })
-        .collect()
+    use serde::de::Deserializer as _;
+    let mut de = serde_json::Deserializer::from_str(s);
+    let versions = de
+        .deserialize_map(VersionsVisitor)
+        .and_then(|v| de.end().map(|()| v))
+        .map_err(|e| StoreError::Corrupt(format!("versions: {e}")))?;
+    Ok(versions)
+}
+
+/// Reads a versions object straight into `Hlc`s: each version's text is parsed where it
+/// lies in the JSON (no `String` per version on the way; every record read decodes one).
+struct VersionsVisitor;
+
+impl<'de> serde::de::Visitor<'de> for VersionsVisitor {
+    type Value = BTreeMap<String, Hlc>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a map of field names to version texts")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let mut out = BTreeMap::new();
+        while let Some(name) = map.next_key::<String>()? {
+            let version = map.next_value::<HlcText>()?.0;
+            out.insert(name, version);
+        }
+        Ok(out)
+    }
+}
+
+/// One version's text, parsed from the JSON string as it lies (borrowed unless escaped).
+struct HlcText(Hlc);
+
+impl<'de> serde::Deserialize<'de> for HlcText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct TextVisitor;
+        impl<'de> serde::de::Visitor<'de> for TextVisitor {
+            type Value = HlcText;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a version text")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<HlcText, E> {
+                v.parse::<Hlc>().map(HlcText).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(TextVisitor)
+    }
 }
 
 fn fields_to_json<T: serde::Serialize>(f: &T) -> Result<String> {
@@ -699,6 +740,20 @@ mod tests {
         v.insert("name".to_string(), Hlc::new(5, 1, "acme/n1"));
         assert_eq!(versions_from_json(&versions_to_json(&v)).unwrap(), v);
         assert!(versions_from_json("{\"name\": \"bogus\"}").is_err());
+        for bad in [
+            "[]",
+            "{\"name\": 5}",
+            "{} x",
+            "{\"name\": \"0000000000000005.00000001.n\"",
+            "",
+        ] {
+            assert!(versions_from_json(bad).is_err(), "{bad:?}");
+        }
+        // Escaped text is read as well as borrowed text.
+        assert_eq!(
+            versions_from_json("{\"name\": \"0000000000000005.00000001.acme\\/n1\"}").unwrap(),
+            v
+        );
     }
 
     #[test]
