@@ -327,6 +327,21 @@ pub(super) async fn sync_partner_applies_batches_once_and_shows_pending_edits(f:
         (still.fields["name"].clone(), still.is_deleted()),
         (text("Unser"), false)
     );
+
+    // A replica from before digests were kept (no bucket) counts in no sum until the
+    // backfill gives it its bucket and digest; then the kept sums are the replicas' again.
+    f.raw_sql(
+        "UPDATE replicas SET bucket = NULL, digest = NULL, sum_part = NULL WHERE state = 'live'; \
+         DELETE FROM replica_sums; \
+         INSERT INTO replica_sums (owner_org, bucket, s, unknown, n) \
+         SELECT owner_org, bucket, COALESCE(SUM(sum_part), 0), SUM(CASE WHEN digest IS NULL THEN 1 ELSE 0 END), COUNT(*) \
+         FROM replicas WHERE state = 'live' AND bucket IS NOT NULL GROUP BY owner_org, bucket;",
+    )
+    .await;
+    let before = f.store.replica_bucket_sums("globex").await.unwrap();
+    assert_eq!(before.iter().map(|b| b.rows).sum::<i64>(), 0);
+    f.store.backfill_digests().await.unwrap();
+    assert_eq!(live_replicas(f, "globex").await, 1);
 }
 
 pub(super) async fn sync_partner_quarantine_revoking_verdicts_and_history_reset(f: &Fixture) {
