@@ -292,6 +292,12 @@ macro_rules! backend_sync_owner_writes {
         /// Each live row keeps the digest of the projection sent (and its share of the
         /// bucket sum), so anti-entropy sums buckets in the database.
         async fn record_deliveries(tx: &mut Tx, org: &str, rows: &[DeliveryNote], at_ms: i64, policy: &str) -> Result<()> {
+            // One row per record (the last note of it counts): a record twice in one upsert
+            // is an error in PostgreSQL, and would count twice in the bucket sums.
+            let mut seen = HashSet::with_capacity(rows.len());
+            let mut unique: Vec<&DeliveryNote> = rows.iter().rev().filter(|r| seen.insert(r.record_id)).collect();
+            unique.reverse();
+            let rows = unique;
             let mut sums = DeliverySumDeltas::default();
             for chunk in rows.chunks(500) {
                 // The rows as they stand: what they counted in the bucket sums, and whether

@@ -593,6 +593,16 @@ pub(super) async fn sync_owner_keeps_bucket_sums_as_the_ledger_changes(f: &Fixtu
     assert_eq!(umbrella.iter().map(|b| b.rows).sum::<i64>(), 1);
     deliver("globex", live(12..13, 7), "p2").await;
     ledger_sums_agree(f, "globex", "p2").await;
+    // A record twice in one note: the last counts, once.
+    let twice = vec![
+        note(ids[35], DeliveryState::Live, Some(1)),
+        note(ids[35], DeliveryState::Live, Some(2)),
+    ];
+    deliver("globex", twice, "p2").await;
+    let sums = ledger_sums_agree(f, "globex", "p2").await;
+    assert_eq!(sums.iter().map(|b| b.rows).sum::<i64>(), 26);
+    let rows = f.store.deliveries_of("globex", &[ids[35]]).await.unwrap();
+    assert_eq!(rows[0].digest, Some(2));
 }
 
 /// Rows from before digests were kept (no bucket) count in no sum until the backfill gives
