@@ -64,6 +64,11 @@ fn from_store(e: StoreError) -> Status {
             tracing::error!(error = %e, "write not stored");
             Status::unavailable("the write was not stored; it is safe to retry")
         }
+        // A call (or a sync stream) still running while the node shuts down.
+        StoreError::Closed => {
+            tracing::info!("a call met the closed store (the node is shutting down)");
+            Status::unavailable("the node is shutting down; it is safe to retry")
+        }
         // The store names what (a partner, a share); clipped like every message here.
         StoreError::AlreadyExists(what) => {
             Status::already_exists(clip(&format!("{what} exists already"), MAX_MESSAGE))
@@ -120,6 +125,7 @@ mod tests {
         let cases = [
             (StoreError::CommitFailed(long()), Code::Unavailable),
             (StoreError::WriterStopped, Code::Unavailable),
+            (StoreError::Closed, Code::Unavailable),
             (StoreError::OutcomeUnknown(long()), Code::Unknown),
             (StoreError::AlreadyExists(long()), Code::AlreadyExists),
             (StoreError::NotFound(long()), Code::NotFound),

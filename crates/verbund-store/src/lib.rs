@@ -68,6 +68,9 @@ pub enum StoreError {
     OutcomeUnknown(String),
     #[error("the store's writer has stopped")]
     WriterStopped,
+    /// The store was closed (the node is shutting down): nothing was read or written.
+    #[error("the store is closed (the node is shutting down)")]
+    Closed,
     #[error("{0} exists already")]
     AlreadyExists(String),
     #[error("{0} not found")]
@@ -76,6 +79,9 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
+        if matches!(e, sqlx::Error::PoolClosed) {
+            return StoreError::Closed;
+        }
         StoreError::Database(e)
     }
 }

@@ -326,6 +326,14 @@ macro_rules! backend_writer {
                     }
                     false
                 }
+                Err(StoreError::Closed) => {
+                    // A task still writing while the node shuts down: not a failure of the store.
+                    tracing::info!("the store is closed (shutting down); a write batch was not stored");
+                    for reply in replies {
+                        let _ = reply.send(Err(StoreError::Closed));
+                    }
+                    false
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "write batch failed; nothing of it was committed");
                     let msg = e.to_string();

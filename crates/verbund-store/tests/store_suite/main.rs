@@ -202,6 +202,7 @@ macro_rules! on_both {
 
 on_both!(
     create_and_get_round_trip,
+    a_closed_store_says_so,
     references_must_exist_and_failed_writes_change_nothing,
     update_writes_change_log,
     delete_leaves_tombstone_and_protects_dependents,

@@ -666,3 +666,19 @@ pub(super) async fn activity_rolls_up_to_account(f: &Fixture) {
         .collect();
     assert_eq!(left, vec![on_acc.id, on_contact.id]);
 }
+
+/// A call that meets the closed store (a node shutting down) is told so, a read as well as a
+/// write, and nothing is stored.
+pub(super) async fn a_closed_store_says_so(f: &Fixture) {
+    let a = f
+        .create(RecordKind::Account, &[("name", t("Vorher"))])
+        .await
+        .unwrap();
+    f.store.close().await;
+    let write = f
+        .create(RecordKind::Account, &[("name", t("Danach"))])
+        .await;
+    assert!(matches!(write, Err(StoreError::Closed)), "{write:?}");
+    let read = f.store.changes_after(a.seq - 1, &[], 10).await;
+    assert!(matches!(read, Err(StoreError::Closed)), "{read:?}");
+}
