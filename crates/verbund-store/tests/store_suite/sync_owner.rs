@@ -465,6 +465,29 @@ pub(super) async fn sync_owner_passes_by_records_new_from_another_owner(f: &Fixt
     assert_eq!(read.scanned_to, f.store.last_seq().await.unwrap());
 }
 
+/// `n` new contacts of one new account, their ids in order.
+async fn contacts_of_one_account(f: &Fixture, n: usize) -> Vec<uuid::Uuid> {
+    let a = f
+        .create(RecordKind::Account, &[("name", text("Kunde"))])
+        .await
+        .unwrap();
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let c = f
+            .create(
+                RecordKind::Contact,
+                &[
+                    ("account_id", text(&a.id.to_string())),
+                    ("last_name", text(&format!("Muster {i}"))),
+                ],
+            )
+            .await
+            .unwrap();
+        ids.push(c.id);
+    }
+    ids
+}
+
 /// The ledger's bucket sums as kept (`delivery_sums`) must be those of its rows as read: the
 /// sum of the digests of the current policy, and every other live row unknown.
 async fn ledger_sums_agree(f: &Fixture, org: &str, policy: &str) -> Vec<verbund_store::BucketSum> {
@@ -505,24 +528,7 @@ pub(super) async fn sync_owner_keeps_bucket_sums_as_the_ledger_changes(f: &Fixtu
         state,
         digest,
     };
-    let a = f
-        .create(RecordKind::Account, &[("name", text("Kunde"))])
-        .await
-        .unwrap();
-    let mut ids = Vec::new();
-    for i in 0..40 {
-        let c = f
-            .create(
-                RecordKind::Contact,
-                &[
-                    ("account_id", text(&a.id.to_string())),
-                    ("last_name", text(&format!("Muster {i}"))),
-                ],
-            )
-            .await
-            .unwrap();
-        ids.push(c.id);
-    }
+    let ids = contacts_of_one_account(f, 40).await;
     let live = |range: std::ops::Range<usize>, digest: u64| -> Vec<DeliveryNote> {
         ids[range]
             .iter()
@@ -609,29 +615,16 @@ pub(super) async fn sync_owner_keeps_bucket_sums_as_the_ledger_changes(f: &Fixtu
 /// them a bucket; then the kept sums are those of the rows again, on both sides.
 pub(super) async fn sync_bucket_sums_take_in_rows_from_before_buckets(f: &Fixture) {
     use verbund_store::{DeliveryNote, DeliveryState};
-    let a = f
-        .create(RecordKind::Account, &[("name", text("Kunde"))])
+    let rows: Vec<DeliveryNote> = contacts_of_one_account(f, 12)
         .await
-        .unwrap();
-    let mut rows = Vec::new();
-    for i in 0..12 {
-        let c = f
-            .create(
-                RecordKind::Contact,
-                &[
-                    ("account_id", text(&a.id.to_string())),
-                    ("last_name", text(&format!("Muster {i}"))),
-                ],
-            )
-            .await
-            .unwrap();
-        rows.push(DeliveryNote {
-            record_id: c.id,
+        .into_iter()
+        .map(|id| DeliveryNote {
+            record_id: id,
             kind: RecordKind::Contact,
             state: DeliveryState::Live,
             digest: Some(3),
-        });
-    }
+        })
+        .collect();
     f.store
         .record_deliveries("globex", rows, 10, "p1", Vec::new(), None)
         .await
