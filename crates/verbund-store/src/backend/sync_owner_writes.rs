@@ -108,7 +108,7 @@ macro_rules! backend_sync_owner_writes {
             for row in was_live {
                 let org: String = row.try_get("org")?;
                 let policy: Option<String> = row.try_get("policy")?;
-                if let Some(share) = crate::sum_deltas::share_of(&id, row.try_get("bucket")?, row.try_get("sum_part")?) {
+                if let Some(share) = crate::sum_deltas::share_of(row.try_get("bucket")?, row.try_get("sum_part")?) {
                     sums.add(&org, share, policy.as_deref(), -1);
                 }
             }
@@ -250,7 +250,7 @@ macro_rules! backend_sync_owner_writes {
                     }
                     let org: String = row.try_get("org")?;
                     let policy: Option<String> = row.try_get("policy")?;
-                    if let Some(share) = crate::sum_deltas::share_of(&uuid, Some(bucket), row.try_get("sum_part")?) {
+                    if let Some(share) = crate::sum_deltas::share_of(Some(bucket), row.try_get("sum_part")?) {
                         delivery_sums.add(&org, share, policy.as_deref(), 1);
                     }
                 }
@@ -318,7 +318,7 @@ macro_rules! backend_sync_owner_writes {
                         erased_before.insert(id);
                     } else if state == DeliveryState::Live.as_str() {
                         let policy: Option<String> = old.try_get("policy")?;
-                        if let Some(share) = crate::sum_deltas::share_of(&id, old.try_get("bucket")?, old.try_get("sum_part")?) {
+                        if let Some(share) = crate::sum_deltas::share_of(old.try_get("bucket")?, old.try_get("sum_part")?) {
                             sums.add(org, share, policy.as_deref(), -1);
                         }
                     }
@@ -370,7 +370,7 @@ macro_rules! backend_sync_owner_writes {
                     let id = Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                     if chunk.iter().any(|r| r.record_id == id && r.state == DeliveryState::Live) {
                         let policy: Option<String> = gone.try_get("policy")?;
-                        if let Some(share) = crate::sum_deltas::share_of(&id, gone.try_get("bucket")?, gone.try_get("sum_part")?) {
+                        if let Some(share) = crate::sum_deltas::share_of(gone.try_get("bucket")?, gone.try_get("sum_part")?) {
                             sums.add(org, share, policy.as_deref(), -1);
                         }
                     }

@@ -113,7 +113,7 @@ macro_rules! backend_sync_replica_batch {
                         let id: String = row.try_get("record_id")?;
                         let (id, replica) = (parse_id(&id)?, replica_from_row(&row)?);
                         if replica.state == CopyState::Live && replica.owner_org == work.owner {
-                            let share = crate::sum_deltas::share_of(&id, row.try_get("bucket")?, row.try_get("sum_part")?);
+                            let share = crate::sum_deltas::share_of(row.try_get("bucket")?, row.try_get("sum_part")?);
                             work.live_in_db.insert(id, share);
                         }
                         work.replicas.insert(id, Some(replica));
