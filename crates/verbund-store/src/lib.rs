@@ -6,9 +6,10 @@
 //! bound parameters only.
 //!
 //! Invariants kept here:
-//! - every write runs in one transaction that first bumps `node_state.last_seq`; this serializes
-//!   writers (SQLite: `BEGIN IMMEDIATE`; PostgreSQL: the row lock), so change sequence numbers
-//!   commit in order and without gaps — a reader resuming "after seq N" never misses a change;
+//! - every write runs in one transaction that holds the write lock (SQLite: `BEGIN IMMEDIATE`,
+//!   with the counter kept by the writer; PostgreSQL: the row lock on `node_state.last_seq`,
+//!   taken first), so change sequence numbers commit in order and without gaps — a reader
+//!   resuming "after seq N" never misses a change;
 //! - the record row and its change-log row are written in the same transaction;
 //! - references are resolved inside that transaction, so a concurrent delete cannot orphan them;
 //! - nothing is written when validation fails (the plan is computed before any statement that
@@ -24,6 +25,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub mod backup;
 mod cache;
 use cache::RecordCache;
+mod recent;
+use recent::{CommittedChanges, RecentChanges};
 mod sync_types;
 pub use sync_types::*;
 mod sum_deltas;
@@ -226,6 +229,8 @@ struct OpOutput {
     /// The changes (by seq) that brought another owner's record here for the first time
     /// (see migration 0026): our sync streams pass them by unread.
     first_foreign: Vec<i64>,
+    /// Records whose earlier change-log rows had their field names blanked.
+    blanked: Vec<Uuid>,
 }
 
 impl OpOutput {
@@ -236,6 +241,7 @@ impl OpOutput {
             changes: vec![plan.change],
             denied: None,
             first_foreign: Vec::new(),
+            blanked: Vec::new(),
         }
     }
     fn unchanged(current: Record) -> OpOutput {
@@ -279,7 +285,7 @@ pub struct AuditReport {
 }
 
 /// A window of the change log as the sync stream of one organization reads it.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct StreamChanges {
     /// The changes that may bear on what the organization shares, in order.
     pub changes: Vec<Change>,
@@ -682,8 +688,25 @@ pub struct Store {
     shared_pg: Option<Arc<PgConnectOptions>>,
     /// Only for SQLite, where this process is the only writer (see `cache`).
     cache: Option<Arc<RecordCache>>,
+    /// Only for SQLite: the newest changes, kept by the writer (see `recent`).
+    recent: Option<Arc<RecentChanges>>,
     /// Called by the writer after every batch (metrics).
     batch_hook: ops::BatchHook,
+}
+
+/// What the writer task keeps in memory besides the database. Only the embedded SQLite
+/// backend keeps anything (this process alone writes the file); PostgreSQL may be shared by
+/// several processes of a node, so every batch reads everything from the database there.
+#[derive(Default)]
+struct WriterMemory {
+    cache: Option<Arc<RecordCache>>,
+    recent: Option<Arc<RecentChanges>>,
+    /// The writer's copy of the sequence counter (SQLite): the last change committed. None
+    /// at start, after a failed batch and on PostgreSQL: the batch reads (and locks) the
+    /// counter in the database first. Saves that statement, a hand-off to SQLite's thread,
+    /// in every write transaction.
+    last_seq: Option<i64>,
+    keeps_seq: bool,
 }
 
 /// Bytes of records kept in memory by the SQLite backend (estimated; see `cache`): hot

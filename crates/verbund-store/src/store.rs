@@ -198,7 +198,14 @@ impl Store {
         let writer = backend.clone();
         let cache =
             matches!(backend, Backend::Sqlite(_)).then(|| Arc::new(RecordCache::new(CACHE_BUDGET)));
-        let writer_cache = cache.clone();
+        let recent = matches!(backend, Backend::Sqlite(_))
+            .then(|| Arc::new(RecentChanges::new(recent::RECENT_CHANGES)));
+        let mut memory = WriterMemory {
+            cache: cache.clone(),
+            recent: recent.clone(),
+            last_seq: None,
+            keeps_seq: matches!(backend, Backend::Sqlite(_)),
+        };
         let batch_hook = ops::BatchHook::default();
         let writer_hook = batch_hook.clone();
         tokio::spawn(async move {
@@ -217,11 +224,10 @@ impl Store {
                 let started = std::time::Instant::now();
                 let committed = match &writer {
                     Backend::Sqlite(p) => {
-                        let cache = writer_cache.as_deref();
-                        sqlite_impl::write_batch(p, batch, cache, &writer_commits).await
+                        sqlite_impl::write_batch(p, batch, &mut memory, &writer_commits).await
                     }
                     Backend::Postgres(p) => {
-                        pg_impl::write_batch(p, batch, None, &writer_commits).await
+                        pg_impl::write_batch(p, batch, &mut memory, &writer_commits).await
                     }
                 };
                 writer_hook.report(&ops::BatchReport {
@@ -240,6 +246,7 @@ impl Store {
             _pg_lock: None,
             shared_pg: None,
             cache,
+            recent,
             batch_hook,
         })
     }
@@ -660,6 +667,13 @@ impl Store {
         kinds: &[RecordKind],
         limit: i64,
     ) -> Result<Vec<Change>> {
+        if let Some(recent) = self.recent() {
+            let published = *self.commits.borrow();
+            let limit = usize::try_from(limit).unwrap_or(0);
+            if let Some(kept) = recent.changes_after(after_seq, published, kinds, limit) {
+                return Ok(kept);
+            }
+        }
         let mut changes = dispatch!(self, changes_after(after_seq, kinds, limit))?;
         if self.cache.is_some() {
             // The writer updates the record cache after its commit and publishes the commit
@@ -697,9 +711,41 @@ impl Store {
                 ..StreamChanges::default()
             });
         }
+        if let Some(recent) = self.recent() {
+            let kept_limit = usize::try_from(limit).unwrap_or(0);
+            if let Some((changes, scanned_to)) =
+                recent.stream_changes_after(after_seq, upto, org, kept_limit)
+            {
+                return Ok(StreamChanges {
+                    changes,
+                    foreign: BTreeSet::new(),
+                    scanned_to,
+                    last,
+                });
+            }
+        }
         let mut read = dispatch!(self, stream_changes_after(after_seq, upto, org, limit))?;
         read.last = last;
         Ok(read)
+    }
+
+    /// The newest changes kept in memory, unless the store is closed (a closed store answers
+    /// nothing, not even from memory).
+    fn recent(&self) -> Option<&RecentChanges> {
+        let closed = match &self.backend {
+            Backend::Sqlite(p) => p.is_closed(),
+            Backend::Postgres(p) => p.is_closed(),
+        };
+        self.recent.as_deref().filter(|_| !closed)
+    }
+
+    /// Forgets the newest changes kept in memory (SQLite): the next reads of the change log
+    /// go to the database. For tests that compare both answers.
+    #[doc(hidden)]
+    pub fn forget_recent_changes(&self) {
+        if let Some(recent) = &self.recent {
+            recent.clear();
+        }
     }
 
     pub async fn last_seq(&self) -> Result<i64> {

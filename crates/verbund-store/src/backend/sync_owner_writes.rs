@@ -124,7 +124,9 @@ macro_rules! backend_sync_owner_writes {
                 .bind(by)
                 .execute(&mut **tx)
                 .await?;
-            Ok(OpOutput::one(plan))
+            let mut out = OpOutput::one(plan);
+            out.blanked.push(id);
+            Ok(out)
         }
 
         /// Sync bookkeeping, in the writer's transaction (one statement per note, or per

@@ -549,6 +549,7 @@ macro_rules! backend_sync_replica_batch {
                     in_list(&mut qb, chunk);
                     qb.build().execute(&mut **tx).await?;
                 }
+                out.blanked.extend(blank);
                 out.written.extend(records.into_iter().map(|(rec, _)| rec));
                 Ok(())
             }

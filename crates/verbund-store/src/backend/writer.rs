@@ -231,20 +231,26 @@ macro_rules! backend_writer {
         /// savepoint. Any database error fails the whole batch (nothing is committed).
         /// Replies go out only after the commit.
         /// True if the batch committed.
-        pub async fn write_batch(pool: &$pool, jobs: Vec<WriteJob>, cache: Option<&RecordCache>, commits: &watch::Sender<i64>) -> bool {
+        pub async fn write_batch(pool: &$pool, jobs: Vec<WriteJob>, memory: &mut WriterMemory, commits: &watch::Sender<i64>) -> bool {
             let mut ops = Vec::with_capacity(jobs.len());
             let mut replies = Vec::with_capacity(jobs.len());
             for j in jobs {
                 ops.push((j.op, j.audit));
                 replies.push(j.reply);
             }
-            let outcome: Result<(Vec<Result<Option<Record>>>, Vec<Record>, i64)> = async {
+            let outcome: Result<(Vec<Result<Option<Record>>>, Vec<Record>, i64, Vec<Change>, HashSet<i64>, Vec<Uuid>)> = async {
                 let mut tx = pool.begin_with($begin).await?;
-                let mut seq = lock_seq(&mut tx).await?;
+                // SQLite's BEGIN IMMEDIATE has taken the write lock already; the counter's row
+                // lock is what serializes writers on PostgreSQL.
+                let mut seq = match memory.last_seq {
+                    Some(last) => last,
+                    None => lock_seq(&mut tx).await?,
+                };
                 let mut results = Vec::with_capacity(ops.len());
                 let mut changes = Vec::new();
                 let mut first_foreign = HashSet::new();
                 let mut written = Vec::new();
+                let mut blanked = Vec::new();
                 let mut audit_drafts = Vec::new();
                 for (op, mut drafts) in ops {
                     if $savepoints {
@@ -277,6 +283,7 @@ macro_rules! backend_writer {
                             changes.extend(out.changes);
                             first_foreign.extend(out.first_foreign);
                             written.extend(out.written);
+                            blanked.extend(out.blanked);
                             if $savepoints {
                                 sqlx::query("RELEASE SAVEPOINT verbund_write").execute(&mut *tx).await?;
                             }
@@ -298,12 +305,28 @@ macro_rules! backend_writer {
                 if let Err(e) = tx.commit().await {
                     return Err(StoreError::OutcomeUnknown(e.to_string()));
                 }
-                Ok((results, written, seq))
+                Ok((results, written, seq, changes, first_foreign, blanked))
             }
             .await;
+            if outcome.is_err() {
+                // Whatever happened, the next batch reads the counter from the database.
+                memory.last_seq = None;
+            }
             match outcome {
-                Ok((results, written, last_seq)) => {
-                    if let Some(cache) = cache {
+                Ok((results, written, last_seq, changes, first_foreign, blanked)) => {
+                    if memory.keeps_seq {
+                        memory.last_seq = Some(last_seq);
+                    }
+                    // Both before the commit is published: whoever it wakes finds them.
+                    if let Some(recent) = &memory.recent {
+                        recent.committed(CommittedChanges {
+                            owners: written.iter().map(|r| (r.id, r.owner_org.as_str())).collect(),
+                            changes,
+                            first_foreign: &first_foreign,
+                            blanked: &blanked,
+                        });
+                    }
+                    if let Some(cache) = &memory.cache {
                         cache.committed(written);
                     }
                     // Wake change streams whether or not the writers' callers still wait.

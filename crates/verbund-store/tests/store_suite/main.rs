@@ -29,8 +29,8 @@ use uuid::Uuid;
 use verbund_core::access::Share;
 use verbund_core::audit::AuditDraft;
 use verbund_core::write::{plan_create, plan_delete, plan_update};
-use verbund_core::{FieldMap, Hlc, HlcClock, RecordKind, Value};
-use verbund_store::{Store, StoreError};
+use verbund_core::{Change, FieldMap, Hlc, HlcClock, RecordKind, Value};
+use verbund_store::{Store, StoreError, StreamChanges};
 
 const PG_ENV: &str = "VERBUND_TEST_POSTGRES_URL";
 
@@ -42,6 +42,33 @@ struct Fixture {
 }
 
 impl Fixture {
+    /// `Store::changes_after`, read twice: as a reader gets it (from the changes the SQLite
+    /// writer keeps in memory, where it can) and from the database; both must agree.
+    async fn log_after(&self, after: i64, kinds: &[RecordKind], limit: i64) -> Vec<Change> {
+        let read = self.store.changes_after(after, kinds, limit).await.unwrap();
+        self.store.forget_recent_changes();
+        let from_db = self.store.changes_after(after, kinds, limit).await.unwrap();
+        assert_eq!(read, from_db, "the kept changes and the log disagree");
+        read
+    }
+
+    /// `Store::stream_changes_after`, read twice like `log_after`.
+    async fn stream_log_after(&self, after: i64, org: &str, limit: i64) -> StreamChanges {
+        let read = self
+            .store
+            .stream_changes_after(after, org, limit)
+            .await
+            .unwrap();
+        self.store.forget_recent_changes();
+        let from_db = self
+            .store
+            .stream_changes_after(after, org, limit)
+            .await
+            .unwrap();
+        assert_eq!(read, from_db, "the kept changes and the log disagree");
+        read
+    }
+
     fn hlc(&self) -> Hlc {
         let mut c = self.clock.lock().unwrap();
         let now = std::time::SystemTime::now()
@@ -211,6 +238,7 @@ on_both!(
     concurrent_writers_get_gap_free_sequences,
     activity_rolls_up_to_account,
     failed_writes_in_a_batch_fail_alone,
+    a_refused_batch_leaves_no_gap_in_the_sequence,
     partner_registry,
     shares_and_rules,
     audit_chain_detects_tampering,

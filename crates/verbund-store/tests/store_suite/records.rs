@@ -55,12 +55,60 @@ pub(super) async fn failed_writes_in_a_batch_fail_alone(f: &Fixture) {
         }
     }
     assert_eq!(f.store.count(RecordKind::Contact).await.unwrap(), 30);
-    let log = f.store.changes_after(0, &[], 1_000).await.unwrap();
+    let log = f.log_after(0, &[], 1_000).await;
     assert_eq!(
         log.iter().map(|c| c.seq).collect::<Vec<_>>(),
         (1..=31).collect::<Vec<i64>>()
     );
     assert_eq!(f.store.last_seq().await.unwrap(), 31);
+}
+
+/// A batch the database refuses stores nothing and takes no sequence number: the next write
+/// follows the last committed change without a gap (the SQLite writer keeps the counter in
+/// memory and must not keep the failed batch's).
+pub(super) async fn a_refused_batch_leaves_no_gap_in_the_sequence(f: &Fixture) {
+    let acc = f
+        .create(RecordKind::Account, &[("name", t("Acme"))])
+        .await
+        .unwrap();
+    // The database itself refuses every change of a contact (not a rule of ours).
+    if f.pg_schema.is_some() {
+        f.raw_sql(
+            "CREATE FUNCTION refuse_change() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$ LANGUAGE plpgsql; \
+             CREATE TRIGGER refuse BEFORE INSERT ON changes FOR EACH ROW WHEN (NEW.kind = 'contact') EXECUTE FUNCTION refuse_change();",
+        )
+        .await;
+    } else {
+        f.raw_sql(
+            "CREATE TRIGGER refuse BEFORE INSERT ON changes WHEN NEW.kind = 'contact' \
+             BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+        )
+        .await;
+    }
+    let refused = f
+        .create(RecordKind::Contact, &[("last_name", t("Weber"))])
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::CommitFailed(_))),
+        "{refused:?}"
+    );
+    assert_eq!(f.store.last_seq().await.unwrap(), acc.seq);
+    f.raw_sql(if f.pg_schema.is_some() {
+        "DROP TRIGGER refuse ON changes"
+    } else {
+        "DROP TRIGGER refuse"
+    })
+    .await;
+    let next = f
+        .create(RecordKind::Contact, &[("last_name", t("Weber"))])
+        .await
+        .unwrap();
+    assert_eq!(next.seq, acc.seq + 1);
+    let log = f.log_after(0, &[], 100).await;
+    assert_eq!(
+        log.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        vec![acc.seq, next.seq]
+    );
 }
 
 pub(super) async fn create_and_get_round_trip(f: &Fixture) {
@@ -210,16 +258,12 @@ pub(super) async fn update_writes_change_log(f: &Fixture) {
         err,
         StoreError::Domain(DomainError::NotFound { .. })
     ));
-    let log = f.store.changes_after(0, &[], 100).await.unwrap();
+    let log = f.log_after(0, &[], 100).await;
     assert_eq!(log.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
     assert_eq!(log[2].fields.keys().collect::<Vec<_>>(), vec!["stage"]);
     // The log names what a change wrote; the values live in the record only.
     assert_eq!(log[2].fields["stage"], None);
-    let only_opps = f
-        .store
-        .changes_after(0, &[RecordKind::Opportunity], 100)
-        .await
-        .unwrap();
+    let only_opps = f.log_after(0, &[RecordKind::Opportunity], 100).await;
     assert_eq!(only_opps.len(), 2);
     assert_eq!(f.store.last_hlc().await.unwrap(), Some(log[2].hlc.clone()));
 }
@@ -271,7 +315,7 @@ pub(super) async fn delete_leaves_tombstone_and_protects_dependents(f: &Fixture)
         ..q
     };
     assert_eq!(f.store.list(&q).await.unwrap().len(), 1);
-    let log = f.store.changes_after(0, &[], 100).await.unwrap();
+    let log = f.log_after(0, &[], 100).await;
     assert_eq!(log.last().unwrap().op, verbund_core::ChangeOp::Delete);
 }
 
@@ -480,7 +524,7 @@ pub(super) async fn concurrent_writers_get_gap_free_sequences(f: &Fixture) {
     for t in tasks {
         t.await.unwrap();
     }
-    let log = f.store.changes_after(0, &[], 1_000).await.unwrap();
+    let log = f.log_after(0, &[], 1_000).await;
     assert_eq!(log.len(), 121);
     assert!(
         log.iter().enumerate().all(|(i, c)| c.seq == i as i64 + 1),

@@ -186,7 +186,7 @@ pub(super) async fn sync_owner_merges_once_keeps_conflicts_and_erases(f: &Fixtur
         .await
         .unwrap();
     assert_eq!(f.store.pending_erasures("umbrella").await.unwrap().len(), 1);
-    let log = f.store.changes_after(0, &[], 1000).await.unwrap();
+    let log = f.log_after(0, &[], 1000).await;
     for ch in log.iter().filter(|ch| ch.record_id == c.id) {
         assert!(ch.fields.values().all(Option::is_none), "{ch:?}");
     }
@@ -290,7 +290,7 @@ pub(super) async fn sync_owner_passes_by_other_owners_records(f: &Fixture) {
     let lone = as_org("globex", RecordKind::Account, vec![("name", t("Fremd"))]).await;
     // The stream's read of the change log tells which records are another's.
     let foreign = || async {
-        let read = f.store.stream_changes_after(0, "acme", 100).await.unwrap();
+        let read = f.stream_log_after(0, "acme", 100).await;
         assert!(read.changes.iter().any(|c| c.record_id == ours.id));
         assert_eq!(
             read.scanned_to, read.last,
@@ -366,23 +366,15 @@ pub(super) async fn sync_owner_passes_by_other_owners_records(f: &Fixture) {
     );
     // A read that reaches its limit has looked through the log up to its last change.
     let last = f.store.last_seq().await.unwrap();
-    let read = f.store.stream_changes_after(0, "acme", 2).await.unwrap();
+    let read = f.stream_log_after(0, "acme", 2).await;
     assert_eq!(read.changes.len(), 2);
     assert_eq!(read.scanned_to, read.changes[1].seq);
     assert_eq!(read.last, last);
-    let rest = f
-        .store
-        .stream_changes_after(read.scanned_to, "acme", 100)
-        .await
-        .unwrap();
+    let rest = f.stream_log_after(read.scanned_to, "acme", 100).await;
     assert_eq!(rest.scanned_to, last);
     assert!(rest.changes.iter().all(|c| c.seq > read.scanned_to));
     // Nothing after the last change: nothing read, and the window stays where it was.
-    let none = f
-        .store
-        .stream_changes_after(last, "acme", 100)
-        .await
-        .unwrap();
+    let none = f.stream_log_after(last, "acme", 100).await;
     assert!(none.changes.is_empty());
     assert_eq!(none.scanned_to, last);
 }
@@ -429,11 +421,7 @@ pub(super) async fn sync_owner_passes_by_records_new_from_another_owner(f: &Fixt
         last > start,
         "the replica's first state is in the change log"
     );
-    let read = f
-        .store
-        .stream_changes_after(start, "acme", 100)
-        .await
-        .unwrap();
+    let read = f.stream_log_after(start, "acme", 100).await;
     assert!(read.changes.is_empty(), "{:?}", read.changes);
     assert_eq!(read.scanned_to, last);
     // A contact of ours at their account; then their account changes.
@@ -454,11 +442,7 @@ pub(super) async fn sync_owner_passes_by_records_new_from_another_owner(f: &Fixt
         .apply_replica_batch(batch(2, state("Fremd AG", 2)))
         .await
         .unwrap();
-    let read = f
-        .store
-        .stream_changes_after(last, "acme", 100)
-        .await
-        .unwrap();
+    let read = f.stream_log_after(last, "acme", 100).await;
     let ids: Vec<uuid::Uuid> = read.changes.iter().map(|c| c.record_id).collect();
     assert_eq!(ids, [ours.id, theirs]);
     assert_eq!(read.foreign, [theirs].into());

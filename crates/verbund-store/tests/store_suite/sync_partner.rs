@@ -227,6 +227,11 @@ pub(super) async fn sync_partner_applies_batches_once_and_shows_pending_edits(f:
         .unwrap();
     let gone = f.store.get(r).await.unwrap().unwrap();
     assert!(gone.is_deleted() && gone.fields.is_empty());
+    // Its earlier changes in the log name no field any more (read as Watch reads them).
+    let log = f.log_after(0, &[], 1_000).await;
+    let of_r: Vec<_> = log.iter().filter(|c| c.record_id == r).collect();
+    assert!(of_r.len() > 1, "{of_r:?}");
+    assert!(of_r[..of_r.len() - 1].iter().all(|c| c.fields.is_empty()));
     assert_eq!(live_replicas(f, "globex").await, 0);
     assert!(
         f.store
