@@ -548,6 +548,94 @@ async fn updates_in_flight_survive_kill_9_of_the_owner(backend: Backend) {
     assert_eq!(replicas(&globex, "acme"), N as i64);
 }
 
+/// Updates of records the partner holds go ahead of their bookkeeping, which the stream
+/// commits for many at once when they settle: then the partner's acknowledged position
+/// covers them, and the owner's audit log notes what was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_updates_is_noted_and_acknowledged_once_it_settles() {
+    use verbund_node::pb;
+    const N: usize = 4;
+    let (acme, globex) = owner_and_partner_on(Backend::Sqlite);
+    let mut accounts = pb::account_service_client::AccountServiceClient::new(acme.admin().await);
+    let mut ids = Vec::new();
+    for i in 0..N {
+        let created = accounts
+            .create_account(pb::CreateAccountRequest {
+                account: Some(pb::Account {
+                    name: Some(format!("Schub {i} AG")),
+                    tags: vec!["schub".into()],
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        ids.push(created.meta.unwrap().id);
+    }
+    add_tag_rule(&acme, "globex", "schub");
+    wait_until("globex holds every shared account", || {
+        replicas(&globex, "acme") == N as i64
+    });
+    let acked = || {
+        json(&acme.cli(&["partner", "status", "--json"]))[0]["partner_acked_cursor"]
+            .as_i64()
+            .unwrap_or(0)
+    };
+    // The position after the share, once it stands still.
+    let mut before = acked();
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = acked();
+        if now == before && now > 0 {
+            break;
+        }
+        before = now;
+    }
+    let sync_entries = || -> Vec<Value> {
+        let audit: Vec<Value> = serde_json::from_str(&stdout(
+            &acme.cli(&["audit", "list", "--org", "globex", "--json"]),
+        ))
+        .unwrap();
+        audit
+            .into_iter()
+            .filter(|e| e["action"] == "sync")
+            .collect()
+    };
+    let noted_before = sync_entries().len();
+
+    for round in 0..3 {
+        for id in &ids {
+            accounts
+                .update_account(pb::UpdateAccountRequest {
+                    id: id.clone(),
+                    account: Some(pb::Account {
+                        city: Some(format!("Ort {round}")),
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["city".into()],
+                    }),
+                })
+                .await
+                .unwrap();
+        }
+    }
+    for id in &ids {
+        wait_until("globex holds the last update", || {
+            field(&globex, "account", id, "city").as_deref() == Some("Ort 2")
+        });
+    }
+    wait_until(
+        "globex acknowledges a position covering the updates",
+        || acked() > before,
+    );
+    let noted: Vec<Value> = sync_entries().split_off(noted_before);
+    assert!(
+        !noted.is_empty() && noted.iter().all(|e| e["decision"] == "allow"),
+        "{noted:#?}"
+    );
+}
+
 fn identity_from(
     host: &TestNode,
     node: &TestNode,

@@ -787,7 +787,9 @@ impl Store {
 
     /// Notes that a partner's node or user was just seen.
     pub async fn touch_partner(&self, org: &str, at_ms: i64) -> Result<()> {
-        dispatch!(self, touch_partner(org, at_ms))
+        let org = org.to_string();
+        self.note(SyncNote::PartnerContact { org, at_ms }, Vec::new())
+            .await
     }
 
     /// Stores a steward decision of the consolidated view (replacing one about the same pair).

@@ -22,7 +22,7 @@ impl Store {
     }
 
     /// Sync bookkeeping through the writer, with `audit` entries in the same commit.
-    async fn note(&self, note: SyncNote, audit: Vec<AuditDraft>) -> Result<()> {
+    pub(crate) async fn note(&self, note: SyncNote, audit: Vec<AuditDraft>) -> Result<()> {
         self.submit_with_audit(WriteOp::Sync(note), audit)
             .await
             .map(|_| ())

@@ -192,6 +192,10 @@ pub enum SyncNote {
         error: Option<String>,
         at_ms: i64,
     },
+    /// A partner's node or user was just seen (`partners.last_contact_ms`). Through the
+    /// writer: a direct write waited for the writer's lock, over a second during a large
+    /// share.
+    PartnerContact { org: String, at_ms: i64 },
     /// Both sides: rows from before digests were kept get their bucket (and a replica its
     /// digest), at most `limit` rows per table.
     BackfillDigests { limit: i64 },

@@ -289,11 +289,6 @@ macro_rules! backend_reads {
             Ok(())
         }
 
-        pub async fn touch_partner(pool: &$pool, org: &str, at_ms: i64) -> Result<()> {
-            sqlx::query("UPDATE partners SET last_contact_ms = $1 WHERE org = $2").bind(at_ms).bind(org).execute(pool).await?;
-            Ok(())
-        }
-
         /// The stored secret `name`, or `fresh` stored as it if there is none yet.
         pub async fn node_secret(pool: &$pool, name: &str, fresh: &str) -> Result<String> {
             sqlx::query("INSERT INTO node_secrets (name, secret) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")

@@ -213,6 +213,9 @@ macro_rules! backend_sync_owner_writes {
                         .execute(&mut **tx)
                         .await?;
                 }
+                SyncNote::PartnerContact { org, at_ms } => {
+                    sqlx::query("UPDATE partners SET last_contact_ms = $1 WHERE org = $2").bind(at_ms).bind(org).execute(&mut **tx).await?;
+                }
                 SyncNote::LinkError { owner, error, at_ms } => {
                     sqlx::query(
                         "INSERT INTO subscriptions (owner_org, cursor, owner_last_seq, last_error, last_error_ms) VALUES ($1, 0, 0, $2, $3) \

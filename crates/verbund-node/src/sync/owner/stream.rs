@@ -30,11 +30,48 @@ fn changed_records(changes: &[Change]) -> (Vec<Uuid>, Option<UpdatedFields>) {
 /// covers the changes it was not sent.
 const HELD_QUIET: Duration = Duration::from_secs(1);
 
+/// How long a caught-up stream waits for more before it commits the bookkeeping of batches
+/// that went ahead of it (see `Ahead`); and the longest and the most it lets accumulate while
+/// updates keep coming.
+const AHEAD_QUIET: Duration = Duration::from_millis(50);
+const AHEAD_AT_MOST: Duration = Duration::from_secs(1);
+const AHEAD_NOTES: usize = 2_000;
+
+/// The bookkeeping of batches sent ahead of it (new states of records the partner holds live
+/// already, see `send_batch`): their ledger rows, what they sent and the position that
+/// covers them, committed later in one writer job. While updates keep coming, this spares
+/// each of them a ledger commit (an fsync), a position batch, its apply and its
+/// acknowledgement on the partner: work that competed with the next update.
+#[derive(Default)]
+struct Ahead {
+    ledger: Vec<DeliveryNote>,
+    /// The policy fingerprint the ledger rows were computed under.
+    policy: String,
+    records: usize,
+    batches: usize,
+    /// The latest stamp sent ahead, and the change of ours it covers.
+    position: i64,
+    owner_seq: i64,
+    since: Option<tokio::time::Instant>,
+}
+
+impl Ahead {
+    fn is_empty(&self) -> bool {
+        self.since.is_none()
+    }
+
+    fn due(&self) -> bool {
+        self.ledger.len() >= AHEAD_NOTES || self.since.is_some_and(|t| t.elapsed() >= AHEAD_AT_MOST)
+    }
+}
+
 /// What became of a batch.
 #[derive(Debug, PartialEq, Eq)]
 enum BatchFate {
     /// Sent: the partner's position is now this stamp, with this mark.
     Sent(i64, String),
+    /// Sent ahead of its bookkeeping (kept in `Ahead`): the partner's position stays.
+    Ahead,
     /// Nothing in it for the partner: not sent; the partner's position covers it once noted
     /// (`move_position`).
     Held,
@@ -51,6 +88,11 @@ fn cursor_only(position: i64, mark: &str, heartbeat: bool) -> pb::SyncBatch {
         cursor_mark: mark.to_string(),
         ..Default::default()
     }
+}
+
+/// The audit entry noting what a batch (or batches) sent the partner.
+fn sync_audit(p: &Principal, reason: String) -> verbund_core::audit::AuditDraft {
+    NodeState::audit_draft(p, "sync", None, None, Vec::new(), "allow", reason)
 }
 
 /// A fresh mark for a stream position (random: it says nothing but which position it is).
@@ -79,6 +121,7 @@ impl NodeState {
         (owner_seq, snapshot_after): (i64, &str),
         more: bool,
         may_hold: bool,
+        ahead: &mut Ahead,
         tx: &mpsc::Sender<Result<pb::SyncBatch, Status>>,
     ) -> BatchFate {
         if may_hold && ids.is_empty() {
@@ -108,29 +151,58 @@ impl NodeState {
         };
         let Outgoing {
             items,
-            ledger,
+            mut ledger,
             policy,
             updates_only,
         } = out;
-        let audit = if items.is_empty() {
-            Vec::new()
-        } else {
-            vec![NodeState::audit_draft(
+        // New states of records the partner holds live already leave at once, without a
+        // position (cursor 0: the partner applies them and its cursor stays), ahead of their
+        // bookkeeping, which commits later with that of the next ones (`Ahead`); then the
+        // position follows alone. Should we fail before that commit, the partner's cursor
+        // still stands before these changes and it is sent them again, so nothing is lost,
+        // and the ledger's older digest only makes anti-entropy send a record once more. A
+        // first delivery, a revoke, a deletion or an erasure waits for its ledger row, which
+        // decides what the partner is later sent of the record.
+        if !ahead.is_empty() && ahead.policy != policy {
+            // Rows of another policy generation are noted on their own.
+            if let BatchFate::Over = self.send_ahead_bookkeeping(p, ahead, tx).await {
+                return BatchFate::Over;
+            }
+        }
+        if updates_only && snapshot_after.is_empty() {
+            let records = items.len();
+            let batch = pb::SyncBatch {
+                items,
+                ..Default::default()
+            };
+            if tx.send(Ok(batch)).await.is_err() {
+                return BatchFate::Over;
+            }
+            ahead.ledger.append(&mut ledger);
+            ahead.policy = policy;
+            ahead.records += records;
+            ahead.batches += 1;
+            (ahead.position, ahead.owner_seq) = (position, owner_seq);
+            ahead.since.get_or_insert_with(tokio::time::Instant::now);
+            if ahead.due() {
+                return self.send_ahead_bookkeeping(p, ahead, tx).await;
+            }
+            return BatchFate::Ahead;
+        }
+        // This batch's position covers what went ahead: their bookkeeping commits with its.
+        let before = std::mem::take(ahead);
+        let mut rows = before.ledger;
+        rows.append(&mut ledger);
+        let audit = match (items.len() + before.records, snapshot_after.is_empty()) {
+            (0, _) => Vec::new(),
+            (n, true) => vec![sync_audit(
                 p,
-                "sync",
-                None,
-                None,
-                Vec::new(),
-                "allow",
-                if snapshot_after.is_empty() {
-                    format!("{} record(s) sent, changes up to {owner_seq}", items.len())
-                } else {
-                    format!(
-                        "{} record(s) sent of the snapshot at change {owner_seq}",
-                        items.len()
-                    )
-                },
-            )]
+                format!("{n} record(s) sent, changes up to {owner_seq}"),
+            )],
+            (n, false) => vec![sync_audit(
+                p,
+                format!("{n} record(s) sent of the snapshot at change {owner_seq}"),
+            )],
         };
         let mark = new_mark();
         let noted = StreamPosition {
@@ -138,35 +210,16 @@ impl NodeState {
             owner_seq,
             mark: mark.clone(),
         };
-        // New states of records the partner holds live already leave at once, without a
-        // position (cursor 0: the partner applies them and its cursor stays), while their
-        // bookkeeping commits; then the position follows alone. Should we fail before
-        // that commit, the partner's cursor still stands before these changes and it is
-        // sent them again, so nothing is lost, and the ledger's older digest only makes
-        // anti-entropy send a record once more. A first delivery, a revoke, a deletion or
-        // an erasure waits for its ledger row, which decides what the partner is later
-        // sent of the record.
-        let early = updates_only && snapshot_after.is_empty();
-        let mut items = Some(items);
-        if early {
-            let batch = pb::SyncBatch {
-                items: items.take().unwrap_or_default(),
-                ..Default::default()
-            };
-            if tx.send(Ok(batch)).await.is_err() {
-                return BatchFate::Over;
-            }
-        }
         if let Err(e) = self
             .store
-            .record_deliveries(&p.org, ledger, now_ms(), &policy, audit, Some(noted))
+            .record_deliveries(&p.org, rows, now_ms(), &policy, audit, Some(noted))
             .await
         {
             let _ = tx.send(Err(NodeError::from(e).into())).await;
             return BatchFate::Over;
         }
         let batch = pb::SyncBatch {
-            items: items.unwrap_or_default(),
+            items,
             cursor: position,
             owner_last_seq: position + i64::from(more),
             heartbeat: false,
@@ -176,6 +229,57 @@ impl NodeState {
         };
         if tx.send(Ok(batch)).await.is_ok() {
             BatchFate::Sent(position, mark)
+        } else {
+            BatchFate::Over
+        }
+    }
+
+    /// Commits the bookkeeping of the batches sent ahead (ledger rows, one audit entry, the
+    /// position covering them) and sends the partner that position.
+    async fn send_ahead_bookkeeping(
+        &self,
+        p: &Principal,
+        ahead: &mut Ahead,
+        tx: &mpsc::Sender<Result<pb::SyncBatch, Status>>,
+    ) -> BatchFate {
+        let done = std::mem::take(ahead);
+        if done.is_empty() {
+            return BatchFate::Held;
+        }
+        let audit = vec![sync_audit(
+            p,
+            format!(
+                "{} record(s) sent in {} batch(es), changes up to {}",
+                done.records, done.batches, done.owner_seq
+            ),
+        )];
+        let mark = new_mark();
+        let noted = StreamPosition {
+            stream_pos: done.position,
+            owner_seq: done.owner_seq,
+            mark: mark.clone(),
+        };
+        if let Err(e) = self
+            .store
+            .record_deliveries(
+                &p.org,
+                done.ledger,
+                now_ms(),
+                &done.policy,
+                audit,
+                Some(noted),
+            )
+            .await
+        {
+            let _ = tx.send(Err(NodeError::from(e).into())).await;
+            return BatchFate::Over;
+        }
+        if tx
+            .send(Ok(cursor_only(done.position, &mark, false)))
+            .await
+            .is_ok()
+        {
+            BatchFate::Sent(done.position, mark)
         } else {
             BatchFate::Over
         }
@@ -325,172 +429,217 @@ impl NodeState {
             // Since when our cursor is ahead of what the partner's position is noted to cover
             // (changes with nothing for it).
             let mut held_since: Option<tokio::time::Instant> = None;
-            loop {
-                if *stopping.borrow() || tokio::time::Instant::now() >= deadline {
-                    return;
-                }
-                if let Some((snap, after)) = snapshot.as_mut() {
-                    // The next records of the rule, in id order; fewer than a batch: the last.
-                    // Read whole under the partner's stamp lock, like every state it is sent.
-                    let read = async {
-                        let lock = state.stamp_lock(&principal.org).await?;
-                        let members = state
-                            .store
-                            .rule_members_after(&snap.org, &snap.rule, after, max_batch as i64)
-                            .await?;
-                        Ok::<_, NodeError>((lock, members))
-                    };
-                    let (lock, members) = match read.await {
-                        Ok(read) => read,
+            let mut ahead = Ahead::default();
+            // Every way out of the loop passes by the bookkeeping of what went ahead.
+            let streamed = async {
+                loop {
+                    if *stopping.borrow() || tokio::time::Instant::now() >= deadline {
+                        return;
+                    }
+                    if let Some((snap, after)) = snapshot.as_mut() {
+                        // The next records of the rule, in id order; fewer than a batch: the last.
+                        // Read whole under the partner's stamp lock, like every state it is sent.
+                        let read = async {
+                            let lock = state.stamp_lock(&principal.org).await?;
+                            let members = state
+                                .store
+                                .rule_members_after(&snap.org, &snap.rule, after, max_batch as i64)
+                                .await?;
+                            Ok::<_, NodeError>((lock, members))
+                        };
+                        let (lock, members) = match read.await {
+                            Ok(read) => read,
+                            Err(e) => {
+                                let _ = tx.send(Err(e.into())).await;
+                                return;
+                            }
+                        };
+                        let ids: Vec<Uuid> = members.iter().map(|r| r.id).collect();
+                        let next_after = match ids.last() {
+                            Some(last) if ids.len() == max_batch => last.to_string(),
+                            _ => String::new(),
+                        };
+                        let sent = state
+                            .send_batch(
+                                &principal,
+                                ids,
+                                Some((lock, members)),
+                                None,
+                                (cursor, &next_after),
+                                !next_after.is_empty(),
+                                false,
+                                &mut ahead,
+                                &tx,
+                            )
+                            .await;
+                        match sent {
+                            BatchFate::Sent(at, at_mark) => (position, mark) = (at, at_mark),
+                            BatchFate::Held | BatchFate::Ahead => {}
+                            BatchFate::Over => return,
+                        }
+                        held_since = None;
+                        if next_after.is_empty() {
+                            snapshot = None;
+                        } else {
+                            *after = next_after;
+                        }
+                        continue;
+                    }
+                    let read = match state
+                        .store
+                        .stream_changes_after(cursor, &state.org, max_batch as i64)
+                        .await
+                    {
+                        Ok(c) => c,
                         Err(e) => {
-                            let _ = tx.send(Err(e.into())).await;
+                            let _ = tx.send(Err(NodeError::from(e).into())).await;
                             return;
                         }
                     };
-                    let ids: Vec<Uuid> = members.iter().map(|r| r.id).collect();
-                    let next_after = match ids.last() {
-                        Some(last) if ids.len() == max_batch => last.to_string(),
-                        _ => String::new(),
-                    };
-                    let sent = state
-                        .send_batch(
-                            &principal,
-                            ids,
-                            Some((lock, members)),
-                            None,
-                            (cursor, &next_after),
-                            !next_after.is_empty(),
-                            false,
-                            &tx,
-                        )
-                        .await;
-                    match sent {
-                        BatchFate::Sent(at, at_mark) => (position, mark) = (at, at_mark),
-                        BatchFate::Held => {}
-                        BatchFate::Over => return,
-                    }
-                    held_since = None;
-                    if next_after.is_empty() {
-                        snapshot = None;
-                    } else {
-                        *after = next_after;
-                    }
-                    continue;
-                }
-                let read = match state
-                    .store
-                    .stream_changes_after(cursor, &state.org, max_batch as i64)
-                    .await
-                {
-                    Ok(c) => c,
-                    Err(e) => {
-                        let _ = tx.send(Err(NodeError::from(e).into())).await;
-                        return;
-                    }
-                };
-                let (changes, foreign) = (read.changes, read.foreign);
-                if read.scanned_to <= cursor {
-                    // Caught up. Once things are quiet, the partner's position is noted to
-                    // cover the changes held back (nothing is sent for them); otherwise a
-                    // heartbeat now and then.
-                    let wait = if held_since.is_some() {
-                        HELD_QUIET
-                    } else {
-                        HEARTBEAT
-                    };
-                    tokio::select! {
-                        _ = notify.changed() => {}
-                        _ = tokio::time::sleep(wait) => {
-                            if held_since.take().is_some() {
-                                if let Err(e) = state.store.move_position(&principal.org, position, cursor).await {
-                                    let _ = tx.send(Err(NodeError::from(e).into())).await;
+                    let (changes, foreign) = (read.changes, read.foreign);
+                    if read.scanned_to <= cursor {
+                        // Caught up. Once things are quiet, the partner's position is noted to
+                        // cover the changes held back (nothing is sent for them); otherwise a
+                        // heartbeat now and then.
+                        let wait = if !ahead.is_empty() {
+                            AHEAD_QUIET
+                        } else if held_since.is_some() {
+                            HELD_QUIET
+                        } else {
+                            HEARTBEAT
+                        };
+                        tokio::select! {
+                            _ = notify.changed() => {}
+                            _ = tokio::time::sleep(wait) => {
+                                if !ahead.is_empty() {
+                                    match state.send_ahead_bookkeeping(&principal, &mut ahead, &tx).await {
+                                        BatchFate::Sent(at, at_mark) => (position, mark) = (at, at_mark),
+                                        BatchFate::Over => return,
+                                        BatchFate::Held | BatchFate::Ahead => {}
+                                    }
+                                } else if held_since.take().is_some() {
+                                    if let Err(e) = state.store.move_position(&principal.org, position, cursor).await {
+                                        let _ = tx.send(Err(NodeError::from(e).into())).await;
+                                        return;
+                                    }
+                                } else if tx.send(Ok(cursor_only(position, &mark, true))).await.is_err() {
                                     return;
                                 }
-                            } else if tx.send(Ok(cursor_only(position, &mark, true))).await.is_err() {
+                            }
+                            _ = tx.closed() => return,
+                            _ = stopping.changed() => return,
+                            _ = tokio::time::sleep_until(deadline) => return,
+                        }
+                        continue;
+                    }
+                    // A snapshot of a rule for this partner cuts the batch: the changes before it
+                    // go first, then the snapshot, then the changes after it.
+                    let mut cut = None;
+                    for (i, c) in changes.iter().enumerate() {
+                        if c.op != ChangeOp::Snapshot {
+                            continue;
+                        }
+                        match state.store.share_snapshot(c.seq).await {
+                            Ok(Some(snap)) if snap.org == principal.org => {
+                                cut = Some((i, snap));
+                                break;
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                let _ = tx.send(Err(NodeError::from(e).into())).await;
                                 return;
                             }
                         }
-                        _ = tx.closed() => return,
-                        _ = stopping.changed() => return,
-                        _ = tokio::time::sleep_until(deadline) => return,
                     }
-                    continue;
-                }
-                // A snapshot of a rule for this partner cuts the batch: the changes before it
-                // go first, then the snapshot, then the changes after it.
-                let mut cut = None;
-                for (i, c) in changes.iter().enumerate() {
-                    if c.op != ChangeOp::Snapshot {
-                        continue;
-                    }
-                    match state.store.share_snapshot(c.seq).await {
-                        Ok(Some(snap)) if snap.org == principal.org => {
-                            cut = Some((i, snap));
-                            break;
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            let _ = tx.send(Err(NodeError::from(e).into())).await;
-                            return;
-                        }
-                    }
-                }
-                // Where the batch before a snapshot ends; without one, where the read ended
-                // (changes it passed by bear on nothing of the partner's).
-                let (head, head_end) = match &cut {
-                    Some((i, _)) => (&changes[..*i], changes[..*i].last().map(|c| c.seq)),
-                    None => (&changes[..], Some(read.scanned_to)),
-                };
-                if let Some(end) = head_end {
-                    let (ids, mut updated) = changed_records(head);
-                    // Other owners' records (our replicas of them) pass by unread unless a
-                    // record of ours hangs off them.
-                    let ids = match state.store.bearing_on_own(ids, &foreign, &state.org).await {
-                        Ok(ids) => ids,
-                        Err(e) => {
-                            let _ = tx.send(Err(NodeError::from(e).into())).await;
-                            return;
-                        }
+                    // Where the batch before a snapshot ends; without one, where the read ended
+                    // (changes it passed by bear on nothing of the partner's).
+                    let (head, head_end) = match &cut {
+                        Some((i, _)) => (&changes[..*i], changes[..*i].last().map(|c| c.seq)),
+                        None => (&changes[..], Some(read.scanned_to)),
                     };
-                    if ids.iter().any(|id| foreign.contains(id)) {
-                        // Their changes came without the fields they changed: what hangs
-                        // off them is looked at in full.
-                        updated = None;
-                    }
-                    let more = cut.is_some() || read.scanned_to < read.last;
-                    let sent = state
-                        .send_batch(&principal, ids, None, updated, (end, ""), more, true, &tx)
-                        .await;
-                    match sent {
-                        BatchFate::Over => return,
-                        BatchFate::Sent(at, at_mark) => {
-                            (position, mark) = (at, at_mark);
-                            held_since = None;
+                    if let Some(end) = head_end {
+                        let (ids, mut updated) = changed_records(head);
+                        // Other owners' records (our replicas of them) pass by unread unless a
+                        // record of ours hangs off them.
+                        let ids = match state.store.bearing_on_own(ids, &foreign, &state.org).await
+                        {
+                            Ok(ids) => ids,
+                            Err(e) => {
+                                let _ = tx.send(Err(NodeError::from(e).into())).await;
+                                return;
+                            }
+                        };
+                        if ids.iter().any(|id| foreign.contains(id)) {
+                            // Their changes came without the fields they changed: what hangs
+                            // off them is looked at in full.
+                            updated = None;
                         }
-                        BatchFate::Held => {
-                            // Changes keep coming and none is for the partner: its position
-                            // is still noted to cover them now and then, so that a reconnect
-                            // does not go through all of them again.
-                            let since = *held_since.get_or_insert_with(tokio::time::Instant::now);
-                            if since.elapsed() >= HEARTBEAT {
-                                if let Err(e) = state
-                                    .store
-                                    .move_position(&principal.org, position, end)
-                                    .await
-                                {
-                                    let _ = tx.send(Err(NodeError::from(e).into())).await;
-                                    return;
-                                }
+                        let more = cut.is_some() || read.scanned_to < read.last;
+                        let sent = state
+                            .send_batch(
+                                &principal,
+                                ids,
+                                None,
+                                updated,
+                                (end, ""),
+                                more,
+                                true,
+                                &mut ahead,
+                                &tx,
+                            )
+                            .await;
+                        match sent {
+                            BatchFate::Over => return,
+                            BatchFate::Sent(at, at_mark) => {
+                                (position, mark) = (at, at_mark);
                                 held_since = None;
                             }
+                            BatchFate::Ahead => held_since = None,
+                            BatchFate::Held => {
+                                // Changes keep coming and none is for the partner: its position
+                                // is still noted to cover them now and then, so that a reconnect
+                                // does not go through all of them again.
+                                let since =
+                                    *held_since.get_or_insert_with(tokio::time::Instant::now);
+                                if since.elapsed() >= HEARTBEAT {
+                                    // Only a position that covers what went ahead may be moved on.
+                                    match state
+                                        .send_ahead_bookkeeping(&principal, &mut ahead, &tx)
+                                        .await
+                                    {
+                                        BatchFate::Sent(at, at_mark) => {
+                                            (position, mark) = (at, at_mark)
+                                        }
+                                        BatchFate::Over => return,
+                                        BatchFate::Held | BatchFate::Ahead => {}
+                                    }
+                                    if let Err(e) = state
+                                        .store
+                                        .move_position(&principal.org, position, end)
+                                        .await
+                                    {
+                                        let _ = tx.send(Err(NodeError::from(e).into())).await;
+                                        return;
+                                    }
+                                    held_since = None;
+                                }
+                            }
                         }
+                        cursor = end;
                     }
-                    cursor = end;
+                    if let Some((i, snap)) = cut {
+                        cursor = changes[i].seq;
+                        snapshot = Some((snap, String::new()));
+                    }
                 }
-                if let Some((i, snap)) = cut {
-                    cursor = changes[i].seq;
-                    snapshot = Some((snap, String::new()));
-                }
+            };
+            streamed.await;
+            // The partner may be gone (or the node stopping): the ledger still notes what it
+            // was sent, so that erasure and anti-entropy know.
+            if !ahead.is_empty() {
+                let _ = state
+                    .send_ahead_bookkeeping(&principal, &mut ahead, &tx)
+                    .await;
             }
         });
         Ok(ReceiverStream::new(rx))
