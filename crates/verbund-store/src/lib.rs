@@ -706,6 +706,10 @@ struct WriterMemory {
     /// counter in the database first. Saves that statement, a hand-off to SQLite's thread,
     /// in every write transaction.
     last_seq: Option<i64>,
+    /// The head of the audit chain (seq, hash) as the writer last moved it; like
+    /// `last_seq`, read from the database when None.
+    audit_head: Option<(i64, String)>,
+    /// SQLite: this process alone writes, so `last_seq` and `audit_head` are kept.
     keeps_seq: bool,
 }
 

@@ -204,6 +204,7 @@ impl Store {
             cache: cache.clone(),
             recent: recent.clone(),
             last_seq: None,
+            audit_head: None,
             keeps_seq: matches!(backend, Backend::Sqlite(_)),
         };
         let batch_hook = ops::BatchHook::default();

@@ -238,7 +238,8 @@ macro_rules! backend_writer {
                 ops.push((j.op, j.audit));
                 replies.push(j.reply);
             }
-            let outcome: Result<(Vec<Result<Option<Record>>>, Vec<Record>, i64, Vec<Change>, HashSet<i64>, Vec<Uuid>)> = async {
+            #[allow(clippy::type_complexity)]
+            let outcome: Result<(Vec<Result<Option<Record>>>, Vec<Record>, i64, Vec<Change>, HashSet<i64>, Vec<Uuid>, Option<(i64, String)>)> = async {
                 let mut tx = pool.begin_with($begin).await?;
                 // SQLite's BEGIN IMMEDIATE has taken the write lock already; the counter's row
                 // lock is what serializes writers on PostgreSQL.
@@ -301,21 +302,26 @@ macro_rules! backend_writer {
                     }
                 }
                 append_changes(&mut tx, &changes, &first_foreign).await?;
-                append_audit(&mut tx, audit_drafts).await?;
+                let audit_head = append_audit(&mut tx, audit_drafts, memory.audit_head.clone()).await?;
                 if let Err(e) = tx.commit().await {
                     return Err(StoreError::OutcomeUnknown(e.to_string()));
                 }
-                Ok((results, written, seq, changes, first_foreign, blanked))
+                Ok((results, written, seq, changes, first_foreign, blanked, audit_head))
             }
             .await;
             if outcome.is_err() {
-                // Whatever happened, the next batch reads the counter from the database.
+                // Whatever happened, the next batch reads the counter and the head from the
+                // database.
                 memory.last_seq = None;
+                memory.audit_head = None;
             }
             match outcome {
-                Ok((results, written, last_seq, changes, first_foreign, blanked)) => {
+                Ok((results, written, last_seq, changes, first_foreign, blanked, audit_head)) => {
                     if memory.keeps_seq {
                         memory.last_seq = Some(last_seq);
+                        if audit_head.is_some() {
+                            memory.audit_head = audit_head;
+                        }
                     }
                     // Both before the commit is published: whoever it wakes finds them.
                     if let Some(recent) = &memory.recent {
@@ -368,13 +374,20 @@ macro_rules! backend_writer {
             }
         }
 
-        /// Chains the batch's audit drafts after the recorded head and moves the head.
-        async fn append_audit(tx: &mut Tx, drafts: Vec<AuditDraft>) -> Result<()> {
+        /// Chains the batch's audit drafts after the head (`known`: as the writer last
+        /// committed it, else read from the database) and moves the head. Returns the new
+        /// head, or None if the batch has no audit entry.
+        async fn append_audit(tx: &mut Tx, drafts: Vec<AuditDraft>, known: Option<(i64, String)>) -> Result<Option<(i64, String)>> {
             if drafts.is_empty() {
-                return Ok(());
+                return Ok(None);
             }
-            let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1").fetch_one(&mut **tx).await?;
-            let (head_seq, head_hash): (i64, String) = (row.try_get("seq")?, row.try_get("hash")?);
+            let (head_seq, head_hash) = match known {
+                Some(head) => head,
+                None => {
+                    let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1").fetch_one(&mut **tx).await?;
+                    (row.try_get("seq")?, row.try_get("hash")?)
+                }
+            };
             let entries = audit::chain(head_seq, &head_hash, drafts);
             for chunk in entries.chunks(400) {
                 let mut rows = Vec::with_capacity(chunk.len());
@@ -400,14 +413,13 @@ macro_rules! backend_writer {
                 });
                 qb.build().execute(&mut **tx).await?;
             }
-            if let Some(last) = entries.last() {
-                sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
-                    .bind(last.seq)
-                    .bind(&last.hash)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-            Ok(())
+            let Some(last) = entries.last() else { return Ok(None) };
+            sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+                .bind(last.seq)
+                .bind(&last.hash)
+                .execute(&mut **tx)
+                .await?;
+            Ok(Some((last.seq, last.hash.clone())))
         }
     };
 }

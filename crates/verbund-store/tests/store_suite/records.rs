@@ -85,14 +85,39 @@ pub(super) async fn a_refused_batch_leaves_no_gap_in_the_sequence(f: &Fixture) {
         )
         .await;
     }
+    f.store
+        .audit(vec![super::draft("read", None)])
+        .await
+        .unwrap();
+    // With an audit entry: the chain's head must not move either.
+    let hlc = f.hlc();
     let refused = f
-        .create(RecordKind::Contact, &[("last_name", t("Weber"))])
+        .store
+        .create_audited(
+            move || {
+                plan_create(
+                    RecordKind::Contact,
+                    Uuid::now_v7(),
+                    "acme",
+                    fm(&[("last_name", t("Weber"))]),
+                    hlc,
+                    1,
+                )
+            },
+            vec![super::draft("create", None)],
+        )
         .await;
     assert!(
         matches!(refused, Err(StoreError::CommitFailed(_))),
         "{refused:?}"
     );
     assert_eq!(f.store.last_seq().await.unwrap(), acc.seq);
+    f.store
+        .audit(vec![super::draft("read", None)])
+        .await
+        .unwrap();
+    let report = f.store.verify_audit().await.unwrap();
+    assert_eq!((report.checked, report.broken), (2, None));
     f.raw_sql(if f.pg_schema.is_some() {
         "DROP TRIGGER refuse ON changes"
     } else {
