@@ -27,6 +27,8 @@ mod cache;
 use cache::RecordCache;
 mod recent;
 use recent::{CommittedChanges, RecentChanges};
+mod rule_cache;
+use rule_cache::RuleCache;
 mod sync_types;
 pub use sync_types::*;
 mod sum_deltas;
@@ -690,6 +692,8 @@ pub struct Store {
     cache: Option<Arc<RecordCache>>,
     /// Only for SQLite: the newest changes, kept by the writer (see `recent`).
     recent: Option<Arc<RecentChanges>>,
+    /// Only for SQLite: the share rules as last read (see `rule_cache`).
+    rules: Option<Arc<RuleCache>>,
     /// Called by the writer after every batch (metrics).
     batch_hook: ops::BatchHook,
 }
@@ -701,6 +705,7 @@ pub struct Store {
 struct WriterMemory {
     cache: Option<Arc<RecordCache>>,
     recent: Option<Arc<RecentChanges>>,
+    rules: Option<Arc<RuleCache>>,
     /// The writer's copy of the sequence counter (SQLite): the last change committed. None
     /// at start, after a failed batch and on PostgreSQL: the batch reads (and locks) the
     /// counter in the database first. Saves that statement, a hand-off to SQLite's thread,

@@ -200,9 +200,11 @@ impl Store {
             matches!(backend, Backend::Sqlite(_)).then(|| Arc::new(RecordCache::new(CACHE_BUDGET)));
         let recent = matches!(backend, Backend::Sqlite(_))
             .then(|| Arc::new(RecentChanges::new(recent::RECENT_CHANGES)));
+        let rules = matches!(backend, Backend::Sqlite(_)).then(|| Arc::new(RuleCache::default()));
         let mut memory = WriterMemory {
             cache: cache.clone(),
             recent: recent.clone(),
+            rules: rules.clone(),
             last_seq: None,
             audit_head: None,
             keeps_seq: matches!(backend, Backend::Sqlite(_)),
@@ -248,6 +250,7 @@ impl Store {
             shared_pg: None,
             cache,
             recent,
+            rules,
             batch_hook,
         })
     }
@@ -312,7 +315,17 @@ impl Store {
     }
 
     pub async fn list_share_rules(&self, org: Option<&str>) -> Result<Vec<ShareRule>> {
-        dispatch!(self, list_share_rules(org))
+        let Some(cache) = &self.rules else {
+            return dispatch!(self, list_share_rules(org));
+        };
+        match cache.get(org) {
+            Ok(kept) => Ok(kept.as_ref().clone()),
+            Err(generation) => {
+                let read = dispatch!(self, list_share_rules(org))?;
+                cache.store(org, generation, Arc::new(read.clone()));
+                Ok(read)
+            }
+        }
     }
 
     /// Live records (other than accounts) whose account is one of `account_ids`.

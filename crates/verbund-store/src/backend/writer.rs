@@ -232,6 +232,9 @@ macro_rules! backend_writer {
         /// Replies go out only after the commit.
         /// True if the batch committed.
         pub async fn write_batch(pool: &$pool, jobs: Vec<WriteJob>, memory: &mut WriterMemory, commits: &watch::Sender<i64>) -> bool {
+            // Whether the batch may change the share rules (then the kept ones are stale
+            // once it ends, whatever its outcome: a failed COMMIT may have committed).
+            let rules_touched = jobs.iter().any(|j| matches!(j.op, WriteOp::Share(ShareOp::AddRule(_) | ShareOp::RemoveRule(_), _)));
             let mut ops = Vec::with_capacity(jobs.len());
             let mut replies = Vec::with_capacity(jobs.len());
             for j in jobs {
@@ -314,6 +317,10 @@ macro_rules! backend_writer {
                 // database.
                 memory.last_seq = None;
                 memory.audit_head = None;
+            }
+            if rules_touched && let Some(rules) = &memory.rules {
+                // Before the commit is published: whoever it wakes reads the new rules.
+                rules.changed();
             }
             match outcome {
                 Ok((results, written, last_seq, changes, first_foreign, blanked, audit_head)) => {

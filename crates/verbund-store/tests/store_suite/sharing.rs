@@ -101,6 +101,15 @@ pub(super) async fn shares_and_rules(f: &Fixture) {
         created_at_ms: 5,
         created_by: "verbund://acme/user/admin".into(),
     };
+    // Read before and after every change (SQLite keeps what it read: it must not go stale).
+    assert!(f.store.list_share_rules(None).await.unwrap().is_empty());
+    assert!(
+        f.store
+            .list_share_rules(Some("holding"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     f.store
         .share(
             ShareOp::AddRule(rule.clone()),
@@ -111,6 +120,10 @@ pub(super) async fn shares_and_rules(f: &Fixture) {
         .unwrap();
     assert_eq!(
         f.store.list_share_rules(Some("holding")).await.unwrap(),
+        vec![rule.clone()]
+    );
+    assert_eq!(
+        f.store.list_share_rules(None).await.unwrap(),
         vec![rule.clone()]
     );
     // The tag query over-fetches (the account named "group"); the rule narrows.
@@ -185,6 +198,13 @@ pub(super) async fn shares_and_rules(f: &Fixture) {
         .await
         .unwrap();
     assert!(f.store.list_share_rules(None).await.unwrap().is_empty());
+    assert!(
+        f.store
+            .list_share_rules(Some("holding"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // Every share change was audited, the failed ones as failed.
     let log = f
         .store
