@@ -457,21 +457,7 @@ async fn updates_in_flight_survive_kill_9_of_the_owner(backend: Backend) {
     const N: usize = 12;
     let (mut acme, globex) = owner_and_partner_on(backend);
     let mut accounts = pb::account_service_client::AccountServiceClient::new(acme.admin().await);
-    let mut ids = Vec::new();
-    for i in 0..N {
-        let created = accounts
-            .create_account(pb::CreateAccountRequest {
-                account: Some(pb::Account {
-                    name: Some(format!("Laufend {i} AG")),
-                    tags: vec!["laufend".into()],
-                    ..Default::default()
-                }),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        ids.push(created.meta.unwrap().id);
-    }
+    let ids = tagged_accounts(&mut accounts, N, "Laufend", "laufend").await;
     add_tag_rule(&acme, "globex", "laufend");
     wait_until("globex holds every shared account", || {
         replicas(&globex, "acme") == N as i64
@@ -485,16 +471,7 @@ async fn updates_in_flight_survive_kill_9_of_the_owner(backend: Backend) {
             for round in 0.. {
                 for id in &ids {
                     let updated = accounts
-                        .update_account(pb::UpdateAccountRequest {
-                            id: id.clone(),
-                            account: Some(pb::Account {
-                                city: Some(format!("Ort {round}")),
-                                ..Default::default()
-                            }),
-                            update_mask: Some(prost_types::FieldMask {
-                                paths: vec!["city".into()],
-                            }),
-                        })
+                        .update_account(city_update(id, format!("Ort {round}")))
                         .await;
                     if updated.is_err() {
                         return; // acme is gone
@@ -557,21 +534,7 @@ async fn a_burst_of_updates_is_noted_and_acknowledged_once_it_settles() {
     const N: usize = 4;
     let (acme, globex) = owner_and_partner_on(Backend::Sqlite);
     let mut accounts = pb::account_service_client::AccountServiceClient::new(acme.admin().await);
-    let mut ids = Vec::new();
-    for i in 0..N {
-        let created = accounts
-            .create_account(pb::CreateAccountRequest {
-                account: Some(pb::Account {
-                    name: Some(format!("Schub {i} AG")),
-                    tags: vec!["schub".into()],
-                    ..Default::default()
-                }),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        ids.push(created.meta.unwrap().id);
-    }
+    let ids = tagged_accounts(&mut accounts, N, "Schub", "schub").await;
     add_tag_rule(&acme, "globex", "schub");
     wait_until("globex holds every shared account", || {
         replicas(&globex, "acme") == N as i64
@@ -606,16 +569,7 @@ async fn a_burst_of_updates_is_noted_and_acknowledged_once_it_settles() {
     for round in 0..3 {
         for id in &ids {
             accounts
-                .update_account(pb::UpdateAccountRequest {
-                    id: id.clone(),
-                    account: Some(pb::Account {
-                        city: Some(format!("Ort {round}")),
-                        ..Default::default()
-                    }),
-                    update_mask: Some(prost_types::FieldMask {
-                        paths: vec!["city".into()],
-                    }),
-                })
+                .update_account(city_update(id, format!("Ort {round}")))
                 .await
                 .unwrap();
         }
@@ -634,6 +588,49 @@ async fn a_burst_of_updates_is_noted_and_acknowledged_once_it_settles() {
         !noted.is_empty() && noted.iter().all(|e| e["decision"] == "allow"),
         "{noted:#?}"
     );
+}
+
+/// `n` accounts named "`name` i AG" carrying `tag`, created over gRPC; their ids.
+async fn tagged_accounts(
+    accounts: &mut verbund_node::pb::account_service_client::AccountServiceClient<
+        tonic::transport::Channel,
+    >,
+    n: usize,
+    name: &str,
+    tag: &str,
+) -> Vec<String> {
+    use verbund_node::pb;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let created = accounts
+            .create_account(pb::CreateAccountRequest {
+                account: Some(pb::Account {
+                    name: Some(format!("{name} {i} AG")),
+                    tags: vec![tag.into()],
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        ids.push(created.meta.unwrap().id);
+    }
+    ids
+}
+
+/// An update of an account's city alone (a field that decides no access).
+fn city_update(id: &str, city: String) -> verbund_node::pb::UpdateAccountRequest {
+    use verbund_node::pb;
+    pb::UpdateAccountRequest {
+        id: id.to_string(),
+        account: Some(pb::Account {
+            city: Some(city),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["city".into()],
+        }),
+    }
 }
 
 fn identity_from(

@@ -103,13 +103,7 @@ pub(super) async fn shares_and_rules(f: &Fixture) {
     };
     // Read before and after every change (SQLite keeps what it read: it must not go stale).
     assert!(f.store.list_share_rules(None).await.unwrap().is_empty());
-    assert!(
-        f.store
-            .list_share_rules(Some("holding"))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(rules_of(f, "holding").await.is_empty());
     f.store
         .share(
             ShareOp::AddRule(rule.clone()),
@@ -198,13 +192,7 @@ pub(super) async fn shares_and_rules(f: &Fixture) {
         .await
         .unwrap();
     assert!(f.store.list_share_rules(None).await.unwrap().is_empty());
-    assert!(
-        f.store
-            .list_share_rules(Some("holding"))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(rules_of(f, "holding").await.is_empty());
     // Every share change was audited, the failed ones as failed.
     let log = f
         .store
@@ -289,4 +277,9 @@ pub(super) async fn partner_registry(f: &Fixture) {
         Err(StoreError::NotFound(_))
     ));
     assert!(f.store.list_partners().await.unwrap().is_empty());
+}
+
+/// The share rules of `org` as the store lists them.
+async fn rules_of(f: &Fixture, org: &str) -> Vec<ShareRule> {
+    f.store.list_share_rules(Some(org)).await.unwrap()
 }
