@@ -163,10 +163,14 @@ impl NodeState {
         // and the ledger's older digest only makes anti-entropy send a record once more. A
         // first delivery, a revoke, a deletion or an erasure waits for its ledger row, which
         // decides what the partner is later sent of the record.
+        // Rows of another policy generation are noted on their own; the partner's position
+        // then moves, which the caller must learn even if this batch goes ahead.
+        let mut moved = None;
         if !ahead.is_empty() && ahead.policy != policy {
-            // Rows of another policy generation are noted on their own.
-            if let BatchFate::Over = self.send_ahead_bookkeeping(p, ahead, tx).await {
-                return BatchFate::Over;
+            match self.send_ahead_bookkeeping(p, ahead, tx).await {
+                BatchFate::Over => return BatchFate::Over,
+                BatchFate::Sent(at, at_mark) => moved = Some((at, at_mark)),
+                BatchFate::Held | BatchFate::Ahead => {}
             }
         }
         if updates_only && snapshot_after.is_empty() {
@@ -187,7 +191,10 @@ impl NodeState {
             if ahead.due() {
                 return self.send_ahead_bookkeeping(p, ahead, tx).await;
             }
-            return BatchFate::Ahead;
+            return match moved {
+                Some((at, at_mark)) => BatchFate::Sent(at, at_mark),
+                None => BatchFate::Ahead,
+            };
         }
         // This batch's position covers what went ahead: their bookkeeping commits with its.
         let before = std::mem::take(ahead);
