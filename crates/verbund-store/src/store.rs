@@ -762,6 +762,15 @@ impl Store {
         }
     }
 
+    /// The last change a reader of the log is sure to find: on SQLite the last one published
+    /// by the writer (`changes_after` hands out nothing beyond it), else the last committed.
+    pub async fn readable_seq(&self) -> Result<i64> {
+        match self.cache {
+            Some(_) => Ok(*self.commits.borrow()),
+            None => self.last_seq().await,
+        }
+    }
+
     pub async fn last_seq(&self) -> Result<i64> {
         dispatch!(self, last_seq())
     }

@@ -293,6 +293,10 @@ impl ConsolidatedView {
     /// Takes in the next changes of accounts and contacts; `true` when there may be more.
     async fn follow(&self, store: &Store) -> anyhow::Result<bool> {
         let after = self.read()?.applied_seq();
+        // How far the log is readable before it is read: a read that finds nothing has
+        // looked through at least this far. (Read after it, a change committed in between
+        // would be passed over for good.)
+        let readable = store.readable_seq().await?;
         let changes = store
             .changes_after(
                 after,
@@ -300,11 +304,10 @@ impl ConsolidatedView {
                 FOLLOW_PAGE,
             )
             .await?;
-        let last_seq = store.last_seq().await?;
         let Some(last) = changes.last().map(|c| c.seq) else {
             // Nothing of ours changed; other kinds may have.
-            if last_seq > after {
-                self.advance(last_seq);
+            if readable > after {
+                self.advance(readable);
             }
             return Ok(false);
         };

@@ -317,6 +317,10 @@ macro_rules! backend_writer {
                 // database.
                 memory.last_seq = None;
                 memory.audit_head = None;
+                // A failed COMMIT may have committed: what the ring holds may be stale.
+                if let Some(recent) = &memory.recent {
+                    recent.clear();
+                }
             }
             if rules_touched && let Some(rules) = &memory.rules {
                 // Before the commit is published: whoever it wakes reads the new rules.

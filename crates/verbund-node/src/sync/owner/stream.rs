@@ -198,7 +198,7 @@ impl NodeState {
         }
         // This batch's position covers what went ahead: their bookkeeping commits with its.
         let before = std::mem::take(ahead);
-        let mut rows = before.ledger;
+        let mut rows = before.ledger.clone();
         rows.append(&mut ledger);
         let audit = match (items.len() + before.records, snapshot_after.is_empty()) {
             (0, _) => Vec::new(),
@@ -222,6 +222,8 @@ impl NodeState {
             .record_deliveries(&p.org, rows, now_ms(), &policy, audit, Some(noted))
             .await
         {
+            // What went ahead was sent: its bookkeeping is tried again as the stream ends.
+            *ahead = before;
             let _ = tx.send(Err(NodeError::from(e).into())).await;
             return BatchFate::Over;
         }
@@ -270,7 +272,7 @@ impl NodeState {
             .store
             .record_deliveries(
                 &p.org,
-                done.ledger,
+                done.ledger.clone(),
                 now_ms(),
                 &done.policy,
                 audit,
@@ -278,6 +280,9 @@ impl NodeState {
             )
             .await
         {
+            // Kept: the stream's end tries once more (a failed group commit may be another
+            // job's fault).
+            *ahead = done;
             let _ = tx.send(Err(NodeError::from(e).into())).await;
             return BatchFate::Over;
         }
@@ -608,7 +613,7 @@ impl NodeState {
                                 // does not go through all of them again.
                                 let since =
                                     *held_since.get_or_insert_with(tokio::time::Instant::now);
-                                if since.elapsed() >= HEARTBEAT {
+                                if ahead.due() || since.elapsed() >= HEARTBEAT {
                                     // Only a position that covers what went ahead may be moved on.
                                     match state
                                         .send_ahead_bookkeeping(&principal, &mut ahead, &tx)
