@@ -1,0 +1,258 @@
+//! Opening a store: the database named by a URL, SQLite with its lock file, PostgreSQL with
+//! its advisory lock (alone or shared by several processes of a node), migrations, and the
+//! writer task with what it keeps in memory (`WriterMemory`).
+
+use super::*;
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database named by `url`:
+    /// `postgres://…`/`postgresql://…`, `sqlite://path`, or a plain file path for SQLite.
+    pub async fn open(url: &str) -> Result<Store> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let opts =
+                PgConnectOptions::from_str(url).map_err(|e| StoreError::Config(e.to_string()))?;
+            return Store::open_postgres(opts).await;
+        }
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
+        if path.is_empty() || path.contains(":memory:") {
+            return Err(StoreError::Config(
+                "an in-memory SQLite database would lose all data; give a file path".into(),
+            ));
+        }
+        Store::open_sqlite(std::path::Path::new(path)).await
+    }
+
+    pub async fn open_sqlite(path: &std::path::Path) -> Result<Store> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a confirmed write survives a power loss, not only a crash. Group commit
+            // keeps the cost of that fsync shared between many writes.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            // Erasure (GDPR Art. 17) must not leave the person in free pages: deleted and
+            // overwritten content is zeroed on disk, not only unlinked.
+            .pragma("secure_delete", "ON")
+            .busy_timeout(Duration::from_secs(10));
+        // The cache and the single writer assume this process alone writes the file.
+        let lock_path = path.with_extension("lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::Config(format!("cannot open {}: {e}", lock_path.display())))?;
+        lock.try_lock().map_err(|_| {
+            StoreError::Config(format!(
+                "{} is in use by another verbund process (lock {} is held)",
+                path.display(),
+                lock_path.display()
+            ))
+        })?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            // An embedded database has no connection that goes stale: a ping before each
+            // acquire was one more round trip to the connection's thread per statement.
+            .test_before_acquire(false)
+            .connect_with(opts)
+            .await?;
+        SQLITE_MIGRATIONS.run(&pool).await?;
+        let mut store = Store::with_backend(Backend::Sqlite(pool)).await?;
+        store._lock = Some(Arc::new(lock));
+        Ok(store)
+    }
+
+    /// Opens a PostgreSQL database that several processes of one node use at once (on
+    /// purpose: `shared = true` in `[database]`): each holds the database's advisory lock in
+    /// shared mode, so a process that wants it alone is refused, and each partner's sync link
+    /// runs in one process at a time (`try_link_lease`). SQLite is one process only.
+    pub async fn open_shared(url: &str) -> Result<Store> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(StoreError::Config(
+                "several processes of one node need PostgreSQL; SQLite is one process only (remove shared = true)".into(),
+            ));
+        }
+        let opts =
+            PgConnectOptions::from_str(url).map_err(|e| StoreError::Config(e.to_string()))?;
+        Store::open_postgres_with(opts, true).await
+    }
+
+    pub async fn open_postgres(opts: PgConnectOptions) -> Result<Store> {
+        Store::open_postgres_with(opts, false).await
+    }
+
+    async fn open_postgres_with(opts: PgConnectOptions, shared: bool) -> Result<Store> {
+        // One process per node, as with SQLite's lock file: a session-level advisory lock on
+        // the database and schema, held by a connection of its own for the process's life
+        // (the pool's connections come and go). Processes that share the database on purpose
+        // hold it in shared mode.
+        let (host, port) = (opts.get_host().to_string(), opts.get_port());
+        let unreachable = |why: String| {
+            StoreError::Config(format!(
+                "cannot connect to PostgreSQL at {host}:{port}: {why}"
+            ))
+        };
+        let mut holder = {
+            use sqlx::Connection;
+            match tokio::time::timeout(
+                Duration::from_secs(10),
+                sqlx::PgConnection::connect_with(&opts),
+            )
+            .await
+            {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return Err(unreachable(e.to_string())),
+                Err(_) => return Err(unreachable("no answer within 10 s".into())),
+            }
+        };
+        // A process killed a moment ago may still hold it until its session ends: wait a
+        // little before refusing.
+        let mut held = false;
+        for _ in 0..25 {
+            held = sqlx::query_scalar(if shared {
+                "SELECT pg_try_advisory_lock_shared(hashtext('verbund:' || current_database() || '/' || current_schema()))"
+            } else {
+                "SELECT pg_try_advisory_lock(hashtext('verbund:' || current_database() || '/' || current_schema()))"
+            })
+            .fetch_one(&mut holder)
+            .await?;
+            if held {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if !held {
+            return Err(StoreError::Config(if shared {
+                "another verbund process serves this PostgreSQL database (and schema) alone; set shared = true in [database] of every process of the node".into()
+            } else {
+                "another verbund process serves this PostgreSQL database (and schema); one process per node, unless every process sets shared = true in [database]".into()
+            }));
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts.clone())
+            .await?;
+        PG_MIGRATIONS.run(&pool).await?;
+        let mut store = Store::with_backend(Backend::Postgres(pool)).await?;
+        store._pg_lock = Some(Arc::new(tokio::sync::Mutex::new(holder)));
+        if shared {
+            store.shared_pg = Some(Arc::new(opts));
+        }
+        Ok(store)
+    }
+
+    /// Binds the database to organization `org` on first use; any other organization is
+    /// refused (two organizations must never share a database).
+    pub async fn claim_for(&self, org: &str) -> Result<()> {
+        let owner: Option<String> = match &self.backend {
+            Backend::Sqlite(p) => {
+                sqlx::query_scalar("SELECT org FROM node_owner")
+                    .fetch_optional(p)
+                    .await?
+            }
+            Backend::Postgres(p) => {
+                sqlx::query_scalar("SELECT org FROM node_owner")
+                    .fetch_optional(p)
+                    .await?
+            }
+        };
+        match owner {
+            Some(o) if o == org => Ok(()),
+            Some(o) => Err(StoreError::Config(format!(
+                "this database belongs to organization {o:?}; {org:?} cannot use it (give each organization its own database)"
+            ))),
+            None => {
+                let sql = "INSERT INTO node_owner (org) VALUES ($1)";
+                match &self.backend {
+                    Backend::Sqlite(p) => {
+                        sqlx::query(sql).bind(org).execute(p).await.map(|_| ())?
+                    }
+                    Backend::Postgres(p) => {
+                        sqlx::query(sql).bind(org).execute(p).await.map(|_| ())?
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The node's secret `name`: made up (random) and stored the first time it is asked
+    /// for, the same ever after (also by other processes of the node).
+    pub async fn node_secret(&self, name: &str) -> Result<String> {
+        let fresh = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
+        dispatch!(self, node_secret(name, &fresh))
+    }
+
+    async fn with_backend(backend: Backend) -> Result<Store> {
+        let last_seq = match &backend {
+            Backend::Sqlite(p) => sqlite_impl::last_seq(p).await?,
+            Backend::Postgres(p) => pg_impl::last_seq(p).await?,
+        };
+        let commits = Arc::new(watch::channel(last_seq).0);
+        let writer_commits = commits.clone();
+        let (writes, mut rx) = mpsc::channel::<WriteJob>(4 * MAX_BATCH);
+        let writer = backend.clone();
+        let cache =
+            matches!(backend, Backend::Sqlite(_)).then(|| Arc::new(RecordCache::new(CACHE_BUDGET)));
+        let recent = matches!(backend, Backend::Sqlite(_))
+            .then(|| Arc::new(RecentChanges::new(recent::RECENT_CHANGES)));
+        let rules = matches!(backend, Backend::Sqlite(_)).then(|| Arc::new(RuleCache::default()));
+        let mut memory = WriterMemory {
+            cache: cache.clone(),
+            recent: recent.clone(),
+            rules: rules.clone(),
+            last_seq: None,
+            audit_head: None,
+            keeps_seq: matches!(backend, Backend::Sqlite(_)),
+        };
+        let batch_hook = ops::BatchHook::default();
+        let writer_hook = batch_hook.clone();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+                let (jobs, audit_entries) = (
+                    batch.len(),
+                    batch.iter().map(|j| j.audit.len()).sum::<usize>(),
+                );
+                let started = std::time::Instant::now();
+                let committed = match &writer {
+                    Backend::Sqlite(p) => {
+                        sqlite_impl::write_batch(p, batch, &mut memory, &writer_commits).await
+                    }
+                    Backend::Postgres(p) => {
+                        pg_impl::write_batch(p, batch, &mut memory, &writer_commits).await
+                    }
+                };
+                writer_hook.report(&ops::BatchReport {
+                    jobs,
+                    audit_entries,
+                    committed,
+                    elapsed: started.elapsed(),
+                });
+            }
+        });
+        Ok(Store {
+            backend,
+            writes,
+            commits,
+            _lock: None,
+            _pg_lock: None,
+            shared_pg: None,
+            cache,
+            recent,
+            rules,
+            batch_hook,
+        })
+    }
+}
