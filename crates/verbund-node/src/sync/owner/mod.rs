@@ -186,17 +186,16 @@ impl NodeState {
                 updates_only: false,
             });
         }
-        let reached = self
-            .reach_around_known(&p.org, &targets, &referrers)
-            .await?;
+        // What the partner holds is read alongside its reach (another connection): one
+        // hand-off to SQLite less on the way of every update.
+        let (reached, delivered) = futures::future::try_join(
+            self.reach_around_known(&p.org, &targets, &referrers),
+            async { Ok(self.store.deliveries_of(&p.org, &ids).await?) },
+        )
+        .await?;
         let records: HashMap<Uuid, Record> = targets.into_iter().map(|r| (r.id, r)).collect();
-        let delivered: HashMap<Uuid, verbund_store::Delivery> = self
-            .store
-            .deliveries_of(&p.org, &ids)
-            .await?
-            .into_iter()
-            .map(|d| (d.record_id, d))
-            .collect();
+        let delivered: HashMap<Uuid, verbund_store::Delivery> =
+            delivered.into_iter().map(|d| (d.record_id, d)).collect();
         let mut items = Vec::new();
         let mut ledger = Vec::new();
         let mut updates_only = true;

@@ -243,6 +243,23 @@ impl NodeState {
         }
     }
 
+    /// The next `limit` records of a share rule's snapshot after record id `after`, in id
+    /// order, read whole under partner `org`'s stamp lock, like every state it is sent.
+    async fn snapshot_members(
+        &self,
+        org: &str,
+        snap: &ShareSnapshot,
+        after: &str,
+        limit: usize,
+    ) -> Result<(StampLock, Vec<Record>), NodeError> {
+        let lock = self.stamp_lock(org).await?;
+        let members = self
+            .store
+            .rule_members_after(&snap.org, &snap.rule, after, limit as i64)
+            .await?;
+        Ok((lock, members))
+    }
+
     /// Commits the bookkeeping of the batches sent ahead (ledger rows, one audit entry, the
     /// position covering them) and sends the partner that position.
     async fn send_ahead_bookkeeping(
@@ -442,6 +459,8 @@ impl NodeState {
             // (changes with nothing for it).
             let mut held_since: Option<tokio::time::Instant> = None;
             let mut ahead = Ahead::default();
+            // The snapshot's next batch, read while the one before it was sent.
+            let mut prefetched: Option<Result<(StampLock, Vec<Record>), NodeError>> = None;
             // Every way out of the loop passes by the bookkeeping of what went ahead.
             let streamed = async {
                 loop {
@@ -450,16 +469,15 @@ impl NodeState {
                     }
                     if let Some((snap, after)) = snapshot.as_mut() {
                         // The next records of the rule, in id order; fewer than a batch: the last.
-                        // Read whole under the partner's stamp lock, like every state it is sent.
-                        let read = async {
-                            let lock = state.stamp_lock(&principal.org).await?;
-                            let members = state
-                                .store
-                                .rule_members_after(&snap.org, &snap.rule, after, max_batch as i64)
-                                .await?;
-                            Ok::<_, NodeError>((lock, members))
+                        let read = match prefetched.take() {
+                            Some(read) => read,
+                            None => {
+                                state
+                                    .snapshot_members(&principal.org, snap, after, max_batch)
+                                    .await
+                            }
                         };
-                        let (lock, members) = match read.await {
+                        let (lock, members) = match read {
                             Ok(read) => read,
                             Err(e) => {
                                 let _ = tx.send(Err(e.into())).await;
@@ -471,8 +489,21 @@ impl NodeState {
                             Some(last) if ids.len() == max_batch => last.to_string(),
                             _ => String::new(),
                         };
-                        let sent = state
-                            .send_batch(
+                        // The batch after this one is read while this one's bookkeeping
+                        // commits and it travels: the read waits for the stamp lock, which
+                        // this batch gives up once it is stamped, so states stay in order.
+                        let next_read = async {
+                            if next_after.is_empty() {
+                                return None;
+                            }
+                            Some(
+                                state
+                                    .snapshot_members(&principal.org, snap, &next_after, max_batch)
+                                    .await,
+                            )
+                        };
+                        let (sent, next) = futures::future::join(
+                            state.send_batch(
                                 &principal,
                                 ids,
                                 Some((lock, members)),
@@ -482,8 +513,11 @@ impl NodeState {
                                 false,
                                 &mut ahead,
                                 &tx,
-                            )
-                            .await;
+                            ),
+                            next_read,
+                        )
+                        .await;
+                        prefetched = next;
                         match sent {
                             BatchFate::Sent(at, at_mark) => (position, mark) = (at, at_mark),
                             BatchFate::Held | BatchFate::Ahead => {}
