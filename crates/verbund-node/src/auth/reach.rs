@@ -127,13 +127,37 @@ impl NodeState {
             .filter(|id| !known.of.contains(id))
             .map(Uuid::to_string)
             .collect();
-        let referrers = if id_texts.is_empty() {
-            Vec::new()
-        } else {
-            store.dependents_of(&id_texts).await?
-        };
-        let mut direct: Vec<&Record> = Vec::new();
+        // The shares of the records at hand are read alongside the look-up of the records
+        // referring to them (another connection), and those of referrers found there after:
+        // on the way of an update, usually none, so one hand-off to SQLite instead of two.
         let mut seen = std::collections::HashSet::new();
+        let at_hand: Vec<Uuid> = targets
+            .iter()
+            .chain(&related)
+            .chain(&accounts)
+            .chain(&known.records)
+            .filter(|r| seen.insert(r.id))
+            .map(|r| r.id)
+            .collect();
+        let (referrers, mut shares) = futures::future::try_join(
+            async {
+                if id_texts.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    store.dependents_of(&id_texts).await
+                }
+            },
+            store.shares_of_records(org, &at_hand),
+        )
+        .await?;
+        let found: Vec<Uuid> = referrers
+            .iter()
+            .filter(|r| seen.insert(r.id))
+            .map(|r| r.id)
+            .collect();
+        shares.extend(store.shares_of_records(org, &found).await?);
+        let mut direct: Vec<&Record> = Vec::new();
+        let mut listed = std::collections::HashSet::new();
         for r in targets
             .iter()
             .chain(&related)
@@ -141,12 +165,10 @@ impl NodeState {
             .chain(&referrers)
             .chain(&known.records)
         {
-            if seen.insert(r.id) {
+            if listed.insert(r.id) {
                 direct.push(r);
             }
         }
-        let all: Vec<Uuid> = direct.iter().map(|r| r.id).collect();
-        let shares = store.shares_of_records(org, &all).await?;
         let rules = store.list_share_rules(Some(org)).await?;
         let children: Vec<&Record> = targets.iter().chain(&related).collect();
         let mut grants = access::reach(org, &shares, &rules, &direct, &children, targets);
