@@ -26,6 +26,13 @@ fn changed_records(changes: &[Change]) -> (Vec<Uuid>, Option<UpdatedFields>) {
     (ids, updated)
 }
 
+/// A snapshot batch read ahead of its turn (see `take_prefetched`).
+struct Prefetched {
+    /// The last change readable before the read began.
+    as_of: i64,
+    members: Vec<Record>,
+}
+
 /// How long a caught-up stream waits for more before it notes that the partner's position
 /// covers the changes it was not sent.
 const HELD_QUIET: Duration = Duration::from_secs(1);
@@ -260,6 +267,42 @@ impl NodeState {
         Ok((lock, members))
     }
 
+    /// The next records of a snapshot read ahead, without the stamp lock, with the last
+    /// change readable before the read began.
+    async fn prefetch_members(
+        &self,
+        snap: &ShareSnapshot,
+        after: &str,
+        limit: usize,
+    ) -> Result<Prefetched, NodeError> {
+        let as_of = self.store.readable_seq().await?;
+        let members = self
+            .store
+            .rule_members_after(&snap.org, &snap.rule, after, limit as i64)
+            .await?;
+        Ok(Prefetched { as_of, members })
+    }
+
+    /// A batch read ahead, under partner `org`'s stamp lock: as read if no change was
+    /// committed since its read began (every write of a record commits a change, so the
+    /// records are as they would be read now); else read again under the lock.
+    async fn take_prefetched(
+        &self,
+        org: &str,
+        snap: &ShareSnapshot,
+        after: &str,
+        limit: usize,
+        read: Result<Prefetched, NodeError>,
+    ) -> Result<(StampLock, Vec<Record>), NodeError> {
+        let read = read?;
+        let lock = self.stamp_lock(org).await?;
+        if self.store.readable_seq().await? == read.as_of {
+            return Ok((lock, read.members));
+        }
+        drop(lock);
+        self.snapshot_members(org, snap, after, limit).await
+    }
+
     /// Commits the bookkeeping of the batches sent ahead (ledger rows, one audit entry, the
     /// position covering them) and sends the partner that position.
     async fn send_ahead_bookkeeping(
@@ -460,7 +503,7 @@ impl NodeState {
             let mut held_since: Option<tokio::time::Instant> = None;
             let mut ahead = Ahead::default();
             // The snapshot's next batch, read while the one before it was sent.
-            let mut prefetched: Option<Result<(StampLock, Vec<Record>), NodeError>> = None;
+            let mut prefetched: Option<Result<Prefetched, NodeError>> = None;
             // Every way out of the loop passes by the bookkeeping of what went ahead.
             let streamed = async {
                 loop {
@@ -470,7 +513,11 @@ impl NodeState {
                     if let Some((snap, after)) = snapshot.as_mut() {
                         // The next records of the rule, in id order; fewer than a batch: the last.
                         let read = match prefetched.take() {
-                            Some(read) => read,
+                            Some(read) => {
+                                state
+                                    .take_prefetched(&principal.org, snap, after, max_batch, read)
+                                    .await
+                            }
                             None => {
                                 state
                                     .snapshot_members(&principal.org, snap, after, max_batch)
@@ -489,18 +536,15 @@ impl NodeState {
                             Some(last) if ids.len() == max_batch => last.to_string(),
                             _ => String::new(),
                         };
-                        // The batch after this one is read while this one's bookkeeping
-                        // commits and it travels: the read waits for the stamp lock, which
-                        // this batch gives up once it is stamped, so states stay in order.
+                        // The batch after this one is read while this one is looked at,
+                        // committed and sent, without the stamp lock (a push of the partner
+                        // must not wait for our batches): it is taken only if nothing was
+                        // committed since the read began, else read again (`take_prefetched`).
                         let next_read = async {
                             if next_after.is_empty() {
                                 return None;
                             }
-                            Some(
-                                state
-                                    .snapshot_members(&principal.org, snap, &next_after, max_batch)
-                                    .await,
-                            )
+                            Some(state.prefetch_members(snap, &next_after, max_batch).await)
                         };
                         let (sent, next) = futures::future::join(
                             state.send_batch(
