@@ -548,3 +548,18 @@ pub use ops::{BatchReport, OpsCounts, PoolUse};
 pub fn text_field<'a>(fields: &'a FieldMap, name: &str) -> Option<&'a str> {
     fields.get(name).and_then(Value::as_text)
 }
+
+/// Call once at the start of a process that opens SQLite stores, before any thread uses
+/// SQLite: switches off SQLite's memory statistics (on by default), which take a
+/// process-wide mutex around every allocation SQLite makes; nothing reads them here.
+pub fn sqlite_process_setup() {
+    // SAFETY: sqlite3_config must not run while another thread uses SQLite; the caller calls
+    // this first thing in `main`, before any thread is started. MEMSTATUS takes one int.
+    // Called after SQLite was initialized it returns SQLITE_MISUSE and changes nothing.
+    unsafe {
+        libsqlite3_sys::sqlite3_config(
+            libsqlite3_sys::SQLITE_CONFIG_MEMSTATUS,
+            0 as std::ffi::c_int,
+        );
+    }
+}

@@ -319,6 +319,8 @@ enum CertCommand {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists (see the function).
+    verbund_store::sqlite_process_setup();
     // One crypto provider everywhere (ring); installing it early avoids rustls' runtime panic
     // should another dependency ever compile in a second one.
     let _ = rustls::crypto::ring::default_provider().install_default();
