@@ -28,7 +28,7 @@ fn changed_records(changes: &[Change]) -> (Vec<Uuid>, Option<UpdatedFields>) {
 
 /// A snapshot batch read ahead of its turn (see `take_prefetched`).
 struct Prefetched {
-    /// The last change readable before the read began.
+    /// The last change committed before the read began.
     as_of: i64,
     members: Vec<Record>,
 }
@@ -268,14 +268,16 @@ impl NodeState {
     }
 
     /// The next records of a snapshot read ahead, without the stamp lock, with the last
-    /// change readable before the read began.
+    /// change committed before the read began. (The committed one, read from the database:
+    /// the one the writer has published may lag behind a commit whose records the read
+    /// already sees, or a commit after the read.)
     async fn prefetch_members(
         &self,
         snap: &ShareSnapshot,
         after: &str,
         limit: usize,
     ) -> Result<Prefetched, NodeError> {
-        let as_of = self.store.readable_seq().await?;
+        let as_of = self.store.last_seq().await?;
         let members = self
             .store
             .rule_members_after(&snap.org, &snap.rule, after, limit as i64)
@@ -296,7 +298,7 @@ impl NodeState {
     ) -> Result<(StampLock, Vec<Record>), NodeError> {
         let read = read?;
         let lock = self.stamp_lock(org).await?;
-        if self.store.readable_seq().await? == read.as_of {
+        if self.store.last_seq().await? == read.as_of {
             return Ok((lock, read.members));
         }
         drop(lock);
