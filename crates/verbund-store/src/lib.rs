@@ -422,12 +422,15 @@ pub struct StewardDecisionRow {
 mod backend;
 
 macro_rules! backend {
-    ($module:ident, $db:ty, $pool:ty, $begin:expr, $savepoints:expr) => {
+    ($module:ident, $db:ty, $pool:ty, $begin:expr, $savepoints:expr, $multi_statement:expr) => {
         mod $module {
             use super::*;
             use sqlx::{QueryBuilder, Row};
 
             type Tx = sqlx::Transaction<'static, $db>;
+
+            /// Whether one query may hold several statements (see `Writes`).
+            const MULTI_STATEMENT: bool = $multi_statement;
 
             backend_writer!($db, $pool, $begin, $savepoints);
             backend_sharing_writes!($db, $pool, $begin, $savepoints);
@@ -448,9 +451,10 @@ backend!(
     sqlx::Sqlite,
     SqlitePool,
     "BEGIN IMMEDIATE",
-    false
+    false,
+    true
 );
-backend!(pg_impl, sqlx::Postgres, PgPool, "BEGIN", true);
+backend!(pg_impl, sqlx::Postgres, PgPool, "BEGIN", true, false);
 
 /// `RecordReads` of a connection of either database (see `backend/reads.rs`).
 macro_rules! record_reads {

@@ -24,10 +24,11 @@ macro_rules! backend_bucket_sums {
             Ok(())
         }
 
-        /// Adds what a write changed to the partner's replica sums.
-        async fn apply_replica_sums(tx: &mut Tx, deltas: &ReplicaSumDeltas) -> Result<()> {
+        /// Adds what a write changed to the partner's replica sums (with the write's other
+        /// statements, see `Writes`).
+        async fn apply_replica_sums(tx: &mut Tx, writes: &mut Writes, deltas: &ReplicaSumDeltas) -> Result<()> {
             for chunk in deltas.changed().chunks(256) {
-                let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO replica_sums (owner_org, bucket, s, unknown, n) ");
+                let qb = writes.statement(tx, "INSERT INTO replica_sums (owner_org, bucket, s, unknown, n) ").await?;
                 qb.push_values(chunk, |mut b, ((owner, bucket), (s, unknown, n))| {
                     b.push_bind(owner.clone()).push_bind(*bucket).push_bind(*s).push_bind(*unknown).push_bind(*n);
                 });
@@ -35,7 +36,6 @@ macro_rules! backend_bucket_sums {
                     " ON CONFLICT (owner_org, bucket) DO UPDATE SET s = replica_sums.s + excluded.s, \
                      unknown = replica_sums.unknown + excluded.unknown, n = replica_sums.n + excluded.n",
                 );
-                qb.build().execute(&mut **tx).await?;
             }
             Ok(())
         }

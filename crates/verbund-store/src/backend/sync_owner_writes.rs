@@ -288,8 +288,9 @@ macro_rules! backend_sync_owner_writes {
                     replica_sums.add(&owner, (bucket, sum_part.unwrap_or(0), sum_part.is_some()), 1);
                 }
             }
-            apply_replica_sums(tx, &replica_sums).await?;
-            Ok(())
+            let mut writes = Writes::new();
+            apply_replica_sums(tx, &mut writes, &replica_sums).await?;
+            writes.run(tx).await
         }
 
         /// Records, before sending, what a partner is about to hold: a record reaches the

@@ -411,10 +411,17 @@ macro_rules! backend_sync_replica_batch {
                 self.show(tx, next, seq, out).await
             }
 
+            /// `flush` and run its writes.
+            async fn write_out(self, tx: &mut Tx, out: &mut OpOutput) -> Result<()> {
+                let mut writes = Writes::new();
+                self.flush(tx, &mut writes, out).await?;
+                writes.run(tx).await
+            }
+
             /// Writes what the batch changed: multi-row upserts of replicas and records, and
-            /// the change-log values of revoked and erased records blanked. The records
-            /// written go to `out` (for the record cache).
-            async fn flush(mut self, tx: &mut Tx, out: &mut OpOutput) -> Result<()> {
+            /// the change-log values of revoked and erased records blanked (into `writes`,
+            /// which the caller runs). The records written go to `out` (for the record cache).
+            async fn flush(mut self, tx: &mut Tx, writes: &mut Writes, out: &mut OpOutput) -> Result<()> {
                 let mut replicas = Vec::with_capacity(self.replica_writes.len());
                 for (id, w) in std::mem::take(&mut self.replica_writes) {
                     let Some(Some(row)) = self.replicas.remove(&id) else {
@@ -430,14 +437,11 @@ macro_rules! backend_sync_replica_batch {
                     }
                 }
                 if live_delta != 0 {
-                    sqlx::query(
-                        "INSERT INTO replica_counts (owner_org, live) VALUES ($1, $2) \
-                         ON CONFLICT (owner_org) DO UPDATE SET live = replica_counts.live + excluded.live",
-                    )
-                    .bind(&self.owner)
-                    .bind(live_delta)
-                    .execute(&mut **tx)
-                    .await?;
+                    let qb = writes.statement(tx, "INSERT INTO replica_counts (owner_org, live) VALUES (").await?;
+                    qb.push_bind(self.owner.clone())
+                        .push(", ")
+                        .push_bind(live_delta)
+                        .push(") ON CONFLICT (owner_org) DO UPDATE SET live = replica_counts.live + excluded.live");
                 }
                 let mut records = Vec::with_capacity(self.record_writes.len());
                 for (id, activity_account) in std::mem::take(&mut self.record_writes) {
@@ -472,9 +476,12 @@ macro_rules! backend_sync_replica_batch {
                         };
                         rows.push((id, w, row, fields, versions, fields_to_json(&w.writable)?, digest));
                     }
-                    let mut qb: QueryBuilder<$db> = QueryBuilder::new(
-                        "INSERT INTO replicas (record_id, owner_org, kind, state, shadow_fields, shadow_versions, writable, owner_seq, updated_ms, digest, sum_part, bucket) ",
-                    );
+                    let qb = writes
+                        .statement(
+                            tx,
+                            "INSERT INTO replicas (record_id, owner_org, kind, state, shadow_fields, shadow_versions, writable, owner_seq, updated_ms, digest, sum_part, bucket) ",
+                        )
+                        .await?;
                     qb.push_values(rows, |mut b, (id, w, row, fields, versions, writable, digest)| {
                         b.push_bind(id.to_string())
                             .push_bind(row.owner_org.clone())
@@ -494,9 +501,8 @@ macro_rules! backend_sync_replica_batch {
                          shadow_versions = excluded.shadow_versions, writable = excluded.writable, owner_seq = excluded.owner_seq, updated_ms = excluded.updated_ms, \
                          digest = excluded.digest, sum_part = excluded.sum_part, bucket = excluded.bucket",
                     );
-                    qb.build().execute(&mut **tx).await?;
                 }
-                apply_replica_sums(tx, &self.sums).await?;
+                apply_replica_sums(tx, writes, &self.sums).await?;
                 let mut record_json = record_json.into_iter();
                 for chunk in records.chunks(ROWS_CHUNK) {
                     let mut rows = Vec::with_capacity(chunk.len());
@@ -510,10 +516,13 @@ macro_rules! backend_sync_replica_batch {
                             .ok_or_else(|| StoreError::Corrupt(format!("record {} to write has no encoding", rec.id)))?;
                         rows.push((rec, idx, fields, versions));
                     }
-                    let mut qb: QueryBuilder<$db> = QueryBuilder::new(
-                        "INSERT INTO records (id, kind, owner_org, created_at_ms, updated_at_ms, deleted_version, seq, fields, versions, \
-                         account_id, contact_id, related_id, stage, status, priority, assigned_org, channel, search_text) ",
-                    );
+                    let qb = writes
+                        .statement(
+                            tx,
+                            "INSERT INTO records (id, kind, owner_org, created_at_ms, updated_at_ms, deleted_version, seq, fields, versions, \
+                             account_id, contact_id, related_id, stage, status, priority, assigned_org, channel, search_text) ",
+                        )
+                        .await?;
                     qb.push_values(rows, |mut b, (rec, idx, fields, versions)| {
                         b.push_bind(rec.id.to_string())
                             .push_bind(rec.kind.as_str())
@@ -541,13 +550,11 @@ macro_rules! backend_sync_replica_batch {
                          stage = excluded.stage, status = excluded.status, priority = excluded.priority, assigned_org = excluded.assigned_org, \
                          channel = excluded.channel, search_text = excluded.search_text",
                     );
-                    qb.build().execute(&mut **tx).await?;
                 }
                 let blank: Vec<Uuid> = self.blank_changes.into_iter().collect();
                 for chunk in blank.chunks(IN_CHUNK) {
-                    let mut qb: QueryBuilder<$db> = QueryBuilder::new("UPDATE changes SET fields = '{}' WHERE record_id IN (");
-                    in_list(&mut qb, chunk);
-                    qb.build().execute(&mut **tx).await?;
+                    let qb = writes.statement(tx, "UPDATE changes SET fields = '{}' WHERE record_id IN (").await?;
+                    in_list(qb, chunk);
                 }
                 out.blanked.extend(blank);
                 out.written.extend(records.into_iter().map(|(rec, _)| rec));
@@ -555,7 +562,10 @@ macro_rules! backend_sync_replica_batch {
             }
         }
 
-        async fn replica_batch(tx: &mut Tx, batch: ReplicaBatch, seq: &mut i64) -> Result<OpOutput> {
+        /// Applies a batch of the owner's items. Its writes, the quarantine and the cursor
+        /// go into `writes`, which the writer runs with the batch's change log (one query on
+        /// SQLite: one hand-off to its worker thread for all of an update's writes).
+        async fn replica_batch(tx: &mut Tx, batch: ReplicaBatch, seq: &mut i64, writes: &mut Writes) -> Result<OpOutput> {
             let mut out = OpOutput::default();
             // The position, whether anything of the owner waits in quarantine and whether any
             // edit of ours is pending, in one read (every statement is a hand-off to SQLite's
@@ -613,20 +623,26 @@ macro_rules! backend_sync_replica_batch {
                     ReplicaItem::Erase { id } => work.purge(tx, id, true, batch.at_ms, seq, &mut out).await?,
                 }
             }
-            work.flush(tx, &mut out).await?;
+            work.flush(tx, writes, &mut out).await?;
             for q in &batch.quarantine {
-                sqlx::query(
-                    "INSERT INTO quarantine (owner_org, record_id, item, reason, first_ms, last_ms, attempts) VALUES ($1, $2, $3, $4, $5, $5, 1) \
-                     ON CONFLICT (owner_org, record_id) DO UPDATE SET item = excluded.item, reason = excluded.reason, \
-                     last_ms = excluded.last_ms, attempts = quarantine.attempts + 1",
-                )
-                .bind(&owner)
-                .bind(&q.record_id)
-                .bind(&q.item)
-                .bind(&q.reason)
-                .bind(batch.at_ms)
-                .execute(&mut **tx)
-                .await?;
+                let qb = writes
+                    .statement(tx, "INSERT INTO quarantine (owner_org, record_id, item, reason, first_ms, last_ms, attempts) VALUES (")
+                    .await?;
+                qb.push_bind(owner.clone())
+                    .push(", ")
+                    .push_bind(q.record_id.clone())
+                    .push(", ")
+                    .push_bind(q.item.clone())
+                    .push(", ")
+                    .push_bind(q.reason.clone())
+                    .push(", ")
+                    .push_bind(batch.at_ms)
+                    .push(", ")
+                    .push_bind(batch.at_ms)
+                    .push(
+                        ", 1) ON CONFLICT (owner_org, record_id) DO UPDATE SET item = excluded.item, reason = excluded.reason, \
+                         last_ms = excluded.last_ms, attempts = quarantine.attempts + 1",
+                    );
             }
             if batch.cursor > 0 || stored.is_none() || batch.reset_for_org.is_some() {
                 // Even a batch that changed nothing moves the cursor: what we know advances.
@@ -634,13 +650,11 @@ macro_rules! backend_sync_replica_batch {
                 // The position (cursor, snapshot_after) only moves forward; at the same cursor a
                 // snapshot in progress advances by record id, and an empty position (the change
                 // at the cursor taken completely) is past every id.
-                let sql = if batch.reset_for_org.is_some() {
-                    "INSERT INTO subscriptions (owner_org, cursor, cursor_mark, snapshot_after, owner_last_seq, last_batch_ms) VALUES ($1, $2, $3, $4, $5, $6) \
-                     ON CONFLICT (owner_org) DO UPDATE SET cursor = excluded.cursor, cursor_mark = excluded.cursor_mark, \
+                let on_conflict = if batch.reset_for_org.is_some() {
+                    " ON CONFLICT (owner_org) DO UPDATE SET cursor = excluded.cursor, cursor_mark = excluded.cursor_mark, \
                      snapshot_after = excluded.snapshot_after, owner_last_seq = excluded.owner_last_seq, last_batch_ms = excluded.last_batch_ms"
                 } else {
-                    "INSERT INTO subscriptions (owner_org, cursor, cursor_mark, snapshot_after, owner_last_seq, last_batch_ms) VALUES ($1, $2, $3, $4, $5, $6) \
-                     ON CONFLICT (owner_org) DO UPDATE SET \
+                    " ON CONFLICT (owner_org) DO UPDATE SET \
                      cursor_mark = CASE WHEN excluded.cursor > subscriptions.cursor OR (excluded.cursor = subscriptions.cursor AND subscriptions.snapshot_after <> '' \
                        AND (excluded.snapshot_after = '' OR excluded.snapshot_after > subscriptions.snapshot_after)) THEN excluded.cursor_mark ELSE subscriptions.cursor_mark END, \
                      snapshot_after = CASE WHEN excluded.cursor > subscriptions.cursor OR (excluded.cursor = subscriptions.cursor AND subscriptions.snapshot_after <> '' \
@@ -648,15 +662,18 @@ macro_rules! backend_sync_replica_batch {
                      cursor = CASE WHEN excluded.cursor > subscriptions.cursor THEN excluded.cursor ELSE subscriptions.cursor END, \
                      owner_last_seq = excluded.owner_last_seq, last_batch_ms = excluded.last_batch_ms"
                 };
-                sqlx::query(sql)
-                    .bind(&owner)
-                    .bind(batch.cursor)
-                    .bind(&batch.cursor_mark)
-                    .bind(&batch.snapshot_after)
-                    .bind(batch.owner_last_seq)
-                    .bind(batch.at_ms)
-                    .execute(&mut **tx)
+                let qb = writes
+                    .statement(tx, "INSERT INTO subscriptions (owner_org, cursor, cursor_mark, snapshot_after, owner_last_seq, last_batch_ms) ")
                     .await?;
+                qb.push_values([()], |mut b, ()| {
+                    b.push_bind(owner.clone())
+                        .push_bind(batch.cursor)
+                        .push_bind(batch.cursor_mark.clone())
+                        .push_bind(batch.snapshot_after.clone())
+                        .push_bind(batch.owner_last_seq)
+                        .push_bind(batch.at_ms);
+                });
+                qb.push(on_conflict);
             }
             Ok(out)
         }

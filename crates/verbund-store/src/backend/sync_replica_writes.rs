@@ -64,7 +64,7 @@ macro_rules! backend_sync_replica_writes {
             for id in touched {
                 work.reshow(tx, id, seq, &mut out).await?;
             }
-            work.flush(tx, &mut out).await?;
+            work.write_out(tx, &mut out).await?;
             // Own records written while the clock ran ahead carry a wall time ahead too.
             let rows = sqlx::query(
                 "SELECT id, kind, owner_org, created_at_ms, updated_at_ms, deleted_version, seq, fields, versions FROM records \
@@ -268,7 +268,7 @@ macro_rules! backend_sync_replica_writes {
                     .await?;
                 if cursor.unwrap_or(0) <= v.as_of_seq {
                     work.purge(tx, id, false, v.at_ms, seq, &mut out).await?;
-                    work.flush(tx, &mut out).await?;
+                    work.write_out(tx, &mut out).await?;
                     return Ok(out);
                 }
             }
@@ -278,7 +278,7 @@ macro_rules! backend_sync_replica_writes {
             // Whatever the verdict brought (it may be older than what we hold): show the
             // owner's state with the edits still pending, so a rejected edit disappears.
             work.reshow(tx, id, seq, &mut out).await?;
-            work.flush(tx, &mut out).await?;
+            work.write_out(tx, &mut out).await?;
             Ok(out)
         }
     };

@@ -19,6 +19,56 @@ macro_rules! backend_writer {
 
         const RECORD_COLUMNS: &str = "id, kind, owner_org, created_at_ms, updated_at_ms, deleted_version, seq, fields, versions";
 
+        /// Writes of one transaction that nothing reads in between, run together: on SQLite
+        /// as one query of several statements, so one hand-off to sqlx's worker thread
+        /// instead of one per statement (each cost an update ~35 µs of latency; sqlx binds
+        /// the `?` of the statements in order), on PostgreSQL one statement at a time (a
+        /// prepared statement holds one). Values only through `push_bind`: a `$n` would
+        /// number across the statements on SQLite.
+        struct Writes {
+            pending: Option<QueryBuilder<$db>>,
+        }
+
+        impl Writes {
+            fn new() -> Writes {
+                Writes { pending: None }
+            }
+
+            /// Starts the next statement with `sql`; its values follow on the builder returned.
+            async fn statement(&mut self, tx: &mut Tx, sql: &str) -> Result<&mut QueryBuilder<$db>> {
+                match self.pending.take() {
+                    Some(mut qb) if MULTI_STATEMENT => {
+                        qb.push("; ").push(sql);
+                        self.pending = Some(qb);
+                    }
+                    Some(mut qb) => {
+                        qb.build().execute(&mut **tx).await?;
+                        self.pending = Some(QueryBuilder::new(sql));
+                    }
+                    None => self.pending = Some(QueryBuilder::new(sql)),
+                }
+                self.pending.as_mut().ok_or_else(|| StoreError::Corrupt("a write statement was not started".into()))
+            }
+
+            /// Runs what is pending.
+            async fn run(mut self, tx: &mut Tx) -> Result<()> {
+                self.run_pending(tx).await
+            }
+
+            /// Runs what is pending and goes on empty.
+            async fn run_pending(&mut self, tx: &mut Tx) -> Result<()> {
+                if let Some(mut qb) = self.pending.take() {
+                    qb.build().execute(&mut **tx).await?;
+                }
+                Ok(())
+            }
+
+            /// Drops what is pending, unwritten (the op that left it failed).
+            fn discard(&mut self) {
+                self.pending = None;
+            }
+        }
+
         /// Locks the node's sequence counter for this transaction and reads it. Every write
         /// transaction does this first, which serializes writers across processes (the row
         /// lock on PostgreSQL; SQLite's write lock), so sequence numbers commit in order.
@@ -34,28 +84,27 @@ macro_rules! backend_writer {
         /// log holds no second copy of the data (less to write; nothing personal to erase).
         /// `first_foreign`: the seqs of changes that brought another owner's record here for
         /// the first time (see migration 0026).
-        async fn append_changes(tx: &mut Tx, changes: &[Change], first_foreign: &HashSet<i64>) -> Result<()> {
+        async fn append_changes(tx: &mut Tx, writes: &mut Writes, changes: &[Change], first_foreign: &HashSet<i64>) -> Result<()> {
             for chunk in changes.chunks(500) {
-                let mut qb: QueryBuilder<$db> = QueryBuilder::new("INSERT INTO changes (seq, record_id, kind, op, hlc, fields, at_ms, first_foreign) ");
                 let mut rows = Vec::with_capacity(chunk.len());
                 for c in chunk {
                     let names: BTreeMap<&String, Option<()>> = c.fields.keys().map(|name| (name, None)).collect();
-                    rows.push((c, fields_to_json(&names)?));
+                    rows.push((c.seq, c.record_id.to_string(), c.kind.as_str(), c.op.as_str(), c.hlc.to_string(), fields_to_json(&names)?, c.at_ms, first_foreign.contains(&c.seq)));
                 }
-                qb.push_values(rows, |mut b, (c, fields)| {
-                    b.push_bind(c.seq)
-                        .push_bind(c.record_id.to_string())
-                        .push_bind(c.kind.as_str())
-                        .push_bind(c.op.as_str())
-                        .push_bind(c.hlc.to_string())
+                let qb = writes.statement(tx, "INSERT INTO changes (seq, record_id, kind, op, hlc, fields, at_ms, first_foreign) ").await?;
+                qb.push_values(rows, |mut b, (seq, id, kind, op, hlc, fields, at_ms, first)| {
+                    b.push_bind(seq)
+                        .push_bind(id)
+                        .push_bind(kind)
+                        .push_bind(op)
+                        .push_bind(hlc)
                         .push_bind(fields)
-                        .push_bind(c.at_ms)
-                        .push_bind(first_foreign.contains(&c.seq));
+                        .push_bind(at_ms)
+                        .push_bind(first);
                 });
-                qb.build().execute(&mut **tx).await?;
             }
             if let Some(last) = changes.last() {
-                sqlx::query("UPDATE node_state SET last_seq = $1 WHERE id = 1").bind(last.seq).execute(&mut **tx).await?;
+                writes.statement(tx, "UPDATE node_state SET last_seq = ").await?.push_bind(last.seq).push(" WHERE id = 1");
             }
             Ok(())
         }
@@ -199,7 +248,9 @@ macro_rules! backend_writer {
 
         /// Runs one write; every change it makes takes the next sequence number after `seq`
         /// (which it advances).
-        async fn run_op(tx: &mut Tx, op: WriteOp, seq: &mut i64) -> Result<OpOutput> {
+        /// An op may leave writes in `writes` (see `Writes`); the caller runs them before
+        /// anything else reads.
+        async fn run_op(tx: &mut Tx, op: WriteOp, seq: &mut i64, writes: &mut Writes) -> Result<OpOutput> {
             match op {
                 WriteOp::Create(plan_fn) => {
                     let plan = create(tx, plan_fn()?, *seq + 1).await?;
@@ -216,7 +267,7 @@ macro_rules! backend_writer {
                 WriteOp::AuditOnly => Ok(OpOutput::default()),
                 WriteOp::Share(op, hlc) => share_op(tx, op, hlc, seq).await,
                 WriteOp::Merge { org, key, kind, id, plan_fn } => merge_op(tx, &org, &key, kind, id, plan_fn, seq).await,
-                WriteOp::ReplicaBatch(batch) => replica_batch(tx, batch, seq).await,
+                WriteOp::ReplicaBatch(batch) => replica_batch(tx, batch, seq, writes).await,
                 WriteOp::ReplicaEdit { kind, id, key, plan_fn } => replica_edit(tx, kind, id, &key, plan_fn, seq).await,
                 WriteOp::Verdict(v) => apply_verdict(tx, v, seq).await,
                 WriteOp::Erase { kind, id, by, plan_fn } => erase_op(tx, kind, id, &by, plan_fn, seq).await,
@@ -256,12 +307,22 @@ macro_rules! backend_writer {
                 let mut written = Vec::new();
                 let mut blanked = Vec::new();
                 let mut audit_drafts = Vec::new();
+                // What an op leaves unwritten (see `run_op`): written before the next op reads,
+                // or with the change log after the last.
+                let mut writes = Writes::new();
                 for (op, mut drafts) in ops {
+                    writes.run_pending(&mut tx).await?;
                     if $savepoints {
                         sqlx::query("SAVEPOINT verbund_write").execute(&mut *tx).await?;
                     }
                     let before = seq;
-                    let outcome = run_op(&mut tx, op, &mut seq).await;
+                    let mut outcome = run_op(&mut tx, op, &mut seq, &mut writes).await;
+                    if $savepoints && outcome.is_ok() {
+                        // Inside the op's savepoint: a failure is the op's.
+                        if let Err(e) = writes.run_pending(&mut tx).await {
+                            outcome = Err(e);
+                        }
+                    }
                     match &outcome {
                         Ok(out) => {
                             for d in drafts.iter_mut().filter(|d| d.record_id.is_none()) {
@@ -295,6 +356,7 @@ macro_rules! backend_writer {
                         }
                         Err(StoreError::Domain(e)) => {
                             seq = before;
+                            writes.discard();
                             if $savepoints {
                                 sqlx::query("ROLLBACK TO SAVEPOINT verbund_write").execute(&mut *tx).await?;
                                 sqlx::query("RELEASE SAVEPOINT verbund_write").execute(&mut *tx).await?;
@@ -304,8 +366,11 @@ macro_rules! backend_writer {
                         Err(e) => return Err(e),
                     }
                 }
-                append_changes(&mut tx, &changes, &first_foreign).await?;
-                let audit_head = append_audit(&mut tx, audit_drafts, memory.audit_head.clone()).await?;
+                // The last op's writes, the change log, the counter and the audit chain: one
+                // query on SQLite.
+                append_changes(&mut tx, &mut writes, &changes, &first_foreign).await?;
+                let audit_head = append_audit(&mut tx, &mut writes, audit_drafts, memory.audit_head.clone()).await?;
+                writes.run(&mut tx).await?;
                 if let Err(e) = tx.commit().await {
                     return Err(StoreError::OutcomeUnknown(e.to_string()));
                 }
@@ -388,7 +453,7 @@ macro_rules! backend_writer {
         /// Chains the batch's audit drafts after the head (`known`: as the writer last
         /// committed it, else read from the database) and moves the head. Returns the new
         /// head, or None if the batch has no audit entry.
-        async fn append_audit(tx: &mut Tx, drafts: Vec<AuditDraft>, known: Option<(i64, String)>) -> Result<Option<(i64, String)>> {
+        async fn append_audit(tx: &mut Tx, writes: &mut Writes, drafts: Vec<AuditDraft>, known: Option<(i64, String)>) -> Result<Option<(i64, String)>> {
             if drafts.is_empty() {
                 return Ok(None);
             }
@@ -400,37 +465,35 @@ macro_rules! backend_writer {
                 }
             };
             let entries = audit::chain(head_seq, &head_hash, drafts);
-            for chunk in entries.chunks(400) {
-                let mut rows = Vec::with_capacity(chunk.len());
-                for e in chunk {
-                    rows.push((e, fields_to_json(&e.draft.fields)?));
+            let Some((last_seq, last_hash)) = entries.last().map(|e| (e.seq, e.hash.clone())) else { return Ok(None) };
+            let mut entries = entries.into_iter().peekable();
+            while entries.peek().is_some() {
+                let mut rows = Vec::with_capacity(400);
+                for e in entries.by_ref().take(400) {
+                    let fields = fields_to_json(&e.draft.fields)?;
+                    rows.push((e, fields));
                 }
-                let mut qb: QueryBuilder<$db> = QueryBuilder::new(
-                    "INSERT INTO audit_log (seq, at_ms, principal, org, action, kind, record_id, fields, decision, reason, prev_hash, hash) ",
-                );
+                let qb = writes
+                    .statement(tx, "INSERT INTO audit_log (seq, at_ms, principal, org, action, kind, record_id, fields, decision, reason, prev_hash, hash) ")
+                    .await?;
                 qb.push_values(rows, |mut b, (e, fields)| {
                     b.push_bind(e.seq)
                         .push_bind(e.draft.at_ms)
-                        .push_bind(e.draft.principal.clone())
-                        .push_bind(e.draft.org.clone())
-                        .push_bind(e.draft.action.clone())
-                        .push_bind(e.draft.kind.clone())
-                        .push_bind(e.draft.record_id.clone())
+                        .push_bind(e.draft.principal)
+                        .push_bind(e.draft.org)
+                        .push_bind(e.draft.action)
+                        .push_bind(e.draft.kind)
+                        .push_bind(e.draft.record_id)
                         .push_bind(fields)
-                        .push_bind(e.draft.decision.clone())
-                        .push_bind(e.draft.reason.clone())
-                        .push_bind(e.prev_hash.clone())
-                        .push_bind(e.hash.clone());
+                        .push_bind(e.draft.decision)
+                        .push_bind(e.draft.reason)
+                        .push_bind(e.prev_hash)
+                        .push_bind(e.hash);
                 });
-                qb.build().execute(&mut **tx).await?;
             }
-            let Some(last) = entries.last() else { return Ok(None) };
-            sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
-                .bind(last.seq)
-                .bind(&last.hash)
-                .execute(&mut **tx)
-                .await?;
-            Ok(Some((last.seq, last.hash.clone())))
+            let qb = writes.statement(tx, "UPDATE audit_head SET seq = ").await?;
+            qb.push_bind(last_seq).push(", hash = ").push_bind(last_hash.clone()).push(" WHERE id = 1");
+            Ok(Some((last_seq, last_hash)))
         }
     };
 }
