@@ -28,7 +28,9 @@ macro_rules! backend_sync_owner_writes {
             v.as_ref().map(fields_to_json).transpose()
         }
 
-        async fn merge_op(tx: &mut Tx, org: &str, key: &str, kind: RecordKind, id: Uuid, plan_fn: MergeFn, seq: &mut i64) -> Result<OpOutput> {
+        /// The merge's writes go into `writes` (nothing reads them before the op ends).
+        #[allow(clippy::too_many_arguments)] // the op's fields, as `run_op` takes them apart
+        async fn merge_op(tx: &mut Tx, writes: &mut Writes, org: &str, key: &str, kind: RecordKind, id: Uuid, plan_fn: MergeFn, seq: &mut i64) -> Result<OpOutput> {
             if stored_verdict(tx, org, key).await?.is_some() {
                 // Decided before: the caller reads the stored verdict; nothing is applied twice.
                 return Ok(OpOutput::unchanged(load(tx, kind, id).await?));
@@ -44,37 +46,46 @@ macro_rules! backend_sync_owner_writes {
             }
             if let Some(mut write) = plan.write {
                 let activity_account = resolve_refs(tx, &write).await?;
-                write_record(tx, &mut write, *seq + 1, false, activity_account).await?;
+                write_record(tx, writes, &mut write, *seq + 1, false, activity_account).await?;
                 *seq += 1;
                 out = OpOutput::one(write);
             }
             let now = plan.at_ms;
             for c in &plan.conflicts {
-                sqlx::query(
-                    "INSERT INTO conflicts (id, record_id, kind, field, winner_value, winner_version, loser_value, loser_version, created_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                )
-                .bind(Uuid::now_v7().to_string())
-                .bind(id.to_string())
-                .bind(kind.as_str())
-                .bind(&c.field)
-                .bind(value_json(&c.winner.value)?)
-                .bind(c.winner.version.to_string())
-                .bind(value_json(&c.loser.value)?)
-                .bind(c.loser.version.to_string())
-                .bind(now)
-                .execute(&mut **tx)
-                .await?;
+                let row = (
+                    Uuid::now_v7().to_string(),
+                    value_json(&c.winner.value)?,
+                    c.winner.version.to_string(),
+                    value_json(&c.loser.value)?,
+                    c.loser.version.to_string(),
+                );
+                let qb = writes
+                    .statement(
+                        tx,
+                        "INSERT INTO conflicts (id, record_id, kind, field, winner_value, winner_version, loser_value, loser_version, created_ms) ",
+                    )
+                    .await?;
+                qb.push_values([row], |mut b, (conflict_id, winner, winner_version, loser, loser_version)| {
+                    b.push_bind(conflict_id)
+                        .push_bind(id.to_string())
+                        .push_bind(kind.as_str())
+                        .push_bind(c.field.clone())
+                        .push_bind(winner)
+                        .push_bind(winner_version)
+                        .push_bind(loser)
+                        .push_bind(loser_version)
+                        .push_bind(now);
+                });
             }
-            sqlx::query("INSERT INTO push_receipts (org, push_key, record_id, outcome, reason, at_ms) VALUES ($1, $2, $3, $4, $5, $6)")
-                .bind(org)
-                .bind(key)
-                .bind(id.to_string())
-                .bind(plan.outcome.as_str())
-                .bind(&plan.reason)
-                .bind(now)
-                .execute(&mut **tx)
-                .await?;
+            let qb = writes.statement(tx, "INSERT INTO push_receipts (org, push_key, record_id, outcome, reason, at_ms) ").await?;
+            qb.push_values([()], |mut b, ()| {
+                b.push_bind(org.to_string())
+                    .push_bind(key.to_string())
+                    .push_bind(id.to_string())
+                    .push_bind(plan.outcome.as_str())
+                    .push_bind(plan.reason.clone())
+                    .push_bind(now);
+            });
             Ok(out)
         }
 
@@ -83,7 +94,7 @@ macro_rules! backend_sync_owner_writes {
             let Some(mut plan) = plan_fn(&current)? else {
                 return Ok(OpOutput::unchanged(current));
             };
-            write_record(tx, &mut plan, *seq + 1, false, None).await?;
+            write_record_now(tx, &mut plan, *seq + 1, false, None).await?;
             *seq += 1;
             // The old values must not survive anywhere on this node: the change log and the
             // conflict records held them.

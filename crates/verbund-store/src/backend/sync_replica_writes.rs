@@ -93,7 +93,7 @@ macro_rules! backend_sync_replica_writes {
                     record: next,
                     refs: Vec::new(),
                 };
-                write_record(tx, &mut plan, *seq + 1, false, None).await?;
+                write_record_now(tx, &mut plan, *seq + 1, false, None).await?;
                 *seq += 1;
                 out.written.push(plan.record);
                 out.changes.push(plan.change);
@@ -210,7 +210,8 @@ macro_rules! backend_sync_replica_writes {
             Ok(())
         }
 
-        async fn replica_edit(tx: &mut Tx, kind: RecordKind, id: Uuid, key: &str, plan_fn: PlanFn, seq: &mut i64) -> Result<OpOutput> {
+        /// The edit's writes go into `writes` (nothing reads them before the op ends).
+        async fn replica_edit(tx: &mut Tx, writes: &mut Writes, kind: RecordKind, id: Uuid, key: &str, plan_fn: PlanFn, seq: &mut i64) -> Result<OpOutput> {
             let current = load(tx, kind, id).await?;
             let replica = replica_row(tx, id).await?;
             let Some(replica) = replica.filter(|r| r.state == CopyState::Live) else {
@@ -219,21 +220,23 @@ macro_rules! backend_sync_replica_writes {
             let Some(mut plan) = plan_fn(&current)? else {
                 return Ok(OpOutput::unchanged(current));
             };
-            write_record(tx, &mut plan, *seq + 1, false, None).await?;
+            write_record(tx, writes, &mut plan, *seq + 1, false, None).await?;
             *seq += 1;
             let edits = verbund_core::sync::edits_of(&plan.change.fields, &plan.record.versions, &current.versions);
-            sqlx::query(
-                "INSERT INTO outbox (push_key, owner_org, record_id, kind, edits, state, attempts, created_ms) \
-                 VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6)",
-            )
-            .bind(key)
-            .bind(&replica.owner_org)
-            .bind(id.to_string())
-            .bind(kind.as_str())
-            .bind(fields_to_json(&edits)?)
-            .bind(plan.record.updated_at_ms)
-            .execute(&mut **tx)
-            .await?;
+            let row = (key.to_string(), replica.owner_org.clone(), fields_to_json(&edits)?);
+            let qb = writes
+                .statement(tx, "INSERT INTO outbox (push_key, owner_org, record_id, kind, edits, state, attempts, created_ms) ")
+                .await?;
+            qb.push_values([row], |mut b, (key, owner, edits)| {
+                b.push_bind(key)
+                    .push_bind(owner)
+                    .push_bind(id.to_string())
+                    .push_bind(kind.as_str())
+                    .push_bind(edits)
+                    .push_bind("pending")
+                    .push_bind(0_i64)
+                    .push_bind(plan.record.updated_at_ms);
+            });
             Ok(OpOutput::one(plan))
         }
 

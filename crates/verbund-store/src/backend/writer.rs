@@ -136,7 +136,9 @@ macro_rules! backend_writer {
         }
 
         /// Writes the record row: one statement, so on SQLite a failure leaves nothing behind.
-        async fn write_record(tx: &mut Tx, plan: &mut WritePlan, seq: i64, insert: bool, activity_account: Option<Option<String>>) -> Result<()> {
+        /// The statement goes into `writes` (see `Writes`): whoever needs its outcome at once
+        /// runs it.
+        async fn write_record(tx: &mut Tx, writes: &mut Writes, plan: &mut WritePlan, seq: i64, insert: bool, activity_account: Option<Option<String>>) -> Result<()> {
             plan.record.seq = seq;
             plan.change.seq = seq;
             let rec = &plan.record;
@@ -154,42 +156,59 @@ macro_rules! backend_writer {
                     }
                 };
             }
-            let sql = if insert {
-                "INSERT INTO records (id, kind, owner_org, created_at_ms, updated_at_ms, deleted_version, seq, fields, versions, \
-                 account_id, contact_id, related_id, stage, status, priority, assigned_org, channel, search_text) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
-            } else {
-                "UPDATE records SET kind = $2, owner_org = $3, created_at_ms = $4, updated_at_ms = $5, deleted_version = $6, \
-                 seq = $7, fields = $8, versions = $9, account_id = $10, contact_id = $11, related_id = $12, stage = $13, \
-                 status = $14, priority = $15, assigned_org = $16, channel = $17, search_text = $18 WHERE id = $1"
-            };
-            sqlx::query(sql)
-                .bind(rec.id.to_string())
-                .bind(rec.kind.as_str())
-                .bind(&rec.owner_org)
-                .bind(rec.created_at_ms)
-                .bind(rec.updated_at_ms)
-                .bind(rec.deleted.as_ref().map(|h| h.to_string()))
-                .bind(seq)
-                .bind(fields_to_json(&rec.fields)?)
-                .bind(versions_to_json(&rec.versions))
-                .bind(idx.filter.account_id)
-                .bind(idx.contact_id)
-                .bind(idx.filter.related_id)
-                .bind(idx.filter.stage)
-                .bind(idx.filter.status)
-                .bind(idx.filter.priority)
-                .bind(idx.filter.assigned_org)
-                .bind(idx.filter.channel)
-                .bind(idx.search_text)
-                .execute(&mut **tx)
+            let (fields, versions) = (fields_to_json(&rec.fields)?, versions_to_json(&rec.versions));
+            let id = rec.id.to_string();
+            let qb = writes
+                .statement(
+                    tx,
+                    if insert {
+                        "INSERT INTO records (id, kind, owner_org, created_at_ms, updated_at_ms, deleted_version, seq, fields, versions, \
+                         account_id, contact_id, related_id, stage, status, priority, assigned_org, channel, search_text) VALUES ("
+                    } else {
+                        "UPDATE records SET (kind, owner_org, created_at_ms, updated_at_ms, deleted_version, seq, fields, versions, \
+                         account_id, contact_id, related_id, stage, status, priority, assigned_org, channel, search_text) = ("
+                    },
+                )
                 .await?;
+            let mut values = qb.separated(", ");
+            if insert {
+                values.push_bind(id.clone());
+            }
+            values
+                .push_bind(rec.kind.as_str())
+                .push_bind(rec.owner_org.clone())
+                .push_bind(rec.created_at_ms)
+                .push_bind(rec.updated_at_ms)
+                .push_bind(rec.deleted.as_ref().map(|h| h.to_string()))
+                .push_bind(seq)
+                .push_bind(fields)
+                .push_bind(versions)
+                .push_bind(idx.filter.account_id)
+                .push_bind(idx.contact_id)
+                .push_bind(idx.filter.related_id)
+                .push_bind(idx.filter.stage)
+                .push_bind(idx.filter.status)
+                .push_bind(idx.filter.priority)
+                .push_bind(idx.filter.assigned_org)
+                .push_bind(idx.filter.channel)
+                .push_bind(idx.search_text);
+            qb.push(")");
+            if !insert {
+                qb.push(" WHERE id = ").push_bind(id);
+            }
             Ok(())
+        }
+
+        /// `write_record`, run at once.
+        async fn write_record_now(tx: &mut Tx, plan: &mut WritePlan, seq: i64, insert: bool, activity_account: Option<Option<String>>) -> Result<()> {
+            let mut writes = Writes::new();
+            write_record(tx, &mut writes, plan, seq, insert, activity_account).await?;
+            writes.run(tx).await
         }
 
         async fn create(tx: &mut Tx, mut plan: WritePlan, seq: i64) -> Result<WritePlan> {
             let activity_account = resolve_refs(tx, &plan).await?;
-            match write_record(tx, &mut plan, seq, true, activity_account).await {
+            match write_record_now(tx, &mut plan, seq, true, activity_account).await {
                 Err(StoreError::Database(e)) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
                     Err(DomainError::invalid("id", format!("a record with id {} exists already", plan.record.id)).into())
                 }
@@ -218,7 +237,8 @@ macro_rules! backend_writer {
         }
 
         /// Ok(None): the plan changed nothing; the caller gets `current` back unchanged.
-        async fn modify(tx: &mut Tx, kind: RecordKind, id: Uuid, is_delete: bool, plan_fn: PlanFn, seq: i64) -> Result<(Record, Option<WritePlan>)> {
+        /// The record's writes go into `writes` (nothing reads them before the op ends).
+        async fn modify(tx: &mut Tx, writes: &mut Writes, kind: RecordKind, id: Uuid, is_delete: bool, plan_fn: PlanFn, seq: i64) -> Result<(Record, Option<WritePlan>)> {
             let current = load(tx, kind, id).await?;
             let Some(mut plan) = plan_fn(&current)? else {
                 return Ok((current, None));
@@ -234,14 +254,12 @@ macro_rules! backend_writer {
                 }
             }
             let activity_account = resolve_refs(tx, &plan).await?;
-            write_record(tx, &mut plan, seq, false, activity_account).await?;
+            write_record(tx, writes, &mut plan, seq, false, activity_account).await?;
             if kind != RecordKind::Activity && kind != RecordKind::Account && plan.change.fields.contains_key("account_id") {
                 // Activities roll up to the account of the record they belong to: follow a move.
-                sqlx::query("UPDATE records SET account_id = $1 WHERE related_id = $2 AND kind = 'activity'")
-                    .bind(plan.record.fields.get("account_id").and_then(Value::as_text).map(str::to_string))
-                    .bind(id.to_string())
-                    .execute(&mut **tx)
-                    .await?;
+                let account = plan.record.fields.get("account_id").and_then(Value::as_text).map(str::to_string);
+                let qb = writes.statement(tx, "UPDATE records SET account_id = ").await?;
+                qb.push_bind(account).push(" WHERE related_id = ").push_bind(id.to_string()).push(" AND kind = 'activity'");
             }
             Ok((current, Some(plan)))
         }
@@ -257,7 +275,7 @@ macro_rules! backend_writer {
                     *seq += 1;
                     Ok(OpOutput::one(plan))
                 }
-                WriteOp::Modify { kind, id, is_delete, plan_fn } => match modify(tx, kind, id, is_delete, plan_fn, *seq + 1).await? {
+                WriteOp::Modify { kind, id, is_delete, plan_fn } => match modify(tx, writes, kind, id, is_delete, plan_fn, *seq + 1).await? {
                     (_, Some(plan)) => {
                         *seq += 1;
                         Ok(OpOutput::one(plan))
@@ -266,9 +284,9 @@ macro_rules! backend_writer {
                 },
                 WriteOp::AuditOnly => Ok(OpOutput::default()),
                 WriteOp::Share(op, hlc) => share_op(tx, op, hlc, seq).await,
-                WriteOp::Merge { org, key, kind, id, plan_fn } => merge_op(tx, &org, &key, kind, id, plan_fn, seq).await,
+                WriteOp::Merge { org, key, kind, id, plan_fn } => merge_op(tx, writes, &org, &key, kind, id, plan_fn, seq).await,
                 WriteOp::ReplicaBatch(batch) => replica_batch(tx, batch, seq, writes).await,
-                WriteOp::ReplicaEdit { kind, id, key, plan_fn } => replica_edit(tx, kind, id, &key, plan_fn, seq).await,
+                WriteOp::ReplicaEdit { kind, id, key, plan_fn } => replica_edit(tx, writes, kind, id, &key, plan_fn, seq).await,
                 WriteOp::Verdict(v) => apply_verdict(tx, v, seq).await,
                 WriteOp::Erase { kind, id, by, plan_fn } => erase_op(tx, kind, id, &by, plan_fn, seq).await,
                 WriteOp::Sync(note) => sync_note(tx, note).await,
