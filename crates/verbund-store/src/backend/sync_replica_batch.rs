@@ -80,7 +80,8 @@ macro_rules! backend_sync_replica_batch {
         }
 
         impl ReplicaWork {
-            /// Loads the rows of `ids`: one query per table and chunk of ids.
+            /// Loads the rows of `ids`: one query per table and chunk of ids (one query in
+            /// all on SQLite).
             async fn load(tx: &mut Tx, owner: &str, ids: &[Uuid]) -> Result<ReplicaWork> {
                 Self::load_with(tx, owner, ids, true).await
             }
@@ -88,8 +89,21 @@ macro_rules! backend_sync_replica_batch {
             /// `load`; `pending_edits`: false when this transaction has seen that no outbox
             /// edit is pending at all, so there is none to read.
             async fn load_with(tx: &mut Tx, owner: &str, ids: &[Uuid], pending_edits: bool) -> Result<ReplicaWork> {
-                let ids: Vec<Uuid> = ids.iter().copied().collect::<BTreeSet<_>>().into_iter().collect();
-                let mut work = ReplicaWork {
+                let mut work = ReplicaWork::empty(owner, ids);
+                let ids = work.ids();
+                let mut reads = Reads::new();
+                Self::push_reads(tx, &mut reads, &ids).await?;
+                let rows = reads.fetch(tx).await?;
+                work.take_rows(&rows)?;
+                if pending_edits {
+                    work.read_pending(tx, &ids).await?;
+                }
+                Ok(work)
+            }
+
+            /// The work of `ids` before anything is read: no rows.
+            fn empty(owner: &str, ids: &[Uuid]) -> ReplicaWork {
+                ReplicaWork {
                     owner: owner.to_string(),
                     records: ids.iter().map(|id| (*id, None)).collect(),
                     replicas: ids.iter().map(|id| (*id, None)).collect(),
@@ -100,27 +114,60 @@ macro_rules! backend_sync_replica_batch {
                     live_in_db: HashMap::new(),
                     live_delta: 0,
                     sums: ReplicaSumDeltas::default(),
-                };
+                }
+            }
+
+            /// The batch's ids, each once, in order.
+            fn ids(&self) -> Vec<Uuid> {
+                self.records.keys().copied().collect::<BTreeSet<_>>().into_iter().collect()
+            }
+
+            /// Adds the reads of the records and replicas of `ids` to `reads` (one statement
+            /// per table and chunk); each row names its table in `src` (see `take_rows`).
+            async fn push_reads(tx: &mut Tx, reads: &mut Reads, ids: &[Uuid]) -> Result<()> {
                 for chunk in ids.chunks(IN_CHUNK) {
-                    for rec in tx.records(chunk).await? {
-                        work.records.insert(rec.id, Some(rec));
-                    }
-                    let mut qb: QueryBuilder<$db> = QueryBuilder::new(
-                        "SELECT record_id, owner_org, state, owner_seq, shadow_fields, shadow_versions, reset_from, bucket, sum_part FROM replicas WHERE record_id IN (",
-                    );
-                    in_list(&mut qb, chunk);
-                    for row in qb.build().fetch_all(&mut **tx).await? {
-                        let id: String = row.try_get("record_id")?;
-                        let (id, replica) = (parse_id(&id)?, replica_from_row(&row)?);
-                        if replica.state == CopyState::Live && replica.owner_org == work.owner {
-                            let share = crate::sum_deltas::share_of(row.try_get("bucket")?, row.try_get("sum_part")?);
-                            work.live_in_db.insert(id, share);
+                    let qb = reads.statement(tx, "SELECT 'record' AS src, ").await?;
+                    qb.push(RECORD_COLUMNS).push(" FROM records WHERE id IN (");
+                    in_list(qb, chunk);
+                    let qb = reads
+                        .statement(
+                            tx,
+                            "SELECT 'replica' AS src, record_id, owner_org, state, owner_seq, shadow_fields, shadow_versions, reset_from, bucket, sum_part \
+                             FROM replicas WHERE record_id IN (",
+                        )
+                        .await?;
+                    in_list(qb, chunk);
+                }
+                Ok(())
+            }
+
+            /// Takes in the rows of `push_reads` (rows of other reads are passed by).
+            fn take_rows(&mut self, rows: &[<$db as sqlx::Database>::Row]) -> Result<()> {
+                for row in rows {
+                    let src: String = row.try_get("src")?;
+                    match src.as_str() {
+                        "record" => {
+                            let rec = record_row(row)?.into_record()?;
+                            self.records.insert(rec.id, Some(rec));
                         }
-                        work.replicas.insert(id, Some(replica));
+                        "replica" => {
+                            let id: String = row.try_get("record_id")?;
+                            let (id, replica) = (parse_id(&id)?, replica_from_row(row)?);
+                            if replica.state == CopyState::Live && replica.owner_org == self.owner {
+                                let share = crate::sum_deltas::share_of(row.try_get("bucket")?, row.try_get("sum_part")?);
+                                self.live_in_db.insert(id, share);
+                            }
+                            self.replicas.insert(id, Some(replica));
+                        }
+                        _ => {}
                     }
-                    if !pending_edits {
-                        continue;
-                    }
+                }
+                Ok(())
+            }
+
+            /// Reads our pending outbox edits of `ids`.
+            async fn read_pending(&mut self, tx: &mut Tx, ids: &[Uuid]) -> Result<()> {
+                for chunk in ids.chunks(IN_CHUNK) {
                     let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT record_id, edits FROM outbox WHERE state = 'pending' AND record_id IN (");
                     in_list(&mut qb, chunk);
                     qb.push(" ORDER BY seq");
@@ -129,10 +176,10 @@ macro_rules! backend_sync_replica_batch {
                         let text: String = row.try_get("edits")?;
                         let edits: Vec<verbund_core::sync::FieldEdit> =
                             serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("outbox edits: {e}")))?;
-                        work.pending.entry(parse_id(&id)?).or_default().extend(edits);
+                        self.pending.entry(parse_id(&id)?).or_default().extend(edits);
                     }
                 }
-                Ok(work)
+                Ok(())
             }
 
             fn record(&self, id: Uuid) -> Option<Record> {
@@ -567,17 +614,40 @@ macro_rules! backend_sync_replica_batch {
         /// SQLite: one hand-off to its worker thread for all of an update's writes).
         async fn replica_batch(tx: &mut Tx, batch: ReplicaBatch, seq: &mut i64, writes: &mut Writes) -> Result<OpOutput> {
             let mut out = OpOutput::default();
+            let ids: Vec<Uuid> = batch
+                .items
+                .iter()
+                .map(|item| match item {
+                    ReplicaItem::Upsert(st) => st.id,
+                    ReplicaItem::Revoke { id } | ReplicaItem::Erase { id } => *id,
+                })
+                .collect();
+            let owner = batch.owner_org.clone();
+            let mut work = ReplicaWork::empty(&owner, &ids);
             // The position, whether anything of the owner waits in quarantine and whether any
-            // edit of ours is pending, in one read (every statement is a hand-off to SQLite's
-            // worker thread: an update's latency).
-            let row = sqlx::query(
-                "SELECT s.cursor, s.snapshot_after, (SELECT COUNT(*) FROM quarantine q WHERE q.owner_org = $1) AS quarantined, \
-                 (SELECT COUNT(*) FROM (SELECT 1 FROM outbox WHERE state = 'pending' LIMIT 1) p) AS pending_edits \
-                 FROM (SELECT 1 AS one) o LEFT JOIN subscriptions s ON s.owner_org = $1",
-            )
-            .bind(&batch.owner_org)
-            .fetch_one(&mut **tx)
-            .await?;
+            // edit of ours is pending, in one read; with it the batch's records and replicas
+            // (one query on SQLite: every statement is a hand-off to its worker thread, an
+            // update's latency). A reset changes the replicas first: they are read after it.
+            let mut reads = Reads::new();
+            let qb = reads
+                .statement(tx, "SELECT 'position' AS src, s.cursor, s.snapshot_after, (SELECT COUNT(*) FROM quarantine q WHERE q.owner_org = ")
+                .await?;
+            qb.push_bind(owner.clone())
+                .push(
+                    ") AS quarantined, (SELECT COUNT(*) FROM (SELECT 1 FROM outbox WHERE state = 'pending' LIMIT 1) p) AS pending_edits \
+                     FROM (SELECT 1 AS one) o LEFT JOIN subscriptions s ON s.owner_org = ",
+                )
+                .push_bind(owner.clone());
+            let read_ahead = batch.reset_for_org.is_none();
+            let unique_ids = work.ids();
+            if read_ahead {
+                ReplicaWork::push_reads(tx, &mut reads, &unique_ids).await?;
+            }
+            let rows = reads.fetch(tx).await?;
+            let row = rows
+                .first()
+                .filter(|row| row.try_get::<String, _>("src").is_ok_and(|src| src == "position"))
+                .ok_or_else(|| StoreError::Corrupt("the position read returned no row".into()))?;
             let quarantined: i64 = row.try_get("quarantined")?;
             let pending_edits: i64 = row.try_get("pending_edits")?;
             let position = match (row.try_get::<Option<i64>, _>("cursor")?, row.try_get::<Option<String>, _>("snapshot_after")?) {
@@ -585,7 +655,6 @@ macro_rules! backend_sync_replica_batch {
                 _ => None,
             };
             let stored = position.as_ref().map(|(c, _)| *c);
-            let owner = batch.owner_org.clone();
             if let Some(own_org) = &batch.reset_for_org {
                 reset_owner(tx, &owner, own_org, batch.at_ms).await?;
             } else if batch.cursor > 0
@@ -596,14 +665,6 @@ macro_rules! backend_sync_replica_batch {
                 return Ok(out);
             }
             let from_stream = batch.from_stream || batch.current_as_of.is_some_and(|n| stored.unwrap_or(0) <= n);
-            let ids: Vec<Uuid> = batch
-                .items
-                .iter()
-                .map(|item| match item {
-                    ReplicaItem::Upsert(st) => st.id,
-                    ReplicaItem::Revoke { id } | ReplicaItem::Erase { id } => *id,
-                })
-                .collect();
             if quarantined > 0 {
                 // A later item of a record supersedes the one we could not take.
                 for chunk in ids.chunks(IN_CHUNK) {
@@ -615,7 +676,14 @@ macro_rules! backend_sync_replica_batch {
             }
             // A reset may just have offered our edits again (`reset_owner`): read them then.
             let pending_edits = pending_edits > 0 || batch.reset_for_org.is_some();
-            let mut work = ReplicaWork::load_with(tx, &owner, &ids, pending_edits).await?;
+            if read_ahead {
+                work.take_rows(&rows[1..])?;
+                if pending_edits {
+                    work.read_pending(tx, &unique_ids).await?;
+                }
+            } else {
+                work = ReplicaWork::load_with(tx, &owner, &ids, pending_edits).await?;
+            }
             for item in batch.items {
                 match item {
                     ReplicaItem::Upsert(st) => work.take_in(tx, st, from_stream, batch.at_ms, seq, &mut out).await?,

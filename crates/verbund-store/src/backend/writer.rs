@@ -69,6 +69,45 @@ macro_rules! backend_writer {
             }
         }
 
+        /// Reads of one transaction that do not depend on each other, fetched together: on
+        /// SQLite one query of several statements (one hand-off to sqlx's worker thread; the
+        /// rows of all come back in order), on PostgreSQL one statement at a time. Values
+        /// only through `push_bind` (see `Writes`).
+        struct Reads {
+            pending: Option<QueryBuilder<$db>>,
+            rows: Vec<<$db as sqlx::Database>::Row>,
+        }
+
+        impl Reads {
+            fn new() -> Reads {
+                Reads { pending: None, rows: Vec::new() }
+            }
+
+            /// Starts the next statement with `sql`; its values follow on the builder returned.
+            async fn statement(&mut self, tx: &mut Tx, sql: &str) -> Result<&mut QueryBuilder<$db>> {
+                match self.pending.take() {
+                    Some(mut qb) if MULTI_STATEMENT => {
+                        qb.push("; ").push(sql);
+                        self.pending = Some(qb);
+                    }
+                    Some(mut qb) => {
+                        self.rows.extend(qb.build().fetch_all(&mut **tx).await?);
+                        self.pending = Some(QueryBuilder::new(sql));
+                    }
+                    None => self.pending = Some(QueryBuilder::new(sql)),
+                }
+                self.pending.as_mut().ok_or_else(|| StoreError::Corrupt("a read statement was not started".into()))
+            }
+
+            /// The rows of every statement, in order.
+            async fn fetch(mut self, tx: &mut Tx) -> Result<Vec<<$db as sqlx::Database>::Row>> {
+                if let Some(mut qb) = self.pending.take() {
+                    self.rows.extend(qb.build().fetch_all(&mut **tx).await?);
+                }
+                Ok(self.rows)
+            }
+        }
+
         /// Locks the node's sequence counter for this transaction and reads it. Every write
         /// transaction does this first, which serializes writers across processes (the row
         /// lock on PostgreSQL; SQLite's write lock), so sequence numbers commit in order.
