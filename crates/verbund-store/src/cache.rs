@@ -76,6 +76,14 @@ impl RecordCache {
         self.lock().map.get(id).map(|(r, _)| r.clone())
     }
 
+    /// Forgets every record (after a commit whose outcome is unknown).
+    pub fn clear(&self) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        inner.map.clear();
+        inner.bytes = 0;
+    }
+
     /// The generation to pass to [`RecordCache::fill`] after reading from the database.
     pub fn generation(&self) -> u64 {
         self.lock().generation
@@ -173,6 +181,20 @@ mod tests {
             id: Uuid::from_u128(id),
             ..rec(seq)
         }
+    }
+
+    #[test]
+    fn clear_forgets_every_record_and_stops_a_fill_in_flight() {
+        let c = RecordCache::new(10_000_000);
+        c.committed(vec![rec_of(1, 1), rec_of(2, 1)]);
+        let generation = c.generation();
+        c.clear();
+        assert!(c.get(&Uuid::from_u128(1)).is_none());
+        assert!(c.get(&Uuid::from_u128(2)).is_none());
+        assert_eq!(c.bytes(), 0);
+        // A reader that read before the clear must not put its copy back.
+        c.fill(&rec_of(1, 1), generation);
+        assert!(c.get(&Uuid::from_u128(1)).is_none());
     }
 
     #[test]

@@ -33,9 +33,9 @@ macro_rules! backend_sync_owner_writes {
         async fn merge_op(tx: &mut Tx, writes: &mut Writes, org: &str, key: &str, kind: RecordKind, id: Uuid, plan_fn: MergeFn, seq: &mut i64) -> Result<OpOutput> {
             if stored_verdict(tx, org, key).await?.is_some() {
                 // Decided before: the caller reads the stored verdict; nothing is applied twice.
-                return Ok(OpOutput::unchanged(load(tx, kind, id).await?));
+                return Ok(OpOutput::unchanged(load_known(tx, writes, kind, id).await?));
             }
-            let current = load(tx, kind, id).await?;
+            let current = load_known(tx, writes, kind, id).await?;
             let plan = plan_fn(&current)?;
             let mut out = OpOutput::unchanged(current);
             if plan.outcome == VerdictOutcome::Rejected {

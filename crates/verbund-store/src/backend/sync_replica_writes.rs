@@ -212,7 +212,7 @@ macro_rules! backend_sync_replica_writes {
 
         /// The edit's writes go into `writes` (nothing reads them before the op ends).
         async fn replica_edit(tx: &mut Tx, writes: &mut Writes, kind: RecordKind, id: Uuid, key: &str, plan_fn: PlanFn, seq: &mut i64) -> Result<OpOutput> {
-            let current = load(tx, kind, id).await?;
+            let current = load_known(tx, writes, kind, id).await?;
             let replica = replica_row(tx, id).await?;
             let Some(replica) = replica.filter(|r| r.state == CopyState::Live) else {
                 return Err(DomainError::NotFound { kind, id: id.to_string() }.into());

@@ -25,13 +25,24 @@ macro_rules! backend_writer {
         /// the `?` of the statements in order), on PostgreSQL one statement at a time (a
         /// prepared statement holds one). Values only through `push_bind`: a `$n` would
         /// number across the statements on SQLite.
+        ///
+        /// The writer's `Writes` also know what the batch's transaction has written so far,
+        /// so that an op reads a record it did not write from the record cache (SQLite).
         struct Writes {
             pending: Option<QueryBuilder<$db>>,
+            /// The records committed as the cache holds them (SQLite; see `load_known`).
+            cache: Option<Arc<RecordCache>>,
+            /// Records this transaction wrote: their rows differ from the cache's.
+            written: HashSet<Uuid>,
         }
 
         impl Writes {
             fn new() -> Writes {
-                Writes { pending: None }
+                Writes { pending: None, cache: None, written: HashSet::new() }
+            }
+
+            fn with_cache(cache: Option<Arc<RecordCache>>) -> Writes {
+                Writes { cache, ..Writes::new() }
             }
 
             /// Starts the next statement with `sql`; its values follow on the builder returned.
@@ -263,6 +274,20 @@ macro_rules! backend_writer {
             }
         }
 
+        /// `load`, from the record cache when this transaction has not written the record:
+        /// the cache holds what was committed last (the writer puts every record it writes
+        /// there after its commit, and a reader's fill never puts an older version over a
+        /// newer), and this transaction holds the write lock. Saves an update's read, a
+        /// hand-off to SQLite's worker thread.
+        async fn load_known(tx: &mut Tx, writes: &Writes, kind: RecordKind, id: Uuid) -> Result<Record> {
+            if let Some(cache) = writes.cache.as_ref().filter(|_| !writes.written.contains(&id)) {
+                if let Some(rec) = cache.get(&id) {
+                    return if rec.kind == kind { Ok(rec) } else { Err(DomainError::NotFound { kind, id: id.to_string() }.into()) };
+                }
+            }
+            load(tx, kind, id).await
+        }
+
         /// Live records that reference `id` (other than itself).
         async fn dependents(tx: &mut Tx, id: Uuid) -> Result<i64> {
             let id = id.to_string();
@@ -278,7 +303,7 @@ macro_rules! backend_writer {
         /// Ok(None): the plan changed nothing; the caller gets `current` back unchanged.
         /// The record's writes go into `writes` (nothing reads them before the op ends).
         async fn modify(tx: &mut Tx, writes: &mut Writes, kind: RecordKind, id: Uuid, is_delete: bool, plan_fn: PlanFn, seq: i64) -> Result<(Record, Option<WritePlan>)> {
-            let current = load(tx, kind, id).await?;
+            let current = load_known(tx, writes, kind, id).await?;
             let Some(mut plan) = plan_fn(&current)? else {
                 return Ok((current, None));
             };
@@ -366,7 +391,7 @@ macro_rules! backend_writer {
                 let mut audit_drafts = Vec::new();
                 // What an op leaves unwritten (see `run_op`): written before the next op reads,
                 // or with the change log after the last.
-                let mut writes = Writes::new();
+                let mut writes = Writes::with_cache(memory.cache.clone());
                 for (op, mut drafts) in ops {
                     writes.run_pending(&mut tx).await?;
                     if $savepoints {
@@ -402,6 +427,7 @@ macro_rules! backend_writer {
                     audit_drafts.append(&mut drafts);
                     match outcome {
                         Ok(out) => {
+                            writes.written.extend(out.written.iter().map(|r| r.id));
                             changes.extend(out.changes);
                             first_foreign.extend(out.first_foreign);
                             written.extend(out.written);
@@ -439,9 +465,13 @@ macro_rules! backend_writer {
                 // database.
                 memory.last_seq = None;
                 memory.audit_head = None;
-                // A failed COMMIT may have committed: what the ring holds may be stale.
+                // A failed COMMIT may have committed: what the ring and the cache hold may be
+                // stale.
                 if let Some(recent) = &memory.recent {
                     recent.clear();
+                }
+                if let Some(cache) = &memory.cache {
+                    cache.clear();
                 }
             }
             if rules_touched && let Some(rules) = &memory.rules {

@@ -236,6 +236,7 @@ on_both!(
     list_filters_and_keyset_pages,
     search_is_case_insensitive,
     concurrent_writers_get_gap_free_sequences,
+    concurrent_updates_of_one_record_lose_no_field,
     activity_rolls_up_to_account,
     failed_writes_in_a_batch_fail_alone,
     a_refused_batch_leaves_no_gap_in_the_sequence,

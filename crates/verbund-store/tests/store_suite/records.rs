@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use uuid::Uuid;
-use verbund_core::write::plan_create;
+use verbund_core::write::{plan_create, plan_update};
 use verbund_core::{DomainError, HlcClock, RecordKind, Value};
 use verbund_store::{FilterColumns, ListQuery, SearchQuery, StoreError};
 
@@ -556,6 +556,56 @@ pub(super) async fn concurrent_writers_get_gap_free_sequences(f: &Fixture) {
         "sequence numbers are gap-free and ordered"
     );
     assert_eq!(f.store.count(RecordKind::Contact).await.unwrap(), 120);
+}
+
+/// Updates of different fields of one record, at once: the writer commits them in groups,
+/// and each op must build on the record as the ops before it in the same transaction left
+/// it (not on the committed copy the record cache holds), or a field would be lost.
+pub(super) async fn concurrent_updates_of_one_record_lose_no_field(f: &Fixture) {
+    let acc = f
+        .create(RecordKind::Account, &[("name", t("Acme"))])
+        .await
+        .unwrap();
+    // Read once: from here the record cache (SQLite) holds the committed copy.
+    assert!(f.store.get(acc.id).await.unwrap().is_some());
+    let fields = [
+        "industry",
+        "street",
+        "city",
+        "postal_code",
+        "description",
+        "vat_id",
+    ];
+    let mut tasks = Vec::new();
+    for field in fields {
+        let store = f.store.clone();
+        let id = acc.id;
+        tasks.push(tokio::spawn(async move {
+            let mut clock = HlcClock::new(format!("acme/{field}"), 60_000);
+            for i in 0..10 {
+                let hlc = clock.tick(1_000 + i);
+                let patch = fm(&[(field, t(&format!("{field}-{i}")))]);
+                store
+                    .update(RecordKind::Account, id, move |cur| {
+                        plan_update(cur, &[field.to_string()], patch, hlc, 2)
+                    })
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let rec = f.store.get(acc.id).await.unwrap().unwrap();
+    for field in fields {
+        assert_eq!(
+            rec.fields.get(field),
+            Some(&t(&format!("{field}-9"))),
+            "{field} kept its last value"
+        );
+    }
+    assert_eq!(rec.fields.get("name"), Some(&t("Acme")));
 }
 
 pub(super) async fn activity_rolls_up_to_account(f: &Fixture) {
