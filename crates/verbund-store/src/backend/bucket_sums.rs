@@ -28,7 +28,7 @@ macro_rules! backend_bucket_sums {
         /// statements, see `Writes`).
         async fn apply_replica_sums(tx: &mut Tx, writes: &mut Writes, deltas: &ReplicaSumDeltas) -> Result<()> {
             for chunk in deltas.changed().chunks(256) {
-                let qb = writes.statement(tx, "INSERT INTO replica_sums (owner_org, bucket, s, unknown, n) ").await?;
+                let qb = writes.statement_of(tx, "INSERT INTO replica_sums (owner_org, bucket, s, unknown, n) ", chunk.len()).await?;
                 qb.push_values(chunk, |mut b, ((owner, bucket), (s, unknown, n))| {
                     b.push_bind(owner.clone()).push_bind(*bucket).push_bind(*s).push_bind(*unknown).push_bind(*n);
                 });

@@ -126,14 +126,15 @@ macro_rules! backend_sync_replica_batch {
             /// per table and chunk); each row names its table in `src` (see `take_rows`).
             async fn push_reads(tx: &mut Tx, reads: &mut Reads, ids: &[Uuid]) -> Result<()> {
                 for chunk in ids.chunks(IN_CHUNK) {
-                    let qb = reads.statement(tx, "SELECT 'record' AS src, ").await?;
+                    let qb = reads.statement_of(tx, "SELECT 'record' AS src, ", chunk.len()).await?;
                     qb.push(RECORD_COLUMNS).push(" FROM records WHERE id IN (");
                     in_list(qb, chunk);
                     let qb = reads
-                        .statement(
+                        .statement_of(
                             tx,
                             "SELECT 'replica' AS src, record_id, owner_org, state, owner_seq, shadow_fields, shadow_versions, reset_from, bucket, sum_part \
                              FROM replicas WHERE record_id IN (",
+                            chunk.len(),
                         )
                         .await?;
                     in_list(qb, chunk);
@@ -524,9 +525,10 @@ macro_rules! backend_sync_replica_batch {
                         rows.push((id, w, row, fields, versions, fields_to_json(&w.writable)?, digest));
                     }
                     let qb = writes
-                        .statement(
+                        .statement_of(
                             tx,
                             "INSERT INTO replicas (record_id, owner_org, kind, state, shadow_fields, shadow_versions, writable, owner_seq, updated_ms, digest, sum_part, bucket) ",
+                            rows.len(),
                         )
                         .await?;
                     qb.push_values(rows, |mut b, (id, w, row, fields, versions, writable, digest)| {
@@ -564,10 +566,11 @@ macro_rules! backend_sync_replica_batch {
                         rows.push((rec, idx, fields, versions));
                     }
                     let qb = writes
-                        .statement(
+                        .statement_of(
                             tx,
                             "INSERT INTO records (id, kind, owner_org, created_at_ms, updated_at_ms, deleted_version, seq, fields, versions, \
                              account_id, contact_id, related_id, stage, status, priority, assigned_org, channel, search_text) ",
+                            rows.len(),
                         )
                         .await?;
                     qb.push_values(rows, |mut b, (rec, idx, fields, versions)| {
@@ -600,7 +603,7 @@ macro_rules! backend_sync_replica_batch {
                 }
                 let blank: Vec<Uuid> = self.blank_changes.into_iter().collect();
                 for chunk in blank.chunks(IN_CHUNK) {
-                    let qb = writes.statement(tx, "UPDATE changes SET fields = '{}' WHERE record_id IN (").await?;
+                    let qb = writes.statement_of(tx, "UPDATE changes SET fields = '{}' WHERE record_id IN (", chunk.len()).await?;
                     in_list(qb, chunk);
                 }
                 out.blanked.extend(blank);

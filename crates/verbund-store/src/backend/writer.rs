@@ -19,6 +19,14 @@ macro_rules! backend_writer {
 
         const RECORD_COLUMNS: &str = "id, kind, owner_org, created_at_ms, updated_at_ms, deleted_version, seq, fields, versions";
 
+        /// A statement joins the ones before it (see `Writes`) only while they carry no more
+        /// rows (or ids) than this in all: what an update writes is a few one-row statements,
+        /// while a bulk batch's multi-row statements each run alone (sqlx caches a prepared
+        /// query per connection by its text, and bulk statements joined in ever new
+        /// combinations grew a partner's memory by 20–70 MiB; the hand-offs saved are
+        /// nothing beside a 500-row insert).
+        const COMBINED_ROWS_AT_MOST: usize = 64;
+
         /// Writes of one transaction that nothing reads in between, run together: on SQLite
         /// as one query of several statements, so one hand-off to sqlx's worker thread
         /// instead of one per statement (each cost an update ~35 µs of latency; sqlx binds
@@ -30,6 +38,8 @@ macro_rules! backend_writer {
         /// so that an op reads a record it did not write from the record cache (SQLite).
         struct Writes {
             pending: Option<QueryBuilder<$db>>,
+            /// Rows (or ids) the pending statements carry.
+            pending_rows: usize,
             /// The records committed as the cache holds them (SQLite; see `load_known`).
             cache: Option<Arc<RecordCache>>,
             /// Records this transaction wrote: their rows differ from the cache's.
@@ -38,25 +48,36 @@ macro_rules! backend_writer {
 
         impl Writes {
             fn new() -> Writes {
-                Writes { pending: None, cache: None, written: HashSet::new() }
+                Writes { pending: None, pending_rows: 0, cache: None, written: HashSet::new() }
             }
 
             fn with_cache(cache: Option<Arc<RecordCache>>) -> Writes {
                 Writes { cache, ..Writes::new() }
             }
 
-            /// Starts the next statement with `sql`; its values follow on the builder returned.
+            /// Starts the next statement with `sql`, of one row; its values follow on the
+            /// builder returned.
             async fn statement(&mut self, tx: &mut Tx, sql: &str) -> Result<&mut QueryBuilder<$db>> {
+                self.statement_of(tx, sql, 1).await
+            }
+
+            /// `statement` of `rows` rows (or ids).
+            async fn statement_of(&mut self, tx: &mut Tx, sql: &str, rows: usize) -> Result<&mut QueryBuilder<$db>> {
                 match self.pending.take() {
-                    Some(mut qb) if MULTI_STATEMENT => {
+                    Some(mut qb) if MULTI_STATEMENT && self.pending_rows + rows <= COMBINED_ROWS_AT_MOST => {
                         qb.push("; ").push(sql);
                         self.pending = Some(qb);
+                        self.pending_rows += rows;
                     }
                     Some(mut qb) => {
                         qb.build().execute(&mut **tx).await?;
                         self.pending = Some(QueryBuilder::new(sql));
+                        self.pending_rows = rows;
                     }
-                    None => self.pending = Some(QueryBuilder::new(sql)),
+                    None => {
+                        self.pending = Some(QueryBuilder::new(sql));
+                        self.pending_rows = rows;
+                    }
                 }
                 self.pending.as_mut().ok_or_else(|| StoreError::Corrupt("a write statement was not started".into()))
             }
@@ -86,26 +107,39 @@ macro_rules! backend_writer {
         /// only through `push_bind` (see `Writes`).
         struct Reads {
             pending: Option<QueryBuilder<$db>>,
+            /// Rows (or ids) the pending statements carry.
+            pending_rows: usize,
             rows: Vec<<$db as sqlx::Database>::Row>,
         }
 
         impl Reads {
             fn new() -> Reads {
-                Reads { pending: None, rows: Vec::new() }
+                Reads { pending: None, pending_rows: 0, rows: Vec::new() }
             }
 
-            /// Starts the next statement with `sql`; its values follow on the builder returned.
+            /// Starts the next statement with `sql`, of one row; its values follow on the
+            /// builder returned.
             async fn statement(&mut self, tx: &mut Tx, sql: &str) -> Result<&mut QueryBuilder<$db>> {
+                self.statement_of(tx, sql, 1).await
+            }
+
+            /// `statement` of `rows` rows (or ids).
+            async fn statement_of(&mut self, tx: &mut Tx, sql: &str, rows: usize) -> Result<&mut QueryBuilder<$db>> {
                 match self.pending.take() {
-                    Some(mut qb) if MULTI_STATEMENT => {
+                    Some(mut qb) if MULTI_STATEMENT && self.pending_rows + rows <= COMBINED_ROWS_AT_MOST => {
                         qb.push("; ").push(sql);
                         self.pending = Some(qb);
+                        self.pending_rows += rows;
                     }
                     Some(mut qb) => {
                         self.rows.extend(qb.build().fetch_all(&mut **tx).await?);
                         self.pending = Some(QueryBuilder::new(sql));
+                        self.pending_rows = rows;
                     }
-                    None => self.pending = Some(QueryBuilder::new(sql)),
+                    None => {
+                        self.pending = Some(QueryBuilder::new(sql));
+                        self.pending_rows = rows;
+                    }
                 }
                 self.pending.as_mut().ok_or_else(|| StoreError::Corrupt("a read statement was not started".into()))
             }
@@ -141,7 +175,9 @@ macro_rules! backend_writer {
                     let names: BTreeMap<&String, Option<()>> = c.fields.keys().map(|name| (name, None)).collect();
                     rows.push((c.seq, c.record_id.to_string(), c.kind.as_str(), c.op.as_str(), c.hlc.to_string(), fields_to_json(&names)?, c.at_ms, first_foreign.contains(&c.seq)));
                 }
-                let qb = writes.statement(tx, "INSERT INTO changes (seq, record_id, kind, op, hlc, fields, at_ms, first_foreign) ").await?;
+                let qb = writes
+                    .statement_of(tx, "INSERT INTO changes (seq, record_id, kind, op, hlc, fields, at_ms, first_foreign) ", rows.len())
+                    .await?;
                 qb.push_values(rows, |mut b, (seq, id, kind, op, hlc, fields, at_ms, first)| {
                     b.push_bind(seq)
                         .push_bind(id)
@@ -561,7 +597,11 @@ macro_rules! backend_writer {
                     rows.push((e, fields));
                 }
                 let qb = writes
-                    .statement(tx, "INSERT INTO audit_log (seq, at_ms, principal, org, action, kind, record_id, fields, decision, reason, prev_hash, hash) ")
+                    .statement_of(
+                        tx,
+                        "INSERT INTO audit_log (seq, at_ms, principal, org, action, kind, record_id, fields, decision, reason, prev_hash, hash) ",
+                        rows.len(),
+                    )
                     .await?;
                 qb.push_values(rows, |mut b, (e, fields)| {
                     b.push_bind(e.seq)
