@@ -233,6 +233,10 @@ struct OpOutput {
     /// The changes (by seq) that brought another owner's record here for the first time
     /// (see migration 0026): our sync streams pass them by unread.
     first_foreign: Vec<i64>,
+    /// The changes (by seq) of another owner's records that no record here referred to
+    /// when they were written (looked up only for small batches on SQLite): the kept
+    /// changes (`recent.rs`) let our sync streams pass them by without reading the log.
+    unrelated_foreign: Vec<i64>,
     /// Records whose earlier change-log rows had their field names blanked.
     blanked: Vec<Uuid>,
 }
@@ -245,6 +249,7 @@ impl OpOutput {
             changes: vec![plan.change],
             denied: None,
             first_foreign: Vec::new(),
+            unrelated_foreign: Vec::new(),
             blanked: Vec::new(),
         }
     }

@@ -33,6 +33,10 @@ struct Entry {
     owner: Option<String>,
     /// The change brought another owner's record here first (see migration 0026).
     first_foreign: bool,
+    /// The change is of another owner's record no record here referred to when it was
+    /// written: nothing of ours can depend on it (a record that refers to it later is a
+    /// change of its own, which the stream sees).
+    unrelated_foreign: bool,
 }
 
 /// What one committed batch did to the change log.
@@ -42,6 +46,8 @@ pub struct CommittedChanges<'a> {
     /// The owner of each record the batch wrote.
     pub owners: HashMap<Uuid, &'a str>,
     pub first_foreign: &'a HashSet<i64>,
+    /// The changes (by seq) of another owner's records no record here referred to.
+    pub unrelated_foreign: &'a HashSet<i64>,
     /// Records whose earlier changes had their field names blanked (erasure, revoke).
     pub blanked: &'a [Uuid],
 }
@@ -98,10 +104,12 @@ impl RecentChanges {
                 .get(&change.record_id)
                 .map(|o| (*o).to_string());
             let first_foreign = batch.first_foreign.contains(&change.seq);
+            let unrelated_foreign = batch.unrelated_foreign.contains(&change.seq);
             ring.push_back(Entry {
                 change,
                 owner,
                 first_foreign,
+                unrelated_foreign,
             });
             if ring.len() > self.capacity {
                 ring.pop_front();
@@ -160,8 +168,9 @@ impl RecentChanges {
     /// The sync stream's read of `(after, upto]` for `org` (see `stream_changes_after`): the
     /// changes of records `org` owns and of records the batch did not write whose owner is
     /// unknown here are what the SQL decides on, so a window with a change of another
-    /// owner's record (other than the first, which is passed by) or of a record of unknown
-    /// owner is left to the SQL. Returns the changes, at most `limit`, and how far the
+    /// owner's record (other than the first, and other than one no record here referred
+    /// to when it was written: both are passed by) or of a record of unknown owner is left
+    /// to the SQL. Returns the changes, at most `limit`, and how far the
     /// window was looked through.
     pub fn stream_changes_after(
         &self,
@@ -180,7 +189,7 @@ impl RecentChanges {
             if changes.len() >= limit {
                 break;
             }
-            if e.first_foreign {
+            if e.first_foreign || e.unrelated_foreign {
                 continue;
             }
             if e.owner.as_deref() != Some(org) {
@@ -224,6 +233,7 @@ mod tests {
             changes,
             owners,
             first_foreign: &HashSet::new(),
+            unrelated_foreign: &HashSet::new(),
             blanked: &[],
         });
     }
@@ -307,6 +317,36 @@ mod tests {
     }
 
     #[test]
+    fn the_stream_passes_by_other_owners_records_nothing_here_refers_to() {
+        let ring = RecentChanges::new(16);
+        let (ours, theirs, referred) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        commit(&ring, vec![change(1, ours, RecordKind::Account)], "acme");
+        ring.committed(CommittedChanges {
+            changes: vec![
+                change(2, theirs, RecordKind::Account),
+                change(3, ours, RecordKind::Account),
+            ],
+            owners: HashMap::from([(theirs, "globex"), (ours, "acme")]),
+            first_foreign: &HashSet::new(),
+            unrelated_foreign: &HashSet::from([2]),
+            blanked: &[],
+        });
+        let (got, scanned) = ring.stream_changes_after(0, 3, "acme", 10).unwrap();
+        assert_eq!((seqs(&got), scanned), (vec![1, 3], 3));
+        // One that a record here refers to is the SQL's to decide.
+        ring.committed(CommittedChanges {
+            changes: vec![change(4, referred, RecordKind::Account)],
+            owners: HashMap::from([(referred, "globex")]),
+            first_foreign: &HashSet::new(),
+            unrelated_foreign: &HashSet::new(),
+            blanked: &[],
+        });
+        assert_eq!(ring.stream_changes_after(0, 4, "acme", 10), None);
+        let (got, scanned) = ring.stream_changes_after(1, 3, "acme", 10).unwrap();
+        assert_eq!((seqs(&got), scanned), (vec![3], 3));
+    }
+
+    #[test]
     fn the_stream_leaves_other_owners_records_to_the_sql() {
         let ring = RecentChanges::new(16);
         let (ours, theirs, first) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
@@ -315,6 +355,7 @@ mod tests {
             changes: vec![change(2, first, RecordKind::Account)],
             owners: HashMap::from([(first, "globex")]),
             first_foreign: &HashSet::from([2]),
+            unrelated_foreign: &HashSet::new(),
             blanked: &[],
         });
         let (got, scanned) = ring.stream_changes_after(0, 2, "acme", 10).unwrap();
@@ -335,6 +376,7 @@ mod tests {
             changes: vec![change(4, ours, RecordKind::Account)],
             owners: HashMap::new(),
             first_foreign: &HashSet::new(),
+            unrelated_foreign: &HashSet::new(),
             blanked: &[],
         });
         assert_eq!(
@@ -364,6 +406,7 @@ mod tests {
             changes: vec![change(3, erased, RecordKind::Contact)],
             owners: HashMap::from([(erased, "acme")]),
             first_foreign: &HashSet::new(),
+            unrelated_foreign: &HashSet::new(),
             blanked: &[erased],
         });
         let got = ring.changes_after(0, 3, &[], 10).unwrap();

@@ -12,6 +12,9 @@ macro_rules! backend_sync_replica_batch {
         /// limits on bound parameters).
         const IN_CHUNK: usize = 1000;
         const ROWS_CHUNK: usize = 500;
+        /// Records of a batch looked up for records here referring to them (see
+        /// `replica_batch`).
+        const DEPENDENTS_PROBE_AT_MOST: usize = 16;
 
         /// What a replica row written by the batch has beside its `ReplicaRow` (which stays
         /// in `ReplicaWork::replicas`, the one copy of its values).
@@ -646,7 +649,39 @@ macro_rules! backend_sync_replica_batch {
             if read_ahead {
                 ReplicaWork::push_reads(tx, &mut reads, &unique_ids).await?;
             }
+            // A small batch on SQLite (an update): which of its records a record here refers
+            // to, in the same query (the predicate of `stream_changes_after`). The changes of
+            // the others are marked for the kept changes (`recent.rs`), so our own sync
+            // streams pass them by without reading the log back after every apply. A bulk
+            // batch is not looked up (its index probes would cost more than they save).
+            let probe_dependents = MULTI_STATEMENT && read_ahead && unique_ids.len() <= DEPENDENTS_PROBE_AT_MOST;
+            if probe_dependents {
+                let qb = reads
+                    .statement_of(
+                        tx,
+                        "SELECT 'dependent' AS src, account_id AS target FROM records \
+                         WHERE deleted_version IS NULL AND kind <> 'account' AND account_id IN (",
+                        unique_ids.len() * 3,
+                    )
+                    .await?;
+                in_list(qb, &unique_ids);
+                qb.push(" UNION ALL SELECT 'dependent', contact_id FROM records WHERE deleted_version IS NULL AND contact_id IN (");
+                in_list(qb, &unique_ids);
+                qb.push(" UNION ALL SELECT 'dependent', related_id FROM records WHERE deleted_version IS NULL AND related_id IN (");
+                in_list(qb, &unique_ids);
+            }
             let rows = reads.fetch(tx).await?;
+            let mut referred = HashSet::new();
+            if probe_dependents {
+                for row in &rows {
+                    if row.try_get::<String, _>("src")? == "dependent" {
+                        let target: Option<String> = row.try_get("target")?;
+                        if let Some(target) = target {
+                            referred.insert(parse_id(&target)?);
+                        }
+                    }
+                }
+            }
             let row = rows
                 .first()
                 .filter(|row| row.try_get::<String, _>("src").is_ok_and(|src| src == "position"))
@@ -693,6 +728,9 @@ macro_rules! backend_sync_replica_batch {
                     ReplicaItem::Revoke { id } => work.purge(tx, id, false, batch.at_ms, seq, &mut out).await?,
                     ReplicaItem::Erase { id } => work.purge(tx, id, true, batch.at_ms, seq, &mut out).await?,
                 }
+            }
+            if probe_dependents {
+                out.unrelated_foreign = out.changes.iter().filter(|c| !referred.contains(&c.record_id)).map(|c| c.seq).collect();
             }
             work.flush(tx, writes, &mut out).await?;
             for q in &batch.quarantine {

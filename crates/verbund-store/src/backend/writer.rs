@@ -411,7 +411,7 @@ macro_rules! backend_writer {
                 replies.push(j.reply);
             }
             #[allow(clippy::type_complexity)]
-            let outcome: Result<(Vec<Result<Option<Record>>>, Vec<Record>, i64, Vec<Change>, HashSet<i64>, Vec<Uuid>, Option<(i64, String)>)> = async {
+            let outcome: Result<(Vec<Result<Option<Record>>>, Vec<Record>, i64, Vec<Change>, (HashSet<i64>, HashSet<i64>), Vec<Uuid>, Option<(i64, String)>)> = async {
                 let mut tx = pool.begin_with($begin).await?;
                 // SQLite's BEGIN IMMEDIATE has taken the write lock already; the counter's row
                 // lock is what serializes writers on PostgreSQL.
@@ -422,6 +422,7 @@ macro_rules! backend_writer {
                 let mut results = Vec::with_capacity(ops.len());
                 let mut changes = Vec::new();
                 let mut first_foreign = HashSet::new();
+                let mut unrelated_foreign = HashSet::new();
                 let mut written = Vec::new();
                 let mut blanked = Vec::new();
                 let mut audit_drafts = Vec::new();
@@ -466,6 +467,7 @@ macro_rules! backend_writer {
                             writes.written.extend(out.written.iter().map(|r| r.id));
                             changes.extend(out.changes);
                             first_foreign.extend(out.first_foreign);
+                            unrelated_foreign.extend(out.unrelated_foreign);
                             written.extend(out.written);
                             blanked.extend(out.blanked);
                             if $savepoints {
@@ -493,7 +495,7 @@ macro_rules! backend_writer {
                 if let Err(e) = tx.commit().await {
                     return Err(StoreError::OutcomeUnknown(e.to_string()));
                 }
-                Ok((results, written, seq, changes, first_foreign, blanked, audit_head))
+                Ok((results, written, seq, changes, (first_foreign, unrelated_foreign), blanked, audit_head))
             }
             .await;
             if outcome.is_err() {
@@ -515,7 +517,7 @@ macro_rules! backend_writer {
                 rules.changed();
             }
             match outcome {
-                Ok((results, written, last_seq, changes, first_foreign, blanked, audit_head)) => {
+                Ok((results, written, last_seq, changes, (first_foreign, unrelated_foreign), blanked, audit_head)) => {
                     if memory.keeps_seq {
                         memory.last_seq = Some(last_seq);
                         if audit_head.is_some() {
@@ -528,6 +530,7 @@ macro_rules! backend_writer {
                             owners: written.iter().map(|r| (r.id, r.owner_org.as_str())).collect(),
                             changes,
                             first_foreign: &first_foreign,
+                            unrelated_foreign: &unrelated_foreign,
                             blanked: &blanked,
                         });
                     }

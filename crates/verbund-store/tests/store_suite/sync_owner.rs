@@ -424,6 +424,17 @@ pub(super) async fn sync_owner_passes_by_records_new_from_another_owner(f: &Fixt
     let read = f.stream_log_after(start, "acme", 100).await;
     assert!(read.changes.is_empty(), "{:?}", read.changes);
     assert_eq!(read.scanned_to, last);
+    // Their account changes while nothing here refers to it: passed by too (on SQLite the
+    // kept changes know it from the apply, which looked for records referring to it).
+    f.store
+        .apply_replica_batch(batch(2, state("Fremd GmbH", 2)))
+        .await
+        .unwrap();
+    let read = f.stream_log_after(last, "acme", 100).await;
+    assert!(read.changes.is_empty(), "{:?}", read.changes);
+    assert!(read.foreign.is_empty());
+    let last = f.store.last_seq().await.unwrap();
+    assert_eq!(read.scanned_to, last);
     // A contact of ours at their account; then their account changes.
     let plan = verbund_core::write::plan_create(
         RecordKind::Contact,
@@ -439,7 +450,7 @@ pub(super) async fn sync_owner_passes_by_records_new_from_another_owner(f: &Fixt
     .unwrap();
     let ours = f.store.create(plan).await.unwrap();
     f.store
-        .apply_replica_batch(batch(2, state("Fremd AG", 2)))
+        .apply_replica_batch(batch(3, state("Fremd AG", 3)))
         .await
         .unwrap();
     let read = f.stream_log_after(last, "acme", 100).await;
