@@ -577,24 +577,8 @@ macro_rules! backend_sync_replica_batch {
                         )
                         .await?;
                     qb.push_values(rows, |mut b, (rec, idx, fields, versions)| {
-                        b.push_bind(rec.id.to_string())
-                            .push_bind(rec.kind.as_str())
-                            .push_bind(rec.owner_org.clone())
-                            .push_bind(rec.created_at_ms)
-                            .push_bind(rec.updated_at_ms)
-                            .push_bind(rec.deleted.as_ref().map(|h| h.to_string()))
-                            .push_bind(rec.seq)
-                            .push_bind(fields)
-                            .push_bind(versions)
-                            .push_bind(idx.filter.account_id)
-                            .push_bind(idx.contact_id)
-                            .push_bind(idx.filter.related_id)
-                            .push_bind(idx.filter.stage)
-                            .push_bind(idx.filter.status)
-                            .push_bind(idx.filter.priority)
-                            .push_bind(idx.filter.assigned_org)
-                            .push_bind(idx.filter.channel)
-                            .push_bind(idx.search_text);
+                        b.push_bind(rec.id.to_string());
+                        bind_record_columns(&mut b, rec, rec.seq, fields, versions, idx);
                     });
                     qb.push(
                         " ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, owner_org = excluded.owner_org, created_at_ms = excluded.created_at_ms, \

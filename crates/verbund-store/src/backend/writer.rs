@@ -37,18 +37,56 @@ macro_rules! backend_writer {
         /// The writer's `Writes` also know what the batch's transaction has written so far,
         /// so that an op reads a record it did not write from the record cache (SQLite).
         struct Writes {
-            pending: Option<QueryBuilder<$db>>,
-            /// Rows (or ids) the pending statements carry.
-            pending_rows: usize,
+            statements: Gathered,
             /// The records committed as the cache holds them (SQLite; see `load_known`).
             cache: Option<Arc<RecordCache>>,
             /// Records this transaction wrote: their rows differ from the cache's.
             written: HashSet<Uuid>,
         }
 
+        /// Statements gathered into one query while they may join (see `Writes`, `Reads`).
+        #[derive(Default)]
+        struct Gathered {
+            pending: Option<QueryBuilder<$db>>,
+            /// Rows (or ids) the pending statements carry.
+            rows: usize,
+        }
+
+        impl Gathered {
+            /// Starts the next statement with `sql`, of `rows` rows (or ids). Returns the
+            /// query gathered before it when the statement cannot join it: the caller runs
+            /// that first.
+            fn start(&mut self, sql: &str, rows: usize) -> Option<QueryBuilder<$db>> {
+                match self.pending.take() {
+                    Some(mut qb) if MULTI_STATEMENT && self.rows + rows <= COMBINED_ROWS_AT_MOST => {
+                        qb.push("; ").push(sql);
+                        self.pending = Some(qb);
+                        self.rows += rows;
+                        None
+                    }
+                    before => {
+                        self.pending = Some(QueryBuilder::new(sql));
+                        self.rows = rows;
+                        before
+                    }
+                }
+            }
+
+            /// The statement started last, for its values.
+            fn current(&mut self) -> Result<&mut QueryBuilder<$db>> {
+                self.pending.as_mut().ok_or_else(|| StoreError::Corrupt("a statement was not started".into()))
+            }
+
+            /// What is gathered, leaving nothing.
+            fn take(&mut self) -> Option<QueryBuilder<$db>> {
+                self.rows = 0;
+                self.pending.take()
+            }
+        }
+
         impl Writes {
             fn new() -> Writes {
-                Writes { pending: None, pending_rows: 0, cache: None, written: HashSet::new() }
+                Writes { statements: Gathered::default(), cache: None, written: HashSet::new() }
             }
 
             fn with_cache(cache: Option<Arc<RecordCache>>) -> Writes {
@@ -63,23 +101,10 @@ macro_rules! backend_writer {
 
             /// `statement` of `rows` rows (or ids).
             async fn statement_of(&mut self, tx: &mut Tx, sql: &str, rows: usize) -> Result<&mut QueryBuilder<$db>> {
-                match self.pending.take() {
-                    Some(mut qb) if MULTI_STATEMENT && self.pending_rows + rows <= COMBINED_ROWS_AT_MOST => {
-                        qb.push("; ").push(sql);
-                        self.pending = Some(qb);
-                        self.pending_rows += rows;
-                    }
-                    Some(mut qb) => {
-                        qb.build().execute(&mut **tx).await?;
-                        self.pending = Some(QueryBuilder::new(sql));
-                        self.pending_rows = rows;
-                    }
-                    None => {
-                        self.pending = Some(QueryBuilder::new(sql));
-                        self.pending_rows = rows;
-                    }
+                if let Some(mut before) = self.statements.start(sql, rows) {
+                    before.build().execute(&mut **tx).await?;
                 }
-                self.pending.as_mut().ok_or_else(|| StoreError::Corrupt("a write statement was not started".into()))
+                self.statements.current()
             }
 
             /// Runs what is pending.
@@ -89,7 +114,7 @@ macro_rules! backend_writer {
 
             /// Runs what is pending and goes on empty.
             async fn run_pending(&mut self, tx: &mut Tx) -> Result<()> {
-                if let Some(mut qb) = self.pending.take() {
+                if let Some(mut qb) = self.statements.take() {
                     qb.build().execute(&mut **tx).await?;
                 }
                 Ok(())
@@ -97,7 +122,7 @@ macro_rules! backend_writer {
 
             /// Drops what is pending, unwritten (the op that left it failed).
             fn discard(&mut self) {
-                self.pending = None;
+                self.statements.take();
             }
         }
 
@@ -106,15 +131,13 @@ macro_rules! backend_writer {
         /// rows of all come back in order), on PostgreSQL one statement at a time. Values
         /// only through `push_bind` (see `Writes`).
         struct Reads {
-            pending: Option<QueryBuilder<$db>>,
-            /// Rows (or ids) the pending statements carry.
-            pending_rows: usize,
+            statements: Gathered,
             rows: Vec<<$db as sqlx::Database>::Row>,
         }
 
         impl Reads {
             fn new() -> Reads {
-                Reads { pending: None, pending_rows: 0, rows: Vec::new() }
+                Reads { statements: Gathered::default(), rows: Vec::new() }
             }
 
             /// Starts the next statement with `sql`, of one row; its values follow on the
@@ -125,28 +148,15 @@ macro_rules! backend_writer {
 
             /// `statement` of `rows` rows (or ids).
             async fn statement_of(&mut self, tx: &mut Tx, sql: &str, rows: usize) -> Result<&mut QueryBuilder<$db>> {
-                match self.pending.take() {
-                    Some(mut qb) if MULTI_STATEMENT && self.pending_rows + rows <= COMBINED_ROWS_AT_MOST => {
-                        qb.push("; ").push(sql);
-                        self.pending = Some(qb);
-                        self.pending_rows += rows;
-                    }
-                    Some(mut qb) => {
-                        self.rows.extend(qb.build().fetch_all(&mut **tx).await?);
-                        self.pending = Some(QueryBuilder::new(sql));
-                        self.pending_rows = rows;
-                    }
-                    None => {
-                        self.pending = Some(QueryBuilder::new(sql));
-                        self.pending_rows = rows;
-                    }
+                if let Some(mut before) = self.statements.start(sql, rows) {
+                    self.rows.extend(before.build().fetch_all(&mut **tx).await?);
                 }
-                self.pending.as_mut().ok_or_else(|| StoreError::Corrupt("a read statement was not started".into()))
+                self.statements.current()
             }
 
             /// The rows of every statement, in order.
             async fn fetch(mut self, tx: &mut Tx) -> Result<Vec<<$db as sqlx::Database>::Row>> {
-                if let Some(mut qb) = self.pending.take() {
+                if let Some(mut qb) = self.statements.take() {
                     self.rows.extend(qb.build().fetch_all(&mut **tx).await?);
                 }
                 Ok(self.rows)
@@ -260,6 +270,24 @@ macro_rules! backend_writer {
             if insert {
                 values.push_bind(id.clone());
             }
+            bind_record_columns(&mut values, rec, seq, fields, versions, idx);
+            qb.push(")");
+            if !insert {
+                qb.push(" WHERE id = ").push_bind(id);
+            }
+            Ok(())
+        }
+
+        /// Binds a record row's columns after its id, in the order both record writes name
+        /// them (kind … search_text).
+        fn bind_record_columns<Sep: std::fmt::Display>(
+            values: &mut sqlx::query_builder::Separated<'_, $db, Sep>,
+            rec: &Record,
+            seq: i64,
+            fields: String,
+            versions: String,
+            idx: write::IndexColumns,
+        ) {
             values
                 .push_bind(rec.kind.as_str())
                 .push_bind(rec.owner_org.clone())
@@ -278,11 +306,6 @@ macro_rules! backend_writer {
                 .push_bind(idx.filter.assigned_org)
                 .push_bind(idx.filter.channel)
                 .push_bind(idx.search_text);
-            qb.push(")");
-            if !insert {
-                qb.push(" WHERE id = ").push_bind(id);
-            }
-            Ok(())
         }
 
         /// `write_record`, run at once.
