@@ -494,6 +494,8 @@ enum Backend {
 #[derive(Clone, Debug)]
 pub struct Store {
     backend: Backend,
+    /// SQLite: the writer's own connection (see `with_backend`), closed with the store.
+    writer_pool: Option<SqlitePool>,
     writes: mpsc::Sender<WriteJob>,
     /// The latest committed change sequence, published by the writer after each commit.
     commits: Arc<watch::Sender<i64>>,

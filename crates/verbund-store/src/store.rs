@@ -333,6 +333,18 @@ impl Store {
             .map(|_| ())
     }
 
+    /// `dependents_of(dependents)`, `shares_of_records(org, shares)` and
+    /// `deliveries_of(org, deliveries)` at once (for a few ids on SQLite, one query).
+    pub async fn surroundings(
+        &self,
+        org: &str,
+        dependents: &[String],
+        shares: &[Uuid],
+        deliveries: &[Uuid],
+    ) -> Result<Surroundings> {
+        dispatch!(self, surroundings(org, dependents, shares, deliveries))
+    }
+
     /// Live records whose account, contact or related record is one of `ids`.
     pub async fn dependents_of(&self, ids: &[String]) -> Result<Vec<Record>> {
         dispatch!(self, dependents_of(ids))
@@ -603,6 +615,9 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(p) => p.close().await,
             Backend::Postgres(p) => p.close().await,
+        }
+        if let Some(p) = &self.writer_pool {
+            p.close().await;
         }
         if let Some(holder) = &self._pg_lock {
             let mut conn = holder.lock().await;

@@ -4,6 +4,11 @@
 
 use super::*;
 
+/// The writer connection's page cache (SQLite), as `cache_size` takes it: negative is KiB.
+/// Big enough for the upper levels of every b-tree a write touches at a million records; it
+/// fills only as far as it is used.
+const WRITER_CACHE_KIB: &str = "-32768";
+
 impl Store {
     /// Opens (creating if needed) and migrates the database named by `url`:
     /// `postgres://…`/`postgresql://…`, `sqlite://path`, or a plain file path for SQLite.
@@ -196,7 +201,32 @@ impl Store {
         let commits = Arc::new(watch::channel(last_seq).0);
         let writer_commits = commits.clone();
         let (writes, mut rx) = mpsc::channel::<WriteJob>(4 * MAX_BATCH);
-        let writer = backend.clone();
+        // SQLite: the writer keeps one connection of its own. A connection drops its whole
+        // page cache when it finds that another connection wrote since its last transaction;
+        // taking whichever connection of the shared pool was idle meant every write batch
+        // began with a cold cache and read each b-tree page it touched back from the file
+        // (most of the time of a single update's statements). Only this connection writes, so
+        // its cache stays valid from one batch to the next.
+        let writer_pool = match &backend {
+            Backend::Sqlite(p) => Some(
+                SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .test_before_acquire(false)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .connect_with(
+                        (*p.connect_options())
+                            .clone()
+                            .pragma("cache_size", WRITER_CACHE_KIB),
+                    )
+                    .await?,
+            ),
+            Backend::Postgres(_) => None,
+        };
+        let writer = match &writer_pool {
+            Some(p) => Backend::Sqlite(p.clone()),
+            None => backend.clone(),
+        };
         let cache =
             matches!(backend, Backend::Sqlite(_)).then(|| Arc::new(RecordCache::new(CACHE_BUDGET)));
         let recent = matches!(backend, Backend::Sqlite(_))
@@ -244,6 +274,7 @@ impl Store {
         });
         Ok(Store {
             backend,
+            writer_pool,
             writes,
             commits,
             _lock: None,

@@ -182,3 +182,14 @@ pub struct Erasure {
     pub erased_ms: i64,
     pub erased_by: String,
 }
+
+/// What `Store::surroundings` reads around some records at once.
+#[derive(Debug, Default)]
+pub struct Surroundings {
+    /// Live records that refer to one of the records (`dependents_of`).
+    pub dependents: Vec<Record>,
+    /// Their shares with the organization (`shares_of_records`).
+    pub shares: Vec<Share>,
+    /// What the organization was delivered of them (`deliveries_of`).
+    pub deliveries: Vec<Delivery>,
+}

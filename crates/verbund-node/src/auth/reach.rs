@@ -87,21 +87,25 @@ impl NodeState {
 
     /// `reach_for` of records the caller has loaded already.
     pub async fn reach_around(&self, org: &str, targets: &[Record]) -> Result<Reached, NodeError> {
-        self.reach_around_known(org, targets, &Referrers::default())
-            .await
+        let (reached, _) = self
+            .reach_around_known(org, targets, &Referrers::default(), &[])
+            .await?;
+        Ok(reached)
     }
 
     /// `reach_around`, where the records referring to some targets are known already (the
     /// sync stream looked them up while following dependents): only the rest are looked up.
     /// The grants are those of our own records; its `records` hold only what `reached_access`
     /// looks at besides the record itself, the records an activity belongs to: the targets
-    /// are not copied (a sync batch looks at thousands of them).
+    /// are not copied (a sync batch looks at thousands of them). Also reads what `org` was
+    /// delivered of `delivered_of`, with the same look-ups (see `Store::surroundings`).
     pub async fn reach_around_known(
         &self,
         org: &str,
         targets: &[Record],
         known: &Referrers,
-    ) -> Result<Reached, NodeError> {
+        delivered_of: &[Uuid],
+    ) -> Result<(Reached, Vec<verbund_store::Delivery>), NodeError> {
         let store = &self.store;
         let ids: Vec<Uuid> = targets.iter().map(|r| r.id).collect();
         let id_of = |r: &Record, f: &str| r.text(f).and_then(|t| Uuid::parse_str(t).ok());
@@ -127,9 +131,9 @@ impl NodeState {
             .filter(|id| !known.of.contains(id))
             .map(Uuid::to_string)
             .collect();
-        // The shares of the records at hand are read alongside the look-up of the records
-        // referring to them (another connection), and those of referrers found there after:
-        // on the way of an update, usually none, so one hand-off to SQLite instead of two.
+        // The shares of the records at hand are read with the look-up of the records
+        // referring to them (and the deliveries asked for), and those of referrers found
+        // there after: on the way of an update, usually none.
         let mut seen = std::collections::HashSet::new();
         let at_hand: Vec<Uuid> = targets
             .iter()
@@ -139,17 +143,13 @@ impl NodeState {
             .filter(|r| seen.insert(r.id))
             .map(|r| r.id)
             .collect();
-        let (referrers, mut shares) = futures::future::try_join(
-            async {
-                if id_texts.is_empty() {
-                    Ok(Vec::new())
-                } else {
-                    store.dependents_of(&id_texts).await
-                }
-            },
-            store.shares_of_records(org, &at_hand),
-        )
-        .await?;
+        let verbund_store::Surroundings {
+            dependents: referrers,
+            mut shares,
+            deliveries,
+        } = store
+            .surroundings(org, &id_texts, &at_hand, delivered_of)
+            .await?;
         let found: Vec<Uuid> = referrers
             .iter()
             .filter(|r| seen.insert(r.id))
@@ -191,7 +191,7 @@ impl NodeState {
                 }
             }
         }
-        Ok(Reached { grants, records })
+        Ok((Reached { grants, records }, deliveries))
     }
 
     /// The access of `p` to a stored record (reading the reach for a foreign caller).

@@ -3,6 +3,8 @@
 
 macro_rules! backend_sharing_reads {
     ($db:ty, $pool:ty, $begin:expr, $savepoints:expr) => {
+        const SHARE_COLUMNS: &str = "id, record_id, kind, org, profile, created_at_ms, created_by";
+
         fn share_row(r: &<$db as sqlx::Database>::Row) -> Result<Share> {
             let id: String = r.try_get("id")?;
             let record_id: String = r.try_get("record_id")?;
@@ -35,8 +37,8 @@ macro_rules! backend_sharing_reads {
         pub async fn shares_of_records(pool: &$pool, org: &str, ids: &[Uuid]) -> Result<Vec<Share>> {
             let mut out = Vec::new();
             for chunk in ids.chunks(500) {
-                let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT id, record_id, kind, org, profile, created_at_ms, created_by FROM shares WHERE org = ");
-                qb.push_bind(org.to_string()).push(" AND record_id IN (");
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new("SELECT ");
+                qb.push(SHARE_COLUMNS).push(" FROM shares WHERE org = ").push_bind(org.to_string()).push(" AND record_id IN (");
                 let mut sep = qb.separated(", ");
                 for id in chunk {
                     sep.push_bind(id.to_string());

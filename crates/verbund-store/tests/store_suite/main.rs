@@ -249,6 +249,7 @@ on_both!(
     sync_bucket_sums_take_in_rows_from_before_buckets,
     sync_owner_passes_by_other_owners_records,
     sync_owner_passes_by_records_new_from_another_owner,
+    sync_owner_reads_surroundings_as_the_reads_they_join,
     sync_partner_applies_batches_once_and_shows_pending_edits,
     sync_partner_quarantine_revoking_verdicts_and_history_reset,
     ops_reports_batches_pool_and_counts,

@@ -643,3 +643,82 @@ pub(super) async fn sync_bucket_sums_take_in_rows_from_before_buckets(f: &Fixtur
     assert_eq!(after.iter().map(|b| b.rows).sum::<i64>(), 12);
     assert_eq!(after.iter().map(|b| b.unknown).sum::<i64>(), 5);
 }
+
+/// `surroundings` reads what the three reads it stands for read, for a few ids (one query on
+/// SQLite) and for many (the reads side by side), and nothing of another organization.
+pub(super) async fn sync_owner_reads_surroundings_as_the_reads_they_join(f: &Fixture) {
+    use super::{draft, share_hlc, share_of};
+    use verbund_store::{DeliveryNote, DeliveryState, ShareOp};
+    let contacts = contacts_of_one_account(f, 20).await;
+    let account = f.store.get(contacts[0]).await.unwrap().unwrap();
+    let account_id = match account.fields.get("account_id") {
+        Some(verbund_core::Value::Text(t)) => uuid::Uuid::parse_str(t).unwrap(),
+        other => panic!("a contact without its account: {other:?}"),
+    };
+    let acc = f.store.get(account_id).await.unwrap().unwrap();
+    f.store
+        .share(
+            ShareOp::Add(share_of(&acc, "globex", "partner-account")),
+            share_hlc(),
+            draft("share", Some(acc.id.to_string())),
+        )
+        .await
+        .unwrap();
+    let notes = |ids: &[uuid::Uuid]| {
+        ids.iter()
+            .map(|id| DeliveryNote {
+                record_id: *id,
+                kind: RecordKind::Contact,
+                state: DeliveryState::Live,
+                digest: Some(7),
+            })
+            .collect::<Vec<_>>()
+    };
+    f.store
+        .record_deliveries("globex", notes(&contacts[..3]), 10, "p1", Vec::new(), None)
+        .await
+        .unwrap();
+    f.store
+        .record_deliveries("fixit", notes(&contacts[3..5]), 10, "p1", Vec::new(), None)
+        .await
+        .unwrap();
+    // A few ids: the account (its contacts depend on it), its share, three deliveries.
+    let few = f
+        .store
+        .surroundings(
+            "globex",
+            &[acc.id.to_string()],
+            &[acc.id, contacts[0]],
+            &contacts[..5],
+        )
+        .await
+        .unwrap();
+    let mut dependents: Vec<_> = few.dependents.iter().map(|r| r.id).collect();
+    dependents.sort();
+    let mut expected = contacts.clone();
+    expected.sort();
+    assert_eq!(dependents, expected);
+    assert_eq!(few.shares.len(), 1);
+    assert_eq!(few.shares[0].record_id, acc.id);
+    let mut delivered: Vec<_> = few.deliveries.iter().map(|d| d.record_id).collect();
+    delivered.sort();
+    let mut expected: Vec<_> = contacts[..3].to_vec();
+    expected.sort();
+    assert_eq!(delivered, expected, "only globex's deliveries");
+    assert!(few.deliveries.iter().all(|d| d.org == "globex"));
+    // Many ids: the same answers as the reads one by one.
+    let many = f
+        .store
+        .surroundings("globex", &[acc.id.to_string()], &contacts, &contacts)
+        .await
+        .unwrap();
+    assert_eq!(many.dependents.len(), 20);
+    assert!(many.shares.is_empty(), "the contacts have no share of their own");
+    assert_eq!(
+        many.deliveries.len(),
+        f.store.deliveries_of("globex", &contacts).await.unwrap().len()
+    );
+    // Nothing asked, nothing read.
+    let none = f.store.surroundings("globex", &[], &[], &[]).await.unwrap();
+    assert!(none.dependents.is_empty() && none.shares.is_empty() && none.deliveries.is_empty());
+}

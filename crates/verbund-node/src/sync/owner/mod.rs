@@ -186,13 +186,10 @@ impl NodeState {
                 updates_only: false,
             });
         }
-        // What the partner holds is read alongside its reach (another connection): one
-        // hand-off to SQLite less on the way of every update.
-        let (reached, delivered) = futures::future::try_join(
-            self.reach_around_known(&p.org, &targets, &referrers),
-            async { Ok(self.store.deliveries_of(&p.org, &ids).await?) },
-        )
-        .await?;
+        // What the partner holds is read with its reach.
+        let (reached, delivered) = self
+            .reach_around_known(&p.org, &targets, &referrers, &ids)
+            .await?;
         let records: HashMap<Uuid, Record> = targets.into_iter().map(|r| (r.id, r)).collect();
         let delivered: HashMap<Uuid, verbund_store::Delivery> =
             delivered.into_iter().map(|d| (d.record_id, d)).collect();
