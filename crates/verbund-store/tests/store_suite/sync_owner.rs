@@ -713,10 +713,17 @@ pub(super) async fn sync_owner_reads_surroundings_as_the_reads_they_join(f: &Fix
         .await
         .unwrap();
     assert_eq!(many.dependents.len(), 20);
-    assert!(many.shares.is_empty(), "the contacts have no share of their own");
+    assert!(
+        many.shares.is_empty(),
+        "the contacts have no share of their own"
+    );
     assert_eq!(
         many.deliveries.len(),
-        f.store.deliveries_of("globex", &contacts).await.unwrap().len()
+        f.store
+            .deliveries_of("globex", &contacts)
+            .await
+            .unwrap()
+            .len()
     );
     // Nothing asked, nothing read.
     let none = f.store.surroundings("globex", &[], &[], &[]).await.unwrap();
