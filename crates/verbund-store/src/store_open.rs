@@ -243,7 +243,30 @@ impl Store {
         let batch_hook = ops::BatchHook::default();
         let writer_hook = batch_hook.clone();
         tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
+            // SQLite: the next batch's transaction, begun while the writer waits for jobs, so
+            // that BEGIN's hand-off to the connection's thread is off the way of a write.
+            // Deferred: it takes no lock until its first statement, so an idle writer holds
+            // nothing (a checkpoint or a backup is not kept waiting). Only this connection
+            // writes, so taking the write lock at the first write instead of at BEGIN finds
+            // the same database. Dropped (rolled back) when the store closes, which waits for
+            // every connection to come back.
+            let mut begun: Option<sqlx::Transaction<'static, sqlx::Sqlite>> = None;
+            loop {
+                let next = match (&begun, &writer) {
+                    (Some(_), Backend::Sqlite(p)) => {
+                        tokio::select! {
+                            job = rx.recv() => job,
+                            () = p.close_event() => {
+                                begun = None;
+                                continue;
+                            }
+                        }
+                    }
+                    _ => rx.recv().await,
+                };
+                let Some(first) = next else {
+                    break;
+                };
                 let mut batch = vec![first];
                 while batch.len() < MAX_BATCH {
                     match rx.try_recv() {
@@ -258,10 +281,17 @@ impl Store {
                 let started = std::time::Instant::now();
                 let committed = match &writer {
                     Backend::Sqlite(p) => {
-                        sqlite_impl::write_batch(p, batch, &mut memory, &writer_commits).await
+                        sqlite_impl::write_batch(
+                            p,
+                            begun.take(),
+                            batch,
+                            &mut memory,
+                            &writer_commits,
+                        )
+                        .await
                     }
                     Backend::Postgres(p) => {
-                        pg_impl::write_batch(p, batch, &mut memory, &writer_commits).await
+                        pg_impl::write_batch(p, None, batch, &mut memory, &writer_commits).await
                     }
                 };
                 writer_hook.report(&ops::BatchReport {
@@ -270,6 +300,12 @@ impl Store {
                     committed,
                     elapsed: started.elapsed(),
                 });
+                if let Backend::Sqlite(p) = &writer
+                    && !p.is_closed()
+                {
+                    // Not begun (the pool closed meanwhile, say): the next batch begins its own.
+                    begun = p.begin_with("BEGIN DEFERRED").await.ok();
+                }
             }
         });
         Ok(Store {

@@ -423,7 +423,9 @@ macro_rules! backend_writer {
         /// savepoint. Any database error fails the whole batch (nothing is committed).
         /// Replies go out only after the commit.
         /// True if the batch committed.
-        pub async fn write_batch(pool: &$pool, jobs: Vec<WriteJob>, memory: &mut WriterMemory, commits: &watch::Sender<i64>) -> bool {
+        /// `begun`: a transaction the writer began while it waited (see `with_backend`), else
+        /// one is begun here.
+        pub async fn write_batch(pool: &$pool, begun: Option<Tx>, jobs: Vec<WriteJob>, memory: &mut WriterMemory, commits: &watch::Sender<i64>) -> bool {
             // Whether the batch may change the share rules (then the kept ones are stale
             // once it ends, whatever its outcome: a failed COMMIT may have committed).
             let rules_touched = jobs.iter().any(|j| matches!(j.op, WriteOp::Share(ShareOp::AddRule(_) | ShareOp::RemoveRule(_), _)));
@@ -435,7 +437,10 @@ macro_rules! backend_writer {
             }
             #[allow(clippy::type_complexity)]
             let outcome: Result<(Vec<Result<Option<Record>>>, Vec<Record>, i64, Vec<Change>, (HashSet<i64>, HashSet<i64>), Vec<Uuid>, Option<(i64, String)>)> = async {
-                let mut tx = pool.begin_with($begin).await?;
+                let mut tx = match begun {
+                    Some(tx) => tx,
+                    None => pool.begin_with($begin).await?,
+                };
                 // SQLite's BEGIN IMMEDIATE has taken the write lock already; the counter's row
                 // lock is what serializes writers on PostgreSQL.
                 let mut seq = match memory.last_seq {

@@ -793,7 +793,10 @@ pub(super) async fn a_closed_store_says_so(f: &Fixture) {
         .create(RecordKind::Account, &[("name", t("Vorher"))])
         .await
         .unwrap();
-    f.store.close().await;
+    // The writer waits with its next transaction begun (SQLite): closing must not wait for it.
+    tokio::time::timeout(std::time::Duration::from_secs(10), f.store.close())
+        .await
+        .expect("the store closes while its writer waits");
     let write = f
         .create(RecordKind::Account, &[("name", t("Danach"))])
         .await;
