@@ -6,10 +6,11 @@
 //! bound parameters only.
 //!
 //! Invariants kept here:
-//! - every write runs in one transaction that holds the write lock (SQLite: `BEGIN IMMEDIATE`,
-//!   with the counter kept by the writer; PostgreSQL: the row lock on `node_state.last_seq`,
-//!   taken first), so change sequence numbers commit in order and without gaps — a reader
-//!   resuming "after seq N" never misses a change;
+//! - every write runs in one transaction of the one writer task (SQLite: on the writer's own
+//!   connection, the only one that writes, `BEGIN IMMEDIATE` or a deferred BEGIN made while
+//!   the writer waited, with the counter kept by the writer; PostgreSQL: the row lock on
+//!   `node_state.last_seq`, taken first), so change sequence numbers commit in order and
+//!   without gaps — a reader resuming "after seq N" never misses a change;
 //! - the record row and its change-log row are written in the same transaction;
 //! - references are resolved inside that transaction, so a concurrent delete cannot orphan them;
 //! - nothing is written when validation fails (the plan is computed before any statement that
