@@ -492,21 +492,20 @@ macro_rules! backend_sync_reads {
                 push_dependents_filter(&mut qb, dependents);
                 statements += 1;
             }
-            if !shares.is_empty() {
+            // The organization's rows of a table keyed by (org, record_id).
+            let of_org = [
+                ("SELECT 'share' AS src, ", SHARE_COLUMNS, " FROM shares WHERE org = ", shares),
+                ("SELECT 'delivery' AS src, ", DELIVERY_COLUMNS, " FROM deliveries WHERE org = ", deliveries),
+            ];
+            for (select, columns, from, ids) in of_org {
+                if ids.is_empty() {
+                    continue;
+                }
                 if statements > 0 {
                     qb.push("; ");
                 }
-                qb.push("SELECT 'share' AS src, ").push(SHARE_COLUMNS).push(" FROM shares WHERE org = ").push_bind(org.to_string()).push(" AND record_id IN (");
-                bind_ids(&mut qb, shares);
-                qb.push(")");
-                statements += 1;
-            }
-            if !deliveries.is_empty() {
-                if statements > 0 {
-                    qb.push("; ");
-                }
-                qb.push("SELECT 'delivery' AS src, ").push(DELIVERY_COLUMNS).push(" FROM deliveries WHERE org = ").push_bind(org.to_string()).push(" AND record_id IN (");
-                bind_ids(&mut qb, deliveries);
+                qb.push(select).push(columns).push(from).push_bind(org.to_string()).push(" AND record_id IN (");
+                bind_ids(&mut qb, ids);
                 qb.push(")");
                 statements += 1;
             }
