@@ -441,8 +441,9 @@ macro_rules! backend_writer {
                     Some(tx) => tx,
                     None => pool.begin_with($begin).await?,
                 };
-                // SQLite's BEGIN IMMEDIATE has taken the write lock already; the counter's row
-                // lock is what serializes writers on PostgreSQL.
+                // On SQLite only the writer's connection writes (its transaction takes the
+                // write lock at BEGIN IMMEDIATE or, begun ahead, at its first write); the
+                // counter's row lock is what serializes writers on PostgreSQL.
                 let mut seq = match memory.last_seq {
                     Some(last) => last,
                     None => lock_seq(&mut tx).await?,

@@ -230,6 +230,7 @@ macro_rules! on_both {
 on_both!(
     create_and_get_round_trip,
     a_closed_store_says_so,
+    the_log_is_scrubbed_after_an_erasure_while_the_writer_waits,
     references_must_exist_and_failed_writes_change_nothing,
     update_writes_change_log,
     delete_leaves_tombstone_and_protects_dependents,

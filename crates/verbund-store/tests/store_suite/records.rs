@@ -804,3 +804,43 @@ pub(super) async fn a_closed_store_says_so(f: &Fixture) {
     let read = f.store.changes_after(a.seq - 1, &[], 10).await;
     assert!(matches!(read, Err(StoreError::Closed)), "{read:?}");
 }
+
+/// After an erasure the write-ahead log can be emptied at once: the transaction the writer
+/// begins while it waits (SQLite) holds no lock that would keep the log, and the next write
+/// after the log was truncated is stored.
+pub(super) async fn the_log_is_scrubbed_after_an_erasure_while_the_writer_waits(f: &Fixture) {
+    let a = f
+        .create(RecordKind::Account, &[("name", t("Kunde"))])
+        .await
+        .unwrap();
+    let c = f
+        .create(
+            RecordKind::Contact,
+            &[
+                ("account_id", t(&a.id.to_string())),
+                ("last_name", t("Zu Löschen")),
+            ],
+        )
+        .await
+        .unwrap();
+    let hlc = f.hlc();
+    f.store
+        .erase(
+            RecordKind::Contact,
+            c.id,
+            "verbund://acme/user/admin",
+            move |cur| verbund_core::write::plan_erase(cur, hlc, 30),
+        )
+        .await
+        .unwrap();
+    assert!(
+        f.store.scrub_erased().await.unwrap(),
+        "the log was kept busy after the erasure"
+    );
+    let after = f
+        .create(RecordKind::Account, &[("name", t("Danach"))])
+        .await
+        .unwrap();
+    let read = f.store.get(after.id).await.unwrap().unwrap();
+    assert_eq!(read.fields.get("name"), Some(&t("Danach")));
+}
