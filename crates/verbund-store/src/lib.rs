@@ -199,6 +199,11 @@ pub enum WriteOp {
     },
     /// Sync bookkeeping (ledger, acknowledgements, link errors).
     Sync(SyncNote),
+    /// A write of the node's own tables that touches no record, no change log and no
+    /// sequence number (its organization, a secret, the partner registry, steward
+    /// decisions, a conflict's resolution): through the writer like every write, so that on
+    /// SQLite only the writer's connection ever writes (see `with_backend`).
+    Admin(AdminWrite),
     /// Clock recovery: every version beyond `limit_ms` (stamped while our clock ran ahead)
     /// in our pending outbox edits and our own records gets a fresh one from `stamp`.
     Restamp {
@@ -206,6 +211,32 @@ pub enum WriteOp {
         now_ms: i64,
         stamp: RestampFn,
         report: Arc<std::sync::Mutex<RestampReport>>,
+    },
+}
+
+/// What a `WriteOp::Admin` writes.
+pub enum AdminWrite {
+    /// The organization the database belongs to, unless one is set already.
+    Owner(String),
+    /// Secret `name`, unless it is set already.
+    Secret {
+        name: String,
+        fresh: String,
+    },
+    AddPartner(Partner),
+    RemovePartner(String),
+    PartnerAnchor(Partner),
+    PartnerCrl {
+        org: String,
+        crl_pem: Option<String>,
+    },
+    StewardDecision(StewardDecisionRow),
+    /// Fails with `Absent` if the conflict is not there or resolved already.
+    ConflictResolved {
+        id: Uuid,
+        by: String,
+        resolution: String,
+        at_ms: i64,
     },
 }
 

@@ -24,6 +24,22 @@ impl Store {
         rx.await.map_err(|_| StoreError::WriterStopped)?
     }
 
+    /// Runs a `WriteOp::Admin`; what is not there or is there already comes back as
+    /// `NotFound` / `AlreadyExists`.
+    pub(crate) async fn admin(&self, write: AdminWrite) -> Result<()> {
+        match self
+            .submit_with_audit(WriteOp::Admin(write), Vec::new())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(StoreError::Domain(DomainError::Absent(what))) => Err(StoreError::NotFound(what)),
+            Err(StoreError::Domain(DomainError::AlreadyExists(what))) => {
+                Err(StoreError::AlreadyExists(what))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     async fn submit(&self, op: WriteOp, audit: Vec<AuditDraft>) -> Result<Record> {
         self.submit_with_audit(op, audit)
             .await?
@@ -548,7 +564,7 @@ impl Store {
 
     /// Registers a partner; ALREADY_EXISTS if its organization is registered.
     pub async fn add_partner(&self, p: &Partner) -> Result<()> {
-        dispatch!(self, add_partner(p))
+        self.admin(AdminWrite::AddPartner(p.clone())).await
     }
 
     pub async fn list_partners(&self) -> Result<Vec<Partner>> {
@@ -556,17 +572,18 @@ impl Store {
     }
 
     pub async fn remove_partner(&self, org: &str) -> Result<()> {
-        dispatch!(self, remove_partner(org))
+        self.admin(AdminWrite::RemovePartner(org.to_string())).await
     }
 
     /// Replaces a partner's pinned CA(s), fingerprint(s) and revocation list in one statement.
     pub async fn set_partner_anchor(&self, p: &Partner) -> Result<()> {
-        dispatch!(self, set_partner_anchor(p))
+        self.admin(AdminWrite::PartnerAnchor(p.clone())).await
     }
 
     /// Stores (or clears) a partner's revocation list.
     pub async fn set_partner_crl(&self, org: &str, crl_pem: Option<&str>) -> Result<()> {
-        dispatch!(self, set_partner_crl(org, crl_pem))
+        let (org, crl_pem) = (org.to_string(), crl_pem.map(str::to_string));
+        self.admin(AdminWrite::PartnerCrl { org, crl_pem }).await
     }
 
     /// Notes that a partner's node or user was just seen.
@@ -578,7 +595,7 @@ impl Store {
 
     /// Stores a steward decision of the consolidated view (replacing one about the same pair).
     pub async fn save_steward_decision(&self, d: &StewardDecisionRow) -> Result<()> {
-        dispatch!(self, save_steward_decision(d))
+        self.admin(AdminWrite::StewardDecision(d.clone())).await
     }
 
     pub async fn list_steward_decisions(&self) -> Result<Vec<StewardDecisionRow>> {

@@ -9,6 +9,14 @@ use super::*;
 /// fills only as far as it is used.
 const WRITER_CACHE_KIB: &str = "-32768";
 
+/// Rows a SQLite connection's worker thread may step ahead of the task reading them (sqlx
+/// hands them over through a bounded channel, 50 by default). A snapshot batch reads
+/// thousands of rows at once; with 50 the worker stopped and was woken again dozens of times
+/// per query, and the owner of a 100k share switched threads 36,600 times instead of 14,000
+/// (BENCHMARKS.md). The rows are only buffered while the reader lags, and a query reads at
+/// most one batch.
+const ROW_BUFFER: usize = 4096;
+
 impl Store {
     /// Opens (creating if needed) and migrates the database named by `url`:
     /// `postgres://…`/`postgresql://…`, `sqlite://path`, or a plain file path for SQLite.
@@ -42,7 +50,8 @@ impl Store {
             // Erasure (GDPR Art. 17) must not leave the person in free pages: deleted and
             // overwritten content is zeroed on disk, not only unlinked.
             .pragma("secure_delete", "ON")
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(Duration::from_secs(10))
+            .row_buffer_size(ROW_BUFFER);
         // The cache and the single writer assume this process alone writes the file.
         let lock_path = path.with_extension("lock");
         let lock = std::fs::OpenOptions::new()
@@ -154,43 +163,38 @@ impl Store {
     /// Binds the database to organization `org` on first use; any other organization is
     /// refused (two organizations must never share a database).
     pub async fn claim_for(&self, org: &str) -> Result<()> {
-        let owner: Option<String> = match &self.backend {
-            Backend::Sqlite(p) => {
-                sqlx::query_scalar("SELECT org FROM node_owner")
-                    .fetch_optional(p)
-                    .await?
-            }
-            Backend::Postgres(p) => {
-                sqlx::query_scalar("SELECT org FROM node_owner")
-                    .fetch_optional(p)
-                    .await?
-            }
-        };
+        let mut owner: Option<String> = dispatch!(self, node_owner())?;
+        if owner.is_none() {
+            // Written by the writer; the first claim stays (another process of a node on
+            // PostgreSQL may have claimed it in between), so it is read again.
+            self.admin(AdminWrite::Owner(org.to_string())).await?;
+            owner = dispatch!(self, node_owner())?;
+        }
         match owner {
             Some(o) if o == org => Ok(()),
             Some(o) => Err(StoreError::Config(format!(
                 "this database belongs to organization {o:?}; {org:?} cannot use it (give each organization its own database)"
             ))),
-            None => {
-                let sql = "INSERT INTO node_owner (org) VALUES ($1)";
-                match &self.backend {
-                    Backend::Sqlite(p) => {
-                        sqlx::query(sql).bind(org).execute(p).await.map(|_| ())?
-                    }
-                    Backend::Postgres(p) => {
-                        sqlx::query(sql).bind(org).execute(p).await.map(|_| ())?
-                    }
-                }
-                Ok(())
-            }
+            None => Err(StoreError::Corrupt(
+                "the organization written to node_owner is not there".into(),
+            )),
         }
     }
 
     /// The node's secret `name`: made up (random) and stored the first time it is asked
     /// for, the same ever after (also by other processes of the node).
     pub async fn node_secret(&self, name: &str) -> Result<String> {
+        if let Some(secret) = dispatch!(self, node_secret(name))? {
+            return Ok(secret);
+        }
         let fresh = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
-        dispatch!(self, node_secret(name, &fresh))
+        let secret = AdminWrite::Secret {
+            name: name.to_string(),
+            fresh,
+        };
+        self.admin(secret).await?;
+        dispatch!(self, node_secret(name))?
+            .ok_or_else(|| StoreError::Corrupt(format!("the secret {name:?} written is not there")))
     }
 
     async fn with_backend(backend: Backend) -> Result<Store> {

@@ -129,7 +129,18 @@ impl Store {
         resolution: &str,
         at_ms: i64,
     ) -> Result<bool> {
-        dispatch!(self, mark_conflict_resolved(id, by, resolution, at_ms))
+        let (by, resolution) = (by.to_string(), resolution.to_string());
+        let write = AdminWrite::ConflictResolved {
+            id,
+            by,
+            resolution,
+            at_ms,
+        };
+        match self.admin(write).await {
+            Ok(()) => Ok(true),
+            Err(StoreError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn subscription(&self, owner: &str) -> Result<Option<Subscription>> {

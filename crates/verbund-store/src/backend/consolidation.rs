@@ -5,7 +5,7 @@
 
 macro_rules! backend_consolidation {
     ($db:ty, $pool:ty, $begin:expr, $savepoints:expr) => {
-        pub async fn save_steward_decision(pool: &$pool, d: &StewardDecisionRow) -> Result<()> {
+        pub async fn save_steward_decision(tx: &mut Tx, d: &StewardDecisionRow) -> Result<()> {
             sqlx::query(
                 "INSERT INTO steward_decisions (kind, record_a, record_b, decision, decided_by, decided_at_ms) \
                  VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (kind, record_a, record_b) DO UPDATE SET \
@@ -17,7 +17,7 @@ macro_rules! backend_consolidation {
             .bind(d.decision.as_str())
             .bind(&d.decided_by)
             .bind(d.decided_at_ms)
-            .execute(pool)
+            .execute(&mut **tx)
             .await?;
             Ok(())
         }

@@ -212,7 +212,7 @@ macro_rules! backend_reads {
             Ok(StreamChanges { changes, foreign, scanned_to, last: upto })
         }
 
-        pub async fn add_partner(pool: &$pool, p: &Partner) -> Result<()> {
+        pub async fn add_partner(tx: &mut Tx, p: &Partner) -> Result<()> {
             let r = sqlx::query(
                 "INSERT INTO partners (org, ca_pem, fingerprint, endpoint, status, added_at_ms, last_contact_ms) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -224,7 +224,7 @@ macro_rules! backend_reads {
             .bind(p.status.as_str())
             .bind(p.added_at_ms)
             .bind(p.last_contact_ms)
-            .execute(pool)
+            .execute(&mut **tx)
             .await;
             match r {
                 Ok(_) => Ok(()),
@@ -259,21 +259,21 @@ macro_rules! backend_reads {
                 .collect()
         }
 
-        pub async fn remove_partner(pool: &$pool, org: &str) -> Result<()> {
-            let r = sqlx::query("DELETE FROM partners WHERE org = $1").bind(org).execute(pool).await?;
+        pub async fn remove_partner(tx: &mut Tx, org: &str) -> Result<()> {
+            let r = sqlx::query("DELETE FROM partners WHERE org = $1").bind(org).execute(&mut **tx).await?;
             if r.rows_affected() == 0 {
                 return Err(StoreError::NotFound(format!("partner {org}")));
             }
             Ok(())
         }
 
-        pub async fn set_partner_anchor(pool: &$pool, p: &Partner) -> Result<()> {
+        pub async fn set_partner_anchor(tx: &mut Tx, p: &Partner) -> Result<()> {
             let r = sqlx::query("UPDATE partners SET ca_pem = $1, fingerprint = $2, crl_pem = $3 WHERE org = $4")
                 .bind(&p.ca_pem)
                 .bind(&p.fingerprint)
                 .bind(&p.crl_pem)
                 .bind(&p.org)
-                .execute(pool)
+                .execute(&mut **tx)
                 .await?;
             if r.rows_affected() == 0 {
                 return Err(StoreError::NotFound(format!("partner {}", p.org)));
@@ -281,8 +281,8 @@ macro_rules! backend_reads {
             Ok(())
         }
 
-        pub async fn set_partner_crl(pool: &$pool, org: &str, crl_pem: Option<&str>) -> Result<()> {
-            let r = sqlx::query("UPDATE partners SET crl_pem = $1 WHERE org = $2").bind(crl_pem).bind(org).execute(pool).await?;
+        pub async fn set_partner_crl(tx: &mut Tx, org: &str, crl_pem: Option<&str>) -> Result<()> {
+            let r = sqlx::query("UPDATE partners SET crl_pem = $1 WHERE org = $2").bind(crl_pem).bind(org).execute(&mut **tx).await?;
             if r.rows_affected() == 0 {
                 return Err(StoreError::NotFound(format!("partner {org}")));
             }
@@ -290,13 +290,12 @@ macro_rules! backend_reads {
         }
 
         /// The stored secret `name`, or `fresh` stored as it if there is none yet.
-        pub async fn node_secret(pool: &$pool, name: &str, fresh: &str) -> Result<String> {
-            sqlx::query("INSERT INTO node_secrets (name, secret) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
-                .bind(name)
-                .bind(fresh)
-                .execute(pool)
-                .await?;
-            Ok(sqlx::query_scalar("SELECT secret FROM node_secrets WHERE name = $1").bind(name).fetch_one(pool).await?)
+        pub async fn node_secret(pool: &$pool, name: &str) -> Result<Option<String>> {
+            Ok(sqlx::query_scalar("SELECT secret FROM node_secrets WHERE name = $1").bind(name).fetch_optional(pool).await?)
+        }
+
+        pub async fn node_owner(pool: &$pool) -> Result<Option<String>> {
+            Ok(sqlx::query_scalar("SELECT org FROM node_owner").fetch_optional(pool).await?)
         }
 
         pub async fn last_seq(pool: &$pool) -> Result<i64> {

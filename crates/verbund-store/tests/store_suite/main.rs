@@ -254,6 +254,7 @@ on_both!(
     sync_partner_applies_batches_once_and_shows_pending_edits,
     sync_partner_quarantine_revoking_verdicts_and_history_reset,
     ops_reports_batches_pool_and_counts,
+    a_database_belongs_to_the_first_organization_that_claims_it,
 );
 
 impl Fixture {

@@ -40,3 +40,55 @@ pub(super) async fn ops_reports_batches_pool_and_counts(f: &Fixture) {
         }
     );
 }
+
+/// The database is bound to the first organization that claims it, through the writer (one
+/// batch, like every write); any other is refused, and the claim stays the first one.
+pub(super) async fn a_database_belongs_to_the_first_organization_that_claims_it(f: &Fixture) {
+    let reports: Arc<Mutex<Vec<BatchReport>>> = Arc::default();
+    let seen = reports.clone();
+    assert!(f.store.on_batch(move |r| seen.lock().unwrap().push(*r)));
+    f.store.claim_for("acme").await.unwrap();
+    assert_eq!(
+        reports.lock().unwrap().len(),
+        1,
+        "the claim is written by the writer"
+    );
+    f.store.claim_for("acme").await.unwrap();
+    assert_eq!(
+        reports.lock().unwrap().len(),
+        1,
+        "a claim made is only read"
+    );
+    let refused = f.store.claim_for("globex").await.unwrap_err().to_string();
+    assert!(
+        refused.contains("belongs to organization \"acme\""),
+        "{refused}"
+    );
+    f.store.claim_for("acme").await.unwrap();
+
+    // A secret is written once by the writer, then read.
+    let key = f.store.node_secret("claim-test").await.unwrap();
+    assert_eq!(reports.lock().unwrap().len(), 2);
+    assert_eq!(f.store.node_secret("claim-test").await.unwrap(), key);
+    assert_eq!(reports.lock().unwrap().len(), 2);
+
+    // A refused write of the node's own tables fails alone: a record written in the same
+    // batch is stored.
+    let name = [("name", verbund_core::Value::Text("Kept".into()))];
+    let (refused, created, unknown) = tokio::join!(
+        f.store.remove_partner("nobody"),
+        f.create(verbund_core::RecordKind::Account, &name),
+        f.store
+            .mark_conflict_resolved(uuid::Uuid::now_v7(), "admin", "keep", 1),
+    );
+    assert!(matches!(
+        refused,
+        Err(verbund_store::StoreError::NotFound(_))
+    ));
+    let created = created.unwrap();
+    assert_eq!(
+        f.store.get(created.id).await.unwrap().map(|r| r.id),
+        Some(created.id)
+    );
+    assert!(!unknown.unwrap(), "no such conflict");
+}
