@@ -470,6 +470,7 @@ macro_rules! backend {
             const MULTI_STATEMENT: bool = $multi_statement;
 
             backend_writer!($db, $pool, $begin, $savepoints);
+            backend_admin_writes!($db, $pool, $begin, $savepoints);
             backend_sharing_writes!($db, $pool, $begin, $savepoints);
             backend_bucket_sums!($db, $pool, $begin, $savepoints);
             backend_sync_owner_writes!($db, $pool, $begin, $savepoints);

@@ -5,23 +5,6 @@
 
 macro_rules! backend_consolidation {
     ($db:ty, $pool:ty, $begin:expr, $savepoints:expr) => {
-        pub async fn save_steward_decision(tx: &mut Tx, d: &StewardDecisionRow) -> Result<()> {
-            sqlx::query(
-                "INSERT INTO steward_decisions (kind, record_a, record_b, decision, decided_by, decided_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (kind, record_a, record_b) DO UPDATE SET \
-                 decision = excluded.decision, decided_by = excluded.decided_by, decided_at_ms = excluded.decided_at_ms",
-            )
-            .bind(d.kind.as_str())
-            .bind(d.record_a.to_string())
-            .bind(d.record_b.to_string())
-            .bind(d.decision.as_str())
-            .bind(&d.decided_by)
-            .bind(d.decided_at_ms)
-            .execute(&mut **tx)
-            .await?;
-            Ok(())
-        }
-
         pub async fn list_steward_decisions(pool: &$pool) -> Result<Vec<StewardDecisionRow>> {
             let rows = sqlx::query(
                 "SELECT kind, record_a, record_b, decision, decided_by, decided_at_ms FROM steward_decisions ORDER BY kind, record_a, record_b",

@@ -4,6 +4,8 @@
 #[macro_use]
 mod writer;
 #[macro_use]
+mod admin_writes;
+#[macro_use]
 mod sharing_writes;
 #[macro_use]
 mod bucket_sums;

@@ -212,29 +212,6 @@ macro_rules! backend_reads {
             Ok(StreamChanges { changes, foreign, scanned_to, last: upto })
         }
 
-        pub async fn add_partner(tx: &mut Tx, p: &Partner) -> Result<()> {
-            let r = sqlx::query(
-                "INSERT INTO partners (org, ca_pem, fingerprint, endpoint, status, added_at_ms, last_contact_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(&p.org)
-            .bind(&p.ca_pem)
-            .bind(&p.fingerprint)
-            .bind(&p.endpoint)
-            .bind(p.status.as_str())
-            .bind(p.added_at_ms)
-            .bind(p.last_contact_ms)
-            .execute(&mut **tx)
-            .await;
-            match r {
-                Ok(_) => Ok(()),
-                Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
-                    Err(StoreError::AlreadyExists(format!("partner {}", p.org)))
-                }
-                Err(e) => Err(e.into()),
-            }
-        }
-
         pub async fn list_partners(pool: &$pool) -> Result<Vec<Partner>> {
             let rows = sqlx::query(
                 "SELECT org, ca_pem, fingerprint, endpoint, status, added_at_ms, last_contact_ms, crl_pem FROM partners ORDER BY org",
@@ -259,37 +236,7 @@ macro_rules! backend_reads {
                 .collect()
         }
 
-        pub async fn remove_partner(tx: &mut Tx, org: &str) -> Result<()> {
-            let r = sqlx::query("DELETE FROM partners WHERE org = $1").bind(org).execute(&mut **tx).await?;
-            if r.rows_affected() == 0 {
-                return Err(StoreError::NotFound(format!("partner {org}")));
-            }
-            Ok(())
-        }
-
-        pub async fn set_partner_anchor(tx: &mut Tx, p: &Partner) -> Result<()> {
-            let r = sqlx::query("UPDATE partners SET ca_pem = $1, fingerprint = $2, crl_pem = $3 WHERE org = $4")
-                .bind(&p.ca_pem)
-                .bind(&p.fingerprint)
-                .bind(&p.crl_pem)
-                .bind(&p.org)
-                .execute(&mut **tx)
-                .await?;
-            if r.rows_affected() == 0 {
-                return Err(StoreError::NotFound(format!("partner {}", p.org)));
-            }
-            Ok(())
-        }
-
-        pub async fn set_partner_crl(tx: &mut Tx, org: &str, crl_pem: Option<&str>) -> Result<()> {
-            let r = sqlx::query("UPDATE partners SET crl_pem = $1 WHERE org = $2").bind(crl_pem).bind(org).execute(&mut **tx).await?;
-            if r.rows_affected() == 0 {
-                return Err(StoreError::NotFound(format!("partner {org}")));
-            }
-            Ok(())
-        }
-
-        /// The stored secret `name`, or `fresh` stored as it if there is none yet.
+        /// The stored secret `name` (written by `WriteOp::Admin`).
         pub async fn node_secret(pool: &$pool, name: &str) -> Result<Option<String>> {
             Ok(sqlx::query_scalar("SELECT secret FROM node_secrets WHERE name = $1").bind(name).fetch_optional(pool).await?)
         }

@@ -267,17 +267,6 @@ macro_rules! backend_sync_reads {
             qb.build().fetch_optional(pool).await?.map(|r| conflict_row(&r)).transpose()
         }
 
-        pub async fn mark_conflict_resolved(tx: &mut Tx, id: Uuid, by: &str, resolution: &str, at_ms: i64) -> Result<bool> {
-            let r = sqlx::query("UPDATE conflicts SET resolved_by = $2, resolution = $3, resolved_ms = $4 WHERE id = $1 AND resolved_ms IS NULL")
-                .bind(id.to_string())
-                .bind(by)
-                .bind(resolution)
-                .bind(at_ms)
-                .execute(&mut **tx)
-                .await?;
-            Ok(r.rows_affected() > 0)
-        }
-
         fn subscription_row(r: &<$db as sqlx::Database>::Row) -> Result<Subscription> {
             Ok(Subscription {
                 owner_org: r.try_get("owner_org")?,

@@ -418,51 +418,6 @@ macro_rules! backend_writer {
             }
         }
 
-        /// A write of the node's own tables (see `WriteOp::Admin`). What is not there or is
-        /// there already fails this job alone (a domain error), not its batch.
-        async fn admin_write(tx: &mut Tx, write: AdminWrite) -> Result<OpOutput> {
-            let alone = |e: StoreError| match e {
-                StoreError::NotFound(what) => StoreError::Domain(DomainError::Absent(what)),
-                StoreError::AlreadyExists(what) => StoreError::Domain(DomainError::AlreadyExists(what)),
-                e => e,
-            };
-            match write {
-                AdminWrite::Owner(org) => {
-                    sqlx::query("INSERT INTO node_owner (org) SELECT $1 WHERE NOT EXISTS (SELECT 1 FROM node_owner)")
-                        .bind(org)
-                        .execute(&mut **tx)
-                        .await?;
-                }
-                AdminWrite::Secret { name, fresh } => {
-                    sqlx::query("INSERT INTO node_secrets (name, secret) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
-                        .bind(name)
-                        .bind(fresh)
-                        .execute(&mut **tx)
-                        .await?;
-                }
-                AdminWrite::AddPartner(p) => {
-                    let known: Option<String> = sqlx::query_scalar("SELECT org FROM partners WHERE org = $1")
-                        .bind(&p.org)
-                        .fetch_optional(&mut **tx)
-                        .await?;
-                    if known.is_some() {
-                        return Err(alone(StoreError::AlreadyExists(format!("partner {}", p.org))));
-                    }
-                    add_partner(tx, &p).await.map_err(alone)?;
-                }
-                AdminWrite::RemovePartner(org) => remove_partner(tx, &org).await.map_err(alone)?,
-                AdminWrite::PartnerAnchor(p) => set_partner_anchor(tx, &p).await.map_err(alone)?,
-                AdminWrite::PartnerCrl { org, crl_pem } => set_partner_crl(tx, &org, crl_pem.as_deref()).await.map_err(alone)?,
-                AdminWrite::StewardDecision(d) => save_steward_decision(tx, &d).await?,
-                AdminWrite::ConflictResolved { id, by, resolution, at_ms } => {
-                    if !mark_conflict_resolved(tx, id, &by, &resolution, at_ms).await? {
-                        return Err(alone(StoreError::NotFound(format!("open conflict {id}"))));
-                    }
-                }
-            }
-            Ok(OpOutput::default())
-        }
-
         /// Group commit: all jobs in one transaction and one commit (one fsync). A job that
         /// fails a domain rule fails alone: on SQLite its single failed statement wrote
         /// nothing; on PostgreSQL, where an error aborts the transaction, each job runs in a

@@ -72,8 +72,9 @@ pub(super) async fn a_database_belongs_to_the_first_organization_that_claims_it(
     assert_eq!(f.store.node_secret("claim-test").await.unwrap(), key);
     assert_eq!(reports.lock().unwrap().len(), 2);
 
-    // A refused write of the node's own tables fails alone: a record written in the same
-    // batch is stored.
+    // A refused write of the node's own tables fails alone: a record written beside it is
+    // stored (sent together, the writer usually takes them in one batch; in two, this
+    // holds as well).
     let name = [("name", verbund_core::Value::Text("Kept".into()))];
     let (refused, created, unknown) = tokio::join!(
         f.store.remove_partner("nobody"),
